@@ -1,0 +1,46 @@
+"""Exception classes, all rooted at LatentResidualError.
+
+Messages name the value received, what is allowed, and the next step; no behaviour lives here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class LatentResidualError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class ConfigError(LatentResidualError, ValueError):
+    """A configuration value is out of range or of the wrong type."""
+
+
+class RegistrationError(LatentResidualError):
+    """A backbone or environment could not be registered (for example a duplicate id)."""
+
+
+class NameNotFound(LatentResidualError, KeyError):
+    """No backbone, environment or adapter is registered under the requested name."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class AdapterFileError(LatentResidualError):
+    """An adapter or checkpoint file is missing, truncated, corrupt or not what it claims to be."""
+
+
+class IncompatibleAdapterError(LatentResidualError):
+    """An adapter was made for a different base model (fingerprint or latent layout differ)."""
+
+
+class DatasetError(LatentResidualError):
+    """A dataset file is missing a key, has the wrong shape or dtype, or is not a dataset."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' Did you mean "x"?' for the closest choice, or an empty string."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return f' Did you mean "{close[0]}"?' if close else ""

@@ -1,0 +1,73 @@
+"""Hook specifications (pluggy markers and specs) for latent-residual plugins.
+
+Only the specs live here; the plugin manager and loading are in ``plugins.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import click
+
+PROJECT_NAME = "latent_residual"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# ---------------------------------------------------------------------------
+# Registration hooks: called once per process, by ``load_plugins()``.
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def register_backbones(register: Callable[..., Any]) -> None:
+    """Register world-model backbones by calling ``register`` once per backbone.
+
+    :param register: Call as ``register(id, entry_point, *, description="", kwargs=None)``.
+        ``id`` has the form ``name-vN`` (for example ``"draw-v0"``). ``entry_point`` is a
+        callable or a ``"module:attr"`` string imported only when the backbone is made; it is
+        called as ``entry_point(observation_space, action_space, **kwargs)`` and returns a
+        :class:`latent_residual.WorldModel`. ``kwargs`` are defaults that ``make_backbone``
+        overrides.
+
+    Every implementation is called, each on its own: one that raises is reported as broken
+    and skipped. Keep the module that implements this hook light (no torch or mujoco import at
+    module level) so that listing plugins stays fast.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_envs(register: Callable[..., Any]) -> None:
+    """Register Gymnasium environments by calling ``register`` once per environment.
+
+    :param register: Call as ``register(id, entry_point, *, description="", kwargs=None,
+        max_episode_steps=None)``. ``id`` has the form ``namespace/name-vN``; the environment is
+        also registered with Gymnasium under that id, so ``gymnasium.make(id)`` works.
+        ``entry_point`` is a callable or a ``"module:attr"`` string imported only at make time.
+
+    Every implementation is called, each on its own: one that raises is reported as broken
+    and skipped.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``latent-residual`` command.
+
+    :param cli: The top-level click group; decorate functions with ``@cli.command()``.
+
+    Called once, when the command starts. An implementation that raises is reported on
+    standard error and skipped.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,168 @@
+"""The plugin manager: entry-point discovery, the run-once ``load_plugins()`` and the broken-plugin list.
+
+Hook specs are in ``hookspecs.py``; what plugins register lands in ``registry.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from latent_residual import hookspecs
+
+ENTRY_POINT_GROUP = "latent_residual"
+LOAD_PLUGINS_ENV = "LATENT_RESIDUAL_LOAD_PLUGINS"
+FIRST_PARTY_DISTRIBUTION = "latent-residual"
+_REGISTRATION_HOOKS = ("register_backbones", "register_envs")
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """One plugin as the manager saw it: where it came from and whether it works."""
+
+    name: str
+    package: str
+    version: str
+    builtin: bool
+    error: str | None = None
+
+    @property
+    def broken(self) -> bool:
+        return self.error is not None
+
+
+pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+pm.add_hookspecs(hookspecs)
+
+_loaded = False
+_infos: dict[str, PluginInfo] = {}
+
+
+def _normalise(distribution: str) -> str:
+    return distribution.lower().replace("_", "-").replace(".", "-")
+
+
+def _allowed_distributions() -> set[str] | None:
+    """Distributions allowed by LATENT_RESIDUAL_LOAD_PLUGINS: None means all, empty means none."""
+    value = os.environ.get(LOAD_PLUGINS_ENV)
+    if value is None:
+        return None
+    return {_normalise(item) for item in value.split(",") if item.strip()}
+
+
+def _error_text(exc: BaseException) -> str:
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" ({frame.filename}:{frame.lineno})" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _report_broken(info: PluginInfo) -> None:
+    print(
+        f"latent-residual: plugin {info.name!r} from {info.package} {info.version} is broken "
+        f"and was skipped: {info.error}",
+        file=sys.stderr,
+    )
+
+
+def _run_registration(name: str, plugin: object) -> str | None:
+    """Call one plugin's registration hooks; keep what it registered only if none raised."""
+    from latent_residual import registry
+
+    info = _infos[name]
+    staged = registry.Staging(plugin=name, package=info.package, version=info.version)
+    for hook_name in _REGISTRATION_HOOKS:
+        for impl in getattr(pm.hook, hook_name).get_hookimpls():
+            if impl.plugin is not plugin:
+                continue
+            register = staged.backbone if hook_name == "register_backbones" else staged.env
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except Exception as exc:  # a broken plugin must not take the others down
+                return _error_text(exc)
+    try:
+        staged.commit()
+    except Exception as exc:
+        return _error_text(exc)
+    return None
+
+
+def register(plugin: object, name: str, *, package: str = "(runtime)", version: str = "") -> PluginInfo:
+    """Register a plugin object (a module or an instance with hook implementations) by hand.
+
+    Useful in notebooks and tests; installed plugins come from the ``latent_residual``
+    entry-point group instead. Returns the plugin's info; a plugin whose hooks raise is
+    reported as broken, not raised.
+    """
+    load_plugins()
+    return _add(plugin, name, package=package, version=version, builtin=False)
+
+
+def _add(plugin: object, name: str, *, package: str, version: str, builtin: bool) -> PluginInfo:
+    if name in _infos:
+        info = PluginInfo(name, package, version, builtin, f"a plugin named {name!r} is already loaded")
+        _report_broken(info)
+        return info
+    _infos[name] = PluginInfo(name, package, version, builtin)
+    pm.register(plugin, name=name)
+    error = _run_registration(name, plugin)
+    if error is not None:
+        pm.unregister(name=name)
+        _infos[name] = PluginInfo(name, package, version, builtin, error)
+        _report_broken(_infos[name])
+    return _infos[name]
+
+
+def load_plugins() -> None:
+    """Discover and register installed plugins, once per process.
+
+    First-party plugins (this distribution's own entry points) always load. Third-party ones
+    load unless ``LATENT_RESIDUAL_LOAD_PLUGINS`` is set: then only the distributions it lists
+    (comma separated) load, and an empty value loads none, which rescues a broken install.
+    """
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    allowed = _allowed_distributions()
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = entry_point.dist
+        package = dist.metadata["Name"] if dist is not None else "(unknown)"
+        version = dist.version if dist is not None else ""
+        builtin = _normalise(package) == FIRST_PARTY_DISTRIBUTION
+        if not builtin and allowed is not None and _normalise(package) not in allowed:
+            continue
+        try:
+            module = entry_point.load()
+        except Exception as exc:
+            info = PluginInfo(entry_point.name, package, version, builtin, _error_text(exc))
+            _infos[entry_point.name] = info
+            _report_broken(info)
+            continue
+        _add(module, entry_point.name, package=package, version=version, builtin=builtin)
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Return every plugin seen, working or broken, built-ins first."""
+    load_plugins()
+    return sorted(_infos.values(), key=lambda info: (not info.builtin, info.name))
+
+
+def _reset() -> None:
+    """Forget every plugin and registration (for tests)."""
+    global _loaded
+    from latent_residual import registry
+
+    for name in list(_infos):
+        if pm.has_plugin(name):
+            pm.unregister(name=name)
+    _infos.clear()
+    registry._clear()
+    _loaded = False
+
+

@@ -1,0 +1,140 @@
+"""Generic rollouts over the world-model contract: ``observe`` filters data, ``imagine`` dreams ahead.
+
+They work for any ``WorldModel``, adapted or not; training losses are in ``fitting.py`` and the backbones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from latent_residual import latent
+from latent_residual.contract import State, WorldModel
+
+
+def _reset_where(is_first: Tensor, initial: State, state: State) -> State:
+    """Replace each batch row of ``state`` by ``initial`` where ``is_first`` (B,) is true."""
+    reset = {}
+    for key, value in state.items():
+        mask = is_first.reshape(-1, *([1] * (value.dim() - 1)))
+        reset[key] = torch.where(mask, initial[key].to(value.dtype), value)
+    return reset
+
+
+def step(
+    model: WorldModel,
+    state: State,
+    action: Tensor,
+    is_first: Tensor,
+    initial: State,
+) -> tuple[Tensor, State]:
+    """One dynamics step with episode resets: returns raw prior logits and the deterministic part."""
+    state = _reset_where(is_first, initial, state)
+    action = torch.where(is_first.unsqueeze(-1), torch.zeros_like(action), action)
+    return model.dynamics(state, action, is_first)
+
+
+def observe(
+    model: WorldModel,
+    prev_action: Tensor,
+    is_first: Tensor,
+    *,
+    embed: Tensor | None = None,
+    post_logits: Tensor | None = None,
+    state: State | None = None,
+    sample: bool = True,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor | State]:
+    """Filter a batch of sequences: posterior states with the priors that predicted them.
+
+    :param prev_action: (B, T, A) the action taken before each step (ignored at episode starts).
+    :param is_first: (B, T) bool, true at episode starts.
+    :param embed: (B, T, E) observation embeddings from ``model.embed``.
+    :param post_logits: (B, T, G, C) precomputed posterior logits; allowed only for models
+        whose posterior ignores the deterministic state (``posterior_uses_deter`` false).
+    :param state: State before the first step; the initial state when omitted.
+    :param sample: Sample z from the posterior (True) or take its mode.
+    :returns: ``prior_logits`` and ``post_logits`` (B, T, G, C), ``stoch`` (B, T, G, C),
+        ``features`` (B, T, F), ``states`` (every state tensor stacked to (B, T, ...)), and
+        ``last`` (the final state, to continue from).
+    """
+    B, T = is_first.shape
+    if post_logits is None:
+        if embed is None:
+            raise ValueError("observe() needs embed or post_logits.")
+        if not model.posterior_uses_deter:
+            post_logits = model.posterior({}, embed.reshape(B * T, -1)).reshape(
+                B, T, model.latent.groups, model.latent.classes
+            )
+    elif model.posterior_uses_deter:
+        raise ValueError(
+            f"{type(model).__name__}'s posterior depends on its deterministic state, so "
+            "posterior logits cannot be precomputed; pass embed instead."
+        )
+    initial = model.initial_state(B)
+    state = initial if state is None else state
+    is_first = is_first.bool()
+    priors, posts, states = [], [], []
+    for t in range(T):
+        prior, deter = step(model, state, prev_action[:, t], is_first[:, t], initial)
+        post = post_logits[:, t] if post_logits is not None else model.posterior(deter, embed[:, t])
+        prob = latent.probs(post, model.posterior_unimix)
+        stoch = latent.sample_one_hot(prob, generator) if sample else latent.mode_one_hot(prob)
+        state = model.next_state(deter, prior, stoch)
+        priors.append(prior)
+        posts.append(post)
+        states.append(state)
+    stacked = {key: torch.stack([s[key] for s in states], 1) for key in states[0]}
+    features = torch.stack([model.features(s) for s in states], 1)
+    return {
+        "prior_logits": torch.stack(priors, 1),
+        "post_logits": torch.stack(posts, 1),
+        "stoch": stacked["stoch"],
+        "features": features,
+        "states": stacked,
+        "last": state,
+    }
+
+
+def imagine(
+    model: WorldModel,
+    start: State,
+    policy: Callable[[Tensor], Tensor],
+    horizon: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """Roll the prior forward from ``start`` for ``horizon`` steps, acting with ``policy``.
+
+    :param start: State with batch B (for example posterior states of training data, flattened).
+    :param policy: Maps features (B, F) to actions (B, A).
+    :returns: ``features`` (B, horizon + 1, F) starting with the start state's, ``actions``
+        (B, horizon, A) with ``actions[:, t]`` taken at ``features[:, t]``, and ``prior_logits``
+        (B, horizon, G, C).
+    """
+    B = start["stoch"].shape[0]
+    no_reset = torch.zeros(B, dtype=torch.bool, device=start["stoch"].device)
+    state = start
+    features = [model.features(state)]
+    actions, priors = [], []
+    for _ in range(horizon):
+        action = policy(features[-1])
+        prior, deter = model.dynamics(state, action, no_reset)
+        prob = latent.probs(prior, model.prior_unimix)
+        state = model.next_state(deter, prior, latent.sample_one_hot(prob, generator))
+        features.append(model.features(state))
+        actions.append(action)
+        priors.append(prior)
+    return {
+        "features": torch.stack(features, 1),
+        "actions": torch.stack(actions, 1),
+        "prior_logits": torch.stack(priors, 1),
+    }
+
+
+def prev_actions(action: Tensor) -> Tensor:
+    """Shift stored actions one step right: (B, T, A) actions taken at each step become the
+    actions taken before it, with zeros before the first step."""
+    return torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)

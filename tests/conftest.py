@@ -1,0 +1,101 @@
+"""Shared fixtures: a fake third-party distribution with entry points, a fresh registry, tiny data."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from latent_residual import plugins  # noqa: E402
+
+
+def make_distribution(root: Path, name: str, version: str, entry_points: dict[str, str], modules=None) -> Path:
+    """Write an installed-looking distribution (dist-info + modules) under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = "\n".join(f"{key} = {value}" for key, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[latent_residual]\n{lines}\n")
+    for module, source in (modules or {}).items():
+        (root / f"{module}.py").write_text(source)
+    return root
+
+
+@pytest.fixture(scope="session")
+def fake_distribution(tmp_path_factory):
+    """Install the test plugin (tests/lr_testplugin) as distribution lr-testplugin 0.3.0."""
+    root = make_distribution(tmp_path_factory.mktemp("site"), "lr-testplugin", "0.3.0", {"testplugin": "lr_testplugin"})
+    sys.path.insert(0, str(root))
+    yield root
+    sys.path.remove(str(root))
+
+
+@pytest.fixture
+def registry(fake_distribution, monkeypatch):
+    """A registry freshly loaded from installed plugins, the test plugin included."""
+    monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
+    plugins._reset()
+    plugins.load_plugins()
+    yield
+    plugins._reset()
+
+
+def drift_sequences(gain: float, episodes: int = 12, length: int = 20, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Roll the drift env with random actions into (episodes, length, ...) sequences."""
+    from lr_testplugin.drift import DriftEnv
+
+    env = DriftEnv(gain=gain)
+    rng = np.random.default_rng(seed)
+    data = {"position": [], "action": [], "is_first": [], "reward": []}
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        reward = 0.0
+        for t in range(length):
+            action = rng.uniform(-1, 1, 2).astype(np.float32)
+            data["position"].append(obs["position"])
+            data["action"].append(action)
+            data["is_first"].append(t == 0)
+            data["reward"].append(reward)
+            obs, reward, *_ = env.step(action)
+    out = {key: torch.as_tensor(np.asarray(value)) for key, value in data.items()}
+    return {key: value.reshape(episodes, length, *value.shape[1:]) for key, value in out.items()}
+
+
+@pytest.fixture
+def drift_spaces():
+    from lr_testplugin.drift import DriftEnv
+
+    env = DriftEnv()
+    return env.observation_space, env.action_space
+
+
+@pytest.fixture
+def gru_model(registry, drift_spaces):
+    """A GRU world model pretrained briefly on drift data with gain +0.1."""
+    from latent_residual import make_backbone
+
+    torch.manual_seed(0)
+    model = make_backbone("gru-v0", *drift_spaces)
+    batch = drift_sequences(0.1, episodes=16)
+    batch["is_terminal"] = torch.zeros_like(batch["is_first"])
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss, _ = model.loss(batch)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return model
+
+
+def assert_no_temp_files(directory: Path) -> None:
+    leftovers = [p.name for p in Path(directory).rglob(".*tmp-*")]
+    assert leftovers == [], leftovers
+
+

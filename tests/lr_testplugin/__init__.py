@@ -1,0 +1,21 @@
+"""A third-party plugin used by the tests: a recurrent (GRU) backbone and a tiny environment.
+
+It registers through the ``latent_residual`` entry-point group exactly as an external package would.
+"""
+
+from latent_residual import hookimpl
+
+
+@hookimpl
+def register_backbones(register):
+    register("gru-v0", "lr_testplugin.gru:GRUWorldModel", description="Tiny recurrent test backbone.")
+
+
+@hookimpl
+def register_envs(register):
+    register(
+        "testplug/drift-v0",
+        "lr_testplugin.drift:DriftEnv",
+        description="A point drifting under its action.",
+        max_episode_steps=40,
+    )
