@@ -95,3 +95,7 @@ if TYPE_CHECKING:
     from latent_residual.fitting import FitConfig, fit_residual
     from latent_residual.residual import ResidualConfig
     from latent_residual.rollout import imagine, observe
+
+# Plugin registrations are tiny modules (implementations load at make time), so loading them
+# here is cheap and lets `gymnasium.make("dmc/...")` work right after `import latent_residual`.
+load_plugins()

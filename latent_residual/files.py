@@ -60,14 +60,15 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, dict], dict[str, str]
     size = path.stat().st_size
     with path.open("rb") as handle:
         head = handle.read(8)
-        if head.startswith(_PICKLE_MAGIC):
+        if len(head) < 8:
+            raise AdapterFileError(f"{path}: {size} bytes is too short for a safetensors file.")
+        (header_len,) = struct.unpack("<Q", head)
+        # A safetensors length field can start with 0x80 too, so only a bad frame counts as a pickle.
+        if header_len > size - 8 and head.startswith(_PICKLE_MAGIC):
             raise AdapterFileError(
                 f"{path}: this looks like a pickle or torch.save file; latent-residual only loads "
                 "safetensors and never unpickles. Re-save the weights with safetensors."
             )
-        if len(head) < 8:
-            raise AdapterFileError(f"{path}: {size} bytes is too short for a safetensors file.")
-        (header_len,) = struct.unpack("<Q", head)
         if header_len > size - 8:
             raise AdapterFileError(
                 f"{path}: header claims {header_len} bytes but the file has {size - 8} after the length "

@@ -37,14 +37,24 @@ def fake_distribution(tmp_path_factory):
     sys.path.remove(str(root))
 
 
-@pytest.fixture
-def registry(fake_distribution, monkeypatch):
-    """A registry freshly loaded from installed plugins, the test plugin included."""
-    monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
+@pytest.fixture(scope="session")
+def registry(fake_distribution):
+    """The registry loaded from installed plugins, the test plugin included."""
+    os.environ.pop(plugins.LOAD_PLUGINS_ENV, None)
     plugins._reset()
     plugins.load_plugins()
     yield
+
+
+@pytest.fixture
+def fresh_registry(registry, monkeypatch):
+    """An empty registry for a test that loads plugins itself; the full one comes back after."""
+    monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
     plugins._reset()
+    yield
+    plugins._reset()
+    monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
+    plugins.load_plugins()
 
 
 def drift_sequences(gain: float, episodes: int = 12, length: int = 20, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -68,7 +78,7 @@ def drift_sequences(gain: float, episodes: int = 12, length: int = 20, seed: int
     return {key: value.reshape(episodes, length, *value.shape[1:]) for key, value in out.items()}
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def drift_spaces():
     from lr_testplugin.drift import DriftEnv
 
@@ -76,7 +86,7 @@ def drift_spaces():
     return env.observation_space, env.action_space
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def gru_model(registry, drift_spaces):
     """A GRU world model pretrained briefly on drift data with gain +0.1."""
     from latent_residual import make_backbone
@@ -91,6 +101,7 @@ def gru_model(registry, drift_spaces):
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
     return model
 
 

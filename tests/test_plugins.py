@@ -1,0 +1,138 @@
+"""The plugin registry: a third-party plugin through entry points, broken plugins, the filter variable."""
+
+from __future__ import annotations
+
+import sys
+
+import gymnasium
+import pytest
+import torch
+from conftest import make_distribution
+
+import latent_residual
+from latent_residual import NameNotFound, RegistrationError, plugins
+from latent_residual.contract import WorldModel
+
+
+def test_third_party_backbone_and_env_are_listed_and_usable(registry):
+    backbones = {spec.id: spec for spec in latent_residual.list_backbones()}
+    envs = {spec.id: spec for spec in latent_residual.list_envs()}
+    assert backbones["gru-v0"].package == "lr-testplugin" and backbones["gru-v0"].version == "0.3.0"
+    assert envs["testplug/drift-v0"].plugin == "testplugin" and envs["testplug/drift-v0"].namespace == "testplug"
+    env = latent_residual.make_env("testplug/drift-v0")
+    obs, _ = env.reset(seed=0)
+    assert obs["position"].shape == (2,)
+    assert gymnasium.make("testplug/drift-v0").spec.max_episode_steps == 40
+    model = latent_residual.make_backbone("gru-v0", env.observation_space, env.action_space, deter=8)
+    assert isinstance(model, WorldModel)
+    assert model.backbone_id == "gru-v0" and model.backbone_kwargs == {"deter": 8}
+    info = {p.name: p for p in latent_residual.list_plugins()}
+    assert not info["testplugin"].builtin and not info["testplugin"].broken
+
+
+def test_builtins_register_through_the_same_entry_points(registry):
+    info = {p.name: p for p in latent_residual.list_plugins()}
+    for name in ("draw", "dmc", "duckiebot"):
+        assert info[name].builtin and info[name].package == "latent-residual"
+
+
+def test_unknown_names_suggest_the_closest_match(registry):
+    with pytest.raises(NameNotFound, match='Did you mean "gru-v0"'):
+        latent_residual.backbone_spec("gru-v1")
+    with pytest.raises(NameNotFound, match="latent-residual plugins"):
+        latent_residual.make_env("nowhere/nothing-v0")
+
+
+BROKEN_IMPORT = "raise ImportError('missing dependency: pretend-lib')\n"
+BROKEN_HOOK = """
+from latent_residual import hookimpl
+
+@hookimpl
+def register_envs(register):
+    register("hooky/first-v0", "lr_testplugin.drift:DriftEnv")
+    raise RuntimeError("half-way failure")
+"""
+DUPLICATE = """
+from latent_residual import hookimpl
+
+@hookimpl
+def register_backbones(register):
+    register("gru-v0", "lr_testplugin.gru:GRUWorldModel")
+"""
+
+
+@pytest.fixture
+def extra_site(tmp_path, fresh_registry):
+    make_distribution(tmp_path, "lr-broken-import", "1.0", {"brokenimport": "lr_broken_import"}, {"lr_broken_import": BROKEN_IMPORT})
+    make_distribution(tmp_path, "lr-broken-hook", "2.0", {"brokenhook": "lr_broken_hook"}, {"lr_broken_hook": BROKEN_HOOK})
+    make_distribution(tmp_path, "lr-duplicate", "0.1", {"duplicate": "lr_duplicate"}, {"lr_duplicate": DUPLICATE})
+    sys.path.insert(0, str(tmp_path))
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    for module in ("lr_broken_import", "lr_broken_hook", "lr_duplicate"):
+        sys.modules.pop(module, None)
+
+
+def test_broken_plugins_are_listed_with_their_error_and_skipped(extra_site, capsys):
+    info = {p.name: p for p in latent_residual.list_plugins()}
+    assert "pretend-lib" in info["brokenimport"].error and info["brokenimport"].version == "1.0"
+    assert "half-way failure" in info["brokenhook"].error
+    # A plugin that failed half-way registers nothing at all.
+    assert "hooky/first-v0" not in {spec.id for spec in latent_residual.list_envs()}
+    # The healthy plugins still work.
+    assert "gru-v0" in {spec.id for spec in latent_residual.list_backbones()}
+    assert "was skipped" in capsys.readouterr().err
+
+
+def test_duplicate_registration_is_an_error_for_the_second_plugin(extra_site):
+    info = {p.name: p for p in latent_residual.list_plugins()}
+    duplicate, original = info["duplicate"], info["testplugin"]
+    # Entry points load in discovery order: whichever came second is the broken one.
+    assert (duplicate.broken and "already registered" in duplicate.error) or (
+        original.broken and "already registered" in original.error
+    )
+
+
+def test_environment_variable_limits_third_party_plugins(extra_site, monkeypatch):
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "lr-testplugin")
+    names = {p.name for p in latent_residual.list_plugins()}
+    assert {"testplugin", "draw", "dmc", "duckiebot"} <= names
+    assert not names & {"brokenimport", "brokenhook", "duplicate"}
+
+
+def test_empty_environment_variable_loads_only_builtins(extra_site, monkeypatch):
+    monkeypatch.setenv(plugins.LOAD_PLUGINS_ENV, "")
+    assert all(p.builtin for p in latent_residual.list_plugins())
+
+
+def test_runtime_registration_and_override(fresh_registry):
+    class Plugin:
+        @latent_residual.hookimpl
+        def register_backbones(self, register):
+            register("gru-v0", "lr_testplugin.gru:GRUWorldModel", override=True, description="override")
+
+    info = plugins.register(Plugin(), "runtime")
+    assert not info.broken
+    assert latent_residual.backbone_spec("gru-v0").description == "override"
+
+
+def test_malformed_ids_are_rejected(fresh_registry):
+    class Plugin:
+        @latent_residual.hookimpl
+        def register_envs(self, register):
+            register("no-namespace-v0", "lr_testplugin.drift:DriftEnv")
+
+    info = plugins.register(Plugin(), "malformed")
+    assert info.broken and "namespace/name-vN" in info.error
+
+
+def test_backbone_must_return_a_world_model(fresh_registry):
+    class Plugin:
+        @latent_residual.hookimpl
+        def register_backbones(self, register):
+            register("notamodel-v0", lambda obs, act: torch.nn.Linear(1, 1))
+
+    plugins.register(Plugin(), "notamodel")
+    space = gymnasium.spaces.Box(-1, 1, (1,))
+    with pytest.raises(RegistrationError, match="expected a latent_residual.WorldModel"):
+        latent_residual.make_backbone("notamodel-v0", space, space)
