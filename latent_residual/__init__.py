@@ -40,11 +40,25 @@ _LAZY = {
     "load_adapter": "latent_residual.adapters",
     "read_adapter_info": "latent_residual.adapters",
     "fingerprint": "latent_residual.adapters",
+    "ActorCritic": "latent_residual.behavior",
+    "ActorCriticConfig": "latent_residual.behavior",
+    "Policy": "latent_residual.policy",
     "observe": "latent_residual.rollout",
     "imagine": "latent_residual.rollout",
     "FitConfig": "latent_residual.fitting",
     "fit_residual": "latent_residual.fitting",
+    "finetune_dynamics": "latent_residual.fitting",
     "save_world_model": "latent_residual.checkpoints",
+    "Dataset": "latent_residual.datasets",
+    "DatasetWriter": "latent_residual.datasets",
+    "EpisodeRecorder": "latent_residual.datasets",
+    "collect": "latent_residual.datasets",
+    "load_dataset": "latent_residual.datasets",
+    "evaluate": "latent_residual.evaluation",
+    "PretrainConfig": "latent_residual.training",
+    "PolicyTrainConfig": "latent_residual.training",
+    "pretrain": "latent_residual.training",
+    "train_policy": "latent_residual.training",
     "load_world_model": "latent_residual.checkpoints",
 }
 
@@ -92,9 +106,14 @@ if TYPE_CHECKING:
     )
     from latent_residual.checkpoints import load_world_model, save_world_model
     from latent_residual.contract import LatentSpec, WorldModel
-    from latent_residual.fitting import FitConfig, fit_residual
+    from latent_residual.datasets import Dataset, DatasetWriter, EpisodeRecorder, collect, load_dataset
+    from latent_residual.evaluation import evaluate
+    from latent_residual.behavior import ActorCritic, ActorCriticConfig
+    from latent_residual.fitting import FitConfig, finetune_dynamics, fit_residual
+    from latent_residual.policy import Policy
     from latent_residual.residual import ResidualConfig
     from latent_residual.rollout import imagine, observe
+    from latent_residual.training import PolicyTrainConfig, PretrainConfig, pretrain, train_policy
 
 # Plugin registrations are tiny modules (implementations load at make time), so loading them
 # here is cheap and lets `gymnasium.make("dmc/...")` work right after `import latent_residual`.

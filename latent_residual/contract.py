@@ -6,7 +6,7 @@ Generic algorithms over the contract (observe, imagine) are in ``rollout.py``; b
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +139,16 @@ class WorldModel(nn.Module, abc.ABC):
         raise NotImplementedError(
             f"{type(self).__name__} does not implement loss(); it can be adapted with a residual "
             "but not pretrained by latent-residual."
+        )
+
+    def dynamics_parameters(self) -> Iterator[nn.Parameter]:
+        """Yield the parameters that ``dynamics`` uses (the prior network).
+
+        Optional: needed only by the prior-finetuning baseline, which trains these alone.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement dynamics_parameters(); the prior-finetune baseline "
+            "needs it."
         )
 
     def device(self) -> torch.device:

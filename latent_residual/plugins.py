@@ -42,6 +42,7 @@ pm.add_hookspecs(hookspecs)
 
 _loaded = False
 _infos: dict[str, PluginInfo] = {}
+_pending: set[str] = set()
 
 
 def _normalise(distribution: str) -> str:
@@ -124,13 +125,19 @@ def load_plugins() -> None:
     First-party plugins (this distribution's own entry points) always load. Third-party ones
     load unless ``LATENT_RESIDUAL_LOAD_PLUGINS`` is set: then only the distributions it lists
     (comma separated) load, and an empty value loads none, which rescues a broken install.
+
+    A plugin module that is still being imported when this runs (its package imported
+    ``latent_residual``, which loads plugins) is registered on the next call instead, once
+    its hooks exist; every registry accessor calls this function.
     """
     global _loaded
-    if _loaded:
+    if _loaded and not _pending:
         return
     _loaded = True
     allowed = _allowed_distributions()
     for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if entry_point.name in _infos:
+            continue
         dist = entry_point.dist
         package = dist.metadata["Name"] if dist is not None else "(unknown)"
         version = dist.version if dist is not None else ""
@@ -144,6 +151,10 @@ def load_plugins() -> None:
             _infos[entry_point.name] = info
             _report_broken(info)
             continue
+        if getattr(getattr(module, "__spec__", None), "_initializing", False):
+            _pending.add(entry_point.name)
+            continue
+        _pending.discard(entry_point.name)
         _add(module, entry_point.name, package=package, version=version, builtin=builtin)
 
 
@@ -162,6 +173,7 @@ def _reset() -> None:
         if pm.has_plugin(name):
             pm.unregister(name=name)
     _infos.clear()
+    _pending.clear()
     registry._clear()
     _loaded = False
 

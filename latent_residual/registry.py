@@ -63,6 +63,7 @@ class EnvSpec:
     description: str = ""
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_episode_steps: int | None = None
+    metrics: Callable[..., Any] | str | None = None
     plugin: str = ""
     package: str = ""
     version: str = ""
@@ -117,10 +118,11 @@ class Staging:
         description: str = "",
         kwargs: dict[str, Any] | None = None,
         max_episode_steps: int | None = None,
+        metrics: Callable[..., Any] | str | None = None,
         override: bool = False,
     ) -> None:
         self._envs.append(
-            EnvSpec(id, entry_point, description, dict(kwargs or {}), max_episode_steps, **self._origin)
+            EnvSpec(id, entry_point, description, dict(kwargs or {}), max_episode_steps, metrics, **self._origin)
         )
         self._override |= override
 
@@ -220,6 +222,12 @@ def make_backbone(
     model.observation_space = observation_space
     model.action_space = action_space
     return model
+
+
+def env_metrics(id: str) -> Callable[..., Any] | None:
+    """Return environment ``id``'s task-metrics function (episodes of step infos -> metrics), if any."""
+    spec = env_spec(id)
+    return None if spec.metrics is None else _load_entry_point(spec.metrics)
 
 
 def make_env(id: str, **kwargs: Any) -> gymnasium.Env:

@@ -136,3 +136,27 @@ def test_backbone_must_return_a_world_model(fresh_registry):
     space = gymnasium.spaces.Box(-1, 1, (1,))
     with pytest.raises(RegistrationError, match="expected a latent_residual.WorldModel"):
         latent_residual.make_backbone("notamodel-v0", space, space)
+
+
+def test_import_loads_no_heavy_module_and_registers_envs_with_gymnasium():
+    import subprocess
+
+    code = (
+        "import sys, gymnasium, latent_residual\n"
+        "print(sorted(m for m in ('torch', 'mujoco', 'onnx', 'dm_control') if m in sys.modules))\n"
+        "print(gymnasium.spec('dmc/pendulum-swingup-v0').id)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.splitlines() == ["[]", "dmc/pendulum-swingup-v0"]
+
+
+def test_importing_a_plugin_submodule_first_still_registers_it():
+    import subprocess
+
+    code = (
+        "import latent_residual_plugins.dmc.targets\n"
+        "import latent_residual\n"
+        "print(latent_residual.env_spec('dmc/cup-catch-windy-v0').plugin)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.strip() == "dmc"

@@ -1,0 +1,180 @@
+"""The actor-critic trained in imagination (DreamerV3-style) over any world model that fulfils the contract.
+
+Imagination itself is ``rollout.imagine``; the loops that call ``ActorCritic.train_step`` are in ``training.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
+
+from latent_residual.contract import State, WorldModel
+from latent_residual.errors import ConfigError
+from latent_residual.nets import MLP, TwoHotHead
+from latent_residual.rollout import imagine
+
+
+@dataclass
+class ActorCriticConfig:
+    """Actor-critic settings; defaults are the authors' (DreamerV3 with their horizon and rates)."""
+
+    hidden: int = field(default=512, metadata={"help": "Width of actor and critic MLPs."})
+    layers: int = field(default=2, metadata={"help": "Hidden blocks of actor and critic."})
+    horizon: int = field(default=40, metadata={"help": "Imagination horizon."})
+    gamma: float = field(default=1 - 1 / 333, metadata={"help": "Discount."})
+    lam: float = field(default=0.95, metadata={"help": "Lambda of the lambda-returns."})
+    entropy: float = field(default=3e-4, metadata={"help": "Actor entropy bonus."})
+    actor_lr: float = field(default=3e-5, metadata={"help": "Actor learning rate."})
+    critic_lr: float = field(default=3e-5, metadata={"help": "Critic learning rate."})
+    slow_critic_fraction: float = field(default=0.02, metadata={"help": "EMA update fraction of the slow critic."})
+    slow_critic_reg: float = field(default=1.0, metadata={"help": "Weight pulling the critic towards the slow critic."})
+    return_norm_decay: float = field(default=0.99, metadata={"help": "EMA decay of the return percentile range."})
+    min_std: float = field(default=0.1, metadata={"help": "Minimum action standard deviation."})
+    max_std: float = field(default=1.0, metadata={"help": "Maximum action standard deviation."})
+    grad_clip: float = field(default=100.0, metadata={"help": "Gradient norm clip for actor and critic."})
+
+    def __post_init__(self) -> None:
+        if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
+            raise ConfigError(f"ActorCriticConfig: gamma in (0, 1] and lam in [0, 1]; got {self.gamma}, {self.lam}.")
+        if not 0 < self.min_std <= self.max_std:
+            raise ConfigError(f"ActorCriticConfig: need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}.")
+        if self.horizon < 1 or self.hidden < 1 or self.layers < 0:
+            raise ConfigError("ActorCriticConfig: horizon and hidden must be >= 1, layers >= 0.")
+
+
+class Actor(nn.Module):
+    """A tanh-squashed Normal policy on world-model features; std bounded to [min_std, max_std]."""
+
+    def __init__(self, feature_size: int, action_size: int, config: ActorCriticConfig) -> None:
+        super().__init__()
+        self.net = MLP(feature_size, 2 * action_size, config.hidden, config.layers)
+        self.min_std, self.max_std = config.min_std, config.max_std
+
+    def _params(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw_std = self.net(features).chunk(2, -1)
+        std = (self.max_std - self.min_std) * torch.sigmoid(raw_std + 2.0) + self.min_std
+        return mean, std
+
+    def dist(self, features: Tensor) -> TransformedDistribution:
+        mean, std = self._params(features)
+        return TransformedDistribution(Independent(Normal(mean, std), 1), [TanhTransform(cache_size=1)])
+
+    def forward(self, features: Tensor) -> Tensor:
+        """The deterministic action tanh(mean), used for evaluation and export."""
+        return torch.tanh(self._params(features)[0])
+
+    def entropy(self, features: Tensor) -> Tensor:
+        """Entropy of the pre-squash Normal (the squashed one has no closed form)."""
+        mean, std = self._params(features)
+        return Normal(mean, std).entropy().sum(-1)
+
+
+def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam: float) -> Tensor:
+    """TD(lambda) returns along imagined trajectories.
+
+    :param reward: (B, H) rewards received on arriving at steps 1..H.
+    :param cont: (B, H) continuation probabilities of steps 1..H.
+    :param value: (B, H + 1) values of steps 0..H.
+    :returns: (B, H) returns for steps 0..H-1.
+    """
+    H = reward.shape[1]
+    returns = []
+    last = value[:, -1]
+    for t in reversed(range(H)):
+        last = reward[:, t] + gamma * cont[:, t] * ((1 - lam) * value[:, t + 1] + lam * last)
+        returns.append(last)
+    return torch.stack(returns[::-1], 1)
+
+
+class ActorCritic(nn.Module):
+    """Actor, critic, slow critic and return normaliser, trained from imagined rollouts.
+
+    The actor is trained with REINFORCE on normalised advantages (as DreamerV3 does for all
+    action spaces), so no gradient passes through the world model: imagination runs without
+    gradients, and a frozen or adapted model is used as is.
+    """
+
+    def __init__(self, feature_size: int, action_size: int, config: ActorCriticConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ActorCriticConfig()
+        self.feature_size, self.action_size = feature_size, action_size
+        self.actor = Actor(feature_size, action_size, self.config)
+        self.critic = TwoHotHead(feature_size, self.config.hidden, self.config.layers)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.register_buffer("return_scale", torch.ones(()))
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, eps=1e-5)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=self.config.critic_lr, eps=1e-5)
+
+    def act(self, features: Tensor, *, sample: bool) -> Tensor:
+        return self.actor.dist(features).sample().clamp(-1.0, 1.0) if sample else self.actor(features)
+
+    def train_step(
+        self,
+        model: WorldModel,
+        start: State,
+        *,
+        reward_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """Imagine from ``start`` (a batch of states) and update actor and critic once.
+
+        :param reward_fn: Maps imagined features (B, H + 1, F) and actions (B, H, A) to rewards
+            (B, H); the world model's reward head when omitted (Plan2Explore passes its
+            disagreement here).
+        """
+        config = self.config
+        with torch.no_grad():
+            rollout = imagine(
+                model, start, lambda f: self.act(f, sample=True), config.horizon, generator=generator
+            )
+            features = rollout["features"]  # (B, H + 1, F)
+            actions = rollout["actions"]  # (B, H, A)
+            B, H1, F = features.shape
+            flat = features.reshape(B * H1, F)
+            if reward_fn is None:
+                reward = model.reward(flat).reshape(B, H1)[:, 1:]
+            else:
+                reward = reward_fn(features, actions)
+            cont = model.continuation(flat).reshape(B, H1)[:, 1:]
+            value = self.critic.mean(features)
+            slow_value = self.slow_critic.mean(features)
+            returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
+            # Steps after a predicted episode end count less, as in DreamerV3.
+            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+            low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
+            decay = config.return_norm_decay
+            self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
+            advantage = (returns - value[:, :-1]) / self.return_scale.clamp(min=1.0)
+
+        states = features[:, :-1]
+        log_prob = self.actor.dist(states).log_prob(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+        entropy = self.actor.entropy(states)
+        actor_loss = -(weight * (log_prob * advantage + config.entropy * entropy)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
+        actor_loss.backward()
+        nn.utils.clip_grad_norm_(self.actor.parameters(), config.grad_clip)
+        self.actor_opt.step()
+
+        critic_loss = (
+            weight * (self.critic.loss(states, returns) + config.slow_critic_reg * self.critic.loss(states, slow_value[:, :-1]))
+        ).mean()
+        self.critic_opt.zero_grad(set_to_none=True)
+        critic_loss.backward()
+        nn.utils.clip_grad_norm_(self.critic.parameters(), config.grad_clip)
+        self.critic_opt.step()
+        with torch.no_grad():
+            for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+                slow.lerp_(fast, config.slow_critic_fraction)
+        return {
+            "actor_loss": actor_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "imagined_reward": reward.mean().item(),
+            "imagined_return": returns.mean().item(),
+            "entropy": entropy.mean().item(),
+            "return_scale": self.return_scale.item(),
+        }

@@ -1,0 +1,588 @@
+"""Offline episode datasets: recording, the on-disk format, validated loading, and collection.
+
+What a dataset is used for (fitting residuals, pretraining) lives in ``fitting.py`` and the training loops.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import gymnasium
+import numpy as np
+import torch
+
+from latent_residual import __version__
+from latent_residual.checkpoints import space_from_json, space_to_json
+from latent_residual.errors import AdapterFileError, ConfigError, DatasetError, LatentResidualError
+from latent_residual.files import read_safetensors, write_safetensors, write_text
+from latent_residual.metrics import RunLogger
+from latent_residual.registry import make_env
+
+DATASET_INFO_NAME = "dataset.json"
+EPISODES_DIR_NAME = "episodes"
+FILE_FORMAT = "latent-residual-dataset"
+FILE_FORMAT_VERSION = 1
+EPISODE_FORMAT = "latent-residual-episode"
+FLAG_KEYS = ("is_first", "is_last", "is_terminal")
+# Keys that are not observations; an observation key of the same name would be ambiguous.
+RESERVED_KEYS = ("action", *FLAG_KEYS, "reward")
+_INFO_KEYS = (
+    "env_id",
+    "env_kwargs",
+    "observation_space",
+    "action_space",
+    "provenance",
+    "resumes",
+    "episodes",
+    "transitions",
+    "has_reward",
+)
+
+Episode = dict[str, np.ndarray]
+Behaviour = Callable[[dict[str, np.ndarray]], np.ndarray]
+
+
+def episode_file_name(index: int) -> str:
+    """Return the file name of episode ``index`` inside the ``episodes`` folder."""
+    return f"episode-{index:06d}.safetensors"
+
+
+# --- recording -----------------------------------------------------------------------------
+
+
+class EpisodeRecorder:
+    """Turn a Gymnasium interaction loop into episode dicts of NumPy arrays (DreamerV3's layout).
+
+    Step ``t`` holds ``obs_t``; ``action[t]`` is the action taken at ``obs_t`` (zeros at the final
+    step); ``reward[t]`` is the reward received on arriving at ``obs_t`` (0 at the first step).
+    ``is_first[0]`` and ``is_last[-1]`` are true; ``is_terminal[-1]`` only if the env terminated.
+
+    It knows nothing of files, so replay buffers can use it as well as :class:`DatasetWriter`.
+
+    :param action_shape: The shape of one action (``action_space.shape``); needed only to
+        :meth:`finish` an episode before any action was taken, otherwise read from the actions.
+    """
+
+    def __init__(self, action_shape: tuple[int, ...] | None = None) -> None:
+        self._action_shape = action_shape
+        self._obs: list[dict[str, np.ndarray]] | None = None
+        self._actions: list[np.ndarray] = []
+        self._rewards: list[float] = []
+
+    @property
+    def length(self) -> int:
+        """Steps recorded so far in the current episode (0 before :meth:`start`)."""
+        return 0 if self._obs is None else len(self._obs)
+
+    def start(self, obs: Mapping[str, np.ndarray]) -> None:
+        """Begin an episode at the observation returned by ``env.reset()``."""
+        # Copies: some envs reuse their observation buffers from step to step.
+        self._obs = [{key: np.array(value) for key, value in obs.items()}]
+        self._actions = []
+        self._rewards = [0.0]
+
+    def step(
+        self,
+        action: np.ndarray,
+        next_obs: Mapping[str, np.ndarray],
+        reward: float,
+        terminated: bool,
+        truncated: bool,
+    ) -> Episode | None:
+        """Record ``action`` taken at the last observation and what ``env.step(action)`` returned.
+
+        :returns: The finished episode when ``terminated`` or ``truncated``, else None.
+        """
+        if self._obs is None:
+            raise DatasetError("EpisodeRecorder.step() was called before start(); call start(obs) after env.reset().")
+        if set(next_obs) != set(self._obs[0]):
+            raise DatasetError(
+                f"EpisodeRecorder: observation keys changed mid-episode: {sorted(next_obs)}, "
+                f"expected {sorted(self._obs[0])}."
+            )
+        self._actions.append(np.array(action, dtype=np.float32))
+        self._obs.append({key: np.array(value) for key, value in next_obs.items()})
+        self._rewards.append(float(reward))
+        if terminated or truncated:
+            return self.finish(terminated=bool(terminated))
+        return None
+
+    def finish(self, *, terminated: bool = False) -> Episode:
+        """End the current episode at its last recorded step (a truncation unless ``terminated``).
+
+        Used by :meth:`step` when the env ends the episode, and by callers that stop early.
+        """
+        if self._obs is None:
+            raise DatasetError("EpisodeRecorder.finish() was called before start(); there is no episode to finish.")
+        if self._actions:
+            final_action = np.zeros_like(self._actions[0])
+        elif self._action_shape is not None:
+            final_action = np.zeros(self._action_shape, np.float32)
+        else:
+            raise DatasetError(
+                "EpisodeRecorder.finish(): no action was taken, so the action shape is unknown; "
+                "pass action_shape=env.action_space.shape to EpisodeRecorder()."
+            )
+        T = len(self._obs)
+        episode = {key: np.stack([obs[key] for obs in self._obs]) for key in self._obs[0]}
+        episode["action"] = np.stack([*self._actions, final_action]).astype(np.float32)
+        episode["reward"] = np.asarray(self._rewards, np.float32)
+        episode["is_first"] = np.arange(T) == 0
+        episode["is_last"] = np.arange(T) == T - 1
+        episode["is_terminal"] = episode["is_last"] & terminated
+        self._obs = None
+        return episode
+
+
+# --- the format ----------------------------------------------------------------------------
+
+
+def _expected_layout(
+    observation_space: gymnasium.spaces.Dict, action_space: gymnasium.spaces.Box, has_reward: bool
+) -> dict[str, tuple[np.dtype, tuple[int, ...]]]:
+    """Return key -> (dtype, per-step shape) of an episode file."""
+    layout = {key: (np.dtype(space.dtype), tuple(space.shape)) for key, space in observation_space.spaces.items()}
+    layout["action"] = (np.dtype(np.float32), tuple(action_space.shape))
+    for key in FLAG_KEYS:
+        layout[key] = (np.dtype(bool), ())
+    if has_reward:
+        layout["reward"] = (np.dtype(np.float32), ())
+    return layout
+
+
+def _check_episode(
+    episode: Mapping[str, np.ndarray],
+    source: str,
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]],
+) -> int:
+    """Validate keys, dtypes, shapes and flags of one episode; return its length T."""
+    missing = [key for key in layout if key not in episode]
+    if missing:
+        raise DatasetError(
+            f"{source}: key {missing[0]!r} is missing; an episode holds {sorted(layout)}"
+            + (" (write reward-free data with store_reward=False)." if missing == ["reward"] else ".")
+        )
+    unexpected = sorted(set(episode) - set(layout))
+    if unexpected:
+        raise DatasetError(
+            f"{source}: key {unexpected[0]!r} is not part of this dataset; an episode holds {sorted(layout)}."
+        )
+    T = len(episode["is_first"]) if np.ndim(episode["is_first"]) else 0
+    if T < 1:
+        shape = np.shape(episode["is_first"])
+        raise DatasetError(f"{source}: key 'is_first' has shape {shape}, expected (T,) with T >= 1.")
+    for key, (dtype, shape) in layout.items():
+        value = episode[key]
+        if value.dtype != dtype:
+            raise DatasetError(f"{source}: key {key!r} has dtype {value.dtype}, expected {dtype}.")
+        if value.shape != (T, *shape):
+            raise DatasetError(
+                f"{source}: key {key!r} has shape {value.shape}, expected {(T, *shape)} (T={T} steps)."
+            )
+    flags = {key: episode[key] for key in FLAG_KEYS}
+    if not flags["is_first"][0] or flags["is_first"][1:].any():
+        raise DatasetError(f"{source}: key 'is_first' must be true at step 0 only (one episode per file).")
+    if not flags["is_last"][-1] or flags["is_last"][:-1].any():
+        raise DatasetError(f"{source}: key 'is_last' must be true at the final step only (one episode per file).")
+    if flags["is_terminal"][:-1].any():
+        raise DatasetError(f"{source}: key 'is_terminal' may be true only at the final step.")
+    return T
+
+
+def _check_spaces(
+    observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space, source: str
+) -> None:
+    if not isinstance(observation_space, gymnasium.spaces.Dict):
+        raise DatasetError(
+            f"{source}: observation_space must be a gymnasium.spaces.Dict of Boxes, got "
+            f"{type(observation_space).__name__}; wrap the env so it returns a dict of named arrays."
+        )
+    clashing = sorted(set(observation_space.spaces) & set(RESERVED_KEYS))
+    if clashing:
+        raise DatasetError(
+            f"{source}: observation key {clashing[0]!r} clashes with the reserved keys {list(RESERVED_KEYS)}."
+        )
+    if not isinstance(action_space, gymnasium.spaces.Box):
+        raise DatasetError(
+            f"{source}: action_space must be a gymnasium.spaces.Box, got {type(action_space).__name__}."
+        )
+
+
+def _json_ready(value: Any, what: str) -> Any:
+    """Return ``value`` as it reads back from JSON, so stored and new values compare equal."""
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be JSON-serialisable: {exc}") from exc
+
+
+def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, gymnasium.spaces.Box]:
+    """Read and validate ``dataset.json``; return it with the spaces it describes."""
+    path = directory / DATASET_INFO_NAME
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: no such file; a dataset directory holds {DATASET_INFO_NAME} and {EPISODES_DIR_NAME}/. "
+            "Make one with latent_residual.datasets.collect() or DatasetWriter."
+        )
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"{path}: not JSON: {exc}.") from exc
+    if not isinstance(info, dict) or info.get("format") != FILE_FORMAT:
+        found = info.get("format") if isinstance(info, dict) else type(info).__name__
+        raise DatasetError(f"{path}: key 'format' is {found!r}, expected {FILE_FORMAT!r}; this is not a dataset.")
+    version = info.get("format_version")
+    if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
+        raise DatasetError(
+            f"{path}: key 'format_version' is {version!r}; this library reads up to {FILE_FORMAT_VERSION}. "
+            "Upgrade latent-residual to read it."
+        )
+    for key in _INFO_KEYS:
+        if key not in info:
+            raise DatasetError(f"{path}: key {key!r} is missing.")
+    for key in ("episodes", "transitions"):
+        if not isinstance(info[key], int) or isinstance(info[key], bool) or info[key] < 0:
+            raise DatasetError(f"{path}: key {key!r} is {info[key]!r}, expected an integer >= 0.")
+    if not isinstance(info["has_reward"], bool):
+        raise DatasetError(f"{path}: key 'has_reward' is {info['has_reward']!r}, expected true or false.")
+    spaces = []
+    for key in ("observation_space", "action_space"):
+        try:
+            spaces.append(space_from_json(info[key]))
+        except (LatentResidualError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise DatasetError(f"{path}: key {key!r} is not a space description: {exc}") from exc
+    observation_space, action_space = spaces
+    _check_spaces(observation_space, action_space, str(path))
+    return info, observation_space, action_space
+
+
+def _write_info(directory: Path, info: dict[str, Any]) -> None:
+    write_text(directory / DATASET_INFO_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Episode:
+    try:
+        tensors, metadata = read_safetensors(path)
+    except AdapterFileError as exc:
+        raise DatasetError(str(exc)) from exc
+    if metadata.get("format") != EPISODE_FORMAT:
+        raise DatasetError(
+            f"{path}: metadata key 'format' is {metadata.get('format')!r}, expected {EPISODE_FORMAT!r}; "
+            "this is not a dataset episode."
+        )
+    episode = {}
+    for key, tensor in tensors.items():
+        try:
+            episode[key] = tensor.numpy()
+        except TypeError as exc:  # dtypes NumPy lacks, such as bfloat16
+            raise DatasetError(f"{path}: key {key!r} has dtype {tensor.dtype}, which no dataset key uses.") from exc
+    _check_episode(episode, str(path), layout)
+    return episode
+
+
+# --- writing -------------------------------------------------------------------------------
+
+
+class DatasetWriter:
+    """Write episodes into a dataset directory, one safetensors file each, atomically.
+
+    ``dataset.json`` is rewritten (atomically) after every episode, so a killed process leaves a
+    valid dataset of the episodes finished so far. Opening an existing dataset appends to it;
+    the env id, env kwargs, spaces and reward flag must match.
+
+    :param directory: A new or empty directory, or an existing dataset to continue.
+    :param env_id: The environment the data comes from.
+    :param env_kwargs: The keyword arguments it was made with.
+    :param observation_space: A Dict of Boxes; episodes are checked against it.
+    :param action_space: A Box; actions are stored as float32.
+    :param provenance: JSON-ready facts about the data (behaviour policy, noise, seed, ...); the
+        date and library version are added. When continuing a dataset it is appended to
+        ``resumes`` with the index of its first episode.
+    :param store_reward: Keep the ``reward`` key; False writes reward-free data.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        env_id: str,
+        env_kwargs: dict[str, Any] | None = None,
+        observation_space: gymnasium.spaces.Space,
+        action_space: gymnasium.spaces.Space,
+        provenance: dict[str, Any] | None = None,
+        store_reward: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        _check_spaces(observation_space, action_space, f"DatasetWriter({self.directory})")
+        session = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "library_version": __version__,
+            **_json_ready(provenance or {}, "provenance"),
+        }
+        identity = {
+            "env_id": env_id,
+            "env_kwargs": _json_ready(env_kwargs or {}, "env_kwargs"),
+            "observation_space": _json_ready(space_to_json(observation_space), "observation_space"),
+            "action_space": _json_ready(space_to_json(action_space), "action_space"),
+            "has_reward": store_reward,
+        }
+        self._layout = _expected_layout(observation_space, action_space, store_reward)
+        # A continuing session is recorded with its first episode, so opening alone changes nothing.
+        self._resume: dict[str, Any] | None = None
+        if (self.directory / DATASET_INFO_NAME).exists():
+            self.info, _, _ = _read_info(self.directory)
+            for key, value in identity.items():
+                if self.info[key] != value:
+                    raise DatasetError(
+                        f"{self.directory / DATASET_INFO_NAME}: key {key!r} differs from the data being added "
+                        f"(stored {_short(self.info[key])}, new {_short(value)}); write to another directory."
+                    )
+            self._resume = session
+        else:
+            if self.directory.exists() and any(self.directory.iterdir()):
+                raise DatasetError(
+                    f"{self.directory}: not empty and has no {DATASET_INFO_NAME}; choose a new or empty directory."
+                )
+            self.info = {
+                "format": FILE_FORMAT,
+                "format_version": FILE_FORMAT_VERSION,
+                **identity,
+                "provenance": session,
+                "resumes": [],
+                "episodes": 0,
+                "transitions": 0,
+            }
+            _write_info(self.directory, self.info)
+
+    @property
+    def episodes(self) -> int:
+        """Episodes stored so far (the index the next one gets)."""
+        return self.info["episodes"]
+
+    @property
+    def transitions(self) -> int:
+        """Steps stored so far, over all episodes."""
+        return self.info["transitions"]
+
+    def add_episode(self, episode: Mapping[str, np.ndarray]) -> Path:
+        """Validate ``episode`` (an :class:`EpisodeRecorder` dict) and write it; return its path.
+
+        With ``store_reward=False`` a ``reward`` key is dropped rather than refused.
+        """
+        index = self.info["episodes"]
+        path = self.directory / EPISODES_DIR_NAME / episode_file_name(index)
+        arrays = {key: np.asarray(value) for key, value in episode.items()}
+        if "reward" not in self._layout:
+            arrays.pop("reward", None)
+        T = _check_episode(arrays, f"episode for {path}", self._layout)
+        metadata = {"format": EPISODE_FORMAT, "format_version": str(FILE_FORMAT_VERSION)}
+        write_safetensors(path, {key: torch.tensor(value) for key, value in arrays.items()}, metadata)
+        # The episode file is complete before dataset.json counts it: a kill in between only
+        # leaves a file that the next writer overwrites.
+        if self._resume is not None:
+            self.info["resumes"].append({"first_episode": index, **self._resume})
+            self._resume = None
+        self.info["episodes"] = index + 1
+        self.info["transitions"] += T
+        _write_info(self.directory, self.info)
+        return path
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    """Episodes loaded into memory, with the spaces and ``dataset.json`` they came with."""
+
+    episodes: list[Episode]
+    observation_space: gymnasium.spaces.Dict
+    action_space: gymnasium.spaces.Box
+    info: dict[str, Any]
+
+    @property
+    def transitions(self) -> int:
+        """Steps held, over all loaded episodes."""
+        return sum(len(episode["is_first"]) for episode in self.episodes)
+
+    def sequences(self, length: int, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+        """Cut every episode into non-overlapping windows of ``length`` steps, as (N, length, ...) tensors.
+
+        The tail of an episode shorter than ``length`` is dropped, and so are (with a warning)
+        whole episodes shorter than ``length``. ``is_first`` is true at the start of every
+        window: a window starting mid-episode has no context, so the model resets there and its
+        KL is masked. This is what :func:`latent_residual.fitting.fit_residual` consumes.
+        """
+        if not isinstance(length, int) or isinstance(length, bool) or length < 1:
+            raise ConfigError(f"sequence length must be an integer >= 1, got {length!r}.")
+        usable = [episode for episode in self.episodes if len(episode["is_first"]) >= length]
+        if not usable:
+            raise DatasetError(
+                f"no episode of this dataset ({len(self.episodes)} episodes) has {length} steps; "
+                "use a shorter sequence length or collect longer episodes."
+            )
+        if len(usable) < len(self.episodes):
+            warnings.warn(
+                f"{len(self.episodes) - len(usable)} of {len(self.episodes)} episodes are shorter than "
+                f"{length} steps and are left out.",
+                stacklevel=2,
+            )
+        windows: dict[str, list[np.ndarray]] = {key: [] for key in usable[0]}
+        for episode in usable:
+            count = len(episode["is_first"]) // length
+            for key, values in windows.items():
+                value = episode[key][: count * length]
+                values.extend(value.reshape(count, length, *value.shape[1:]))
+        out = {key: torch.from_numpy(np.stack(values)) for key, values in windows.items()}
+        out["is_first"][:, 0] = True
+        return {key: value.to(device) for key, value in out.items()}
+
+
+def load_dataset(directory: str | Path, *, max_transitions: int | None = None) -> Dataset:
+    """Load and validate a dataset directory.
+
+    Every episode file's framing, keys, dtypes, shapes (against the stored spaces) and flags are
+    checked; any problem raises DatasetError naming the file and the key.
+
+    :param max_transitions: Keep whole episodes in order until this many steps; the last one is
+        cut to fit exactly, its final step marked ``is_last`` (a truncation, not a termination).
+    """
+    if max_transitions is not None and (not isinstance(max_transitions, int) or max_transitions < 1):
+        raise ConfigError(f"max_transitions must be None or an integer >= 1, got {max_transitions!r}.")
+    directory = Path(directory)
+    info, observation_space, action_space = _read_info(directory)
+    layout = _expected_layout(observation_space, action_space, info["has_reward"])
+    episodes: list[Episode] = []
+    stored = 0
+    for index in range(info["episodes"]):
+        if max_transitions is not None and stored >= max_transitions:
+            break
+        episode = _read_episode(directory / EPISODES_DIR_NAME / episode_file_name(index), layout)
+        T = len(episode["is_first"])
+        if max_transitions is not None and stored + T > max_transitions:
+            keep = max_transitions - stored
+            episode = {key: value[:keep].copy() for key, value in episode.items()}
+            episode["is_last"][-1] = True
+            episode["is_terminal"][-1] = False
+            T = keep
+        episodes.append(episode)
+        stored += T
+    if max_transitions is None and stored != info["transitions"]:
+        raise DatasetError(
+            f"{directory / DATASET_INFO_NAME}: key 'transitions' is {info['transitions']} but the episode files "
+            f"hold {stored} steps; an episode file was replaced or the dataset is corrupt."
+        )
+    return Dataset(episodes, observation_space, action_space, info)
+
+
+# --- collecting ----------------------------------------------------------------------------
+
+
+def collect(
+    env_id: str,
+    behaviour: str | Behaviour,
+    directory: str | Path,
+    *,
+    transitions: int,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    noise: float = 0.0,
+    provenance: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> Dataset:
+    """Run ``behaviour`` in ``make_env(env_id, **env_kwargs)`` until ``directory`` holds ``transitions`` steps.
+
+    Episode ``i`` (numbered over the whole dataset) resets with ``seed + i`` and draws its random
+    actions and noise from a generator seeded with ``(seed, i)``, so a collection killed and
+    resumed with the same arguments stores the same data as an uninterrupted one. The last
+    episode is cut (truncated) to hit ``transitions`` exactly. A directory already holding steps
+    is continued; one already holding ``transitions`` or more is returned as it is.
+
+    :param behaviour: ``"random"`` (uniform in the action space) or a callable from the
+        observation dict to an action; its ``description`` attribute, if any, is recorded.
+    :param noise: Standard deviation of Gaussian noise added to each action (action units),
+        then clipped to the action space.
+    :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
+        transitions take precedence over keys of the same name.
+    """
+    if not isinstance(transitions, int) or isinstance(transitions, bool) or transitions < 1:
+        raise ConfigError(f"transitions must be an integer >= 1, got {transitions!r}.")
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0 (episode i resets with seed + i), got {seed!r}.")
+    if noise < 0:
+        raise ConfigError(f"noise is a standard deviation and must be >= 0, got {noise!r}.")
+    if isinstance(behaviour, str) and behaviour == "random":
+        description = "random"
+    elif callable(behaviour):
+        description = getattr(behaviour, "description", repr(behaviour))
+    else:
+        raise ConfigError(
+            f"behaviour must be 'random' or a callable from observations to actions, got {behaviour!r}."
+        )
+    env_kwargs = dict(env_kwargs or {})
+    env = make_env(env_id, **env_kwargs)
+    try:
+        space = env.action_space
+        if isinstance(behaviour, str) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
+            raise ConfigError(f"behaviour 'random' needs a bounded action space; {env_id} has {space}.")
+        writer = DatasetWriter(
+            directory,
+            env_id=env_id,
+            env_kwargs=env_kwargs,
+            observation_space=env.observation_space,
+            action_space=space,
+            provenance={
+                **(provenance or {}),
+                "behaviour": description,
+                "noise": noise,
+                "seed": seed,
+                "transitions": transitions,
+            },
+        )
+
+        def act(obs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
+            if isinstance(behaviour, str):
+                action = rng.uniform(space.low, space.high)
+            else:
+                action = np.asarray(behaviour(obs), dtype=np.float64)
+                if action.shape != space.shape:
+                    raise ConfigError(
+                        f"behaviour returned an action of shape {action.shape}; {env_id} expects {space.shape}."
+                    )
+            if noise:
+                action = action + rng.normal(0.0, noise, space.shape)
+            return np.clip(action, space.low, space.high).astype(space.dtype)
+
+        recorder = EpisodeRecorder(space.shape)
+        with RunLogger(None, transitions, f"collect {env_id}", quiet=quiet) as run:
+            run.advance(min(writer.transitions, transitions))
+            while writer.transitions < transitions:
+                index = writer.episodes
+                budget = transitions - writer.transitions
+                rng = np.random.default_rng([seed, index])
+                obs, _ = env.reset(seed=seed + index)
+                recorder.start(obs)
+                run.advance()
+                episode = recorder.finish() if budget == 1 else None
+                while episode is None:
+                    action = act(obs, rng)
+                    obs, reward, terminated, truncated, _ = env.step(action)
+                    cut = recorder.length + 1 == budget
+                    episode = recorder.step(action, obs, reward, terminated, truncated or cut)
+                    run.advance()
+                writer.add_episode(episode)
+                run.log(writer.transitions, episode_return=float(episode["reward"].sum()))
+    finally:
+        env.close()
+    return load_dataset(directory)

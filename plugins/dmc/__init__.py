@@ -1,0 +1,64 @@
+"""The DeepMind Control plugin: registers the paper's four DMC sources and their targets.
+
+Only registration lives here, kept light (no dm_control or numpy import); the env is in ``env.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from latent_residual import hookimpl
+
+ENTRY_POINT = "latent_residual_plugins.dmc.env:DMCEnv"
+# dm_control's 1000 control steps at the default action repeat of 2.
+MAX_EPISODE_STEPS = 500
+
+# (id, domain, task, target, description); the target changes are defined in targets.py.
+_ENVS: tuple[tuple[str, str, str, str | None, str], ...] = (
+    ("dmc/pendulum-swingup-v0", "pendulum", "swingup", None, "Pendulum swing-up (source)."),
+    (
+        "dmc/pendulum-swingup-reversed-v0",
+        "pendulum",
+        "swingup",
+        "reversed",
+        "Pendulum swing-up with reversed actions: control = -action (target).",
+    ),
+    ("dmc/cup-catch-v0", "ball_in_cup", "catch", None, "Ball-in-cup catch (source)."),
+    (
+        "dmc/cup-catch-windy-v0",
+        "ball_in_cup",
+        "catch",
+        "windy",
+        "Ball-in-cup catch with a constant force (-2, 0, 0) on the ball body (target).",
+    ),
+    ("dmc/finger-turn-hard-v0", "finger", "turn_hard", None, "Finger turn-hard (source)."),
+    (
+        "dmc/finger-turn-hard-torque-v0",
+        "finger",
+        "turn_hard",
+        "torque",
+        "Finger turn-hard with a constant torque (0, 4, 0) on the spinner body (target).",
+    ),
+    ("dmc/reacher-easy-v0", "reacher", "easy", None, "Reacher easy (source)."),
+    (
+        "dmc/reacher-easy-reversed-v0",
+        "reacher",
+        "easy",
+        "reversed",
+        "Reacher easy with reversed actions on both joints: control = -action (target).",
+    ),
+)
+
+
+@hookimpl
+def register_envs(register: Callable[..., Any]) -> None:
+    """Register the DMC sources and targets of the ReDRAW paper."""
+    for env_id, domain, task, target, description in _ENVS:
+        register(
+            env_id,
+            ENTRY_POINT,
+            description=description,
+            kwargs={"domain": domain, "task": task, "target": target},
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )

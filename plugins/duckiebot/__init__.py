@@ -1,0 +1,48 @@
+"""The Duckiebot plugin: registers lane following on a MuJoCo Duckietown loop, sim and 'real'.
+
+Only registration lives here, kept light (no mujoco or numpy import); the env is in ``env.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from latent_residual import hookimpl
+
+ENTRY_POINT = "latent_residual_plugins.duckiebot.env:LaneFollowingEnv"
+# The paper's training episodes: 200 steps at 10 Hz.
+MAX_EPISODE_STEPS = 200
+
+# (id, constructor kwargs, description); what 'real' changes is defined in variants.py.
+_ENVS: tuple[tuple[str, dict[str, Any], str], ...] = (
+    (
+        "duckiebot/lane-following-v0",
+        {"variant": "sim"},
+        "Duckiebot lane following from a 64x64 camera, sim: looks and motor gains randomised per episode.",
+    ),
+    (
+        "duckiebot/lane-following-real-v0",
+        {"variant": "real"},
+        "Duckiebot lane following, the fixed 'real' robot: wheel imbalance, deadzone, 1-step latency, "
+        "tilted camera, other lighting, sensor noise.",
+    ),
+    (
+        "duckiebot/lane-following-real-reversed-v0",
+        {"variant": "real", "reverse_actions": True},
+        "The 'real' Duckiebot with both action components negated (target).",
+    ),
+)
+
+
+@hookimpl
+def register_envs(register: Callable[..., Any]) -> None:
+    """Register the sim, real and real-reversed Duckiebot lane-following environments."""
+    for env_id, kwargs, description in _ENVS:
+        register(
+            env_id,
+            ENTRY_POINT,
+            description=description,
+            kwargs=kwargs,
+            max_episode_steps=MAX_EPISODE_STEPS,
+        )
