@@ -1,6 +1,6 @@
 """The ``latent-residual`` command: the click group, config-to-flag mapping and one-line errors.
 
-Plugins add subcommands through the ``register_commands`` hook.
+Pipeline subcommands are in ``commands.py``; plugins add theirs through ``register_commands``.
 """
 
 from __future__ import annotations
@@ -18,11 +18,16 @@ from latent_residual import __version__
 from latent_residual.errors import LatentResidualError
 
 
+def _option_name(prefix: str, name: str) -> tuple[str, str]:
+    return f"{prefix}{name}".replace("_", "-"), f"{prefix}{name}".replace("-", "_")
+
+
 def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()) -> Callable:
     """Decorate a click command with one option per field of ``config_cls``.
 
-    ``--hidden`` maps to field ``hidden`` (with ``prefix``, ``--fit-lr`` to ``lr``); the
-    field's ``help`` metadata and default show in ``--help``. Build the config back with
+    ``--hidden`` maps to field ``hidden`` (with ``prefix="fit-"``, ``--fit-lr`` to ``lr``); the
+    field's ``help`` metadata and default show in ``--help``. Dict fields take JSON, tuple
+    fields repeat (``--transitions 10000 --transitions 40000``). Build the config back with
     :func:`config_from_options`.
     """
     hints = typing.get_type_hints(config_cls)
@@ -31,18 +36,19 @@ def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ..
         for field in reversed(dataclasses.fields(config_cls)):
             if not field.init or field.name in exclude or field.name in ("adapter_type", "format_version"):
                 continue
-            flag = f"{prefix}{field.name}".replace("_", "-")
-            dest = f"{prefix}{field.name}".replace("-", "_")
+            flag, dest = _option_name(prefix, field.name)
             kind = hints[field.name]
             default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-            help_text = field.metadata.get("help", "")
+            common = {"show_default": True, "help": field.metadata.get("help", "")}
             if kind is bool:
-                option = click.option(f"--{flag}/--no-{flag}", dest, default=default, show_default=True, help=help_text)
+                option = click.option(f"--{flag}/--no-{flag}", dest, default=default, **common)
             elif typing.get_origin(kind) is tuple:
-                option = click.option(f"--{flag}", dest, multiple=True, default=default, show_default=True, help=help_text)
+                item = typing.get_args(kind)[0]
+                option = click.option(f"--{flag}", dest, multiple=True, type=item, default=default, **common)
+            elif typing.get_origin(kind) is dict:
+                option = click.option(f"--{flag}", dest, type=str, default=json.dumps(default), **common)
             else:
-                base = {int: int, float: float, str: str}.get(kind, str)
-                option = click.option(f"--{flag}", dest, type=base, default=default, show_default=True, help=help_text)
+                option = click.option(f"--{flag}", dest, type=kind, default=default, **common)
             command = option(command)
         return command
 
@@ -51,12 +57,21 @@ def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ..
 
 def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: str = "") -> Any:
     """Build ``config_cls`` from the parsed options that :func:`config_options` added."""
+    hints = typing.get_type_hints(config_cls)
     values = {}
     for field in dataclasses.fields(config_cls):
-        dest = f"{prefix}{field.name}".replace("-", "_")
-        if dest in options:
-            value = options[dest]
-            values[field.name] = tuple(value) if isinstance(value, (list, tuple)) else value
+        flag, dest = _option_name(prefix, field.name)
+        if dest not in options:
+            continue
+        value = options[dest]
+        if typing.get_origin(hints[field.name]) is dict:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise click.BadParameter(f"expected JSON, got {value!r} ({exc})", param_hint=f"--{flag}") from exc
+        elif isinstance(value, (list, tuple)):
+            value = tuple(value)
+        values[field.name] = value
     return config_cls(**values)
 
 
@@ -128,6 +143,8 @@ def _register_plugin_commands() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; errors print one line and return a non-zero exit code."""
+    import latent_residual.commands  # noqa: F401  (adds the pipeline's subcommands to ``cli``)
+
     _register_plugin_commands()
     args = sys.argv[1:] if argv is None else argv
     try:

@@ -32,8 +32,13 @@ class Policy(nn.Module):
                 f"{type(model).__name__}'s posterior depends on its recurrent state, so its policy needs state "
                 "inputs and outputs; only memoryless policies (DRAW-like backbones) are supported here."
             )
-        if model.observation_space is None:
-            raise ConfigError("The world model has no observation_space; build it with make_backbone().")
+        import gymnasium
+
+        if not isinstance(model.observation_space, gymnasium.spaces.Dict):
+            raise ConfigError(
+                f"The world model's observation_space is {type(model.observation_space).__name__}, expected a "
+                "gymnasium Dict (one entry per observation key); build it with make_backbone()."
+            )
         self.model = model
         self.actor = actor
         self.keys = list(model.observation_space.spaces)

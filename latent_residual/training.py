@@ -358,13 +358,14 @@ def pretrain(
     ``out_dir`` receives ``world_model/`` (a checkpoint), ``actor_critic.safetensors`` (the
     simulation policy), ``replay/`` (every finished episode, as a dataset), ``metrics.csv``,
     TensorBoard files and ``progress.json``. Re-running with the same ``out_dir`` continues
-    from the last checkpoint; a finished run returns at once.
+    from the last checkpoint (a larger ``env_steps`` extends a finished run); a run that has
+    reached ``env_steps`` returns at once.
     """
     from latent_residual.datasets import EpisodeRecorder
 
     out = Path(out_dir)
     run_state = _Pretraining(config, ac_config or ActorCriticConfig(), out)
-    if run_state.progress.get("done"):
+    if run_state.env_steps >= config.env_steps:
         return PretrainResult(run_state.env_steps, run_state.updates, run_state.returns, 0.0)
     start = time.monotonic()
     per_update = config.batch_size * config.seq_len / config.train_ratio  # env steps per update
