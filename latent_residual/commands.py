@@ -14,6 +14,25 @@ from latent_residual.cli import cli, config_from_options, config_options
 
 _PATH = click.Path(path_type=Path)
 
+# What fits a 2-core CPU: a small DRAW, short sequences, actor-critic at 128 units, horizon 15.
+CPU_DEFAULTS: dict[str, Any] = {
+    "pretrain_backbone_kwargs": json.dumps(
+        {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128}
+    ),
+    "pretrain_env_steps": 40_000,
+    "pretrain_prefill": 1000,
+    "pretrain_train_ratio": 32.0,
+    "pretrain_batch_size": 32,
+    "pretrain_seq_len": 16,
+    "pretrain_imagination_starts": 256,
+    "pretrain_model_lr": 3e-4,
+    "pretrain_checkpoint_every": 2500,
+    "ac_hidden": 128,
+    "ac_horizon": 15,
+    "ac_actor_lr": 1e-4,
+    "ac_critic_lr": 1e-4,
+}
+
 # --quick: every stage runs, on tiny data and few updates (a smoke run, not a result).
 QUICK_OVERRIDES: dict[str, Any] = {
     "transitions": (3000,),
@@ -246,26 +265,31 @@ def _experiment_command(name: str, help_text: str, defaults: dict[str, Any]):
     from latent_residual.fitting import FitConfig
     from latent_residual.pipeline import ExperimentConfig
     from latent_residual.residual import ResidualConfig
-    from latent_residual.training import PolicyTrainConfig
+    from latent_residual.training import PolicyTrainConfig, PretrainConfig
 
-    @cli.command(name=name, help=help_text)
+    @cli.command(name=name, help=help_text, context_settings={"default_map": defaults})
     @click.option("--out", type=_PATH, default=Path("runs") / name, show_default=True, help="Run directory (re-run to resume).")
     @click.option("--quick", is_flag=True, help="Tiny settings: a smoke run of every stage in about a minute.")
     @config_options(ExperimentConfig)
     @config_options(ResidualConfig, prefix="residual-", exclude=("mode",))
     @config_options(FitConfig, prefix="fit-")
     @config_options(PolicyTrainConfig, prefix="policy-", exclude=("seed",))
+    @config_options(PretrainConfig, prefix="pretrain-", exclude=("env_id",))
+    @config_options(ActorCriticConfig, prefix="ac-")
     @click.pass_context
     def command(ctx: click.Context, out: Path, quick: bool, **options: Any) -> None:
         from latent_residual.pipeline import run_experiment
 
-        # Flags the user gave win over the command's defaults, which win over the dataclasses'.
-        given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
-        preset = {**defaults, **(QUICK_OVERRIDES if quick else {})}
-        options.update({key: value for key, value in preset.items() if key not in given})
+        if quick:  # flags given on the command line still win over --quick's settings
+            given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
+            options.update({key: value for key, value in QUICK_OVERRIDES.items() if key not in given})
+        experiment = config_from_options(ExperimentConfig, options)
+        options["pretrain_env_id"] = experiment.source
         run_experiment(
-            config_from_options(ExperimentConfig, options),
+            experiment,
             out,
+            pretrain_config=config_from_options(PretrainConfig, options, prefix="pretrain-"),
+            ac_config=config_from_options(ActorCriticConfig, options, prefix="ac-"),
             residual_config=config_from_options(ResidualConfig, options, prefix="residual-"),
             fit_config=config_from_options(FitConfig, options, prefix="fit-"),
             policy_config=config_from_options(PolicyTrainConfig, options, prefix="policy-"),
@@ -285,10 +309,10 @@ _export_command()
 _experiment_command(
     "compare",
     "Compare zero-shot, ReDRAW, prior finetuning and replacement dynamics on the same data and seeds.",
-    {"methods": ("redraw", "finetune", "replacement"), "transitions": (10_000, 40_000), "seeds": 3},
+    {**CPU_DEFAULTS, "methods": ("redraw", "finetune", "replacement"), "transitions": (10_000, 40_000), "seeds": 3},
 )
 _experiment_command(
     "demo",
     "The whole ReDRAW story on pendulum swing-up -> reversed actions, from state observations, on a CPU.",
-    {},
+    CPU_DEFAULTS,
 )

@@ -64,6 +64,9 @@ class ExperimentConfig:
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
     eval_episodes: int = field(default=10, metadata={"help": "Evaluation episodes per policy."})
     sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence cut from the target data."})
+    episode_steps: int = field(
+        default=0, metadata={"help": "Cap on episode length in collection and evaluation; 0 keeps the environment's."}
+    )
     export: bool = field(default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."})
 
     def __post_init__(self) -> None:
@@ -175,10 +178,12 @@ def run_experiment(
     sim_actor_critic = load_actor_critic(pre / ACTOR_CRITIC_NAME)
     sim_policy = Policy(base, sim_actor_critic.actor)
     ac_config = ac_config or sim_actor_critic.config
+    env_kwargs = {"max_episode_steps": config.episode_steps} if config.episode_steps else {}
 
     def evaluated(key: str, policy: Any, env_id: str, seed: int, **extra: Any) -> dict[str, Any]:
         if key not in results:
-            results.put(key, _evaluation(evaluate(policy, env_id, episodes=config.eval_episodes, seed=seed), **extra))
+            result = evaluate(policy, env_id, episodes=config.eval_episodes, seed=seed, env_kwargs=env_kwargs)
+            results.put(key, _evaluation(result, **extra))
         row = results[key]
         say(f"      {key:<32} return {row['return_mean']:8.1f} ± {row['return_std']:.1f}")
         return row
@@ -201,6 +206,7 @@ def run_experiment(
         data_dir,
         transitions=max(config.transitions),
         seed=20_000,
+        env_kwargs=env_kwargs,
         noise=config.noise,
         quiet=quiet,
         provenance={"purpose": "target adaptation data", "reward_used": False},

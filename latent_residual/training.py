@@ -403,7 +403,7 @@ def pretrain(
                 while credit >= 1.0:
                     metrics = run_state.update()
                     credit -= 1.0
-                    if run_state.updates % 50 == 0:
+                    if run_state.updates % 25 == 1:  # the first update, then every 25th
                         run.log(run_state.env_steps, **metrics)
             if run_state.env_steps % config.checkpoint_every == 0:
                 run_state.checkpoint(done=False)

@@ -14,6 +14,12 @@ import torch  # noqa: E402
 
 from latent_residual import plugins  # noqa: E402
 
+# Tiny models gain nothing from a second thread, and OpenMP's spin-waits make every op cost a
+# scheduler slice when another process holds the other core.
+torch.set_num_threads(1)
+from latent_residual.behavior import ActorCriticConfig as ActorCriticConfig  # noqa: E402
+from latent_residual.training import PretrainConfig  # noqa: E402
+
 
 def make_distribution(root: Path, name: str, version: str, entry_points: dict[str, str], modules=None) -> Path:
     """Write an installed-looking distribution (dist-info + modules) under ``root``."""
@@ -103,6 +109,38 @@ def gru_model(registry, drift_spaces):
         optimiser.step()
     optimiser.zero_grad(set_to_none=True)
     return model
+
+
+TINY_AC = ActorCriticConfig(hidden=16, layers=1, horizon=4)
+
+
+def tiny_pretrain_config(**overrides):
+    values = dict(
+        env_id="dmc/pendulum-swingup-v0",
+        env_kwargs={"max_episode_steps": 60},
+        backbone_kwargs={"preset": "tiny"},
+        exploration="plan2explore",
+        env_steps=160,
+        prefill=70,
+        train_ratio=16.0,
+        batch_size=4,
+        seq_len=8,
+        imagination_starts=16,
+        disagreement_members=2,
+        checkpoint_every=80,
+    )
+    values.update(overrides)
+    return PretrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def pretrained(tmp_path_factory, registry):
+    """A tiny DRAW and policy pretrained with Plan2Explore on short pendulum episodes."""
+    from latent_residual import pretrain
+
+    out = tmp_path_factory.mktemp("pretrain")
+    result = pretrain(tiny_pretrain_config(), out, ac_config=TINY_AC, quiet=True)
+    return out, result
 
 
 def assert_no_temp_files(directory: Path) -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from latent_residual import ActorCriticConfig, ConfigError, PretrainConfig, load_world_model, pretrain
+from conftest import TINY_AC, tiny_pretrain_config
+
+from latent_residual import ConfigError, PretrainConfig, load_world_model, pretrain
 from latent_residual.training import (
     ACTOR_CRITIC_NAME,
     PolicyTrainConfig,
@@ -17,35 +19,6 @@ from latent_residual.training import (
     save_actor_critic,
     train_policy,
 )
-
-TINY_AC = ActorCriticConfig(hidden=16, layers=1, horizon=4)
-
-
-def tiny_pretrain_config(**overrides):
-    values = dict(
-        env_id="dmc/pendulum-swingup-v0",
-        env_kwargs={"max_episode_steps": 60},
-        backbone_kwargs={"preset": "tiny"},
-        exploration="plan2explore",
-        env_steps=160,
-        prefill=70,
-        train_ratio=16.0,
-        batch_size=4,
-        seq_len=8,
-        imagination_starts=16,
-        disagreement_members=2,
-        checkpoint_every=80,
-    )
-    values.update(overrides)
-    return PretrainConfig(**values)
-
-
-@pytest.fixture(scope="module")
-def pretrained(tmp_path_factory, registry):
-    out = tmp_path_factory.mktemp("pretrain")
-    result = pretrain(tiny_pretrain_config(), out, ac_config=TINY_AC, quiet=True)
-    return out, result
-
 
 def test_pretraining_writes_checkpoint_policy_replay_and_metrics(pretrained):
     out, result = pretrained
