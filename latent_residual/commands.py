@@ -21,6 +21,7 @@ CPU_DEFAULTS: dict[str, Any] = {
     ),
     "pretrain_env_steps": 40_000,
     "pretrain_prefill": 1000,
+    "pretrain_expert_steps": 10_000,
     "pretrain_train_ratio": 32.0,
     "pretrain_batch_size": 32,
     "pretrain_seq_len": 16,
@@ -101,10 +102,10 @@ def _collect_command():
     @click.option("--transitions", type=int, required=True, help="Transitions to store in total.")
     @click.option(
         "--behaviour",
-        type=click.Choice(["random", "policy", "reversed-policy"]),
+        type=click.Choice(["random", "expert", "policy"]),
         default="random",
         show_default=True,
-        help="random; a saved policy; or a saved policy with negated actions (an expert for a reversed target).",
+        help="random; the environment's scripted expert; or a saved policy (--world-model, --policy).",
     )
     @click.option("--world-model", type=_PATH, help="World-model checkpoint of the saved policy.")
     @click.option("--policy", type=_PATH, help="actor_critic.safetensors of the saved policy.")
@@ -114,14 +115,13 @@ def _collect_command():
     def collect_command(env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs) -> None:
         """Record reward-free target data with a behaviour policy."""
         from latent_residual.datasets import collect
-        from latent_residual.pipeline import _ReversedPolicy, _SimPolicy
+        from latent_residual.pipeline import PolicyBehaviour
 
-        actor: Any = "random"
-        if behaviour != "random":
+        actor: Any = behaviour
+        if behaviour == "policy":
             if world_model is None or policy is None:
-                raise click.UsageError(f"--behaviour {behaviour} needs --world-model and --policy.")
-            loaded = _load_policy(world_model, policy)
-            actor = _SimPolicy(loaded) if behaviour == "policy" else _ReversedPolicy(loaded)
+                raise click.UsageError("--behaviour policy needs --world-model and --policy.")
+            actor = PolicyBehaviour(_load_policy(world_model, policy))
         dataset = collect(env_id, actor, out, transitions=transitions, seed=seed, noise=noise, env_kwargs=json.loads(env_kwargs))
         click.echo(f"{out}: {len(dataset.episodes)} episodes, {dataset.transitions} transitions")
 

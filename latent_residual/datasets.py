@@ -22,7 +22,7 @@ from latent_residual.checkpoints import space_from_json, space_to_json
 from latent_residual.errors import AdapterFileError, ConfigError, DatasetError, LatentResidualError
 from latent_residual.files import read_safetensors, write_safetensors, write_text
 from latent_residual.metrics import RunLogger
-from latent_residual.registry import make_env
+from latent_residual.registry import env_expert, make_env
 
 DATASET_INFO_NAME = "dataset.json"
 EPISODES_DIR_NAME = "episodes"
@@ -509,8 +509,9 @@ def collect(
     episode is cut (truncated) to hit ``transitions`` exactly. A directory already holding steps
     is continued; one already holding ``transitions`` or more is returned as it is.
 
-    :param behaviour: ``"random"`` (uniform in the action space) or a callable from the
-        observation dict to an action; its ``description`` attribute, if any, is recorded.
+    :param behaviour: ``"random"`` (uniform in the action space), ``"expert"`` (the scripted
+        expert the environment's plugin registered) or a callable from the observation dict to
+        an action; its ``description`` attribute, if any, is recorded.
     :param noise: Standard deviation of Gaussian noise added to each action (action units),
         then clipped to the action space.
     :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
@@ -522,13 +523,15 @@ def collect(
         raise ConfigError(f"seed must be an integer >= 0 (episode i resets with seed + i), got {seed!r}.")
     if noise < 0:
         raise ConfigError(f"noise is a standard deviation and must be >= 0, got {noise!r}.")
+    if behaviour == "expert":
+        behaviour = env_expert(env_id)
     if isinstance(behaviour, str) and behaviour == "random":
         description = "random"
     elif callable(behaviour):
         description = getattr(behaviour, "description", repr(behaviour))
     else:
         raise ConfigError(
-            f"behaviour must be 'random' or a callable from observations to actions, got {behaviour!r}."
+            f"behaviour must be 'random', 'expert' or a callable from observations to actions, got {behaviour!r}."
         )
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)

@@ -129,6 +129,7 @@ def _fit(
 ) -> tuple[FitResult, dict[str, Any]]:
     """The shared loop: Adam on ``params``, held-out evaluation, early stopping, best weights of
     ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base."""
+    start = time.monotonic()  # the clock includes caching the frozen encoder's outputs
     cache = _Cache(model, sequences)
     n_held = max(1, int(round(cache.N * config.holdout)))
     if cache.N - n_held < 1:
@@ -153,9 +154,8 @@ def _fit(
     optimiser = torch.optim.Adam(params, lr=config.lr, eps=1e-8)
     generator = torch.Generator(device=device).manual_seed(config.seed)
     best_kl, best_step, best_state = held_out_kl(), 0, copy.deepcopy(trained.state_dict())
-    history = [{"step": 0, "held_out_kl": best_kl}]
+    history = [{"step": 0, "seconds": 0.0, "held_out_kl": best_kl}]
     stale, step = 0, 0
-    start = time.monotonic()
     trained.train()
     with RunLogger(log_dir, config.steps, desc, quiet=quiet) as run:
         run.log(0, held_out_kl=best_kl, held_out_kl_base=base_kl)
@@ -168,7 +168,9 @@ def _fit(
             run.advance()
             if step % config.eval_every == 0 or step == config.steps:
                 kl_now = held_out_kl()
-                history.append({"step": step, "train_kl": loss.item(), "held_out_kl": kl_now})
+                history.append(
+                    {"step": step, "seconds": time.monotonic() - start, "train_kl": loss.item(), "held_out_kl": kl_now}
+                )
                 run.log(step, train_kl=loss.item(), held_out_kl=kl_now)
                 if kl_now < best_kl:
                     best_kl, best_step, stale = kl_now, step, 0

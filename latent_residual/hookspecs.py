@@ -49,11 +49,13 @@ def register_envs(register: Callable[..., Any]) -> None:
     """Register Gymnasium environments by calling ``register`` once per environment.
 
     :param register: Call as ``register(id, entry_point, *, description="", kwargs=None,
-        max_episode_steps=None, metrics=None)``. ``id`` has the form ``namespace/name-vN``; the
+        max_episode_steps=None, metrics=None, expert=None)``. ``id`` has the form ``namespace/name-vN``; the
         environment is also registered with Gymnasium under that id, so ``gymnasium.make(id)``
         works. ``entry_point`` is a callable or a ``"module:attr"`` string imported only at make
         time. ``metrics`` (optional, same forms) maps a list of episodes, each the list of its
         steps' ``info`` dicts, to task metrics (a dataclass or a dict of numbers) for evaluation.
+        ``expert`` (optional, same forms) is called with the environment's kwargs and returns a
+        scripted behaviour policy (observation -> action) for collecting data.
 
     Every implementation is called, each on its own: one that raises is reported as broken
     and skipped.

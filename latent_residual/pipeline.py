@@ -38,7 +38,7 @@ from latent_residual.training import (
 )
 
 METHODS = ("redraw", "finetune", "replacement")
-BEHAVIOURS = ("random", "sim-policy", "reversed-sim-policy")
+BEHAVIOURS = ("expert", "random", "sim-policy")
 RESULTS_NAME = "results.json"
 
 
@@ -56,8 +56,11 @@ class ExperimentConfig:
         default=(40_000,), metadata={"help": "Target-data sizes to compare (reward-free transitions)."}
     )
     behaviour: str = field(
-        default="random",
-        metadata={"help": "Who collects target data: random, sim-policy, or reversed-sim-policy (an oracle for reversed targets)."},
+        default="expert",
+        metadata={
+            "help": "Who collects target data: expert (the target's scripted expert, as the paper's expert "
+            "rollouts), random, or sim-policy (the simulation policy)."
+        },
     )
     noise: float = field(default=0.3, metadata={"help": "Gaussian action noise of the collecting behaviour."})
     methods: tuple[str, ...] = field(default=("redraw",), metadata={"help": "Methods besides zero-shot: redraw, finetune, replacement."})
@@ -112,19 +115,9 @@ class _Results:
         write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
 
 
-class _ReversedPolicy:
-    """The simulation policy with its actions negated: an expert for a reversed-actions target."""
+class PolicyBehaviour:
+    """A trained policy as a data-collecting behaviour (``collect`` adds the noise)."""
 
-    description = "simulation policy with reversed actions (oracle expert for a reversed target)"
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy
-
-    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
-        return -self.policy.act(obs)
-
-
-class _SimPolicy:
     description = "simulation policy"
 
     def __init__(self, policy: Policy) -> None:
@@ -196,9 +189,7 @@ def run_experiment(
 
     # 3. Reward-free target data.
     data_dir = out / "target_data"
-    behaviour: Any = {"random": "random", "sim-policy": _SimPolicy(sim_policy), "reversed-sim-policy": _ReversedPolicy(sim_policy)}[
-        config.behaviour
-    ]
+    behaviour: Any = PolicyBehaviour(sim_policy) if config.behaviour == "sim-policy" else config.behaviour
     say(f"[3/6] collecting {max(config.transitions)} reward-free target transitions ({config.behaviour}) -> {data_dir}")
     collect(
         config.target,

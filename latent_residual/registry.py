@@ -64,6 +64,7 @@ class EnvSpec:
     kwargs: dict[str, Any] = field(default_factory=dict)
     max_episode_steps: int | None = None
     metrics: Callable[..., Any] | str | None = None
+    expert: Callable[..., Any] | str | None = None
     plugin: str = ""
     package: str = ""
     version: str = ""
@@ -119,10 +120,13 @@ class Staging:
         kwargs: dict[str, Any] | None = None,
         max_episode_steps: int | None = None,
         metrics: Callable[..., Any] | str | None = None,
+        expert: Callable[..., Any] | str | None = None,
         override: bool = False,
     ) -> None:
         self._envs.append(
-            EnvSpec(id, entry_point, description, dict(kwargs or {}), max_episode_steps, metrics, **self._origin)
+            EnvSpec(
+                id, entry_point, description, dict(kwargs or {}), max_episode_steps, metrics, expert, **self._origin
+            )
         )
         self._override |= override
 
@@ -228,6 +232,21 @@ def env_metrics(id: str) -> Callable[..., Any] | None:
     """Return environment ``id``'s task-metrics function (episodes of step infos -> metrics), if any."""
     spec = env_spec(id)
     return None if spec.metrics is None else _load_entry_point(spec.metrics)
+
+
+def env_expert(id: str, **kwargs: Any) -> Callable[[Any], Any]:
+    """Build environment ``id``'s scripted expert (observation -> action) for its registered kwargs.
+
+    Raises NameNotFound when the environment's plugin registered no expert.
+    """
+    spec = env_spec(id)
+    if spec.expert is None:
+        experts = [s.id for s in _envs.values() if s.expert is not None]
+        raise NameNotFound(
+            f"Environment {id!r} has no expert (plugin {spec.plugin!r} registered none); "
+            f"environments with one: {experts or 'none'}."
+        )
+    return _load_entry_point(spec.expert)(**{**spec.kwargs, **kwargs})
 
 
 def make_env(id: str, **kwargs: Any) -> gymnasium.Env:

@@ -47,7 +47,15 @@ class PretrainConfig:
         metadata={"help": "Behaviour that collects data: plan2explore (paper), reward or random."},
     )
     env_steps: int = field(default=100_000, metadata={"help": "Environment steps to collect."})
-    prefill: int = field(default=2500, metadata={"help": "Random steps before training starts."})
+    prefill: int = field(default=2500, metadata={"help": "Steps collected before training starts (random after any expert steps)."})
+    expert_steps: int = field(
+        default=0,
+        metadata={
+            "help": "First steps driven by the environment's scripted expert (with expert_noise), to seed the "
+            "replay with rewarded states; 0 uses none (the paper's Plan2Explore alone)."
+        },
+    )
+    expert_noise: float = field(default=0.3, metadata={"help": "Gaussian action noise of the expert steps."})
     train_ratio: float = field(default=512.0, metadata={"help": "Replayed steps per environment step (paper: 512)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per world-model batch."})
     seq_len: int = field(default=64, metadata={"help": "Steps per sequence."})
@@ -69,6 +77,8 @@ class PretrainConfig:
         for name in ("env_steps", "batch_size", "seq_len", "checkpoint_every", "disagreement_members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+        if self.expert_steps < 0 or self.expert_noise < 0:
+            raise ConfigError("PretrainConfig.expert_steps and expert_noise must be >= 0.")
         if self.prefill < self.seq_len:
             raise ConfigError(f"PretrainConfig.prefill ({self.prefill}) must cover one sequence ({self.seq_len}).")
         if self.train_ratio <= 0:
@@ -272,7 +282,10 @@ class _Pretraining:
             env_kwargs=config.env_kwargs,
             observation_space=obs_space,
             action_space=act_space,
-            provenance={"behaviour": f"pretraining ({config.exploration})", "seed": config.seed},
+            provenance={
+                "behaviour": f"pretraining ({config.exploration}; {config.expert_steps} expert steps first)",
+                "seed": config.seed,
+            },
         )
         acting = self.explore if self.explore is not None else self.task
         self.agent = Agent(self.model, acting, sample=True)
@@ -377,10 +390,18 @@ def pretrain(
     episode_return = 0.0
     action_space = run_state.env.action_space
     action_space.seed(config.seed + run_state.env_steps)
+    expert = None
+    if config.expert_steps:
+        from latent_residual.registry import env_expert
+
+        expert = env_expert(config.env_id, **config.env_kwargs)
     with RunLogger(out, config.env_steps, "pretrain", quiet=quiet) as run:
         run.advance(run_state.env_steps)
         while run_state.env_steps < config.env_steps:
-            if run_state.env_steps < config.prefill or config.exploration == "random":
+            if run_state.env_steps < config.expert_steps:
+                noisy = expert(obs) + config.expert_noise * run_state.rng.standard_normal(action_space.shape)
+                action = np.clip(noisy, action_space.low, action_space.high).astype(np.float32)
+            elif run_state.env_steps < config.prefill or config.exploration == "random":
                 action = action_space.sample()
             else:
                 action = run_state.agent.act(obs)

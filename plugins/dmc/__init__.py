@@ -11,6 +11,8 @@ from typing import Any
 from latent_residual import hookimpl
 
 ENTRY_POINT = "latent_residual_plugins.dmc.env:DMCEnv"
+# Scripted experts by domain (see experts.py); the others have none.
+_EXPERTS = {"pendulum": "latent_residual_plugins.dmc.experts:PendulumSwingUp"}
 # dm_control's 1000 control steps at the default action repeat of 2.
 MAX_EPISODE_STEPS = 500
 
@@ -61,4 +63,5 @@ def register_envs(register: Callable[..., Any]) -> None:
             description=description,
             kwargs={"domain": domain, "task": task, "target": target},
             max_episode_steps=MAX_EPISODE_STEPS,
+            expert=_EXPERTS.get(domain),
         )

@@ -113,10 +113,10 @@ class ImageDecoder(nn.Module):
     def __init__(self, in_size: int, shape: tuple[int, int, int], depth: int, layers: int) -> None:
         super().__init__()
         height, width, channels = shape
-        self.start = (depth * 2 ** (layers - 1), height >> layers, width >> layers)  # (C, h, w)
+        self.start = (height >> layers, width >> layers, depth * 2 ** (layers - 1))  # (h, w, C)
         self.linear = nn.Linear(in_size, math.prod(self.start))
         blocks: list[nn.Module] = []
-        size = self.start[0]
+        size = self.start[2]
         for index in reversed(range(layers - 1)):
             out = depth * 2**index
             blocks += [
@@ -130,7 +130,8 @@ class ImageDecoder(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Decode (N, in_size) features to (N, H, W, C) pixels on the [-0.5, 0.5] scale."""
-        x = self.linear(features).reshape(-1, *self.start)
+        # Channels-last like the encoder, so the channel LayerNorms need no copies.
+        x = self.linear(features).reshape(-1, *self.start).permute(0, 3, 1, 2)
         return self.convs(x).permute(0, 2, 3, 1)
 
 
