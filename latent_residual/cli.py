@@ -77,8 +77,19 @@ def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: st
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="latent-residual")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="CPU threads for torch. The default models are small: a second thread gains little, and "
+    "OpenMP's spin-waits make every op cost a scheduler slice when another process holds a core.",
+)
+def cli(threads: int) -> None:
     """Adapt simulation-pretrained latent world models with latent-state dynamics residuals (ReDRAW)."""
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 @cli.command(name="plugins")

@@ -28,6 +28,8 @@ CPU_DEFAULTS: dict[str, Any] = {
     "pretrain_imagination_starts": 256,
     "pretrain_model_lr": 3e-4,
     "pretrain_checkpoint_every": 2500,
+    "policy_steps": 600,
+    "policy_starts": 256,
     "ac_hidden": 128,
     "ac_horizon": 15,
     "ac_actor_lr": 1e-4,

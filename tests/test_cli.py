@@ -54,3 +54,17 @@ def test_console_script_runs_as_a_process():
         [sys.executable, "-m", "latent_residual.cli", "nonsense"], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
+
+
+def test_threads_option_sets_torch_threads_and_rejects_zero(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["--threads", "2", "plugins", "--json"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
+    assert main(["--threads", "0", "plugins"]) == 2
+    assert "--threads" in capsys.readouterr().err
