@@ -76,12 +76,21 @@ def observe(
     initial = model.initial_state(B)
     state = initial if state is None else state
     is_first = is_first.bool()
+
+    def draw(post: Tensor) -> Tensor:
+        prob = latent.probs(post, model.posterior_unimix)
+        return latent.sample_one_hot(prob, generator) if sample else latent.mode_one_hot(prob)
+
+    # With history-free posteriors every sample can be drawn at once, outside the time loop.
+    stochs = draw(post_logits) if post_logits is not None else None  # (B, T, G, C)
     priors, posts, states = [], [], []
     for t in range(T):
         prior, deter = step(model, state, prev_action[:, t], is_first[:, t], initial)
-        post = post_logits[:, t] if post_logits is not None else model.posterior(deter, embed[:, t])
-        prob = latent.probs(post, model.posterior_unimix)
-        stoch = latent.sample_one_hot(prob, generator) if sample else latent.mode_one_hot(prob)
+        if stochs is not None:
+            post, stoch = post_logits[:, t], stochs[:, t]
+        else:
+            post = model.posterior(deter, embed[:, t])
+            stoch = draw(post)
         state = model.next_state(deter, prior, stoch)
         priors.append(prior)
         posts.append(post)
