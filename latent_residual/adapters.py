@@ -50,8 +50,9 @@ class ResidualWorldModel(WorldModel):
     """A frozen base world model plus named residual adapters on its prior logits.
 
     The base is never modified: its parameters, buffers and ``requires_grad`` flags stay as
-    they were, it runs under ``torch.no_grad`` (gradients reach only the adapters) and keeps its
-    own train/eval mode. At most one adapter is active; ``disable_adapters()`` gives the base's
+    they were, it runs under ``torch.no_grad`` (gradients reach only the adapters; see
+    :meth:`base_gradients` for backpropagating through it to its inputs) and keeps its own
+    train/eval mode. At most one adapter is active; ``disable_adapters()`` gives the base's
     predictions back.
     """
 
@@ -77,6 +78,7 @@ class ResidualWorldModel(WorldModel):
         self.data_summaries: dict[str, dict[str, Any]] = {}
         self.active_adapter: str | None = None
         self._disabled = False
+        self._base_gradients = False
         with torch.no_grad():
             initial = base.initial_state(1)
         self._state_sizes = {key: value[0].numel() for key, value in initial.items()}
@@ -130,6 +132,21 @@ class ResidualWorldModel(WorldModel):
             yield
         finally:
             self._disabled = previous
+
+    @contextlib.contextmanager
+    def base_gradients(self) -> Iterator[None]:
+        """Within the block, the base's dynamics and heads run with autograd, so gradients reach
+        their *inputs* (actions, states): what an actor trained by backpropagation through the
+        dynamics needs. Take gradients for your own parameters only (``torch.autograd.grad``),
+        or the base's parameters collect ``.grad`` too; their values never change either way."""
+        previous, self._base_gradients = self._base_gradients, True
+        try:
+            yield
+        finally:
+            self._base_gradients = previous
+
+    def _frozen(self) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if self._base_gradients else torch.no_grad()
 
     def is_trainable(self, name: str) -> bool:
         """Whether adapter ``name``'s parameters require gradients."""
@@ -192,7 +209,7 @@ class ResidualWorldModel(WorldModel):
         return self.residuals[name](torch.cat(parts, -1))
 
     def dynamics(self, state: State, action: Tensor, is_first: Tensor) -> tuple[Tensor, State]:
-        with torch.no_grad():
+        with self._frozen():
             logits, deter = self.base.dynamics(state, action, is_first)
         name = self._active
         if name is None:
@@ -216,23 +233,23 @@ class ResidualWorldModel(WorldModel):
             return self.base.posterior(deter, embed)
 
     def next_state(self, deter: State, prior_logits: Tensor, stoch: Tensor) -> State:
-        with torch.no_grad():
+        with self._frozen():
             return self.base.next_state(deter, prior_logits, stoch)
 
     def features(self, state: State) -> Tensor:
-        with torch.no_grad():
+        with self._frozen():
             return self.base.features(state)
 
     def reward(self, features: Tensor) -> Tensor:
-        with torch.no_grad():
+        with self._frozen():
             return self.base.reward(features)
 
     def continuation(self, features: Tensor) -> Tensor:
-        with torch.no_grad():
+        with self._frozen():
             return self.base.continuation(features)
 
     def decode(self, features: Tensor) -> dict[str, Tensor]:
-        with torch.no_grad():
+        with self._frozen():
             return self.base.decode(features)
 
     # -- files -----------------------------------------------------------------------------

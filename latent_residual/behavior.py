@@ -5,6 +5,7 @@ Imagination itself is ``rollout.imagine``; the loops that call ``ActorCritic.tra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,12 +38,21 @@ class ActorCriticConfig:
     min_std: float = field(default=0.1, metadata={"help": "Minimum action standard deviation."})
     max_std: float = field(default=1.0, metadata={"help": "Maximum action standard deviation."})
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient norm clip for actor and critic."})
+    actor_gradient: str = field(
+        default="dynamics",
+        metadata={
+            "help": "Actor gradient: dynamics (backpropagate lambda-returns through the frozen model, as the "
+            "2023 DreamerV3 does for continuous actions) or reinforce (score function, as its later version does)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
             raise ConfigError(f"ActorCriticConfig: gamma in (0, 1] and lam in [0, 1]; got {self.gamma}, {self.lam}.")
         if not 0 < self.min_std <= self.max_std:
             raise ConfigError(f"ActorCriticConfig: need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}.")
+        if self.actor_gradient not in ("reinforce", "dynamics"):
+            raise ConfigError(f"ActorCriticConfig.actor_gradient must be reinforce or dynamics, got {self.actor_gradient!r}.")
         if self.horizon < 1 or self.hidden < 1 or self.layers < 0:
             raise ConfigError("ActorCriticConfig: horizon and hidden must be >= 1, layers >= 0.")
 
@@ -94,9 +104,11 @@ def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, la
 class ActorCritic(nn.Module):
     """Actor, critic, slow critic and return normaliser, trained from imagined rollouts.
 
-    The actor is trained with REINFORCE on normalised advantages (as DreamerV3 does for all
-    action spaces), so no gradient passes through the world model: imagination runs without
-    gradients, and a frozen or adapted model is used as is.
+    With ``actor_gradient="dynamics"`` (the default) the actor maximises lambda-returns
+    differentiated through the world model (reparameterised actions, straight-through latents);
+    gradients are taken for the actor's parameters only, so a frozen or adapted model's weights
+    never receive any. With ``"reinforce"`` the actor follows normalised advantages and
+    imagination runs without gradients at all.
     """
 
     def __init__(self, feature_size: int, action_size: int, config: ActorCriticConfig | None = None) -> None:
@@ -128,6 +140,10 @@ class ActorCritic(nn.Module):
             disagreement here).
         """
         config = self.config
+        if config.actor_gradient == "dynamics":
+            # An adapted model runs its frozen base without autograd unless asked to.
+            with getattr(model, "base_gradients", contextlib.nullcontext)():
+                return self._train_step_dynamics(model, start, reward_fn=reward_fn, generator=generator)
         with torch.no_grad():
             rollout = imagine(
                 model, start, lambda f: self.act(f, sample=True), config.horizon, generator=generator
@@ -160,6 +176,18 @@ class ActorCritic(nn.Module):
         nn.utils.clip_grad_norm_(self.actor.parameters(), config.grad_clip)
         self.actor_opt.step()
 
+        critic_loss = self._critic_update(states, returns, slow_value, weight)
+        return {
+            "actor_loss": actor_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "imagined_reward": reward.mean().item(),
+            "imagined_return": returns.mean().item(),
+            "entropy": entropy.mean().item(),
+            "return_scale": self.return_scale.item(),
+        }
+
+    def _critic_update(self, states: Tensor, returns: Tensor, slow_value: Tensor, weight: Tensor) -> Tensor:
+        config = self.config
         critic_loss = (
             weight * (self.critic.loss(states, returns) + config.slow_critic_reg * self.critic.loss(states, slow_value[:, :-1]))
         ).mean()
@@ -170,6 +198,52 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, config.slow_critic_fraction)
+        return critic_loss
+
+    def _train_step_dynamics(
+        self,
+        model: WorldModel,
+        start: State,
+        *,
+        reward_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """DreamerV1/V2-style update: the actor maximises lambda-returns differentiated through the
+        model's dynamics (reparameterised actions, straight-through latent samples). Gradients are
+        taken with respect to the actor's parameters only, so the world model (and critic) receive
+        none; the world model must not run its dynamics under ``torch.no_grad``."""
+        config = self.config
+        start = {key: value.detach() for key, value in start.items()}
+        rollout = imagine(
+            model, start, lambda f: self.actor.dist(f).rsample(), config.horizon, generator=generator
+        )
+        features = rollout["features"]  # (B, H + 1, F), differentiable w.r.t. the actor
+        actions = rollout["actions"]
+        B, H1, F = features.shape
+        flat = features.reshape(B * H1, F)
+        reward = model.reward(flat).reshape(B, H1)[:, 1:] if reward_fn is None else reward_fn(features, actions)
+        cont = model.continuation(flat).reshape(B, H1)[:, 1:]
+        value = self.critic.mean(features)
+        returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
+        with torch.no_grad():
+            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+            flat_returns = returns.detach().flatten()
+            low, high = torch.quantile(flat_returns, torch.tensor([0.05, 0.95], device=flat_returns.device))
+            decay = config.return_norm_decay
+            self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
+            slow_value = self.slow_critic.mean(features.detach())
+        states = features[:, :-1]
+        entropy = self.actor.entropy(states)
+        actor_loss = -(weight * (returns / self.return_scale.clamp(min=1.0) + config.entropy * entropy)).mean()
+        params = [p for p in self.actor.parameters() if p.requires_grad]
+        grads = torch.autograd.grad(actor_loss, params, allow_unused=True)
+        self.actor_opt.zero_grad(set_to_none=True)
+        for param, grad in zip(params, grads):
+            param.grad = grad
+        nn.utils.clip_grad_norm_(self.actor.parameters(), config.grad_clip)
+        self.actor_opt.step()
+        returns = returns.detach()
+        critic_loss = self._critic_update(states.detach(), returns, slow_value, weight)
         return {
             "actor_loss": actor_loss.item(),
             "critic_loss": critic_loss.item(),

@@ -38,10 +38,13 @@ def test_actions_are_bounded_and_log_probs_finite():
     assert torch.isfinite(log_prob).all()
 
 
-def test_train_step_learns_to_prefer_rewarded_actions(gru_model):
+@pytest.mark.parametrize("gradient", ["dynamics", "reinforce"])
+def test_train_step_learns_to_prefer_rewarded_actions(gru_model, gradient):
     """In the GRU model with a reward of +action[0], the actor's mean action rises."""
     torch.manual_seed(0)
-    config = ActorCriticConfig(hidden=32, layers=1, horizon=5, actor_lr=3e-3, critic_lr=3e-3, entropy=0.0)
+    config = ActorCriticConfig(
+        hidden=32, layers=1, horizon=5, actor_lr=3e-3, critic_lr=3e-3, entropy=0.0, actor_gradient=gradient
+    )
     actor_critic = ActorCritic(gru_model.feature_size, 2, config)
     start = gru_model.initial_state(64)
     start["stoch"][:, :, 0] = 1.0
@@ -57,3 +60,23 @@ def test_train_step_learns_to_prefer_rewarded_actions(gru_model):
 def test_config_validation_names_the_field():
     with pytest.raises(ConfigError, match="min_std"):
         ActorCriticConfig(min_std=2.0, max_std=1.0)
+    with pytest.raises(ConfigError, match="actor_gradient"):
+        ActorCriticConfig(actor_gradient="backprop")
+
+
+def test_dynamics_gradient_reaches_the_actor_through_an_adapted_model_but_not_the_base(gru_model):
+    from latent_residual import attach_residual
+
+    before = {key: value.clone() for key, value in gru_model.state_dict().items()}
+    adapted = attach_residual(gru_model)
+    torch.manual_seed(1)
+    actor_critic = ActorCritic(gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1, horizon=4))
+    start = adapted.initial_state(8)
+    actor_before = [p.clone() for p in actor_critic.actor.parameters()]
+    # A reward that depends on the state only: the actor learns only through the dynamics.
+    reward_fn = lambda features, actions: features[:, 1:, : gru_model.deter_size].sum(-1)  # noqa: E731
+    actor_critic.train_step(adapted, start, reward_fn=reward_fn)
+    assert any(not torch.equal(a, b) for a, b in zip(actor_before, actor_critic.actor.parameters()))
+    assert all(p.grad is None for p in gru_model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in gru_model.state_dict().items())
+    assert all(p.grad is None for p in adapted.trainable_parameters())
