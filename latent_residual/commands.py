@@ -14,7 +14,8 @@ from latent_residual.cli import cli, config_from_options, config_options
 
 _PATH = click.Path(path_type=Path)
 
-# What fits a 2-core CPU: a small DRAW, short sequences, actor-critic at 128 units, horizon 15.
+# What fits a 2-core CPU: a small DRAW, short sequences, actor-critic at 128 units, horizon 15
+# (the same as examples/pretrain_pendulum.py, which built the embedded default).
 CPU_DEFAULTS: dict[str, Any] = {
     "pretrain_backbone_kwargs": json.dumps(
         {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128}
@@ -28,12 +29,12 @@ CPU_DEFAULTS: dict[str, Any] = {
     "pretrain_imagination_starts": 256,
     "pretrain_model_lr": 3e-4,
     "pretrain_checkpoint_every": 2500,
-    "policy_steps": 600,
+    "policy_steps": 1500,
     "policy_starts": 256,
     "ac_hidden": 128,
     "ac_horizon": 15,
-    "ac_actor_lr": 1e-4,
-    "ac_critic_lr": 1e-4,
+    "ac_actor_lr": 3e-4,
+    "ac_critic_lr": 3e-4,
 }
 
 # --quick: every stage runs, on tiny data and few updates (a smoke run, not a result).

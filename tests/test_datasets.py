@@ -246,7 +246,7 @@ def test_pixel_observations_are_uint8_images(tmp_path):
 
 def test_bad_collect_arguments(tmp_path):
     with pytest.raises(ConfigError, match="behaviour"):
-        collect(ENV_ID, "expert", tmp_path / "a", transitions=10)
+        collect(ENV_ID, "teleop", tmp_path / "a", transitions=10)
     with pytest.raises(ConfigError, match="transitions"):
         collect(ENV_ID, "random", tmp_path / "b", transitions=0)
     with pytest.raises(ConfigError, match=r"shape \(3,\)"):
