@@ -140,14 +140,17 @@ class ActorCritic(nn.Module):
             disagreement here).
         """
         config = self.config
-        if config.actor_gradient == "dynamics":
-            # An adapted model runs its frozen base without autograd unless asked to.
-            with getattr(model, "base_gradients", contextlib.nullcontext)():
-                return self._train_step_dynamics(model, start, reward_fn=reward_fn, generator=generator)
-        with torch.no_grad():
-            rollout = imagine(
-                model, start, lambda f: self.act(f, sample=True), config.horizon, generator=generator
-            )
+        backprop = config.actor_gradient == "dynamics"
+        if backprop:
+            policy = lambda f: self.actor.dist(f).rsample()  # noqa: E731
+            # Returns must be differentiable through the model, an adapted model's frozen base too.
+            context = getattr(model, "base_gradients", contextlib.nullcontext)()
+        else:
+            policy = lambda f: self.act(f, sample=True)  # noqa: E731
+            context = torch.no_grad()
+        start = {key: value.detach() for key, value in start.items()}
+        with context:
+            rollout = imagine(model, start, policy, config.horizon, generator=generator)
             features = rollout["features"]  # (B, H + 1, F)
             actions = rollout["actions"]  # (B, H, A)
             B, H1, F = features.shape
@@ -158,36 +161,33 @@ class ActorCritic(nn.Module):
                 reward = reward_fn(features, actions)
             cont = model.continuation(flat).reshape(B, H1)[:, 1:]
             value = self.critic.mean(features)
-            slow_value = self.slow_critic.mean(features)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
+        with torch.no_grad():
             # Steps after a predicted episode end count less, as in DreamerV3.
             weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
             low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
             decay = config.return_norm_decay
             self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
-            advantage = (returns - value[:, :-1]) / self.return_scale.clamp(min=1.0)
+            scale = self.return_scale.clamp(min=1.0)
+            slow_value = self.slow_critic.mean(features)
 
         states = features[:, :-1]
-        log_prob = self.actor.dist(states).log_prob(actions.clamp(-1 + 1e-6, 1 - 1e-6))
         entropy = self.actor.entropy(states)
-        actor_loss = -(weight * (log_prob * advantage + config.entropy * entropy)).mean()
+        if backprop:
+            objective = returns / scale
+        else:
+            log_prob = self.actor.dist(states).log_prob(actions.clamp(-1 + 1e-6, 1 - 1e-6))
+            objective = log_prob * (returns - value[:, :-1]) / scale
+        actor_loss = -(weight * (objective + config.entropy * entropy)).mean()
+        # Gradients for the actor alone: the world model and the critic receive none from it.
+        params = list(self.actor.parameters())
         self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        nn.utils.clip_grad_norm_(self.actor.parameters(), config.grad_clip)
+        for param, grad in zip(params, torch.autograd.grad(actor_loss, params, allow_unused=True)):
+            param.grad = grad
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
         self.actor_opt.step()
 
-        critic_loss = self._critic_update(states, returns, slow_value, weight)
-        return {
-            "actor_loss": actor_loss.item(),
-            "critic_loss": critic_loss.item(),
-            "imagined_reward": reward.mean().item(),
-            "imagined_return": returns.mean().item(),
-            "entropy": entropy.mean().item(),
-            "return_scale": self.return_scale.item(),
-        }
-
-    def _critic_update(self, states: Tensor, returns: Tensor, slow_value: Tensor, weight: Tensor) -> Tensor:
-        config = self.config
+        states, returns = states.detach(), returns.detach()
         critic_loss = (
             weight * (self.critic.loss(states, returns) + config.slow_critic_reg * self.critic.loss(states, slow_value[:, :-1]))
         ).mean()
@@ -198,52 +198,6 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, config.slow_critic_fraction)
-        return critic_loss
-
-    def _train_step_dynamics(
-        self,
-        model: WorldModel,
-        start: State,
-        *,
-        reward_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-        generator: torch.Generator | None = None,
-    ) -> dict[str, float]:
-        """DreamerV1/V2-style update: the actor maximises lambda-returns differentiated through the
-        model's dynamics (reparameterised actions, straight-through latent samples). Gradients are
-        taken with respect to the actor's parameters only, so the world model (and critic) receive
-        none; the world model must not run its dynamics under ``torch.no_grad``."""
-        config = self.config
-        start = {key: value.detach() for key, value in start.items()}
-        rollout = imagine(
-            model, start, lambda f: self.actor.dist(f).rsample(), config.horizon, generator=generator
-        )
-        features = rollout["features"]  # (B, H + 1, F), differentiable w.r.t. the actor
-        actions = rollout["actions"]
-        B, H1, F = features.shape
-        flat = features.reshape(B * H1, F)
-        reward = model.reward(flat).reshape(B, H1)[:, 1:] if reward_fn is None else reward_fn(features, actions)
-        cont = model.continuation(flat).reshape(B, H1)[:, 1:]
-        value = self.critic.mean(features)
-        returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
-        with torch.no_grad():
-            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
-            flat_returns = returns.detach().flatten()
-            low, high = torch.quantile(flat_returns, torch.tensor([0.05, 0.95], device=flat_returns.device))
-            decay = config.return_norm_decay
-            self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
-            slow_value = self.slow_critic.mean(features.detach())
-        states = features[:, :-1]
-        entropy = self.actor.entropy(states)
-        actor_loss = -(weight * (returns / self.return_scale.clamp(min=1.0) + config.entropy * entropy)).mean()
-        params = [p for p in self.actor.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(actor_loss, params, allow_unused=True)
-        self.actor_opt.zero_grad(set_to_none=True)
-        for param, grad in zip(params, grads):
-            param.grad = grad
-        nn.utils.clip_grad_norm_(self.actor.parameters(), config.grad_clip)
-        self.actor_opt.step()
-        returns = returns.detach()
-        critic_loss = self._critic_update(states.detach(), returns, slow_value, weight)
         return {
             "actor_loss": actor_loss.item(),
             "critic_loss": critic_loss.item(),
