@@ -305,11 +305,19 @@ def comparison_table(results: dict[str, Any]) -> str:
     for key, row in results.items():
         if isinstance(row, dict) and "return_mean" in row:
             groups.setdefault(key.split("/seed")[0], []).append(row["return_mean"])
+    # References first, then methods by name and data size, the exported policy last.
+    order = {"sim-policy@source": (0, "", 0), "zero-shot": (1, "", 0), "onnx": (3, "", 0)}
+
+    def rank(name: str) -> tuple[int, str, int]:
+        method, _, size = name.partition("@")
+        return order.get(name, (2, method, int(size) if size.isdigit() else 0))
+
     lines = [
         "| method | target data | seeds | return (mean ± std over seeds) | / sim policy in sim |",
         "|---|---|---|---|---|",
     ]
-    for name, values in groups.items():
+    for name in sorted(groups, key=rank):
+        values = groups[name]
         method, _, size = name.partition("@")
         mean, std = float(np.mean(values)), float(np.std(values))
         ratio = mean / reference if reference and not math.isnan(reference) else math.nan
