@@ -30,13 +30,16 @@ _NON_OBSERVATION_KEYS = ("action", "is_first", "is_last", "is_terminal", "reward
 class FitConfig:
     """Settings for fitting latent dynamics. Defaults follow the ReDRAW paper where it gives them."""
 
-    steps: int = field(default=2000, metadata={"help": "Maximum optimiser steps."})
+    steps: int = field(default=3000, metadata={"help": "Maximum optimiser steps."})
     lr: float = field(default=1e-2, metadata={"help": "Adam learning rate (paper: 1e-2 for the residual)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per batch (paper: 16)."})
     holdout: float = field(default=0.1, metadata={"help": "Fraction of sequences held out (the last ones)."})
     eval_every: int = field(default=50, metadata={"help": "Steps between held-out evaluations."})
+    # Measured on pendulum -> reversed: fits stopped after 8 flat evaluations (held-out KL 0.44)
+    # gave policies that only balance; 3000 full steps (0.41) gave ones that swing up.
     patience: int = field(
-        default=8, metadata={"help": "Evaluations without improvement before stopping early; 0 never stops."}
+        default=0,
+        metadata={"help": "Evaluations without improvement before stopping early; 0 never stops (the best weights are restored either way)."},
     )
     seed: int = field(default=0, metadata={"help": "Seed for batching and latent samples."})
 
