@@ -44,10 +44,3 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str) -> T:
     except TypeError as exc:
         raise ConfigError(f"{source}: cannot build {cls.__name__}: {exc}") from exc
 
-
-def help_of(config_cls: type, name: str) -> str:
-    """Return the ``help`` metadata of field ``name`` (empty if none)."""
-    for field in dataclasses.fields(config_cls):
-        if field.name == name:
-            return field.metadata.get("help", "")
-    raise KeyError(name)

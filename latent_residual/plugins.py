@@ -10,7 +10,6 @@ import os
 import sys
 import traceback
 from dataclasses import dataclass
-from typing import Any
 
 import pluggy
 
