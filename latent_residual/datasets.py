@@ -511,7 +511,9 @@ def collect(
 
     :param behaviour: ``"random"`` (uniform in the action space), ``"expert"`` (the scripted
         expert the environment's plugin registered) or a callable from the observation dict to
-        an action; its ``description`` attribute, if any, is recorded.
+        an action; its ``description`` attribute, if any, is recorded, and its ``bind(env)``
+        method, if any, is given the environment first (a scripted driver that reads the true
+        pose, as a person at the controls watches the robot).
     :param noise: Standard deviation of Gaussian noise added to each action (action units),
         then clipped to the action space.
     :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
@@ -536,6 +538,8 @@ def collect(
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)
     try:
+        if hasattr(behaviour, "bind"):
+            behaviour.bind(env)
         space = env.action_space
         if isinstance(behaviour, str) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             raise ConfigError(f"behaviour 'random' needs a bounded action space; {env_id} has {space}.")

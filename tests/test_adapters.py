@@ -59,6 +59,17 @@ def test_fit_improves_held_out_kl_and_leaves_base_bitwise_identical(gru_model, t
     assert list((tmp_path / "run" / "tensorboard").iterdir())
 
 
+def test_fit_learning_rate_decays_to_its_final_scale(gru_model):
+    adapted = attach_residual(gru_model, ResidualConfig(hidden=16))
+    config = FitConfig(steps=40, eval_every=10, lr=1e-2, lr_final_scale=0.1)
+    history = fit_residual(adapted, drift_sequences(-0.1, seed=5), config, quiet=True).history
+    rates = [entry["lr"] for entry in history[1:]]
+    assert rates == sorted(rates, reverse=True)
+    assert rates[0] < 1e-2 and rates[-1] == pytest.approx(1e-3)
+    with pytest.raises(ConfigError, match="lr_final_scale"):
+        FitConfig(lr_final_scale=0.0)
+
+
 def test_attach_round_trip_through_files_reproduces_predictions(gru_model, tmp_path):
     adapted = attach_residual(gru_model, ResidualConfig(hidden=16))
     fit_residual(adapted, drift_sequences(-0.1, seed=5), QUICK, quiet=True, data_summary={"env": "testplug/drift-v0"})

@@ -182,3 +182,31 @@ def test_env_is_made_through_gymnasium() -> None:
     frame = env.render()
     env.close()
     assert frame.shape == (256, 256, 3) and frame.dtype == np.uint8
+
+
+def test_registered_expert_collects_reward_free_data_in_real_reversed(tmp_path) -> None:
+    dataset = latent_residual.collect(
+        REAL_REVERSED, "expert", tmp_path, transitions=122, env_kwargs={"max_episode_steps": 60}, quiet=True
+    )
+    assert dataset.info["provenance"]["behaviour"] == "pure-pursuit driver (real, reversed actions)"
+    # The driver, told the actions are reversed, stays in the lane for whole episodes.
+    assert [len(episode["action"]) - 1 for episode in dataset.episodes] == [60, 60]
+    assert not any(episode["is_terminal"].any() for episode in dataset.episodes)
+
+
+def test_expert_needs_the_environment_before_it_acts() -> None:
+    expert = latent_residual.registry.env_expert(SIM)
+    with pytest.raises(latent_residual.ConfigError, match="bind"):
+        expert({})
+
+
+class _Straight:
+    def act(self, obs: dict) -> np.ndarray:
+        return np.array([0.5, 0.0], np.float32)
+
+
+def test_evaluate_reports_the_lane_metrics() -> None:
+    result = latent_residual.evaluate(_Straight(), SIM, episodes=2, seed=0, env_kwargs={"max_episode_steps": 30})
+    assert result.metrics["episodes"] == 2
+    assert {"dense_reward", "lap_time", "center_offset_cm", "laps_completed"} <= set(result.metrics)
+    assert result.to_dict()["metrics"]["lap_time"] is None  # no lap in 3 s

@@ -11,6 +11,8 @@ from typing import Any
 from latent_residual import hookimpl
 
 ENTRY_POINT = "latent_residual_plugins.duckiebot.env:LaneFollowingEnv"
+METRICS = "latent_residual_plugins.duckiebot.metrics:evaluate"
+EXPERT = "latent_residual_plugins.duckiebot.driver:LaneExpert"
 # The paper's training episodes: 200 steps at 10 Hz.
 MAX_EPISODE_STEPS = 200
 
@@ -45,4 +47,6 @@ def register_envs(register: Callable[..., Any]) -> None:
             description=description,
             kwargs=kwargs,
             max_episode_steps=MAX_EPISODE_STEPS,
+            metrics=METRICS,
+            expert=EXPERT,
         )

@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium
 import numpy as np
 
+from latent_residual.errors import ConfigError
 from latent_residual_plugins.duckiebot.robot import MAX_SPEED, MAX_YAW_RATE
 from latent_residual_plugins.duckiebot.track import Track
 
@@ -80,6 +81,34 @@ class PurePursuitDriver:
         if self.reverse_actions:
             action = -action
         return action.astype(np.float32)
+
+
+class LaneExpert:
+    """The envs' registered expert: the pure-pursuit driver, bound to the environment it drives.
+
+    It needs the true pose, which the observation does not carry, so ``collect`` hands it the
+    environment first (``bind``), as a person at the controls watches the robot. It knows
+    whether the actions are reversed from its registration, as a person would be told.
+    """
+
+    def __init__(self, variant: str = "sim", reverse_actions: bool = False, **_: Any) -> None:
+        self.reverse_actions = reverse_actions
+        self.description = f"pure-pursuit driver ({variant}{', reversed actions' if reverse_actions else ''})"
+        self._env: Any = None
+        self._driver: PurePursuitDriver | None = None
+
+    def bind(self, env: gymnasium.Env) -> None:
+        """Drive ``env`` from now on (its track, its pose)."""
+        self._env = env.unwrapped
+        self._driver = PurePursuitDriver(self._env.track, reverse_actions=self.reverse_actions)
+
+    def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        if self._driver is None:
+            raise ConfigError(
+                "LaneExpert needs the environment's true pose: call expert.bind(env) before acting "
+                "(latent_residual.collect does this)."
+            )
+        return self._driver.act(self._env.pose())
 
 
 def drive_episode(

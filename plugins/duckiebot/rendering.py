@@ -5,6 +5,7 @@ What the scene contains and how it is lit is decided in ``world.py`` and ``env.p
 
 from __future__ import annotations
 
+import atexit
 import weakref
 
 import mujoco
@@ -44,6 +45,10 @@ class Renderer:
         self._option = mujoco.MjvOption()
         # Free the context before the interpreter tears down the EGL bindings it needs.
         self._finalizer = weakref.finalize(self, _free, self._context, self._gl)
+        # MuJoCo terminates the EGL display at exit, and freeing after that raises. Its exit hook
+        # is registered when the first context is made, so one registered now runs before it.
+        self._finalizer.atexit = False
+        atexit.register(self._finalizer)
 
     def render(self, data: mujoco.MjData, camera: str, size: int, show_robot: bool = False) -> np.ndarray:
         """Return a new [size, size, 3] uint8 frame from the named camera."""
@@ -69,6 +74,7 @@ class Renderer:
     def close(self) -> None:
         """Free the GL resources; safe to call more than once."""
         self._finalizer()
+        atexit.unregister(self._finalizer)
 
 
 def _free(context: mujoco.MjrContext, gl: mujoco.GLContext) -> None:
