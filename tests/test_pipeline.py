@@ -70,6 +70,19 @@ def test_comparison_table_averages_seeds_and_divides_by_the_sim_reference():
     assert "| redraw | 10 | 2 | 720.0 ± 20.0 | 0.90 |" in table
 
 
+def test_comparison_table_adds_the_environment_metrics():
+    results = {
+        "sim-policy@source": {"return_mean": 100.0, "metrics": {"lap_time": 20.0, "lap_time_std": 1.0, "episodes": 2}},
+        "redraw@10/seed0": {"return_mean": 50.0, "metrics": {"lap_time": 24.0}},
+        "redraw@10/seed1": {"return_mean": 70.0, "metrics": {"lap_time": None}},
+        "zero-shot": {"return_mean": 0.0, "metrics": {"lap_time": None}},
+    }
+    table = comparison_table(results).splitlines()
+    assert table[0].endswith("| / sim policy in sim | lap_time |")
+    assert "| redraw | 10 | 2 | 60.0 ± 10.0 | 0.60 | 24.00 |" in table
+    assert "| zero-shot | - | 1 | 0.0 ± 0.0 | 0.00 | - |" in table
+
+
 def test_demo_quick_through_the_command(pretrained, tmp_path, capsys):
     pretrained_dir, _ = pretrained
     code = main(
