@@ -325,7 +325,10 @@ def comparison_table(results: dict[str, Any]) -> str:
     def metric(rows: list[dict[str, Any]], name: str) -> str:
         values = [row.get("metrics", {}).get(name) for row in rows]
         values = [value for value in values if value is not None]
-        return f"{float(np.mean(values)):.2f}" if values else "-"
+        if not values:
+            return "-"
+        mean = float(np.mean(values))
+        return f"{mean:g}" if all(isinstance(value, int) for value in values) else f"{mean:.2f}"
 
     header = ["method", "target data", "seeds", "return (mean ± std over seeds)", "/ sim policy in sim", *metric_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -333,6 +336,8 @@ def comparison_table(results: dict[str, Any]) -> str:
         rows = groups[name]
         values = [row["return_mean"] for row in rows]
         method, _, size = name.partition("@")
+        if not size.isdigit():  # a reference, such as the simulation policy evaluated @source
+            method, size = name, ""
         mean, std = float(np.mean(values)), float(np.std(values))
         ratio = mean / reference if reference and not math.isnan(reference) else math.nan
         cells = [method, size or "-", str(len(values)), f"{mean:.1f} ± {std:.1f}", f"{ratio:.2f}"]
