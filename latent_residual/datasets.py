@@ -513,7 +513,8 @@ def collect(
         expert the environment's plugin registered) or a callable from the observation dict to
         an action; its ``description`` attribute, if any, is recorded, and its ``bind(env)``
         method, if any, is given the environment first (a scripted driver that reads the true
-        pose, as a person at the controls watches the robot).
+        pose, as a person at the controls watches the robot); its ``reset(seed=...)``, if any, is
+        called at each episode's start with that episode's seed.
     :param noise: Standard deviation of Gaussian noise added to each action (action units),
         then clipped to the action space.
     :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
@@ -579,6 +580,8 @@ def collect(
                 budget = transitions - writer.transitions
                 rng = np.random.default_rng([seed, index])
                 obs, _ = env.reset(seed=seed + index)
+                if hasattr(behaviour, "reset"):
+                    behaviour.reset(seed=seed + index)
                 recorder.start(obs)
                 run.advance()
                 episode = recorder.finish() if budget == 1 else None

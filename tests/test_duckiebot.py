@@ -185,13 +185,28 @@ def test_env_is_made_through_gymnasium() -> None:
 
 
 def test_registered_expert_collects_reward_free_data_in_real_reversed(tmp_path) -> None:
+    driver = latent_residual.registry.env_expert(REAL_REVERSED, manoeuvres=0.0)
     dataset = latent_residual.collect(
-        REAL_REVERSED, "expert", tmp_path, transitions=122, env_kwargs={"max_episode_steps": 60}, quiet=True
+        REAL_REVERSED, driver, tmp_path, transitions=122, env_kwargs={"max_episode_steps": 60}, quiet=True
     )
     assert dataset.info["provenance"]["behaviour"] == "pure-pursuit driver (real, reversed actions)"
     # The driver, told the actions are reversed, stays in the lane for whole episodes.
     assert [len(episode["action"]) - 1 for episode in dataset.episodes] == [60, 60]
     assert not any(episode["is_terminal"].any() for episode in dataset.episodes)
+
+
+def test_expert_manoeuvres_back_up_and_are_reproducible(tmp_path) -> None:
+    def actions(directory):
+        dataset = latent_residual.collect(REAL_REVERSED, "expert", directory, transitions=400, seed=3, quiet=True)
+        return dataset, np.concatenate([episode["action"][1:] for episode in dataset.episodes])
+
+    dataset, first = actions(tmp_path / "a")
+    assert "manoeuvres 0.05 per step" in dataset.info["provenance"]["behaviour"]
+    speeds = np.concatenate([episode[VELOCITY_KEY][1:, 1] for episode in dataset.episodes])
+    assert (speeds < -0.1).any() and (speeds > 0.1).any()  # it backs up as well as drives on
+    assert np.array_equal(actions(tmp_path / "b")[1], first)
+    with pytest.raises(latent_residual.ConfigError, match="manoeuvres"):
+        latent_residual.registry.env_expert(SIM, manoeuvres=2.0)
 
 
 def test_expert_needs_the_environment_before_it_acts() -> None:

@@ -83,24 +83,61 @@ class PurePursuitDriver:
         return action.astype(np.float32)
 
 
+# Sharper turns held for a second leave the 20 cm lane before the driver can take over.
+_MANOEUVRE_TURN = 0.3
+
+
 class LaneExpert:
-    """The envs' registered expert: the pure-pursuit driver, bound to the environment it drives.
+    """The envs' registered expert: the pure-pursuit driver, bound to the environment it drives,
+    with the manoeuvres a person adds when recording calibration data.
 
     It needs the true pose, which the observation does not carry, so ``collect`` hands it the
     environment first (``bind``), as a person at the controls watches the robot. It knows
     whether the actions are reversed from its registration, as a person would be told.
+
+    With probability ``manoeuvres`` per step it starts holding a random command for
+    ``manoeuvre_steps`` steps (a speed uniform in [-1, 1], a turn in [-0.3, 0.3]: backing up,
+    speeding, slowing), then drives on. Measured: data of the pure driver, even with per-step noise 0.5, taught the residual
+    that the robot moves forward whatever the command, because one noisy step barely moves it.
     """
 
-    def __init__(self, variant: str = "sim", reverse_actions: bool = False, **_: Any) -> None:
+    def __init__(
+        self,
+        variant: str = "sim",
+        reverse_actions: bool = False,
+        *,
+        manoeuvres: float = 0.05,
+        manoeuvre_steps: tuple[int, int] = (3, 10),
+        **_: Any,
+    ) -> None:
+        if not 0.0 <= manoeuvres <= 1.0:
+            raise ConfigError(f"manoeuvres is a probability per step, in [0, 1]; got {manoeuvres!r}.")
+        low, high = manoeuvre_steps
+        if not 1 <= low <= high:
+            raise ConfigError(f"manoeuvre_steps must be (low, high) with 1 <= low <= high, got {manoeuvre_steps!r}.")
         self.reverse_actions = reverse_actions
-        self.description = f"pure-pursuit driver ({variant}{', reversed actions' if reverse_actions else ''})"
+        self.manoeuvres = manoeuvres
+        self.manoeuvre_steps = (low, high)
+        self.description = (
+            f"pure-pursuit driver ({variant}{', reversed actions' if reverse_actions else ''}"
+            f"{f', manoeuvres {manoeuvres:g} per step' if manoeuvres else ''})"
+        )
         self._env: Any = None
         self._driver: PurePursuitDriver | None = None
+        self._rng = np.random.default_rng(0)
+        self._held = np.zeros(2, np.float32)
+        self._hold = 0
 
     def bind(self, env: gymnasium.Env) -> None:
         """Drive ``env`` from now on (its track, its pose)."""
         self._env = env.unwrapped
         self._driver = PurePursuitDriver(self._env.track, reverse_actions=self.reverse_actions)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode: no manoeuvre under way; a seed makes the manoeuvres reproducible."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._hold = 0
 
     def __call__(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         if self._driver is None:
@@ -108,6 +145,12 @@ class LaneExpert:
                 "LaneExpert needs the environment's true pose: call expert.bind(env) before acting "
                 "(latent_residual.collect does this)."
             )
+        if self._hold == 0 and self._rng.random() < self.manoeuvres:
+            self._held = self._rng.uniform((-1.0, -_MANOEUVRE_TURN), (1.0, _MANOEUVRE_TURN)).astype(np.float32)
+            self._hold = int(self._rng.integers(self.manoeuvre_steps[0], self.manoeuvre_steps[1] + 1))
+        if self._hold > 0:
+            self._hold -= 1
+            return self._held.copy()
         return self._driver.act(self._env.pose())
 
 
