@@ -328,7 +328,7 @@ def comparison_table(results: dict[str, Any]) -> str:
         if not values:
             return "-"
         mean = float(np.mean(values))
-        return f"{mean:g}" if all(isinstance(value, int) for value in values) else f"{mean:.2f}"
+        return f"{mean:.0f}" if mean.is_integer() and all(isinstance(v, int) for v in values) else f"{mean:.2f}"
 
     header = ["method", "target data", "seeds", "return (mean ± std over seeds)", "/ sim policy in sim", *metric_names]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
