@@ -489,6 +489,16 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None) -
 # --- collecting ----------------------------------------------------------------------------
 
 
+def begin_episode(behaviour: Any, env: Any, seed: int) -> None:
+    """Prepare a behaviour for an episode of ``env`` reset with ``seed``, through its optional
+    hooks: ``bind(env)`` (a scripted driver that reads the true pose, as a person at the
+    controls watches the robot) and ``reset(seed=...)`` (its own randomness, reproducibly)."""
+    if hasattr(behaviour, "bind"):
+        behaviour.bind(env)
+    if hasattr(behaviour, "reset"):
+        behaviour.reset(seed=seed)
+
+
 def collect(
     env_id: str,
     behaviour: str | Behaviour,
@@ -511,10 +521,8 @@ def collect(
 
     :param behaviour: ``"random"`` (uniform in the action space), ``"expert"`` (the scripted
         expert the environment's plugin registered) or a callable from the observation dict to
-        an action; its ``description`` attribute, if any, is recorded, and its ``bind(env)``
-        method, if any, is given the environment first (a scripted driver that reads the true
-        pose, as a person at the controls watches the robot); its ``reset(seed=...)``, if any, is
-        called at each episode's start with that episode's seed.
+        an action; its ``description`` attribute, if any, is recorded, and its optional hooks
+        are called at each episode's start (see :func:`begin_episode`).
     :param noise: Standard deviation of Gaussian noise added to each action (action units),
         then clipped to the action space.
     :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
@@ -539,8 +547,6 @@ def collect(
     env_kwargs = dict(env_kwargs or {})
     env = make_env(env_id, **env_kwargs)
     try:
-        if hasattr(behaviour, "bind"):
-            behaviour.bind(env)
         space = env.action_space
         if isinstance(behaviour, str) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
             raise ConfigError(f"behaviour 'random' needs a bounded action space; {env_id} has {space}.")
@@ -580,8 +586,7 @@ def collect(
                 budget = transitions - writer.transitions
                 rng = np.random.default_rng([seed, index])
                 obs, _ = env.reset(seed=seed + index)
-                if hasattr(behaviour, "reset"):
-                    behaviour.reset(seed=seed + index)
+                begin_episode(behaviour, env, seed + index)
                 recorder.start(obs)
                 run.advance()
                 episode = recorder.finish() if budget == 1 else None

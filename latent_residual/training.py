@@ -415,7 +415,7 @@ def pretrain(
     from the last checkpoint (a larger ``env_steps`` extends a finished run); a run that has
     reached ``env_steps`` returns at once.
     """
-    from latent_residual.datasets import EpisodeRecorder
+    from latent_residual.datasets import EpisodeRecorder, begin_episode
 
     out = Path(out_dir)
     run_state = _Pretraining(config, ac_config or ActorCriticConfig(), out)
@@ -432,10 +432,11 @@ def pretrain(
     action_space = run_state.env.action_space
     action_space.seed(config.seed + run_state.env_steps)
     expert = None
-    if config.expert_steps:
+    if run_state.env_steps < config.expert_steps:
         from latent_residual.registry import env_expert
 
         expert = env_expert(config.env_id, **config.env_kwargs)
+        begin_episode(expert, run_state.env, config.seed + len(run_state.returns))
     with RunLogger(out, config.env_steps, "pretrain", quiet=quiet) as run:
         run.advance(run_state.env_steps)
         while run_state.env_steps < config.env_steps:
@@ -457,6 +458,8 @@ def pretrain(
                 run_state.returns.append(episode_return)
                 run.log(run_state.env_steps, episode_return=episode_return)
                 obs, _ = run_state.env.reset(seed=config.seed + len(run_state.returns))
+                if expert is not None:
+                    begin_episode(expert, run_state.env, config.seed + len(run_state.returns))
                 recorder.start(obs)
                 run_state.agent.reset()
                 episode_return = 0.0

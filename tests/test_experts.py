@@ -50,3 +50,15 @@ def test_pretraining_starts_with_expert_steps(registry, tmp_path):
     expected = np.stack([expert({k: first[k][t] for k in ("orientation", "velocity")}) for t in range(10)])
     # The recorded actions are the expert's plus noise of std 0.3: close to it, not equal.
     assert np.abs(first["action"][:10] - expected).mean() < 0.5
+
+
+def test_pretraining_binds_an_expert_that_needs_the_environment(registry, tmp_path):
+    # The Duckiebot's expert reads the true pose, so pretraining must bind it as collect does.
+    config = tiny_pretrain_config(
+        env_id="duckiebot/lane-following-v0", env_kwargs={"max_episode_steps": 20},
+        env_steps=40, prefill=40, expert_steps=40, expert_noise=0.0, exploration="random",
+    )
+    lr.pretrain(config, tmp_path, ac_config=TINY_AC, quiet=True)
+    first = lr.load_dataset(tmp_path / "replay").episodes[0]
+    # The driver's first command: 0.3 m/s of the robot's 0.5 (a random action would rarely be that).
+    assert first["action"][1, 0] == pytest.approx(0.6)
