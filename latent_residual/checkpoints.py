@@ -32,21 +32,27 @@ def space_to_json(space: gymnasium.spaces.Space) -> dict[str, Any]:
             "type": "Box",
             "shape": list(space.shape),
             "dtype": str(space.dtype),
-            "low": space.low.tolist(),
-            "high": space.high.tolist(),
+            "low": _bound(space.low),
+            "high": _bound(space.high),
         }
     raise ConfigError(f"Only Dict and Box spaces can be stored, got {type(space).__name__}.")
 
 
+def _bound(values: np.ndarray) -> Any:
+    """A Box bound as one number when every element is the same (a 64x64x3 image's bounds would
+    otherwise take 12,288 numbers each), else as nested lists."""
+    flat = values.reshape(-1)
+    return flat[0].item() if flat.size and (flat == flat[0]).all() else values.tolist()
+
+
 def space_from_json(data: dict[str, Any]) -> gymnasium.spaces.Space:
-    """The inverse of :func:`space_to_json`."""
+    """The inverse of :func:`space_to_json` (a bound may be one number or nested lists)."""
     if data.get("type") == "Dict":
         return gymnasium.spaces.Dict({key: space_from_json(sub) for key, sub in data["spaces"].items()})
     if data.get("type") == "Box":
-        dtype = np.dtype(data["dtype"])
-        return gymnasium.spaces.Box(
-            np.asarray(data["low"], dtype=dtype), np.asarray(data["high"], dtype=dtype), tuple(data["shape"]), dtype
-        )
+        dtype, shape = np.dtype(data["dtype"]), tuple(data["shape"])
+        low, high = (np.broadcast_to(np.asarray(data[key], dtype=dtype), shape) for key in ("low", "high"))
+        return gymnasium.spaces.Box(low, high, shape, dtype)
     raise ConfigError(f"Unknown space description {data.get('type')!r}; expected 'Dict' or 'Box'.")
 
 

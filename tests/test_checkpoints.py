@@ -45,3 +45,28 @@ def test_spaces_round_trip(drift_spaces):
     obs, act = drift_spaces
     assert space_from_json(space_to_json(obs)) == obs
     assert space_from_json(space_to_json(act)) == act
+
+
+def test_uniform_bounds_are_stored_as_one_number():
+    import gymnasium
+    import numpy as np
+
+    image = gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    ragged = gymnasium.spaces.Box(np.array([-1.0, 0.0], np.float32), np.array([1.0, 2.0], np.float32))
+    data = space_to_json(gymnasium.spaces.Dict({"image": image, "ragged": ragged}))
+    assert (data["spaces"]["image"]["low"], data["spaces"]["image"]["high"]) == (0, 255)
+    assert data["spaces"]["ragged"]["high"] == [1.0, 2.0]
+    assert space_from_json(data) == gymnasium.spaces.Dict({"image": image, "ragged": ragged})
+
+
+def test_saved_files_have_the_mode_a_plain_open_gives(gru_model, tmp_path):
+    import os
+
+    save_world_model(gru_model, tmp_path)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    mode = plain.stat().st_mode & 0o777
+    assert mode == 0o666 & ~umask
+    assert (tmp_path / MODEL_WEIGHTS_NAME).stat().st_mode & 0o777 == mode  # safetensors alone writes 0600
