@@ -458,7 +458,7 @@ def pretrain(
                 run_state.returns.append(episode_return)
                 run.log(run_state.env_steps, episode_return=episode_return)
                 obs, _ = run_state.env.reset(seed=config.seed + len(run_state.returns))
-                if expert is not None:
+                if run_state.env_steps < config.expert_steps:  # the expert drives this episode too
                     begin_episode(expert, run_state.env, config.seed + len(run_state.returns))
                 recorder.start(obs)
                 run_state.agent.reset()
