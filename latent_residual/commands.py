@@ -15,7 +15,9 @@ from latent_residual.cli import cli, config_from_options, config_options
 _PATH = click.Path(path_type=Path)
 
 # What fits a 2-core CPU: a small DRAW, short sequences, actor-critic at 128 units, horizon 15
-# (the same as examples/pretrain_pendulum.py, which built the embedded default).
+# (the same as examples/pretrain_pendulum.py, which built the embedded default). The residual also
+# reads DRAW's belief (the paper's optional input): on the pendulum's 40k target transitions it
+# lowers the held-out KL from about 0.42 to 0.35, and policy seed 1 then swings up (docs/results.md).
 CPU_DEFAULTS: dict[str, Any] = {
     "pretrain_backbone_kwargs": json.dumps(
         {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128}
@@ -29,6 +31,7 @@ CPU_DEFAULTS: dict[str, Any] = {
     "pretrain_imagination_starts": 256,
     "pretrain_model_lr": 3e-4,
     "pretrain_checkpoint_every": 2500,
+    "residual_extra_inputs": ("belief",),
     "policy_steps": 1500,
     "policy_starts": 256,
     "ac_hidden": 128,

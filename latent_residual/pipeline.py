@@ -127,6 +127,28 @@ class PolicyBehaviour:
         return self.policy.act(obs)
 
 
+# Settings a re-run may change: each only adds or skips runs that are kept under their own names.
+_EXTENDABLE = {"experiment": ("seeds", "methods", "export")}
+
+
+def _check_settings(results: _Results, settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume a run whose kept stages were made with other settings, then record these."""
+    if "settings" in results:
+        kept = results["settings"]
+        changed = [
+            f"{group}.{key} ({kept.get(group, {}).get(key)!r} -> {value!r})"
+            for group, values in settings.items()
+            for key, value in values.items()
+            if key not in _EXTENDABLE.get(group, ()) and kept.get(group, {}).get(key) != value
+        ]
+        if changed:
+            raise ConfigError(
+                f"{results.path} was written with other settings: {', '.join(changed)}. Its finished stages "
+                "would be reused as they are; pass a new --out directory (or delete this one) to run with these."
+            )
+    results.put("settings", settings)
+
+
 def _evaluation(result: EvalResult, **extra: Any) -> dict[str, Any]:
     return {**result.to_dict(), **extra}
 
@@ -150,7 +172,6 @@ def run_experiment(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = _Results(out / RESULTS_NAME)
-    results.put("config", config_to_dict(config))
     residual_config = residual_config or ResidualConfig()
     fit_config = fit_config or FitConfig()
     finetune_config = finetune_config or FitConfig(lr=1e-4)
@@ -171,6 +192,17 @@ def run_experiment(
     sim_actor_critic = load_actor_critic(pre / ACTOR_CRITIC_NAME)
     sim_policy = Policy(base, sim_actor_critic.actor)
     ac_config = ac_config or sim_actor_critic.config
+    _check_settings(
+        results,
+        {
+            "experiment": config_to_dict(config),
+            "residual": config_to_dict(residual_config),
+            "fit": config_to_dict(fit_config),
+            "finetune": config_to_dict(finetune_config),
+            "policy": config_to_dict(policy_config),
+            "actor_critic": config_to_dict(ac_config),
+        },
+    )
     env_kwargs = {"max_episode_steps": config.episode_steps} if config.episode_steps else {}
 
     def evaluated(key: str, policy: Any, env_id: str, seed: int, **extra: Any) -> dict[str, Any]:

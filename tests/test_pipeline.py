@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from latent_residual.cli import main
+from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
 from latent_residual.pipeline import ExperimentConfig, comparison_table, run_experiment
 from latent_residual.residual import ResidualConfig
@@ -20,11 +23,11 @@ TINY = dict(
 )
 
 
-def _run(pretrained_dir, out, lines):
+def _run(pretrained_dir, out, lines, residual_config=None):
     return run_experiment(
         ExperimentConfig(pretrained=str(pretrained_dir), **TINY),
         out,
-        residual_config=ResidualConfig(hidden=16),
+        residual_config=residual_config or ResidualConfig(hidden=16),
         fit_config=FitConfig(steps=10, eval_every=5),
         finetune_config=FitConfig(steps=10, eval_every=5, lr=1e-4),
         policy_config=PolicyTrainConfig(steps=3, starts=32),
@@ -58,6 +61,11 @@ def test_every_stage_runs_and_a_rerun_resumes(pretrained, tmp_path):
     again = _run(pretrained_dir, tmp_path, [])
     assert (tmp_path / "runs" / "redraw-300-seed0" / "fit.json").stat().st_mtime_ns == stamp
     assert again["redraw@300/seed0"] == results["redraw@300/seed0"]
+
+    # Other settings in the same directory would silently reuse the kept stages: refused, nothing rerun.
+    with pytest.raises(ConfigError, match=r"residual.extra_inputs \(\[\] -> \['belief'\]\).*new --out"):
+        _run(pretrained_dir, tmp_path, [], ResidualConfig(hidden=16, extra_inputs=("belief",)))
+    assert (tmp_path / "runs" / "redraw-300-seed0" / "fit.json").stat().st_mtime_ns == stamp
 
 
 def test_comparison_table_averages_seeds_and_divides_by_the_sim_reference():
