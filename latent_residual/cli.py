@@ -27,8 +27,8 @@ def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ..
 
     ``--hidden`` maps to field ``hidden`` (with ``prefix="fit-"``, ``--fit-lr`` to ``lr``); the
     field's ``help`` metadata and default show in ``--help``. Dict fields take JSON, tuple
-    fields repeat (``--transitions 10000 --transitions 40000``). Build the config back with
-    :func:`config_from_options`.
+    fields repeat (``--transitions 10000 --transitions 40000``), and an empty value empties one
+    (``--residual-extra-inputs ''``). Build the config back with :func:`config_from_options`.
     """
     hints = typing.get_type_hints(config_cls)
 
@@ -70,7 +70,7 @@ def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: st
             except json.JSONDecodeError as exc:
                 raise click.BadParameter(f"expected JSON, got {value!r} ({exc})", param_hint=f"--{flag}") from exc
         elif isinstance(value, (list, tuple)):
-            value = tuple(value)
+            value = tuple(item for item in value if item != "")
         values[field.name] = value
     return config_cls(**values)
 

@@ -8,7 +8,8 @@ import sys
 
 from latent_residual import attach_residual
 from latent_residual.checkpoints import save_world_model
-from latent_residual.cli import main
+from latent_residual.cli import config_from_options, main
+from latent_residual.residual import ResidualConfig
 
 
 def test_help_lists_subcommands(capsys):
@@ -68,3 +69,9 @@ def test_threads_option_sets_torch_threads_and_rejects_zero(capsys):
     capsys.readouterr()
     assert main(["--threads", "0", "plugins"]) == 2
     assert "--threads" in capsys.readouterr().err
+
+
+def test_an_empty_value_empties_a_tuple_option():
+    # The demo's default residual reads the belief; '' must bring back the paper's inputs.
+    assert config_from_options(ResidualConfig, {"extra_inputs": ("",)}).extra_inputs == ()
+    assert config_from_options(ResidualConfig, {"extra_inputs": ("belief",)}).extra_inputs == ("belief",)
