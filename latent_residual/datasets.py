@@ -289,6 +289,13 @@ def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]
 # --- writing -------------------------------------------------------------------------------
 
 
+def _same_identity(key: str, stored: Any, new: Any) -> bool:
+    if key in ("observation_space", "action_space"):
+        # Compared as spaces: earlier versions wrote a uniform bound out element by element.
+        return space_from_json(stored) == space_from_json(new)
+    return stored == new
+
+
 class DatasetWriter:
     """Write episodes into a dataset directory, one safetensors file each, atomically.
 
@@ -338,7 +345,7 @@ class DatasetWriter:
         if (self.directory / DATASET_INFO_NAME).exists():
             self.info, _, _ = _read_info(self.directory)
             for key, value in identity.items():
-                if self.info[key] != value:
+                if not _same_identity(key, self.info[key], value):
                     raise DatasetError(
                         f"{self.directory / DATASET_INFO_NAME}: key {key!r} differs from the data being added "
                         f"(stored {_short(self.info[key])}, new {_short(value)}); write to another directory."

@@ -207,6 +207,20 @@ def test_resume_continues_numbering_to_the_total(tmp_path):
     assert again.transitions == 250 and len(again.info["resumes"]) == 1
 
 
+def test_resume_reads_spaces_by_meaning_not_spelling(tmp_path):
+    directory = tmp_path / "d"
+    collect(ENV_ID, "random", directory, transitions=61, env_kwargs=SHORT, quiet=True)
+    info = json.loads((directory / DATASET_INFO_NAME).read_text())
+    # Earlier versions spelled a uniform bound out element by element.
+    info["action_space"]["high"] = [1.0]
+    (directory / DATASET_INFO_NAME).write_text(json.dumps(info))
+    assert collect(ENV_ID, "random", directory, transitions=100, env_kwargs=SHORT, quiet=True).transitions == 100
+    info["action_space"]["high"] = [2.0]
+    (directory / DATASET_INFO_NAME).write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"dataset.json: key 'action_space' differs"):
+        collect(ENV_ID, "random", directory, transitions=200, env_kwargs=SHORT, quiet=True)
+
+
 def test_a_killed_collection_resumes_to_the_same_data(tmp_path):
     kwargs = {"transitions": 200, "env_kwargs": SHORT, "seed": 1, "noise": 0.2, "quiet": True}
     with pytest.raises(Killed):
