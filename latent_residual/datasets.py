@@ -289,13 +289,6 @@ def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]
 # --- writing -------------------------------------------------------------------------------
 
 
-def _same_identity(key: str, stored: Any, new: Any) -> bool:
-    if key in ("observation_space", "action_space"):
-        # Compared as spaces: earlier versions wrote a uniform bound out element by element.
-        return space_from_json(stored) == space_from_json(new)
-    return stored == new
-
-
 class DatasetWriter:
     """Write episodes into a dataset directory, one safetensors file each, atomically.
 
@@ -343,9 +336,13 @@ class DatasetWriter:
         # A continuing session is recorded with its first episode, so opening alone changes nothing.
         self._resume: dict[str, Any] | None = None
         if (self.directory / DATASET_INFO_NAME).exists():
-            self.info, _, _ = _read_info(self.directory)
+            self.info, stored_observation, stored_action = _read_info(self.directory)
+            # Spaces compare as spaces (their JSON spelling changed: earlier versions wrote a
+            # uniform bound out element by element); the rest as stored.
+            stored = {**self.info, "observation_space": stored_observation, "action_space": stored_action}
+            new = {**identity, "observation_space": observation_space, "action_space": action_space}
             for key, value in identity.items():
-                if not _same_identity(key, self.info[key], value):
+                if stored[key] != new[key]:
                     raise DatasetError(
                         f"{self.directory / DATASET_INFO_NAME}: key {key!r} differs from the data being added "
                         f"(stored {_short(self.info[key])}, new {_short(value)}); write to another directory."
