@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from latent_residual_integrations.onnxruntime_policy import OnnxPolicy
+from latent_residual.onnx_policy import OnnxPolicy
 
 #: DB21 wheel encoders: ticks per wheel revolution.
 ENCODER_RESOLUTION = 135

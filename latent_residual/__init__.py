@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from latent_residual.errors import (
     AdapterFileError,
+    CheckpointError,
     ConfigError,
     DatasetError,
+    ExportError,
+    FileFormatError,
     IncompatibleAdapterError,
     LatentResidualError,
     NameNotFound,
@@ -24,11 +27,12 @@ from latent_residual.registry import (
     env_spec,
     list_backbones,
     list_envs,
+    list_methods,
     make_backbone,
     make_env,
+    make_method,
 )
-
-__version__ = "0.1.0"
+from latent_residual.version import __version__
 
 # name -> module that defines it; imported on first attribute access (PEP 562).
 _LAZY = {
@@ -39,33 +43,38 @@ _LAZY = {
     "attach_residual": "latent_residual.adapters",
     "load_adapter": "latent_residual.adapters",
     "read_adapter_info": "latent_residual.adapters",
-    "fingerprint": "latent_residual.adapters",
-    "ActorCritic": "latent_residual.behavior",
-    "ActorCriticConfig": "latent_residual.behavior",
-    "Policy": "latent_residual.policy",
+    "fingerprint": "latent_residual.serialization",
+    "ActorCritic": "latent_residual.actor_critic",
+    "ActorCriticConfig": "latent_residual.actor_critic",
+    "Policy": "latent_residual.workflow.policy",
     "observe": "latent_residual.rollout",
     "imagine": "latent_residual.rollout",
     "FitConfig": "latent_residual.fitting",
     "fit_residual": "latent_residual.fitting",
     "finetune_dynamics": "latent_residual.fitting",
     "save_world_model": "latent_residual.checkpoints",
-    "Dataset": "latent_residual.datasets",
-    "DatasetWriter": "latent_residual.datasets",
-    "EpisodeRecorder": "latent_residual.datasets",
-    "collect": "latent_residual.datasets",
-    "load_dataset": "latent_residual.datasets",
-    "evaluate": "latent_residual.evaluation",
-    "PretrainConfig": "latent_residual.training",
-    "PolicyTrainConfig": "latent_residual.training",
-    "pretrain": "latent_residual.training",
-    "train_policy": "latent_residual.training",
-    "load_world_model": "latent_residual.checkpoints",
+    "Dataset": "latent_residual.workflow.datasets",
+    "DatasetWriter": "latent_residual.workflow.datasets",
+    "EpisodeRecorder": "latent_residual.workflow.recording",
+    "collect": "latent_residual.workflow.collection",
+    "load_dataset": "latent_residual.workflow.datasets",
+    "evaluate": "latent_residual.workflow.evaluation",
+    "PretrainConfig": "latent_residual.workflow.pretraining",
+    "PolicyTrainConfig": "latent_residual.workflow.policy_training",
+    "pretrain": "latent_residual.workflow.pretraining",
+    "train_policy": "latent_residual.workflow.policy_training",
+    "load_world_model": "latent_residual.workflow.loading",
+    "OnnxPolicy": "latent_residual.onnx_policy",
+    "export_policy": "latent_residual.workflow.export",
 }
 
 __all__ = [
     "AdapterFileError",
+    "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "ExportError",
+    "FileFormatError",
     "IncompatibleAdapterError",
     "LatentResidualError",
     "NameNotFound",
@@ -76,10 +85,12 @@ __all__ = [
     "hookimpl",
     "list_backbones",
     "list_envs",
+    "list_methods",
     "list_plugins",
     "load_plugins",
     "make_backbone",
     "make_env",
+    "make_method",
     *_LAZY,
 ]
 
@@ -97,23 +108,24 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from latent_residual.adapters import (
-        ResidualWorldModel,
-        attach_residual,
-        fingerprint,
-        load_adapter,
-        read_adapter_info,
-    )
-    from latent_residual.checkpoints import load_world_model, save_world_model
+    from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
+    from latent_residual.adapters import ResidualWorldModel, attach_residual, load_adapter, read_adapter_info
+    from latent_residual.checkpoints import save_world_model
     from latent_residual.contract import LatentSpec, WorldModel
-    from latent_residual.datasets import Dataset, DatasetWriter, EpisodeRecorder, collect, load_dataset
-    from latent_residual.evaluation import evaluate
-    from latent_residual.behavior import ActorCritic, ActorCriticConfig
     from latent_residual.fitting import FitConfig, finetune_dynamics, fit_residual
-    from latent_residual.policy import Policy
+    from latent_residual.onnx_policy import OnnxPolicy
     from latent_residual.residual import ResidualConfig
     from latent_residual.rollout import imagine, observe
-    from latent_residual.training import PolicyTrainConfig, PretrainConfig, pretrain, train_policy
+    from latent_residual.serialization import fingerprint
+    from latent_residual.workflow.collection import collect
+    from latent_residual.workflow.datasets import Dataset, DatasetWriter, load_dataset
+    from latent_residual.workflow.evaluation import evaluate
+    from latent_residual.workflow.export import export_policy
+    from latent_residual.workflow.loading import load_world_model
+    from latent_residual.workflow.policy import Policy
+    from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
+    from latent_residual.workflow.pretraining import PretrainConfig, pretrain
+    from latent_residual.workflow.recording import EpisodeRecorder
 
 # Plugin registrations are tiny modules (implementations load at make time), so loading them
 # here is cheap and lets `gymnasium.make("dmc/...")` work right after `import latent_residual`.

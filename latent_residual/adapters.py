@@ -1,13 +1,12 @@
 """Residual adapters on a frozen world model: attach, switch, save and load (the PEFT idea, stricter).
 
-The residual network and its config are in ``residual.py``; file framing checks are in ``files.py``.
+The residual network and its config are in ``residual.py``; how files are framed and checked is in ``serialization.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 from collections.abc import Iterator, Mapping
@@ -20,8 +19,17 @@ from torch import Tensor, nn
 from latent_residual.config import config_from_dict, config_to_dict
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import AdapterFileError, ConfigError, IncompatibleAdapterError, NameNotFound, did_you_mean
-from latent_residual.files import read_safetensors, read_safetensors_header, write_safetensors, write_text
 from latent_residual.residual import ResidualConfig, ResidualNet
+from latent_residual.serialization import (
+    check_metadata,
+    fingerprint,
+    read_checked,
+    read_safetensors_header,
+    strict_load,
+    write_safetensors,
+    write_text,
+)
+from latent_residual.version import __version__
 
 ADAPTER_WEIGHTS_NAME = "adapter.safetensors"
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -30,20 +38,6 @@ FILE_FORMAT_VERSION = 1
 DEFAULT_ADAPTER_NAME = "default"
 
 logger = logging.getLogger("latent_residual")
-
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-256 of a model's state dict (names, dtypes, shapes and bytes), as ``sha256:<hex>``.
-
-    Two models share a fingerprint only if every parameter and buffer is bitwise equal, so an
-    adapter trained on one base is refused by any other.
-    """
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return f"sha256:{digest.hexdigest()}"
 
 
 class ResidualWorldModel(WorldModel):
@@ -145,7 +139,7 @@ class ResidualWorldModel(WorldModel):
         finally:
             self._base_gradients = previous
 
-    def _frozen(self) -> contextlib.AbstractContextManager:
+    def _frozen(self) -> contextlib.AbstractContextManager:  # the base's modules, not its inputs
         return contextlib.nullcontext() if self._base_gradients else torch.no_grad()
 
     def is_trainable(self, name: str) -> bool:
@@ -255,8 +249,6 @@ class ResidualWorldModel(WorldModel):
     # -- files -----------------------------------------------------------------------------
 
     def _metadata(self, name: str, data_summary: dict[str, Any] | None) -> dict[str, str]:
-        from latent_residual import __version__
-
         summary = data_summary if data_summary is not None else self.data_summaries.get(name, {})
         return {
             "format": FILE_FORMAT,
@@ -333,8 +325,7 @@ class ResidualWorldModel(WorldModel):
         return names
 
     def _load_one(self, file: Path, *, trainable: bool, adapter_name: str | None) -> str:
-        tensors, metadata = read_safetensors(file)
-        meta = _check_metadata(file, metadata)
+        tensors, meta = _read_adapter(file)
         if meta["base_fingerprint"] != self.base_fingerprint:
             raise IncompatibleAdapterError(
                 f"{file}: adapter was made for a base with fingerprint {meta['base_fingerprint']} "
@@ -351,25 +342,11 @@ class ResidualWorldModel(WorldModel):
         config = config_from_dict(ResidualConfig, json.loads(meta["config"]), source=f"{file} metadata 'config'")
         name = adapter_name or meta["adapter_name"]
         self.add_adapter(name, config, trainable=trainable)
-        net = self.residuals[name]
-        expected = net.state_dict()
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-        if missing or unexpected or wrong:
+        try:
+            strict_load(self.residuals[name], tensors, file, AdapterFileError)
+        except AdapterFileError:
             self.delete_adapter(name)
-            details = []
-            if missing:
-                details.append(f"missing keys {missing}")
-            if unexpected:
-                details.append(f"unexpected keys {unexpected}")
-            if wrong:
-                details.append(
-                    "shape mismatch "
-                    + ", ".join(f"{k}: file {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong)
-                )
-            raise AdapterFileError(f"{file}: weights do not match the stored config: {'; '.join(details)}.")
-        net.load_state_dict(tensors, strict=True)
+            raise
         self.data_summaries[name] = json.loads(meta["data_summary"] or "{}")
         return name
 
@@ -403,22 +380,17 @@ _REQUIRED_METADATA = (
 )
 
 
-def _check_metadata(file: Path, metadata: dict[str, str]) -> dict[str, str]:
-    if metadata.get("format") != FILE_FORMAT:
-        raise AdapterFileError(
-            f"{file}: not a latent-residual adapter (metadata 'format' is {metadata.get('format')!r}, "
-            f"expected {FILE_FORMAT!r})."
-        )
-    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
-    if missing:
-        raise AdapterFileError(f"{file}: adapter metadata lacks {', '.join(missing)}.")
-    version = int(metadata["format_version"])
-    if version > FILE_FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{file}: adapter file format {version} is newer than this library reads "
-            f"({FILE_FORMAT_VERSION}); upgrade latent-residual."
-        )
-    return metadata
+_CHECKS = {
+    "file_format": FILE_FORMAT,
+    "version": FILE_FORMAT_VERSION,
+    "error": AdapterFileError,
+    "kind": "latent-residual adapter",
+    "required": _REQUIRED_METADATA,
+}
+
+
+def _read_adapter(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    return read_checked(file, **_CHECKS)
 
 
 def _adapter_files(path: Path) -> list[Path]:
@@ -439,8 +411,8 @@ def read_adapter_info(path: str | Path) -> list[dict[str, Any]]:
     """Return the metadata of the adapter(s) at ``path`` without loading any weights."""
     infos = []
     for file in _adapter_files(Path(path)):
-        header, metadata = read_safetensors_header(file)
-        meta = _check_metadata(file, metadata)
+        header, meta = read_safetensors_header(file, error=AdapterFileError)
+        check_metadata(file, meta, **_CHECKS)
         info = {key: _maybe_json(value) for key, value in meta.items()}
         info["path"] = str(file)
         info["parameters"] = sum(_numel(entry["shape"]) for entry in header.values())

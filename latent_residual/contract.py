@@ -6,6 +6,7 @@ Generic algorithms over the contract (observe, imagine) are in ``rollout.py``; b
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,9 +128,22 @@ class WorldModel(nn.Module, abc.ABC):
     def continuation(self, features: Tensor) -> Tensor:
         """Return the predicted probability (B,) that the episode continues."""
 
-    @abc.abstractmethod
     def decode(self, features: Tensor) -> dict[str, Tensor]:
-        """Reconstruct observations from features; keys as in the observation space."""
+        """Reconstruct observations from features; keys as in the observation space.
+
+        Optional: the library never calls it; it is there for a backbone's own loss and for
+        looking at predictions.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement decode().")
+
+    def base_gradients(self) -> contextlib.AbstractContextManager:
+        """A block within which gradients flow through the model to its *inputs* (actions, states).
+
+        An actor trained by backpropagation through the dynamics runs imagination inside it. A
+        plain model already lets gradients through, so this is a no-op; a wrapper that freezes
+        its base under ``torch.no_grad`` (a residual adapter) lifts that for the block.
+        """
+        return contextlib.nullcontext()
 
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         """Return the world-model training loss on a (B, T) batch and scalar metrics.

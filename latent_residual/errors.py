@@ -28,16 +28,31 @@ class NameNotFound(LatentResidualError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class AdapterFileError(LatentResidualError):
-    """An adapter or checkpoint file is missing, truncated, corrupt or not what it claims to be."""
+class FileFormatError(LatentResidualError):
+    """A file this library reads is missing, truncated, corrupt or not what it claims to be.
+
+    Each kind of file raises its own subclass, so callers can catch one kind or all of them.
+    """
+
+
+class AdapterFileError(FileFormatError):
+    """An adapter file is missing, truncated, corrupt or not what it claims to be."""
+
+
+class CheckpointError(FileFormatError):
+    """A world-model or actor-critic checkpoint is missing, corrupt, or does not fit the model."""
+
+
+class DatasetError(FileFormatError):
+    """Target data (a dataset file or in-memory sequences) lacks a key or has the wrong shape or dtype."""
 
 
 class IncompatibleAdapterError(LatentResidualError):
     """An adapter was made for a different base model (fingerprint or latent layout differ)."""
 
 
-class DatasetError(LatentResidualError):
-    """A dataset file is missing a key, has the wrong shape or dtype, or is not a dataset."""
+class ExportError(LatentResidualError):
+    """A policy could not be exported to ONNX, or the exported file breaks the contract."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:

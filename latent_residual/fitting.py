@@ -1,6 +1,7 @@
 """Fitting latent dynamics to target sequences: the ReDRAW residual and the prior-finetune baseline.
 
-Both minimise KL(sg(posterior) || prior) with a held-out split and early stopping; sequences come from ``datasets.py``.
+Both minimise KL(sg(posterior) || prior) with a held-out split and early stopping; sequences come from the
+workflow's datasets, or from anywhere as (N, T, ...) tensors.
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from latent_residual import latent
+from latent_residual import distributions
 from latent_residual.adapters import ResidualWorldModel
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, DatasetError
-from latent_residual.metrics import RunLogger
-from latent_residual.rollout import observe, prev_actions
-
-_NON_OBSERVATION_KEYS = ("action", "is_first", "is_last", "is_terminal", "reward")
+from latent_residual.progress import RunLogger
+from latent_residual.rollout import CHUNK, embed_sequences, observation_keys, observe, prev_actions
 
 
 @dataclass
@@ -78,16 +77,12 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-def _observation_keys(sequences: Mapping[str, Tensor]) -> list[str]:
-    return [key for key in sequences if key not in _NON_OBSERVATION_KEYS]
-
-
 def _check_sequences(sequences: Mapping[str, Tensor]) -> tuple[int, int]:
     for key in ("action", "is_first"):
         if key not in sequences:
             raise DatasetError(f"sequences lack key {key!r}; they have {sorted(sequences)}.")
     N, T = sequences["is_first"].shape[:2]
-    for key in ("action", *_observation_keys(sequences)):
+    for key in ("action", *observation_keys(sequences)):
         if tuple(sequences[key].shape[:2]) != (N, T):
             raise DatasetError(
                 f"sequences[{key!r}] has leading shape {tuple(sequences[key].shape[:2])}, expected ({N}, {T})."
@@ -102,13 +97,8 @@ class _Cache:
     def __init__(self, model: WorldModel, sequences: Mapping[str, Tensor]) -> None:
         N, T = _check_sequences(sequences)
         device = model.device()
-        keys = _observation_keys(sequences)
+        cached = embed_sequences(model, sequences)  # (N, T, E)
         with torch.no_grad():
-            embeds = [
-                model.embed({key: sequences[key][start : start + 64].to(device) for key in keys})
-                for start in range(0, N, 64)
-            ]
-            cached = torch.cat(embeds)  # (N, T, E)
             if not model.posterior_uses_deter:
                 cached = model.posterior({}, cached.flatten(0, 1)).reshape(
                     N, T, model.latent.groups, model.latent.classes
@@ -123,9 +113,40 @@ class _Cache:
         """Mean KL(sg(posterior) || prior) over non-start steps of sequences ``idx``."""
         is_first = self.is_first[idx]
         out = observe(model, self.prev_action[idx], is_first, generator=generator, **{self.key: self.values[idx]})
-        post_log = latent.log_probs(out["post_logits"], model.posterior_unimix).detach()
-        prior_log = latent.log_probs(out["prior_logits"], model.prior_unimix)
-        return latent.masked_mean(latent.kl(post_log, prior_log), ~is_first)
+        post_log = distributions.log_probs(out["post_logits"], model.posterior_unimix).detach()
+        prior_log = distributions.log_probs(out["prior_logits"], model.prior_unimix)
+        return distributions.masked_mean(distributions.kl(post_log, prior_log), ~is_first)
+
+    def held_out_kl(self, model: WorldModel, idx: Tensor, seed: int) -> float:
+        """The KL over sequences ``idx``, weighted by their non-start steps, with fixed samples."""
+        generator = torch.Generator(device=self.is_first.device).manual_seed(seed)
+        total, weight = 0.0, 0.0
+        with torch.no_grad():
+            for start in range(0, len(idx), CHUNK):
+                chunk = idx[start : start + CHUNK]
+                steps = (~self.is_first[chunk]).sum().item()
+                total += self.kl(model, chunk, generator).item() * steps
+                weight += steps
+        return total / max(weight, 1.0)
+
+
+def _split(cache: _Cache, holdout: float) -> tuple[Tensor, Tensor]:
+    """Training and held-out sequence indices: the last ``holdout`` fraction is held out."""
+    n_held = max(1, int(round(cache.N * holdout)))
+    if cache.N - n_held < 1:
+        raise DatasetError(f"{cache.N} sequences are too few to hold out {holdout:.0%}; collect more data.")
+    device = cache.is_first.device
+    return torch.arange(cache.N - n_held, device=device), torch.arange(cache.N - n_held, cache.N, device=device)
+
+
+def _optimiser(params: list[nn.Parameter], config: FitConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """Adam with the paper's settings and a cosine decay to ``lr_final_scale`` (1 keeps lr constant)."""
+    optimiser = torch.optim.Adam(params, lr=config.lr, eps=1e-8)
+    floor = config.lr_final_scale
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda done: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(done / config.steps, 1.0)))
+    )
+    return optimiser, schedule
 
 
 def _fit(
@@ -144,40 +165,19 @@ def _fit(
     ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base."""
     start = time.monotonic()  # the clock includes caching the frozen encoder's outputs
     cache = _Cache(model, sequences)
-    n_held = max(1, int(round(cache.N * config.holdout)))
-    if cache.N - n_held < 1:
-        raise DatasetError(f"{cache.N} sequences are too few to hold out {config.holdout:.0%}; collect more data.")
-    device = cache.is_first.device
-    train_idx = torch.arange(cache.N - n_held, device=device)
-    held_idx = torch.arange(cache.N - n_held, cache.N, device=device)
-
-    def held_out_kl() -> float:
-        generator = torch.Generator(device=device).manual_seed(config.seed + 1)
-        total, weight = 0.0, 0.0
-        with torch.no_grad():
-            for start in range(0, len(held_idx), 64):
-                idx = held_idx[start : start + 64]
-                steps = (~cache.is_first[idx]).sum().item()
-                total += cache.kl(model, idx, generator).item() * steps
-                weight += steps
-        return total / max(weight, 1.0)
-
+    train_idx, held_idx = _split(cache, config.holdout)
     with base_context():
-        base_kl = held_out_kl()
-    optimiser = torch.optim.Adam(params, lr=config.lr, eps=1e-8)
-    floor = config.lr_final_scale
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda done: floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(done / config.steps, 1.0)))
-    )
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    best_kl, best_step, best_state = held_out_kl(), 0, copy.deepcopy(trained.state_dict())
+        base_kl = cache.held_out_kl(model, held_idx, config.seed + 1)
+    optimiser, schedule = _optimiser(params, config)
+    generator = torch.Generator(device=cache.is_first.device).manual_seed(config.seed)
+    best_kl, best_step, best_state = cache.held_out_kl(model, held_idx, config.seed + 1), 0, copy.deepcopy(trained.state_dict())
     history = [{"step": 0, "seconds": 0.0, "held_out_kl": best_kl}]
     stale, step = 0, 0
     trained.train()
     with RunLogger(log_dir, config.steps, desc, quiet=quiet) as run:
         run.log(0, held_out_kl=best_kl, held_out_kl_base=base_kl)
         for step in range(1, config.steps + 1):
-            pick = train_idx[torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=device)]
+            pick = train_idx[torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=train_idx.device)]
             loss = cache.kl(model, pick, generator)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -185,7 +185,7 @@ def _fit(
             schedule.step()
             run.advance()
             if step % config.eval_every == 0 or step == config.steps:
-                kl_now = held_out_kl()
+                kl_now = cache.held_out_kl(model, held_idx, config.seed + 1)
                 rate = optimiser.param_groups[0]["lr"]
                 history.append(
                     {"step": step, "seconds": time.monotonic() - start, "train_kl": loss.item(), "held_out_kl": kl_now, "lr": rate}
@@ -201,16 +201,20 @@ def _fit(
     trained.eval()
     trained.load_state_dict(best_state)
     result = FitResult(base_kl, best_kl, best_step, step, time.monotonic() - start, history)
-    summary = {
+    return result, _data_summary(cache, len(held_idx), result)
+
+
+def _data_summary(cache: _Cache, held_out: int, result: FitResult) -> dict[str, Any]:
+    """What an adapter file records about the data it was fitted on."""
+    return {
         "sequences": cache.N,
         "sequence_length": cache.T,
         "transitions": cache.N * cache.T,
-        "held_out_sequences": n_held,
-        "held_out_kl_base": base_kl,
-        "held_out_kl_best": best_kl,
-        "best_step": best_step,
+        "held_out_sequences": held_out,
+        "held_out_kl_base": result.held_out_kl_base,
+        "held_out_kl_best": result.held_out_kl_best,
+        "best_step": result.best_step,
     }
-    return result, summary
 
 
 def fit_residual(

@@ -29,18 +29,21 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def register_backbones(register: Callable[..., Any]) -> None:
     """Register world-model backbones by calling ``register`` once per backbone.
 
-    :param register: Call as ``register(id, entry_point, *, description="", kwargs=None)``.
-        ``id`` has the form ``name-vN`` (for example ``"draw-v0"``). ``entry_point`` is a
-        callable or a ``"module:attr"`` string imported only when the backbone is made; it is
-        called as ``entry_point(observation_space, action_space, **kwargs)`` and returns a
-        :class:`latent_residual.WorldModel`. ``kwargs`` are defaults that ``make_backbone``
-        overrides.
+    :param register: Call as ``register(id, entry_point, *, description="", kwargs=None,
+        presets=None)``. ``id`` has the form ``name-vN`` (for example ``"draw-v0"``).
+        ``entry_point`` is a callable or a ``"module:attr"`` string imported only when the
+        backbone is made; it is called as ``entry_point(observation_space, action_space,
+        **kwargs)`` and returns a :class:`latent_residual.WorldModel`. ``kwargs`` are defaults
+        that ``make_backbone`` overrides. ``presets`` maps preset names to kwargs; ``"cpu"`` is
+        the one ``demo`` and ``compare`` pretrain with.
 
     Every implementation is called, each on its own: one that raises is reported as broken
     and skipped. Keep the module that implements this hook light (no torch or mujoco import at
     module level) so that listing plugins stays fast.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``presets``.
     """
 
 
@@ -49,18 +52,43 @@ def register_envs(register: Callable[..., Any]) -> None:
     """Register Gymnasium environments by calling ``register`` once per environment.
 
     :param register: Call as ``register(id, entry_point, *, description="", kwargs=None,
-        max_episode_steps=None, metrics=None, expert=None)``. ``id`` has the form ``namespace/name-vN``; the
-        environment is also registered with Gymnasium under that id, so ``gymnasium.make(id)``
+        max_episode_steps=None, metrics=None, expert=None, target=None, pretrained=None,
+        backbone=None, recommended=None, demo=False)``. ``id`` has the form ``namespace/name-vN``;
+        the environment is also registered with Gymnasium under that id, so ``gymnasium.make(id)``
         works. ``entry_point`` is a callable or a ``"module:attr"`` string imported only at make
         time. ``metrics`` (optional, same forms) maps a list of episodes, each the list of its
         steps' ``info`` dicts, to task metrics (a dataclass or a dict of numbers) for evaluation.
         ``expert`` (optional, same forms) is called with the environment's kwargs and returns a
-        scripted behaviour policy (observation -> action) for collecting data.
+        scripted behaviour policy (observation -> action) for collecting data. For a simulation
+        (source) environment: ``target`` is the id of its usual target ("real") environment;
+        ``pretrained`` a ``"package:relative/dir"`` holding a shipped pretraining directory;
+        ``backbone`` the backbone id pretraining uses by default; ``recommended`` experiment
+        settings (flag destinations of ``latent-residual demo``, such as
+        ``residual_extra_inputs``) that ``demo`` applies; ``demo`` marks the source that
+        ``demo`` and ``compare`` run when none is given.
 
     Every implementation is called, each on its own: one that raises is reported as broken
     and skipped.
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2
+        ``target``, ``pretrained``, ``backbone``, ``recommended`` and ``demo``.
+    """
+
+
+@hookspec
+def register_methods(register: Callable[..., Any]) -> None:
+    """Register adaptation methods (ways to turn a simulation model into a target policy).
+
+    :param register: Call as ``register(id, entry_point, *, description="")``. ``id`` is a
+        short lowercase name (``"redraw"``), used by ``compare --methods``. ``entry_point`` is a
+        class or a ``"module:attr"`` string imported only when the method runs; it is called
+        with no arguments and returns a :class:`latent_residual.workflow.adaptation.AdaptationMethod`.
+
+    Every implementation is called, each on its own: one that raises is reported as broken
+    and skipped.
+
+    .. versionadded:: 0.2
     """
 
 

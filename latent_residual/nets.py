@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from latent_residual import latent
+from latent_residual import encodings
 
 
 class MLP(nn.Module):
@@ -53,16 +53,16 @@ class TwoHotHead(nn.Module):
     def __init__(self, in_size: int, hidden: int, layers: int, bins: int = 255) -> None:
         super().__init__()
         self.net = MLP(in_size, bins, hidden, layers, zero_init_output=True)
-        self.register_buffer("bins", latent.twohot_bins(bins), persistent=False)
+        self.register_buffer("bins", encodings.twohot_bins(bins), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
     def mean(self, x: Tensor) -> Tensor:
-        return latent.twohot_mean(self.net(x), self.bins)
+        return encodings.twohot_mean(self.net(x), self.bins)
 
     def loss(self, x: Tensor, target: Tensor) -> Tensor:
-        return latent.twohot_loss(self.net(x), target, self.bins)
+        return encodings.twohot_loss(self.net(x), target, self.bins)
 
 
 class BernoulliHead(nn.Module):

@@ -1,6 +1,6 @@
 """The plugin manager: entry-point discovery, the run-once ``load_plugins()`` and the broken-plugin list.
 
-Hook specs are in ``hookspecs.py``; what plugins register lands in ``registry.py``.
+Hook specs are in ``hookspecs.py``; what plugins register lands in the tables of ``specs.py``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import pluggy
 
-from latent_residual import hookspecs
+from latent_residual import hookspecs, specs
 
 ENTRY_POINT_GROUP = "latent_residual"
 LOAD_PLUGINS_ENV = "LATENT_RESIDUAL_LOAD_PLUGINS"
 FIRST_PARTY_DISTRIBUTION = "latent-residual"
-_REGISTRATION_HOOKS = ("register_backbones", "register_envs")
+#: Registration hooks and the Staging method each one's ``register`` callback is.
+_REGISTRATION_HOOKS = {"register_backbones": "backbone", "register_envs": "env", "register_methods": "method"}
 
 
 @dataclass(frozen=True)
@@ -72,15 +73,13 @@ def _report_broken(info: PluginInfo) -> None:
 
 def _run_registration(name: str, plugin: object) -> str | None:
     """Call one plugin's registration hooks; keep what it registered only if none raised."""
-    from latent_residual import registry
-
     info = _infos[name]
-    staged = registry.Staging(plugin=name, package=info.package, version=info.version)
-    for hook_name in _REGISTRATION_HOOKS:
+    staged = specs.Staging(plugin=name, package=info.package, version=info.version)
+    for hook_name, method in _REGISTRATION_HOOKS.items():
         for impl in getattr(pm.hook, hook_name).get_hookimpls():
             if impl.plugin is not plugin:
                 continue
-            register = staged.backbone if hook_name == "register_backbones" else staged.env
+            register = getattr(staged, method)
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
             except Exception as exc:  # a broken plugin must not take the others down
@@ -166,14 +165,13 @@ def list_plugins() -> list[PluginInfo]:
 def _reset() -> None:
     """Forget every plugin and registration (for tests)."""
     global _loaded
-    from latent_residual import registry
 
     for name in list(_infos):
         if pm.has_plugin(name):
             pm.unregister(name=name)
     _infos.clear()
     _pending.clear()
-    registry._clear()
+    specs.clear()
     _loaded = False
 
 

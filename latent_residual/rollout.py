@@ -1,17 +1,28 @@
-"""Generic rollouts over the world-model contract: ``observe`` filters data, ``imagine`` dreams ahead.
+"""Generic rollouts over the world-model contract: ``observe`` filters data, ``imagine`` dreams ahead,
+``posterior_states`` filters whole datasets in chunks.
 
 They work for any ``WorldModel``, adapted or not; training losses are in ``fitting.py`` and the backbones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor
 
-from latent_residual import latent
+from latent_residual import distributions
 from latent_residual.contract import State, WorldModel
+
+#: Keys of a batch of sequences that are not observations.
+NON_OBSERVATION_KEYS = ("action", "is_first", "is_last", "is_terminal", "reward")
+#: Sequences per chunk when a whole dataset goes through the model (bounds the memory used).
+CHUNK = 64
+
+
+def observation_keys(batch: Mapping[str, Tensor]) -> list[str]:
+    """The keys of ``batch`` that hold observations, in order."""
+    return [key for key in batch if key not in NON_OBSERVATION_KEYS]
 
 
 def _reset_where(is_first: Tensor, initial: State, state: State) -> State:
@@ -78,8 +89,8 @@ def observe(
     is_first = is_first.bool()
 
     def draw(post: Tensor) -> Tensor:
-        prob = latent.probs(post, model.posterior_unimix)
-        return latent.sample_one_hot(prob, generator) if sample else latent.mode_one_hot(prob)
+        prob = distributions.probs(post, model.posterior_unimix)
+        return distributions.sample_one_hot(prob, generator) if sample else distributions.mode_one_hot(prob)
 
     # With history-free posteriors every sample can be drawn at once, outside the time loop.
     stochs = draw(post_logits) if post_logits is not None else None  # (B, T, G, C)
@@ -131,8 +142,8 @@ def imagine(
     for _ in range(horizon):
         action = policy(features[-1])
         prior, deter = model.dynamics(state, action, no_reset)
-        prob = latent.probs(prior, model.prior_unimix)
-        state = model.next_state(deter, prior, latent.sample_one_hot(prob, generator))
+        prob = distributions.probs(prior, model.prior_unimix)
+        state = model.next_state(deter, prior, distributions.sample_one_hot(prob, generator))
         features.append(model.features(state))
         actions.append(action)
         priors.append(prior)
@@ -147,3 +158,49 @@ def prev_actions(action: Tensor) -> Tensor:
     """Shift stored actions one step right: (B, T, A) actions taken at each step become the
     actions taken before it, with zeros before the first step."""
     return torch.cat([torch.zeros_like(action[:, :1]), action[:, :-1]], 1)
+
+
+def embed_sequences(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
+    """Embed the observations of (N, T) sequences chunk by chunk without gradients: (N, T, E)."""
+    keys = observation_keys(sequences)
+    device = model.device()
+    N = sequences["is_first"].shape[0]
+    with torch.no_grad():
+        return torch.cat(
+            [model.embed({key: sequences[key][start : start + CHUNK].to(device) for key in keys}) for start in range(0, N, CHUNK)]
+        )
+
+
+def posterior_states(
+    model: WorldModel, sequences: Mapping[str, Tensor], *, generator: torch.Generator | None = None
+) -> dict[str, Tensor | State]:
+    """Filter (N, T) sequences chunk by chunk without gradients, sampling the posterior.
+
+    :returns: ``embed`` (N, T, E), ``features`` (N, T, F) and ``states`` (every state tensor
+        (N, T, ...)), concatenated over chunks.
+    """
+    embed = embed_sequences(model, sequences)
+    device = model.device()
+    outs = []
+    with torch.no_grad():
+        for start in range(0, embed.shape[0], CHUNK):
+            action = sequences["action"][start : start + CHUNK].to(device).float()
+            is_first = sequences["is_first"][start : start + CHUNK].to(device).bool()
+            outs.append(
+                observe(model, prev_actions(action), is_first, embed=embed[start : start + CHUNK], generator=generator)
+            )
+    return {
+        "embed": embed,
+        "features": torch.cat([out["features"] for out in outs]),
+        "states": {key: torch.cat([out["states"][key] for out in outs]) for key in outs[0]["states"]},
+    }
+
+
+def subsample_states(states: State, count: int, generator: torch.Generator) -> State:
+    """``count`` states drawn without replacement from a flat (N, ...) batch; all of them if ``count``
+    is 0 or at least N."""
+    total = states["stoch"].shape[0]
+    if count <= 0 or count >= total:
+        return states
+    index = torch.randperm(total, generator=generator)[:count].to(states["stoch"].device)
+    return {key: value[index] for key, value in states.items()}

@@ -17,8 +17,8 @@ from latent_residual import plugins  # noqa: E402
 # Tiny models gain nothing from a second thread, and OpenMP's spin-waits make every op cost a
 # scheduler slice when another process holds the other core.
 torch.set_num_threads(1)
-from latent_residual.behavior import ActorCriticConfig as ActorCriticConfig  # noqa: E402
-from latent_residual.training import PretrainConfig  # noqa: E402
+from latent_residual.actor_critic import ActorCriticConfig as ActorCriticConfig  # noqa: E402
+from latent_residual.workflow.pretraining import PretrainConfig  # noqa: E402
 
 
 def make_distribution(root: Path, name: str, version: str, entry_points: dict[str, str], modules=None) -> Path:

@@ -6,8 +6,10 @@ import pytest
 import torch
 from conftest import assert_no_temp_files, drift_sequences
 
-from latent_residual import AdapterFileError, ConfigError, load_world_model, save_world_model
-from latent_residual.checkpoints import MODEL_WEIGHTS_NAME, space_from_json, space_to_json
+from latent_residual import CheckpointError, ConfigError, load_world_model, save_world_model
+from latent_residual.checkpoints import MODEL_WEIGHTS_NAME
+from latent_residual.serialization import space_to_json
+from latent_residual.workflow.spaces import space_from_json
 from latent_residual.rollout import observe, prev_actions
 
 
@@ -30,7 +32,7 @@ def test_truncated_checkpoint_is_reported(gru_model, tmp_path):
     save_world_model(gru_model, tmp_path)
     path = tmp_path / MODEL_WEIGHTS_NAME
     path.write_bytes(path.read_bytes()[:-16])
-    with pytest.raises(AdapterFileError, match="truncated"):
+    with pytest.raises(CheckpointError, match="truncated"):
         load_world_model(tmp_path)
 
 

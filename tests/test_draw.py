@@ -16,7 +16,7 @@ from latent_residual import (
     ConfigError,
     DatasetError,
     backbone_spec,
-    latent,
+    distributions,
     list_envs,
     make_backbone,
     make_env,
@@ -176,7 +176,7 @@ def test_contract_shapes(kind):
     assert prior.shape == (B, G, C) and deter == {}
     post = model.posterior({}, embed[:, 0])
     assert post.shape == (B, G, C)
-    stoch = latent.sample_one_hot(latent.probs(post, model.posterior_unimix))
+    stoch = distributions.sample_one_hot(distributions.probs(post, model.posterior_unimix))
     state = model.next_state(deter, prior, stoch)
     assert state["stoch"] is stoch
     torch.testing.assert_close(state["belief"], F.softmax(prior, -1))

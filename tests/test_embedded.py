@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import latent_residual as lr
-from latent_residual.pipeline import embedded_pretrained
-from latent_residual.training import ACTOR_CRITIC_NAME, load_actor_critic
+from latent_residual.registry import env_pretrained
+from latent_residual.actor_critic import load_actor_critic
+from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
 
 SHIPPED = ("dmc/pendulum-swingup-v0", "duckiebot/lane-following-v0")
 
@@ -21,7 +22,7 @@ def _policy(directory):
 
 @pytest.mark.parametrize("source", SHIPPED)
 def test_shipped_default_loads_and_records_how_it_was_made(registry, source):
-    directory = embedded_pretrained(source)
+    directory = env_pretrained(source)
     assert directory is not None
     provenance = json.loads((directory / "provenance.json").read_text())
     assert provenance["command"].startswith("MUJOCO_GL=egl python examples/pretrain_")
@@ -33,11 +34,11 @@ def test_shipped_default_loads_and_records_how_it_was_made(registry, source):
 
 
 def test_no_default_for_an_environment_whose_plugin_ships_none(registry):
-    assert embedded_pretrained("dmc/cup-catch-v0") is None
+    assert env_pretrained("dmc/cup-catch-v0") is None
 
 
 def test_shipped_duckiebot_policy_follows_the_lane_in_sim(registry):
-    policy = _policy(embedded_pretrained("duckiebot/lane-following-v0"))
+    policy = _policy(env_pretrained("duckiebot/lane-following-v0"))
     result = lr.evaluate(policy, "duckiebot/lane-following-v0", episodes=1, seed=10_000, env_kwargs={"max_episode_steps": 50})
     assert result.lengths == [50]  # no lane exit
     assert result.metrics["dense_reward"] > 0.5

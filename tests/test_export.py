@@ -19,18 +19,13 @@ from gymnasium import spaces
 
 import latent_residual
 from latent_residual import ConfigError, attach_residual, fingerprint, make_backbone
-from latent_residual.behavior import Actor, ActorCriticConfig
-from latent_residual.export import (
-    ONNX_NAME,
-    POLICY_CONFIG_NAME,
-    ExportError,
-    example_observations,
-    export_policy,
-    verify_export,
-)
-from latent_residual.policy import Policy
-from latent_residual_integrations import onnxruntime_policy
-from latent_residual_integrations.onnxruntime_policy import OnnxPolicy, run_episode
+from latent_residual.actor_critic import Actor, ActorCriticConfig
+from latent_residual.errors import ExportError
+from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
+from latent_residual.workflow.export import example_observations, export_policy, verify_export
+from latent_residual.workflow.policy import Policy
+from latent_residual import onnx_policy as onnxruntime_policy
+from latent_residual.onnx_policy import OnnxPolicy, run_episode
 
 STATE_ENV = "dmc/pendulum-swingup-v0"
 TOLERANCE = 1e-4
@@ -178,7 +173,7 @@ def test_actions_are_rescaled_into_a_non_unit_action_space(tmp_path):
 
 
 def test_auto_falls_back_to_torchscript_when_dynamo_fails(tmp_path, monkeypatch, caplog):
-    from latent_residual import export
+    from latent_residual.workflow import export
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated dynamo failure")
@@ -296,11 +291,18 @@ def test_onnx_policy_refuses_mismatched_files(tmp_path, state_export, pixel_expo
         OnnxPolicy(tmp_path / "nowhere")
 
 
-def test_onnx_policy_runs_without_torch(state_export):
+def test_onnx_policy_runs_without_torch(state_export, tmp_path):
+    """The runner imports no torch, and its one file works copied onto a robot without the library."""
+    import shutil
+
+    from latent_residual import onnx_policy as runner_module
+
     directory = state_export[1]
+    shutil.copy(runner_module.__file__, tmp_path / "onnx_policy.py")
     script = (
         "import sys, numpy as np\n"
-        "from latent_residual_integrations.onnxruntime_policy import OnnxPolicy\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
+        "from onnx_policy import OnnxPolicy\n"
         f"policy = OnnxPolicy({str(directory)!r})\n"
         "obs = {key: np.zeros(shape, dtype) for key, (dtype, shape) in policy.inputs.items()}\n"
         "print(policy.act(obs).shape)\n"

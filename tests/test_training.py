@@ -11,14 +11,10 @@ import torch
 from conftest import TINY_AC, tiny_pretrain_config
 
 from latent_residual import ConfigError, PretrainConfig, load_world_model, pretrain
-from latent_residual.training import (
-    ACTOR_CRITIC_NAME,
-    PolicyTrainConfig,
-    ReplayBuffer,
-    load_actor_critic,
-    save_actor_critic,
-    train_policy,
-)
+from latent_residual.actor_critic import load_actor_critic, save_actor_critic
+from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+from latent_residual.workflow.replay import ReplayBuffer
 
 def test_pretraining_writes_checkpoint_policy_replay_and_metrics(pretrained):
     out, result = pretrained
@@ -58,7 +54,7 @@ def test_actor_critic_file_round_trip_keeps_optimiser_moments(pretrained, tmp_pa
 
 def test_train_policy_in_imagination_from_target_sequences(pretrained):
     out, _ = pretrained
-    from latent_residual.datasets import load_dataset
+    from latent_residual.workflow.datasets import load_dataset
 
     model = load_world_model(out / "world_model")
     sequences = load_dataset(out / "replay").sequences(8)

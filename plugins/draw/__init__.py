@@ -18,4 +18,6 @@ def register_backbones(register: Callable[..., Any]) -> None:
         "latent_residual_plugins.draw.model:DRAW",
         description="DRAW: latent-state autoregressive world model without recurrent state (ReDRAW paper).",
         kwargs={"preset": "small"},
+        # What fits a 2-core CPU (the shipped pendulum model's sizes): `demo` and `compare` pretrain with it.
+        presets={"cpu": {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128}},
     )

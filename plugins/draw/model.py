@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent_residual import latent, rollout
+from latent_residual import distributions, encodings, rollout
 from latent_residual.contract import LatentSpec, State, WorldModel
 from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.nets import MLP, BernoulliHead, TwoHotHead
@@ -135,7 +135,7 @@ class DRAW(WorldModel):
         decoded = {}
         for key, value in self.decoder(features.reshape(-1, self.feature_size)).items():
             if key in self.layout.vectors:
-                value = latent.symexp(value)
+                value = encodings.symexp(value)
             decoded[key] = value.reshape(*lead, *self.layout.shape(key))
         return decoded
 
@@ -159,9 +159,9 @@ class DRAW(WorldModel):
         embed = self.embed(batch)  # (B, T, E)
         prev_action = rollout.prev_actions(batch["action"].to(dtype).reshape(B, T, self.action_size))
         out = rollout.observe(self, prev_action, is_first, embed=embed)
-        kl_loss, kl_metrics = latent.balanced_kl(
-            latent.log_probs(out["post_logits"], self.posterior_unimix),
-            latent.log_probs(out["prior_logits"], self.prior_unimix),
+        kl_loss, kl_metrics = distributions.balanced_kl(
+            distributions.log_probs(out["post_logits"], self.posterior_unimix),
+            distributions.log_probs(out["prior_logits"], self.prior_unimix),
             is_first,
             dyn_scale=config.dyn_scale,
             rep_scale=config.rep_scale,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent_residual import latent
+from latent_residual import encodings
 from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.nets import MLP
 
@@ -167,7 +167,7 @@ class MultiEncoder(nn.Module):
             flat = torch.cat(
                 [obs[key].reshape(-1, math.prod(shape)) for key, shape in self.layout.vectors.items()], -1
             )
-            parts.append(self.vectors(latent.symlog(flat.to(dtype))))
+            parts.append(self.vectors(encodings.symlog(flat.to(dtype))))
         return torch.cat(parts, -1).reshape(*lead, self.out_size)
 
 
@@ -210,6 +210,6 @@ class MultiDecoder(nn.Module):
             if key in self.layout.images:
                 target = image_to_float(obs[key], dtype)
             else:
-                target = latent.symlog(obs[key].to(dtype))
+                target = encodings.symlog(obs[key].to(dtype))
             losses[key] = F.mse_loss(prediction.to(dtype), target, reduction="none").flatten(1).sum(-1)
         return losses

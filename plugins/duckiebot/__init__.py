@@ -16,6 +16,13 @@ EXPERT = "latent_residual_plugins.duckiebot.driver:LaneExpert"
 # The paper's training episodes: 200 steps at 10 Hz.
 MAX_EPISODE_STEPS = 200
 
+# The simulation twin: its usual target, its shipped pixel model and the backbone it was built with.
+SOURCE = {
+    "target": "duckiebot/lane-following-real-v0",
+    "pretrained": "latent_residual_plugins.duckiebot:pretrained/lane-following",
+    "backbone": "draw-v0",
+}
+
 # (id, constructor kwargs, description); what 'real' changes is defined in variants.py.
 _ENVS: tuple[tuple[str, dict[str, Any], str], ...] = (
     (
@@ -49,4 +56,5 @@ def register_envs(register: Callable[..., Any]) -> None:
             max_episode_steps=MAX_EPISODE_STEPS,
             metrics=METRICS,
             expert=EXPERT,
+            **(SOURCE if kwargs["variant"] == "sim" else {}),
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from latent_residual import latent
+from latent_residual import distributions, encodings
 from latent_residual.contract import LatentSpec, WorldModel
 from latent_residual.rollout import observe, prev_actions
 
@@ -40,7 +40,7 @@ class GRUWorldModel(WorldModel):
         }
 
     def embed(self, obs):
-        x = torch.cat([latent.symlog(obs[k].float()) for k in self.keys], -1)
+        x = torch.cat([encodings.symlog(obs[k].float()) for k in self.keys], -1)
         return self.encoder(x)
 
     def dynamics(self, state, action, is_first):
@@ -72,11 +72,11 @@ class GRUWorldModel(WorldModel):
     def loss(self, batch):
         embed = self.embed({k: batch[k] for k in self.keys})
         out = observe(self, prev_actions(batch["action"].float()), batch["is_first"], embed=embed)
-        target = torch.cat([latent.symlog(batch[k].float()) for k in self.keys], -1)
+        target = torch.cat([encodings.symlog(batch[k].float()) for k in self.keys], -1)
         recon = ((self.decoder(out["features"]) - target) ** 2).sum(-1).mean()
-        kl_loss, _ = latent.balanced_kl(
-            latent.log_probs(out["post_logits"], self.unimix),
-            latent.log_probs(out["prior_logits"], self.unimix),
+        kl_loss, _ = distributions.balanced_kl(
+            distributions.log_probs(out["post_logits"], self.unimix),
+            distributions.log_probs(out["prior_logits"], self.unimix),
             batch["is_first"],
             dyn_scale=0.5,
             rep_scale=0.1,

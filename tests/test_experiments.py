@@ -6,12 +6,13 @@ import json
 
 import pytest
 
-from latent_residual.cli import main
+from latent_residual.workflow.cli import main
 from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
-from latent_residual.pipeline import ExperimentConfig, comparison_table, run_experiment
+from latent_residual.workflow.experiments import ExperimentConfig, run_experiment
+from latent_residual.workflow.reports import comparison_table
 from latent_residual.residual import ResidualConfig
-from latent_residual.training import PolicyTrainConfig
+from latent_residual.workflow.policy_training import PolicyTrainConfig
 
 TINY = dict(
     transitions=(300, 600),

@@ -1,23 +1,38 @@
-"""The actor-critic trained in imagination (DreamerV3-style) over any world model that fulfils the contract.
+"""The actor-critic trained in imagination (DreamerV3-style) over any world model that fulfils the contract,
+and its file format.
 
-Imagination itself is ``rollout.imagine``; the loops that call ``ActorCritic.train_step`` are in ``training.py``.
+Imagination itself is ``rollout.imagine``; the loops that call ``ActorCritic.train_step`` are in the workflow
+(``pretraining.py``, ``policy_training.py``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
+from latent_residual.config import config_from_dict, config_to_dict
 from latent_residual.contract import State, WorldModel
-from latent_residual.errors import ConfigError
+from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.nets import MLP, TwoHotHead
 from latent_residual.rollout import imagine
+from latent_residual.serialization import (
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_checked,
+    strict_load,
+    write_safetensors,
+)
+
+FILE_FORMAT = "latent-residual-actor-critic"
+FILE_FORMAT_VERSION = 1
 
 
 @dataclass
@@ -139,12 +154,34 @@ class ActorCritic(nn.Module):
             (B, H); the world model's reward head when omitted (Plan2Explore passes its
             disagreement here).
         """
+        imagined = self._imagine(model, start, reward_fn, generator)
+        weight, scale, slow_value = self._normalisers(imagined)
+        states = imagined["features"][:, :-1]
+        entropy = self.actor.entropy(states)
+        actor_loss = self._update_actor(imagined, states, entropy, weight, scale)
+        critic_loss = self._update_critic(states.detach(), imagined["returns"].detach(), slow_value, weight)
+        return {
+            "actor_loss": actor_loss.item(),
+            "critic_loss": critic_loss.item(),
+            "imagined_reward": imagined["reward"].mean().item(),
+            "imagined_return": imagined["returns"].mean().item(),
+            "entropy": entropy.mean().item(),
+            "return_scale": self.return_scale.item(),
+        }
+
+    def _imagine(
+        self,
+        model: WorldModel,
+        start: State,
+        reward_fn: Callable[[Tensor, Tensor], Tensor] | None,
+        generator: torch.Generator | None,
+    ) -> dict[str, Tensor]:
+        """Roll out the actor from ``start``; returns features, actions, reward, cont, value and lambda-returns."""
         config = self.config
-        backprop = config.actor_gradient == "dynamics"
-        if backprop:
+        if config.actor_gradient == "dynamics":
             policy = lambda f: self.actor.dist(f).rsample()  # noqa: E731
             # Returns must be differentiable through the model, an adapted model's frozen base too.
-            context = getattr(model, "base_gradients", contextlib.nullcontext)()
+            context = model.base_gradients()
         else:
             policy = lambda f: self.act(f, sample=True)  # noqa: E731
             context = torch.no_grad()
@@ -162,22 +199,29 @@ class ActorCritic(nn.Module):
             cont = model.continuation(flat).reshape(B, H1)[:, 1:]
             value = self.critic.mean(features)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
-        with torch.no_grad():
-            # Steps after a predicted episode end count less, as in DreamerV3.
-            weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
-            low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
-            decay = config.return_norm_decay
-            self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
-            scale = self.return_scale.clamp(min=1.0)
-            slow_value = self.slow_critic.mean(features)
+        return {"features": features, "actions": actions, "reward": reward, "cont": cont, "value": value, "returns": returns}
 
-        states = features[:, :-1]
-        entropy = self.actor.entropy(states)
-        if backprop:
+    @torch.no_grad()
+    def _normalisers(self, imagined: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """Step weights (B, H), the return scale (updated here) and the slow critic's values (B, H + 1)."""
+        cont, returns = imagined["cont"], imagined["returns"]
+        # Steps after a predicted episode end count less, as in DreamerV3.
+        weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+        low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
+        decay = self.config.return_norm_decay
+        self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
+        return weight, self.return_scale.clamp(min=1.0), self.slow_critic.mean(imagined["features"])
+
+    def _update_actor(
+        self, imagined: dict[str, Tensor], states: Tensor, entropy: Tensor, weight: Tensor, scale: Tensor
+    ) -> Tensor:
+        config = self.config
+        returns = imagined["returns"]
+        if config.actor_gradient == "dynamics":
             objective = returns / scale
         else:
-            log_prob = self.actor.dist(states).log_prob(actions.clamp(-1 + 1e-6, 1 - 1e-6))
-            objective = log_prob * (returns - value[:, :-1]) / scale
+            log_prob = self.actor.dist(states).log_prob(imagined["actions"].clamp(-1 + 1e-6, 1 - 1e-6))
+            objective = log_prob * (returns - imagined["value"][:, :-1]) / scale
         actor_loss = -(weight * (objective + config.entropy * entropy)).mean()
         # Gradients for the actor alone: the world model and the critic receive none from it.
         params = list(self.actor.parameters())
@@ -186,8 +230,10 @@ class ActorCritic(nn.Module):
             param.grad = grad
         nn.utils.clip_grad_norm_(params, config.grad_clip)
         self.actor_opt.step()
+        return actor_loss
 
-        states, returns = states.detach(), returns.detach()
+    def _update_critic(self, states: Tensor, returns: Tensor, slow_value: Tensor, weight: Tensor) -> Tensor:
+        config = self.config
         critic_loss = (
             weight * (self.critic.loss(states, returns) + config.slow_critic_reg * self.critic.loss(states, slow_value[:, :-1]))
         ).mean()
@@ -198,11 +244,42 @@ class ActorCritic(nn.Module):
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
                 slow.lerp_(fast, config.slow_critic_fraction)
-        return {
-            "actor_loss": actor_loss.item(),
-            "critic_loss": critic_loss.item(),
-            "imagined_reward": reward.mean().item(),
-            "imagined_return": returns.mean().item(),
-            "entropy": entropy.mean().item(),
-            "return_scale": self.return_scale.item(),
-        }
+        return critic_loss
+
+
+_CHECKS = {
+    "file_format": FILE_FORMAT,
+    "version": FILE_FORMAT_VERSION,
+    "error": CheckpointError,
+    "kind": "latent-residual actor-critic file",
+    "required": ("config", "feature_size", "action_size"),
+}
+
+
+def save_actor_critic(actor_critic: ActorCritic, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
+    """Write actor, critic, slow critic, return scale and optimiser moments to one safetensors file."""
+    tensors = {f"net.{key}": value for key, value in actor_critic.state_dict().items()}
+    tensors.update(optimizer_tensors(actor_critic.actor_opt, "actor_opt"))
+    tensors.update(optimizer_tensors(actor_critic.critic_opt, "critic_opt"))
+    metadata = {
+        "format": FILE_FORMAT,
+        "format_version": str(FILE_FORMAT_VERSION),
+        "config": json.dumps(config_to_dict(actor_critic.config)),
+        "feature_size": str(actor_critic.feature_size),
+        "action_size": str(actor_critic.action_size),
+        "extra": json.dumps(extra or {}),
+    }
+    write_safetensors(Path(path), tensors, metadata)
+
+
+def load_actor_critic(path: str | Path, *, device: str | torch.device = "cpu") -> ActorCritic:
+    """Rebuild an ActorCritic saved by :func:`save_actor_critic` (strict keys, no pickle)."""
+    path = Path(path)
+    tensors, metadata = read_checked(path, **_CHECKS)
+    config = config_from_dict(ActorCriticConfig, json.loads(metadata["config"]), source=f"{path} metadata 'config'")
+    actor_critic = ActorCritic(int(metadata["feature_size"]), int(metadata["action_size"]), config)
+    strict_load(actor_critic, {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}, path, CheckpointError)
+    actor_critic.to(device)
+    load_optimizer_tensors(actor_critic.actor_opt, tensors, "actor_opt")
+    load_optimizer_tensors(actor_critic.critic_opt, tensors, "critic_opt")
+    return actor_critic

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import gymnasium
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latent_residual import latent
-from latent_residual.behavior import Actor
+from latent_residual import distributions
+from latent_residual.actor_critic import Actor
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError
 
@@ -32,8 +33,6 @@ class Policy(nn.Module):
                 f"{type(model).__name__}'s posterior depends on its recurrent state, so its policy needs state "
                 "inputs and outputs; only memoryless policies (DRAW-like backbones) are supported here."
             )
-        import gymnasium
-
         if not isinstance(model.observation_space, gymnasium.spaces.Dict):
             raise ConfigError(
                 f"The world model's observation_space is {type(model.observation_space).__name__}, expected a "
@@ -46,7 +45,7 @@ class Policy(nn.Module):
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
         embed = self.model.embed({key: obs[key].unsqueeze(1) for key in self.keys})[:, 0]  # (B, E)
         logits = self.model.posterior({}, embed)  # (B, groups, classes)
-        stoch = latent.mode_one_hot(latent.probs(logits, self.model.posterior_unimix))
+        stoch = distributions.mode_one_hot(distributions.probs(logits, self.model.posterior_unimix))
         # Only stoch matters for a memoryless policy's features; the prior slot gets neutral logits.
         state = self.model.next_state({}, torch.zeros_like(logits), stoch)
         return self.actor(self.model.features(state))

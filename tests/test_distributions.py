@@ -1,23 +1,23 @@
-"""Latent math against hand-computed values."""
+"""Multi-categorical latent math against hand-computed values."""
 
 import math
 
 import pytest
 import torch
 
-from latent_residual import latent
+from latent_residual import distributions
 
 
 def test_unimix_mixes_uniform_in_probability_space():
     logits = torch.tensor([[0.0, math.log(3.0)]])  # softmax = [0.25, 0.75]
-    assert torch.allclose(latent.probs(logits, 0.0), torch.tensor([[0.25, 0.75]]))
-    assert torch.allclose(latent.probs(logits, 0.1), torch.tensor([[0.275, 0.725]]))
-    assert torch.allclose(latent.log_probs(logits, 0.1).exp().sum(-1), torch.ones(1))
+    assert torch.allclose(distributions.probs(logits, 0.0), torch.tensor([[0.25, 0.75]]))
+    assert torch.allclose(distributions.probs(logits, 0.1), torch.tensor([[0.275, 0.725]]))
+    assert torch.allclose(distributions.log_probs(logits, 0.1).exp().sum(-1), torch.ones(1))
 
 
 def test_straight_through_sample_is_one_hot_with_identity_gradient():
     prob = torch.tensor([[[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]]], requires_grad=True)
-    sample = latent.sample_one_hot(prob, torch.Generator().manual_seed(0))
+    sample = distributions.sample_one_hot(prob, torch.Generator().manual_seed(0))
     assert sample.shape == (1, 2, 3)
     assert torch.equal(sample.detach().sum(-1), torch.ones(1, 2))
     assert set(sample.detach().unique().tolist()) <= {0.0, 1.0}
@@ -28,21 +28,21 @@ def test_straight_through_sample_is_one_hot_with_identity_gradient():
 
 def test_sampling_frequencies_follow_probabilities():
     prob = torch.tensor([0.2, 0.8]).expand(20000, 1, 2)
-    sample = latent.sample_one_hot(prob, torch.Generator().manual_seed(1))
+    sample = distributions.sample_one_hot(prob, torch.Generator().manual_seed(1))
     assert abs(sample[:, 0, 1].mean().item() - 0.8) < 0.02
 
 
 def test_mode_one_hot_takes_argmax():
     prob = torch.tensor([[[0.1, 0.6, 0.3]]])
-    assert torch.equal(latent.mode_one_hot(prob), torch.tensor([[[0.0, 1.0, 0.0]]]))
+    assert torch.equal(distributions.mode_one_hot(prob), torch.tensor([[[0.0, 1.0, 0.0]]]))
 
 
 def test_kl_matches_hand_computation_and_sums_groups():
     p = torch.tensor([[0.5, 0.5], [0.5, 0.5]]).log()
     q = torch.tensor([[0.25, 0.75], [0.5, 0.5]]).log()
     expected = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)  # 0.14384, second group 0
-    assert latent.kl(p, q).item() == pytest.approx(expected, abs=1e-6)
-    assert latent.kl(p, p).item() == pytest.approx(0.0, abs=1e-7)
+    assert distributions.kl(p, q).item() == pytest.approx(expected, abs=1e-6)
+    assert distributions.kl(p, p).item() == pytest.approx(0.0, abs=1e-7)
 
 
 def test_balanced_kl_scales_clips_and_masks_episode_starts():
@@ -51,15 +51,15 @@ def test_balanced_kl_scales_clips_and_masks_episode_starts():
     prior = torch.tensor([[0.25, 0.75], [0.25, 0.75]]).log().expand(1, 2, 2, 2)
     per_step = 2 * (0.5 * math.log(2.0) + 0.5 * math.log(0.5 / 0.75))
     is_first = torch.tensor([[True, False]])
-    loss, parts = latent.balanced_kl(post, prior, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=0.0)
+    loss, parts = distributions.balanced_kl(post, prior, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=0.0)
     assert loss.item() == pytest.approx(2.0 * per_step, abs=1e-5)
     assert parts["dyn"].item() == pytest.approx(per_step, abs=1e-6)
-    clipped, _ = latent.balanced_kl(post, prior, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=1.0)
+    clipped, _ = distributions.balanced_kl(post, prior, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=1.0)
     assert clipped.item() == pytest.approx(2.0, abs=1e-6)  # both terms below 1 nat -> 1.5 + 0.5
     # A huge KL at the masked first step must not count.
     prior_bad = prior.clone()
     prior_bad[:, 0] = torch.tensor([[1e-6, 1 - 1e-6], [1e-6, 1 - 1e-6]]).log()
-    masked, _ = latent.balanced_kl(post, prior_bad, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=0.0)
+    masked, _ = distributions.balanced_kl(post, prior_bad, is_first, dyn_scale=1.5, rep_scale=0.5, free_bits=0.0)
     assert masked.item() == pytest.approx(loss.item(), abs=1e-5)
 
 
@@ -67,32 +67,9 @@ def test_balanced_kl_gradients_go_to_the_right_side():
     post_logits = torch.zeros(1, 2, 1, 3, requires_grad=True)
     prior_logits = torch.tensor([1.0, 0.0, -1.0]).expand(1, 2, 1, 3).clone().requires_grad_(True)
     is_first = torch.tensor([[False, False]])
-    post = latent.log_probs(post_logits)
-    prior = latent.log_probs(prior_logits)
-    loss, _ = latent.balanced_kl(post, prior, is_first, dyn_scale=1.0, rep_scale=0.0, free_bits=0.0)
+    post = distributions.log_probs(post_logits)
+    prior = distributions.log_probs(prior_logits)
+    loss, _ = distributions.balanced_kl(post, prior, is_first, dyn_scale=1.0, rep_scale=0.0, free_bits=0.0)
     loss.backward()
     assert post_logits.grad is None or torch.all(post_logits.grad == 0)
     assert prior_logits.grad.abs().sum() > 0
-
-
-def test_symlog_and_symexp():
-    x = torch.tensor([-(math.e - 1), 0.0, math.e - 1, 1000.0])
-    assert torch.allclose(latent.symlog(x)[:3], torch.tensor([-1.0, 0.0, 1.0]))
-    assert torch.allclose(latent.symexp(latent.symlog(x)), x, rtol=1e-5)
-
-
-def test_twohot_splits_weight_between_neighbours():
-    bins = torch.tensor([0.0, 1.0, 2.0])
-    assert torch.allclose(latent.twohot(torch.tensor(1.25), bins), torch.tensor([0.0, 0.75, 0.25]))
-    assert torch.allclose(latent.twohot(torch.tensor(2.0), bins), torch.tensor([0.0, 0.0, 1.0]))
-    assert torch.allclose(latent.twohot(torch.tensor(-5.0), bins), torch.tensor([1.0, 0.0, 0.0]))
-    encoded = latent.twohot(torch.tensor([0.3, 1.7]), bins)
-    assert torch.allclose((encoded * bins).sum(-1), torch.tensor([0.3, 1.7]))
-
-
-def test_twohot_mean_inverts_a_perfect_prediction():
-    bins = latent.twohot_bins()
-    target = torch.tensor([-12.5, 0.0, 0.7, 250.0])
-    logits = torch.log(latent.twohot(latent.symlog(target), bins) + 1e-12)
-    assert torch.allclose(latent.twohot_mean(logits, bins), target, rtol=1e-3, atol=1e-4)
-    assert latent.twohot_loss(logits, target, bins).shape == (4,)

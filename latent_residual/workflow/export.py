@@ -2,7 +2,7 @@
 
 The graph takes the observation exactly as the environment emits it (one input per key, batch
 first, images uint8) and returns ``action`` (batch, A) float32 inside the action space; the
-torch-free runner is ``latent_residual_integrations.onnxruntime_policy``. See docs/deployment.md.
+torch-free runner is ``latent_residual.onnx_policy``. See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -24,18 +24,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latent_residual.errors import ConfigError, LatentResidualError
-from latent_residual.files import atomic_write, write_text
-from latent_residual.policy import Policy
+from latent_residual.errors import ConfigError, ExportError
+from latent_residual.onnx_policy import FILE_FORMAT, FILE_FORMAT_VERSION, ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy
+from latent_residual.serialization import atomic_write, fingerprint, write_text
+from latent_residual.version import __version__
+from latent_residual.workflow.policy import Policy
 
 logger = logging.getLogger(__name__)
 
-ONNX_NAME = "policy.onnx"
-POLICY_CONFIG_NAME = "policy.json"
 ACTION_OUTPUT_NAME = "action"
 BATCH_AXIS_NAME = "batch"
-FILE_FORMAT = "latent-residual-onnx-policy"
-FILE_FORMAT_VERSION = 1
 #: Exporters ``export_policy`` can use; "auto" tries dynamo, then TorchScript.
 EXPORTERS = ("auto", "dynamo", "torchscript")
 #: The oldest opset the dynamo exporter writes natively; older ones go through a version converter.
@@ -44,10 +42,6 @@ DYNAMO_MIN_OPSET = 18
 TORCHSCRIPT_DEFAULT_OPSET = 17
 #: Observation dtypes an ONNX input may have (numpy name -> ONNX TensorProto element type).
 _ONNX_ELEMENT_TYPES = {"uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "float16": 10, "float32": 1, "float64": 11}
-
-
-class ExportError(LatentResidualError):
-    """A policy could not be exported to ONNX, or the exported file breaks the contract."""
 
 
 class ExportablePolicy(nn.Module):
@@ -266,79 +260,55 @@ def _opset_of(proto: Any) -> int:
     return next((item.version for item in proto.opset_import if item.domain in ("", "ai.onnx")), 0)
 
 
-def export_policy(
-    policy: Policy,
-    directory: str | Path,
-    *,
-    env_id: str | None = None,
-    opset: int | None = None,
-    exporter: str = "auto",
-) -> Path:
-    """Export ``policy`` to ``directory/policy.onnx`` and describe it in ``directory/policy.json``.
-
-    The graph has one input per observation key, named like the key, with the space's dtype and
-    shape behind a dynamic batch axis, and one output ``action`` (batch, A) float32 inside the
-    action space. It is checked with ``onnx.checker`` and run in onnxruntime at two batch sizes
-    before anything is written; both files are written atomically (the JSON, written last,
-    records the ONNX file's SHA-256 so a mismatched pair is detected on load).
-
-    :param policy: The memoryless policy (encoder -> posterior mode -> actor mean).
-    :param directory: Where to write; created if missing. Existing exports are replaced.
-    :param env_id: The environment the policy is for, recorded in ``policy.json``.
-    :param opset: ONNX opset; ``None`` takes the exporter's default (dynamo: 20, IR 10, onnxruntime
-        >= 1.17; TorchScript: 17, IR 8). Older onboard runtimes want ``opset=17``.
-    :param exporter: ``"auto"`` (dynamo, falling back to TorchScript; TorchScript first for an
-        opset below 18), ``"dynamo"`` or ``"torchscript"``. ``policy.json`` records which one ran.
-    :returns: The path of ``policy.onnx``.
-    """
-    from latent_residual import __version__
-    from latent_residual.adapters import fingerprint
-
+def _check_arguments(env_id: Any, opset: Any, exporter: str) -> None:
     if exporter not in EXPORTERS:
         raise ConfigError(f"Unknown exporter {exporter!r}; choose one of {list(EXPORTERS)}.")
     if env_id is not None and not isinstance(env_id, str):
-        raise ConfigError(f"env_id must be a string such as 'dmc/pendulum-swingup-v0', got {env_id!r}.")
+        raise ConfigError(f"env_id must be a string naming the policy's environment, got {env_id!r}.")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
         raise ConfigError(f"opset must be an integer >= 7 or None, got {opset!r}.")
-    module = ExportablePolicy(policy)
-    observation_space, action_space = _check_spaces(policy)
-    example = tuple(torch.as_tensor(value) for value in example_observations(observation_space, 2).values())
-    example = tuple(value.to(next(policy.parameters()).device) for value in example)
 
-    attempts = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+
+def _exporter_order(exporter: str, opset: int | None) -> list[str]:
     if exporter != "auto":
-        order = [exporter]
-    elif opset is not None and opset < DYNAMO_MIN_OPSET:
+        return [exporter]
+    if opset is not None and opset < DYNAMO_MIN_OPSET:
         # Dynamo converts down from its native opset, and the converter can emit invalid graphs
         # (Split's num_outputs at opset 17 in torch 2.13); TorchScript writes old opsets natively.
-        order = ["torchscript", "dynamo"]
-    else:
-        order = ["dynamo", "torchscript"]
-    failures: list[str] = []
-    was_training = policy.training
-    policy.eval()
-    try:
-        for name in order:
-            try:
-                with torch.no_grad(), _quiet_exporter():
-                    data = attempts[name](module, example, opset)
-                proto = _check_onnx(data, module, observation_space)
-                _smoke_run(data, module, observation_space)
-            except Exception as exc:  # any exporter failure moves on to the next exporter
-                failures.append(f"{name}: {_summary(exc)}")
-                logger.warning("ONNX export with the %s exporter failed: %s", name, failures[-1])
-                logger.debug("Full %s exporter failure", name, exc_info=True)
-                continue
-            used = name
-            break
-        else:
-            raise ExportError("Could not export the policy to ONNX. " + " | ".join(failures))
-    finally:
-        policy.train(was_training)
-    if failures:
-        logger.warning("Exported with the %s exporter after: %s", used, " | ".join(failures))
+        return ["torchscript", "dynamo"]
+    return ["dynamo", "torchscript"]
 
-    model = policy.model
+
+def _export_graph(module: ExportablePolicy, space: gymnasium.spaces.Dict, opset: int | None, order: list[str]) -> tuple[bytes, Any, str]:
+    """Try each exporter in ``order`` until one writes a graph that passes the checks; return
+    (bytes, ModelProto, exporter used)."""
+    attempts = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
+    device = next(module.parameters()).device
+    example = tuple(torch.as_tensor(value).to(device) for value in example_observations(space, 2).values())
+    failures: list[str] = []
+    for name in order:
+        try:
+            with torch.no_grad(), _quiet_exporter():
+                data = attempts[name](module, example, opset)
+            proto = _check_onnx(data, module, space)
+            _smoke_run(data, module, space)
+        except Exception as exc:  # any exporter failure moves on to the next exporter
+            failures.append(f"{name}: {_summary(exc)}")
+            logger.warning("ONNX export with the %s exporter failed: %s", name, failures[-1])
+            logger.debug("Full %s exporter failure", name, exc_info=True)
+            continue
+        if failures:
+            logger.warning("Exported with the %s exporter after: %s", name, " | ".join(failures))
+        return data, proto, name
+    raise ExportError("Could not export the policy to ONNX. " + " | ".join(failures))
+
+
+def _description(
+    module: ExportablePolicy, data: bytes, proto: Any, used: str, env_id: str | None, action_space: gymnasium.spaces.Box
+) -> str:
+    """``policy.json``: the graph's inputs and output, the action bounds and where the policy came from."""
+    model = module.policy.model
+    observation_space = model.observation_space
     description = {
         "format": FILE_FORMAT,
         "format_version": FILE_FORMAT_VERSION,
@@ -364,14 +334,51 @@ def export_policy(
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     try:
-        text = json.dumps(description, indent=2, sort_keys=True) + "\n"
+        return json.dumps(description, indent=2, sort_keys=True) + "\n"
     except TypeError as exc:
         raise ExportError(f"backbone_kwargs {model.backbone_kwargs!r} are not JSON-serialisable: {exc}") from exc
+
+
+def export_policy(
+    policy: Policy,
+    directory: str | Path,
+    *,
+    env_id: str | None = None,
+    opset: int | None = None,
+    exporter: str = "auto",
+) -> Path:
+    """Export ``policy`` to ``directory/policy.onnx`` and describe it in ``directory/policy.json``.
+
+    The graph has one input per observation key, named like the key, with the space's dtype and
+    shape behind a dynamic batch axis, and one output ``action`` (batch, A) float32 inside the
+    action space. It is checked with ``onnx.checker`` and run in onnxruntime at two batch sizes
+    before anything is written; both files are written atomically (the JSON, written last,
+    records the ONNX file's SHA-256 so a mismatched pair is detected on load).
+
+    :param policy: The memoryless policy (encoder -> posterior mode -> actor mean).
+    :param directory: Where to write; created if missing. Existing exports are replaced.
+    :param env_id: The environment the policy is for, recorded in ``policy.json``.
+    :param opset: ONNX opset; ``None`` takes the exporter's default (dynamo: 20, IR 10, onnxruntime
+        >= 1.17; TorchScript: 17, IR 8). Older onboard runtimes want ``opset=17``.
+    :param exporter: ``"auto"`` (dynamo, falling back to TorchScript; TorchScript first for an
+        opset below 18), ``"dynamo"`` or ``"torchscript"``. ``policy.json`` records which one ran.
+    :returns: The path of ``policy.onnx``.
+    """
+    _check_arguments(env_id, opset, exporter)
+    module = ExportablePolicy(policy)
+    observation_space, action_space = _check_spaces(policy)
+    was_training = policy.training
+    policy.eval()
+    try:
+        data, proto, used = _export_graph(module, observation_space, opset, _exporter_order(exporter, opset))
+    finally:
+        policy.train(was_training)
+    text = _description(module, data, proto, used, env_id, action_space)
     directory = Path(directory)
     onnx_path = directory / ONNX_NAME
     atomic_write(onnx_path, lambda tmp: tmp.write_bytes(data))
     write_text(directory / POLICY_CONFIG_NAME, text)
-    logger.info("Exported %s with the %s exporter (opset %s).", onnx_path, used, description["opset"])
+    logger.info("Exported %s with the %s exporter (opset %s).", onnx_path, used, _opset_of(proto))
     return onnx_path
 
 
@@ -412,8 +419,6 @@ def verify_export(
     :param observations: A dict of batched arrays (B, *shape), or a list of unbatched observation dicts.
     :param providers: onnxruntime execution providers; the CPU one by default.
     """
-    from latent_residual_integrations.onnxruntime_policy import OnnxPolicy
-
     runner = OnnxPolicy(directory, providers=list(providers) if providers else ["CPUExecutionProvider"])
     module = ExportablePolicy(policy)
     batch = _as_batch(observations, module.keys)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from latent_residual import ActorCritic, ActorCriticConfig, ConfigError
-from latent_residual.behavior import lambda_returns
+from latent_residual.actor_critic import lambda_returns
 
 
 def test_lambda_returns_match_hand_computation():

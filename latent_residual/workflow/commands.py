@@ -10,16 +10,14 @@ from typing import Any
 
 import click
 
-from latent_residual.cli import cli, config_from_options, config_options
+from latent_residual.workflow.options import config_from_options, config_options
 
 _PATH = click.Path(path_type=Path)
 
-# What fits a 2-core CPU: a small DRAW, short sequences, actor-critic at 128 units, horizon 15
-# (the same as examples/pretrain_pendulum.py, which built the embedded default).
+# What fits a 2-core CPU: the backbone's registered 'cpu' preset, short sequences, actor-critic at
+# 128 units, horizon 15 (the same as examples/pretrain_pendulum.py, which built the embedded default).
 CPU_DEFAULTS: dict[str, Any] = {
-    "pretrain_backbone_kwargs": json.dumps(
-        {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128}
-    ),
+    "pretrain_backbone_preset": "cpu",
     "pretrain_env_steps": 40_000,
     "pretrain_prefill": 1000,
     "pretrain_expert_steps": 10_000,
@@ -49,16 +47,8 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 
 
-def _load_policy(world_model: Path, policy: Path):
-    from latent_residual.checkpoints import load_world_model
-    from latent_residual.policy import Policy
-    from latent_residual.training import load_actor_critic
-
-    return Policy(load_world_model(world_model), load_actor_critic(policy).actor)
-
-
 def _sequences(data: Path, max_transitions: int | None, length: int) -> dict[str, Any]:
-    from latent_residual.datasets import load_dataset
+    from latent_residual.workflow.datasets import load_dataset
 
     sequences = load_dataset(data, max_transitions=max_transitions).sequences(length)
     sequences.pop("reward", None)
@@ -72,8 +62,8 @@ def _data_options(command):
 
 
 def _pretrain_configs(options: dict[str, Any]):
-    from latent_residual.behavior import ActorCriticConfig
-    from latent_residual.training import PretrainConfig
+    from latent_residual.actor_critic import ActorCriticConfig
+    from latent_residual.workflow.pretraining import PretrainConfig
 
     return config_from_options(PretrainConfig, options), config_from_options(ActorCriticConfig, options, prefix="ac-")
 
@@ -81,25 +71,25 @@ def _pretrain_configs(options: dict[str, Any]):
 # -- commands ----------------------------------------------------------------------------
 
 
-def _pretrain_command():
-    from latent_residual.behavior import ActorCriticConfig
-    from latent_residual.training import PretrainConfig
+def _pretrain_command(group: click.Group) -> None:
+    from latent_residual.actor_critic import ActorCriticConfig
+    from latent_residual.workflow.pretraining import PretrainConfig
 
-    @cli.command(name="pretrain")
+    @group.command(name="pretrain")
     @click.option("--out", type=_PATH, required=True, help="Run directory (re-run to resume).")
     @config_options(PretrainConfig)
     @config_options(ActorCriticConfig, prefix="ac-")
     def pretrain_command(out: Path, **options: Any) -> None:
         """Pretrain a world model and a simulation policy (resumable)."""
-        from latent_residual.training import pretrain
+        from latent_residual.workflow.pretraining import pretrain
 
         config, ac_config = _pretrain_configs(options)
         result = pretrain(config, out, ac_config=ac_config)
         click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
 
 
-def _collect_command():
-    @cli.command(name="collect")
+def _collect_command(group: click.Group) -> None:
+    @group.command(name="collect")
     @click.argument("env_id")
     @click.option("--out", type=_PATH, required=True, help="Dataset directory (re-run to resume).")
     @click.option("--transitions", type=int, required=True, help="Transitions to store in total.")
@@ -117,23 +107,23 @@ def _collect_command():
     @click.option("--env-kwargs", default="{}", show_default=True, help="Environment kwargs (JSON).")
     def collect_command(env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs) -> None:
         """Record reward-free target data with a behaviour policy."""
-        from latent_residual.datasets import collect
-        from latent_residual.pipeline import PolicyBehaviour
+        from latent_residual.workflow.collection import collect
+        from latent_residual.workflow.loading import load_policy
 
         actor: Any = behaviour
         if behaviour == "policy":
             if world_model is None or policy is None:
                 raise click.UsageError("--behaviour policy needs --world-model and --policy.")
-            actor = PolicyBehaviour(_load_policy(world_model, policy))
+            actor = load_policy(world_model, policy)
         dataset = collect(env_id, actor, out, transitions=transitions, seed=seed, noise=noise, env_kwargs=json.loads(env_kwargs))
         click.echo(f"{out}: {len(dataset.episodes)} episodes, {dataset.transitions} transitions")
 
 
-def _adapt_command():
+def _adapt_command(group: click.Group) -> None:
     from latent_residual.fitting import FitConfig
     from latent_residual.residual import ResidualConfig
 
-    @cli.command(name="adapt")
+    @group.command(name="adapt")
     @click.option("--world-model", type=_PATH, required=True, help="Frozen world-model checkpoint.")
     @click.option("--out", type=_PATH, required=True, help="Adapter directory to write.")
     @_data_options
@@ -142,7 +132,7 @@ def _adapt_command():
     def adapt_command(world_model: Path, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
         """Fit a latent dynamics residual (ReDRAW) on reward-free target data."""
         from latent_residual.adapters import attach_residual
-        from latent_residual.checkpoints import load_world_model
+        from latent_residual.workflow.loading import load_world_model
         from latent_residual.fitting import fit_residual
 
         adapted = attach_residual(load_world_model(world_model), config_from_options(ResidualConfig, options))
@@ -161,10 +151,10 @@ def _adapt_command():
         )
 
 
-def _finetune_command():
+def _finetune_command(group: click.Group) -> None:
     from latent_residual.fitting import FitConfig
 
-    @cli.command(name="finetune")
+    @group.command(name="finetune")
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint to start from.")
     @click.option("--out", type=_PATH, required=True, help="Directory for the finetuned checkpoint.")
     @_data_options
@@ -172,7 +162,8 @@ def _finetune_command():
     @config_options(FitConfig, prefix="fit-", exclude=("lr",))
     def finetune_command(world_model: Path, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
         """The baseline: finetune only the prior network on target data (encoder and heads frozen)."""
-        from latent_residual.checkpoints import load_world_model, save_world_model
+        from latent_residual.checkpoints import save_world_model
+        from latent_residual.workflow.loading import load_world_model
         from latent_residual.fitting import finetune_dynamics
 
         tuned, result = finetune_dynamics(
@@ -185,11 +176,11 @@ def _finetune_command():
         click.echo(f"held-out KL {result.held_out_kl_base:.4f} -> {result.held_out_kl_best:.4f}; written to {out}")
 
 
-def _train_policy_command():
-    from latent_residual.behavior import ActorCriticConfig
-    from latent_residual.training import PolicyTrainConfig
+def _train_policy_command(group: click.Group) -> None:
+    from latent_residual.actor_critic import ActorCriticConfig
+    from latent_residual.workflow.policy_training import PolicyTrainConfig
 
-    @cli.command(name="train-policy")
+    @group.command(name="train-policy")
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint.")
     @click.option("--adapter", type=_PATH, default=None, help="Adapter directory; omit for the plain model.")
     @click.option("--out", type=_PATH, required=True, help="File to write (actor_critic.safetensors).")
@@ -199,8 +190,9 @@ def _train_policy_command():
     def train_policy_command(world_model: Path, adapter, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
         """Train a fresh actor-critic in the (adapted) world model's imagination."""
         from latent_residual.adapters import load_adapter
-        from latent_residual.checkpoints import load_world_model
-        from latent_residual.training import save_actor_critic, train_policy
+        from latent_residual.workflow.loading import load_world_model
+        from latent_residual.actor_critic import save_actor_critic
+        from latent_residual.workflow.policy_training import train_policy
 
         model = load_world_model(world_model)
         if adapter is not None:
@@ -216,8 +208,8 @@ def _train_policy_command():
         click.echo(f"policy written to {out}")
 
 
-def _evaluate_command():
-    @cli.command(name="evaluate")
+def _evaluate_command(group: click.Group) -> None:
+    @group.command(name="evaluate")
     @click.argument("env_id")
     @click.option("--world-model", type=_PATH, help="World-model checkpoint (with --policy).")
     @click.option("--policy", type=_PATH, help="actor_critic.safetensors.")
@@ -227,15 +219,16 @@ def _evaluate_command():
     @click.option("--out", type=_PATH, default=None, help="JSON file for the results.")
     def evaluate_command(env_id: str, world_model, policy, onnx, episodes: int, seed: int, out) -> None:
         """Run a policy for N episodes; print mean ± std return and task metrics."""
-        from latent_residual.evaluation import evaluate
-        from latent_residual.files import write_text
+        from latent_residual.serialization import write_text
+        from latent_residual.workflow.evaluation import evaluate
+        from latent_residual.workflow.loading import load_policy
 
         if onnx is not None:
-            from latent_residual_integrations.onnxruntime_policy import OnnxPolicy
+            from latent_residual.onnx_policy import OnnxPolicy
 
             actor: Any = OnnxPolicy(onnx)
         elif world_model is not None and policy is not None:
-            actor = _load_policy(world_model, policy)
+            actor = load_policy(world_model, policy)
         else:
             raise click.UsageError("give --onnx DIR, or --world-model DIR and --policy FILE.")
         result = evaluate(actor, env_id, episodes=episodes, seed=seed, quiet=False)
@@ -247,30 +240,32 @@ def _evaluate_command():
             click.echo(f"  {key}: {value}")
 
 
-def _export_command():
-    @cli.command(name="export")
+def _export_command(group: click.Group) -> None:
+    @group.command(name="export")
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint (its encoder).")
     @click.option("--policy", type=_PATH, required=True, help="actor_critic.safetensors.")
     @click.option("--out", type=_PATH, required=True, help="Directory for policy.onnx and policy.json.")
     @click.option("--env-id", default=None, help="Environment id recorded in policy.json.")
     def export_command(world_model: Path, policy: Path, out: Path, env_id) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it."""
-        from latent_residual.export import example_observations, export_policy, verify_export
+        from latent_residual.workflow.export import example_observations, export_policy, verify_export
+        from latent_residual.workflow.loading import load_policy
 
-        loaded = _load_policy(world_model, policy)
+        loaded = load_policy(world_model, policy)
         export_policy(loaded, out, env_id=env_id)
         difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
         click.echo(f"wrote {out / 'policy.onnx'}; max |onnx - torch| = {difference:.2e}")
 
 
-def _experiment_command(name: str, help_text: str, defaults: dict[str, Any]):
-    from latent_residual.behavior import ActorCriticConfig
+def _experiment_command(group: click.Group, name: str, help_text: str, defaults: dict[str, Any], *, recommended: bool) -> None:
+    from latent_residual.actor_critic import ActorCriticConfig
     from latent_residual.fitting import FitConfig
-    from latent_residual.pipeline import ExperimentConfig
     from latent_residual.residual import ResidualConfig
-    from latent_residual.training import PolicyTrainConfig, PretrainConfig
+    from latent_residual.workflow.experiments import ExperimentConfig
+    from latent_residual.workflow.policy_training import PolicyTrainConfig
+    from latent_residual.workflow.pretraining import PretrainConfig
 
-    @cli.command(name=name, help=help_text, context_settings={"default_map": defaults})
+    @group.command(name=name, help=help_text, context_settings={"default_map": defaults})
     @click.option("--out", type=_PATH, default=Path("runs") / name, show_default=True, help="Run directory (re-run to resume).")
     @click.option("--quick", is_flag=True, help="Tiny settings: a smoke run of every stage in about a minute.")
     @config_options(ExperimentConfig)
@@ -281,12 +276,14 @@ def _experiment_command(name: str, help_text: str, defaults: dict[str, Any]):
     @config_options(ActorCriticConfig, prefix="ac-")
     @click.pass_context
     def command(ctx: click.Context, out: Path, quick: bool, **options: Any) -> None:
-        from latent_residual.pipeline import run_experiment
+        from latent_residual.workflow.experiments import run_experiment
 
+        given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
         if quick:  # flags given on the command line still win over --quick's settings
-            given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
             options.update({key: value for key, value in QUICK_OVERRIDES.items() if key not in given})
-        experiment = config_from_options(ExperimentConfig, options)
+        if recommended:
+            options.update({key: value for key, value in _recommended(options["source"], options).items() if key not in given})
+        experiment = config_from_options(ExperimentConfig, options).resolved()
         options["pretrain_env_id"] = experiment.source
         run_experiment(
             experiment,
@@ -302,24 +299,44 @@ def _experiment_command(name: str, help_text: str, defaults: dict[str, Any]):
     return command
 
 
-_pretrain_command()
-_collect_command()
-_adapt_command()
-_finetune_command()
-_train_policy_command()
-_evaluate_command()
-_export_command()
-_experiment_command(
-    "compare",
-    "Compare zero-shot, ReDRAW, prior finetuning and replacement dynamics on the same data and seeds.",
-    {**CPU_DEFAULTS, "methods": ("redraw", "finetune", "replacement"), "transitions": (10_000, 40_000), "seeds": 3},
-)
-# The demo's residual also reads DRAW's belief (the paper's optional input). On the pendulum's 40k
-# target transitions that lowered the held-out KL from 0.40-0.43 to 0.32-0.36 and made all five
-# seeds swing up. On the Duckiebot's reversed target its 3 seeds averaged 35.0 against 85.8 and
-# none lapped, so `compare` keeps the paper's inputs (docs/results.md).
-_experiment_command(
-    "demo",
-    "The whole ReDRAW story on pendulum swing-up -> reversed actions, from state observations, on a CPU.",
-    {**CPU_DEFAULTS, "residual_extra_inputs": ("belief",)},
-)
+def _recommended(source: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The settings the source environment's plugin recommends, as option values of ``demo``."""
+    from latent_residual.errors import ConfigError
+    from latent_residual.registry import demo_env, env_spec
+
+    spec = env_spec(source) if source else demo_env()
+    values = {}
+    for key, value in spec.recommended.items():
+        if key not in options:
+            raise ConfigError(f"Environment {spec.id!r} (plugin {spec.plugin!r}) recommends {key!r}, which is no demo option.")
+        values[key] = tuple(value) if isinstance(value, list) else value
+    return values
+
+
+def add_commands(group: click.Group) -> None:
+    """Add the pipeline's subcommands to ``group`` (the ``latent-residual`` command)."""
+    _pretrain_command(group)
+    _collect_command(group)
+    _adapt_command(group)
+    _finetune_command(group)
+    _train_policy_command(group)
+    _evaluate_command(group)
+    _export_command(group)
+    _experiment_command(
+        group,
+        "compare",
+        "Compare zero-shot, ReDRAW, prior finetuning and replacement dynamics on the same data and seeds, "
+        "with the paper's settings at CPU sizes.",
+        {**CPU_DEFAULTS, "methods": ("redraw", "finetune", "replacement"), "transitions": (10_000, 40_000), "seeds": 3},
+        recommended=False,
+    )
+    # The demo also takes what the source's plugin recommends (for the pendulum, DRAW's belief as a
+    # residual input; on the Duckiebot the same input lost, so `compare` keeps the paper's inputs).
+    _experiment_command(
+        group,
+        "demo",
+        "The whole ReDRAW story on the registered demo source and its target on a CPU, with the settings "
+        "the source's plugin recommends.",
+        CPU_DEFAULTS,
+        recommended=True,
+    )

@@ -1,6 +1,6 @@
 """Plan2Explore: an ensemble predicting the next observation embedding; its disagreement is the reward.
 
-The loop that trains it beside the world model is in ``training.py``.
+The loop that trains it beside the world model is in ``pretraining.py``.
 """
 
 from __future__ import annotations

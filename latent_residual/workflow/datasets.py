@@ -1,13 +1,14 @@
-"""Offline episode datasets: recording, the on-disk format, validated loading, and collection.
+"""Offline episode datasets on disk: the format, the writer and validated loading.
 
-What a dataset is used for (fitting residuals, pretraining) lives in ``fitting.py`` and the training loops.
+Recording episodes is ``recording.py``, running a behaviour to make them ``collection.py``; what a dataset
+is used for (fitting residuals, pretraining) lives with those uses.
 """
 
 from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,12 +18,12 @@ import gymnasium
 import numpy as np
 import torch
 
-from latent_residual import __version__
-from latent_residual.checkpoints import space_from_json, space_to_json
-from latent_residual.errors import AdapterFileError, ConfigError, DatasetError, LatentResidualError
-from latent_residual.files import read_safetensors, write_safetensors, write_text
-from latent_residual.metrics import RunLogger
-from latent_residual.registry import env_expert, make_env
+from latent_residual.errors import ConfigError, DatasetError, LatentResidualError
+from latent_residual.rollout import NON_OBSERVATION_KEYS
+from latent_residual.serialization import read_checked, space_to_json, write_safetensors, write_text
+from latent_residual.version import __version__
+from latent_residual.workflow.recording import Episode
+from latent_residual.workflow.spaces import space_from_json
 
 DATASET_INFO_NAME = "dataset.json"
 EPISODES_DIR_NAME = "episodes"
@@ -30,8 +31,6 @@ FILE_FORMAT = "latent-residual-dataset"
 FILE_FORMAT_VERSION = 1
 EPISODE_FORMAT = "latent-residual-episode"
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
-# Keys that are not observations; an observation key of the same name would be ambiguous.
-RESERVED_KEYS = ("action", *FLAG_KEYS, "reward")
 _INFO_KEYS = (
     "env_id",
     "env_kwargs",
@@ -44,100 +43,10 @@ _INFO_KEYS = (
     "has_reward",
 )
 
-Episode = dict[str, np.ndarray]
-Behaviour = Callable[[dict[str, np.ndarray]], np.ndarray]
-
 
 def episode_file_name(index: int) -> str:
     """Return the file name of episode ``index`` inside the ``episodes`` folder."""
     return f"episode-{index:06d}.safetensors"
-
-
-# --- recording -----------------------------------------------------------------------------
-
-
-class EpisodeRecorder:
-    """Turn a Gymnasium interaction loop into episode dicts of NumPy arrays (DreamerV3's layout).
-
-    Step ``t`` holds ``obs_t``; ``action[t]`` is the action taken at ``obs_t`` (zeros at the final
-    step); ``reward[t]`` is the reward received on arriving at ``obs_t`` (0 at the first step).
-    ``is_first[0]`` and ``is_last[-1]`` are true; ``is_terminal[-1]`` only if the env terminated.
-
-    It knows nothing of files, so replay buffers can use it as well as :class:`DatasetWriter`.
-
-    :param action_shape: The shape of one action (``action_space.shape``); needed only to
-        :meth:`finish` an episode before any action was taken, otherwise read from the actions.
-    """
-
-    def __init__(self, action_shape: tuple[int, ...] | None = None) -> None:
-        self._action_shape = action_shape
-        self._obs: list[dict[str, np.ndarray]] | None = None
-        self._actions: list[np.ndarray] = []
-        self._rewards: list[float] = []
-
-    @property
-    def length(self) -> int:
-        """Steps recorded so far in the current episode (0 before :meth:`start`)."""
-        return 0 if self._obs is None else len(self._obs)
-
-    def start(self, obs: Mapping[str, np.ndarray]) -> None:
-        """Begin an episode at the observation returned by ``env.reset()``."""
-        # Copies: some envs reuse their observation buffers from step to step.
-        self._obs = [{key: np.array(value) for key, value in obs.items()}]
-        self._actions = []
-        self._rewards = [0.0]
-
-    def step(
-        self,
-        action: np.ndarray,
-        next_obs: Mapping[str, np.ndarray],
-        reward: float,
-        terminated: bool,
-        truncated: bool,
-    ) -> Episode | None:
-        """Record ``action`` taken at the last observation and what ``env.step(action)`` returned.
-
-        :returns: The finished episode when ``terminated`` or ``truncated``, else None.
-        """
-        if self._obs is None:
-            raise DatasetError("EpisodeRecorder.step() was called before start(); call start(obs) after env.reset().")
-        if set(next_obs) != set(self._obs[0]):
-            raise DatasetError(
-                f"EpisodeRecorder: observation keys changed mid-episode: {sorted(next_obs)}, "
-                f"expected {sorted(self._obs[0])}."
-            )
-        self._actions.append(np.array(action, dtype=np.float32))
-        self._obs.append({key: np.array(value) for key, value in next_obs.items()})
-        self._rewards.append(float(reward))
-        if terminated or truncated:
-            return self.finish(terminated=bool(terminated))
-        return None
-
-    def finish(self, *, terminated: bool = False) -> Episode:
-        """End the current episode at its last recorded step (a truncation unless ``terminated``).
-
-        Used by :meth:`step` when the env ends the episode, and by callers that stop early.
-        """
-        if self._obs is None:
-            raise DatasetError("EpisodeRecorder.finish() was called before start(); there is no episode to finish.")
-        if self._actions:
-            final_action = np.zeros_like(self._actions[0])
-        elif self._action_shape is not None:
-            final_action = np.zeros(self._action_shape, np.float32)
-        else:
-            raise DatasetError(
-                "EpisodeRecorder.finish(): no action was taken, so the action shape is unknown; "
-                "pass action_shape=env.action_space.shape to EpisodeRecorder()."
-            )
-        T = len(self._obs)
-        episode = {key: np.stack([obs[key] for obs in self._obs]) for key in self._obs[0]}
-        episode["action"] = np.stack([*self._actions, final_action]).astype(np.float32)
-        episode["reward"] = np.asarray(self._rewards, np.float32)
-        episode["is_first"] = np.arange(T) == 0
-        episode["is_last"] = np.arange(T) == T - 1
-        episode["is_terminal"] = episode["is_last"] & terminated
-        self._obs = None
-        return episode
 
 
 # --- the format ----------------------------------------------------------------------------
@@ -203,10 +112,10 @@ def _check_spaces(
             f"{source}: observation_space must be a gymnasium.spaces.Dict of Boxes, got "
             f"{type(observation_space).__name__}; wrap the env so it returns a dict of named arrays."
         )
-    clashing = sorted(set(observation_space.spaces) & set(RESERVED_KEYS))
+    clashing = sorted(set(observation_space.spaces) & set(NON_OBSERVATION_KEYS))
     if clashing:
         raise DatasetError(
-            f"{source}: observation key {clashing[0]!r} clashes with the reserved keys {list(RESERVED_KEYS)}."
+            f"{source}: observation key {clashing[0]!r} clashes with the reserved keys {list(NON_OBSERVATION_KEYS)}."
         )
     if not isinstance(action_space, gymnasium.spaces.Box):
         raise DatasetError(
@@ -267,15 +176,9 @@ def _write_info(directory: Path, info: dict[str, Any]) -> None:
 
 
 def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Episode:
-    try:
-        tensors, metadata = read_safetensors(path)
-    except AdapterFileError as exc:
-        raise DatasetError(str(exc)) from exc
-    if metadata.get("format") != EPISODE_FORMAT:
-        raise DatasetError(
-            f"{path}: metadata key 'format' is {metadata.get('format')!r}, expected {EPISODE_FORMAT!r}; "
-            "this is not a dataset episode."
-        )
+    tensors, _ = read_checked(
+        path, file_format=EPISODE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset episode"
+    )
     episode = {}
     for key, tensor in tensors.items():
         try:
@@ -336,33 +239,43 @@ class DatasetWriter:
         # A continuing session is recorded with its first episode, so opening alone changes nothing.
         self._resume: dict[str, Any] | None = None
         if (self.directory / DATASET_INFO_NAME).exists():
-            self.info, stored_observation, stored_action = _read_info(self.directory)
-            # Spaces compare as spaces (their JSON spelling changed: earlier versions wrote a
-            # uniform bound out element by element); the rest as stored.
-            stored = {**self.info, "observation_space": stored_observation, "action_space": stored_action}
-            new = {**identity, "observation_space": observation_space, "action_space": action_space}
-            for key, value in identity.items():
-                if stored[key] != new[key]:
-                    raise DatasetError(
-                        f"{self.directory / DATASET_INFO_NAME}: key {key!r} differs from the data being added "
-                        f"(stored {_short(self.info[key])}, new {_short(value)}); write to another directory."
-                    )
+            self._continue(identity, observation_space, action_space)
             self._resume = session
         else:
-            if self.directory.exists() and any(self.directory.iterdir()):
+            self._create(identity, session)
+
+    def _continue(
+        self, identity: dict[str, Any], observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space
+    ) -> None:
+        """Open an existing dataset after checking it holds the same kind of data."""
+        self.info, stored_observation, stored_action = _read_info(self.directory)
+        # Spaces compare as spaces (their JSON spelling changed: earlier versions wrote a
+        # uniform bound out element by element); the rest as stored.
+        stored = {**self.info, "observation_space": stored_observation, "action_space": stored_action}
+        new = {**identity, "observation_space": observation_space, "action_space": action_space}
+        for key, value in identity.items():
+            if stored[key] != new[key]:
                 raise DatasetError(
-                    f"{self.directory}: not empty and has no {DATASET_INFO_NAME}; choose a new or empty directory."
+                    f"{self.directory / DATASET_INFO_NAME}: key {key!r} differs from the data being added "
+                    f"(stored {_short(self.info[key])}, new {_short(value)}); write to another directory."
                 )
-            self.info = {
-                "format": FILE_FORMAT,
-                "format_version": FILE_FORMAT_VERSION,
-                **identity,
-                "provenance": session,
-                "resumes": [],
-                "episodes": 0,
-                "transitions": 0,
-            }
-            _write_info(self.directory, self.info)
+
+    def _create(self, identity: dict[str, Any], session: dict[str, Any]) -> None:
+        """Start a new, empty dataset in a new or empty directory."""
+        if self.directory.exists() and any(self.directory.iterdir()):
+            raise DatasetError(
+                f"{self.directory}: not empty and has no {DATASET_INFO_NAME}; choose a new or empty directory."
+            )
+        self.info = {
+            "format": FILE_FORMAT,
+            "format_version": FILE_FORMAT_VERSION,
+            **identity,
+            "provenance": session,
+            "resumes": [],
+            "episodes": 0,
+            "transitions": 0,
+        }
+        _write_info(self.directory, self.info)
 
     @property
     def episodes(self) -> int:
@@ -490,118 +403,3 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None) -
     return Dataset(episodes, observation_space, action_space, info)
 
 
-# --- collecting ----------------------------------------------------------------------------
-
-
-def begin_episode(behaviour: Any, env: Any, seed: int) -> None:
-    """Prepare a behaviour for an episode of ``env`` reset with ``seed``, through its optional
-    hooks: ``bind(env)`` (a scripted driver that reads the true pose, as a person at the
-    controls watches the robot) and ``reset(seed=...)`` (its own randomness, reproducibly)."""
-    if hasattr(behaviour, "bind"):
-        behaviour.bind(env)
-    if hasattr(behaviour, "reset"):
-        behaviour.reset(seed=seed)
-
-
-def collect(
-    env_id: str,
-    behaviour: str | Behaviour,
-    directory: str | Path,
-    *,
-    transitions: int,
-    seed: int = 0,
-    env_kwargs: dict[str, Any] | None = None,
-    noise: float = 0.0,
-    provenance: dict[str, Any] | None = None,
-    quiet: bool = False,
-) -> Dataset:
-    """Run ``behaviour`` in ``make_env(env_id, **env_kwargs)`` until ``directory`` holds ``transitions`` steps.
-
-    Episode ``i`` (numbered over the whole dataset) resets with ``seed + i`` and draws its random
-    actions and noise from a generator seeded with ``(seed, i)``, so a collection killed and
-    resumed with the same arguments stores the same data as an uninterrupted one. The last
-    episode is cut (truncated) to hit ``transitions`` exactly. A directory already holding steps
-    is continued; one already holding ``transitions`` or more is returned as it is.
-
-    :param behaviour: ``"random"`` (uniform in the action space), ``"expert"`` (the scripted
-        expert the environment's plugin registered) or a callable from the observation dict to
-        an action; its ``description`` attribute, if any, is recorded, and its optional hooks
-        are called at each episode's start (see :func:`begin_episode`).
-    :param noise: Standard deviation of Gaussian noise added to each action (action units),
-        then clipped to the action space.
-    :param provenance: Extra JSON-ready facts to record; the recorded behaviour, noise, seed and
-        transitions take precedence over keys of the same name.
-    """
-    if not isinstance(transitions, int) or isinstance(transitions, bool) or transitions < 1:
-        raise ConfigError(f"transitions must be an integer >= 1, got {transitions!r}.")
-    if not isinstance(seed, int) or seed < 0:
-        raise ConfigError(f"seed must be an integer >= 0 (episode i resets with seed + i), got {seed!r}.")
-    if noise < 0:
-        raise ConfigError(f"noise is a standard deviation and must be >= 0, got {noise!r}.")
-    if behaviour == "expert":
-        behaviour = env_expert(env_id)
-    if isinstance(behaviour, str) and behaviour == "random":
-        description = "random"
-    elif callable(behaviour):
-        description = getattr(behaviour, "description", repr(behaviour))
-    else:
-        raise ConfigError(
-            f"behaviour must be 'random', 'expert' or a callable from observations to actions, got {behaviour!r}."
-        )
-    env_kwargs = dict(env_kwargs or {})
-    env = make_env(env_id, **env_kwargs)
-    try:
-        space = env.action_space
-        if isinstance(behaviour, str) and not (np.isfinite(space.low).all() and np.isfinite(space.high).all()):
-            raise ConfigError(f"behaviour 'random' needs a bounded action space; {env_id} has {space}.")
-        writer = DatasetWriter(
-            directory,
-            env_id=env_id,
-            env_kwargs=env_kwargs,
-            observation_space=env.observation_space,
-            action_space=space,
-            provenance={
-                **(provenance or {}),
-                "behaviour": description,
-                "noise": noise,
-                "seed": seed,
-                "transitions": transitions,
-            },
-        )
-
-        def act(obs: dict[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
-            if isinstance(behaviour, str):
-                action = rng.uniform(space.low, space.high)
-            else:
-                action = np.asarray(behaviour(obs), dtype=np.float64)
-                if action.shape != space.shape:
-                    raise ConfigError(
-                        f"behaviour returned an action of shape {action.shape}; {env_id} expects {space.shape}."
-                    )
-            if noise:
-                action = action + rng.normal(0.0, noise, space.shape)
-            return np.clip(action, space.low, space.high).astype(space.dtype)
-
-        recorder = EpisodeRecorder(space.shape)
-        with RunLogger(None, transitions, f"collect {env_id}", quiet=quiet) as run:
-            run.advance(min(writer.transitions, transitions))
-            while writer.transitions < transitions:
-                index = writer.episodes
-                budget = transitions - writer.transitions
-                rng = np.random.default_rng([seed, index])
-                obs, _ = env.reset(seed=seed + index)
-                begin_episode(behaviour, env, seed + index)
-                recorder.start(obs)
-                run.advance()
-                episode = recorder.finish() if budget == 1 else None
-                while episode is None:
-                    action = act(obs, rng)
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    cut = recorder.length + 1 == budget
-                    episode = recorder.step(action, obs, reward, terminated, truncated or cut)
-                    run.advance()
-                writer.add_episode(episode)
-                run.log(writer.transitions, episode_return=float(episode["reward"].sum()))
-    finally:
-        env.close()
-    return load_dataset(directory)

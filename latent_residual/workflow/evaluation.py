@@ -1,6 +1,6 @@
 """Evaluating a policy in an environment: returns over seeded episodes plus the environment's task metrics.
 
-Any object with ``act(obs)`` (and optionally ``reset()``) is a policy: the torch ``Policy``, an ``Agent``, an ONNX policy.
+Any object with ``act(obs)`` (and optionally ``reset()``) is a policy: the torch ``Policy``, an ``OnnxPolicy``.
 """
 
 from __future__ import annotations
@@ -12,10 +12,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from latent_residual.metrics import RunLogger
+from latent_residual.progress import RunLogger
+from latent_residual.registry import env_metrics, make_env
 
 
-class Actor(Protocol):
+class Acting(Protocol):
+    """What ``evaluate`` runs: anything with ``act(obs) -> action`` (and optionally ``reset()``)."""
+
     def act(self, obs: dict[str, np.ndarray]) -> np.ndarray: ...
 
 
@@ -49,7 +52,7 @@ class EvalResult:
 
 
 def evaluate(
-    policy: Actor,
+    policy: Acting,
     env_id: str,
     *,
     episodes: int = 10,
@@ -62,8 +65,6 @@ def evaluate(
     Returns are undiscounted sums of the environment's rewards. When the environment's plugin
     registered a metrics function, it is applied to the episodes' step infos.
     """
-    from latent_residual.registry import env_metrics, make_env
-
     env = make_env(env_id, **(env_kwargs or {}))
     summarise = env_metrics(env_id)
     returns, lengths, infos = [], [], []

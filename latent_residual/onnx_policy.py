@@ -1,0 +1,226 @@
+"""Run an exported policy with onnxruntime and NumPy only: no torch, for onboard computers (a Jetson).
+
+``latent_residual.workflow.export`` writes the ``policy.onnx`` + ``policy.json`` pair this module reads
+and owns its names; the contract is in docs/deployment.md. Only the standard library, NumPy and
+onnxruntime are imported, so this file can also be copied onto a robot on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ONNX_NAME = "policy.onnx"
+POLICY_CONFIG_NAME = "policy.json"
+FILE_FORMAT = "latent-residual-onnx-policy"
+FILE_FORMAT_VERSION = 1
+#: Execution providers tried in this order when none are given (TensorRT only when asked for:
+#: building its engine takes minutes on a Jetson).
+PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+class MissingObservationError(KeyError, ValueError):
+    """An observation lacks a key the policy reads (both a KeyError and a ValueError)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class OnnxPolicy:
+    """An exported policy: observation dict in, action out, through an onnxruntime session.
+
+    Observations are checked before they reach the session: a missing key, a wrong dtype or a
+    wrong shape raises (``MissingObservationError``/``TypeError``/``ValueError``) naming the key, what the
+    policy expects and what it received. Keys the policy does not use are ignored.
+
+    :param path: The export directory, or its ``policy.onnx`` (``policy.json`` must sit beside it).
+    :param providers: onnxruntime execution providers; by default CUDA when available, else CPU.
+    :param threads: onnxruntime intra-op threads; ``None`` leaves onnxruntime's default (one per core).
+    :param check_hash: Refuse a ``policy.onnx`` whose SHA-256 differs from the one in ``policy.json``.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        providers: Sequence[str] | None = None,
+        *,
+        threads: int | None = None,
+        check_hash: bool = True,
+    ) -> None:
+        import onnxruntime
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such export directory or ONNX file.")
+        directory = path if path.is_dir() else path.parent
+        onnx_path = path if path.suffix == ".onnx" and not path.is_dir() else directory / ONNX_NAME
+        config_path = directory / POLICY_CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"{config_path}: no policy description; export with latent_residual.export.export_policy, "
+                f"which writes {ONNX_NAME} and {POLICY_CONFIG_NAME} together."
+            )
+        if not onnx_path.is_file():
+            raise FileNotFoundError(f"{onnx_path}: no such ONNX file beside {config_path.name}.")
+        self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        if self.config.get("format") != FILE_FORMAT:
+            raise ValueError(f"{config_path}: format is {self.config.get('format')!r}, expected {FILE_FORMAT!r}.")
+        version = self.config.get("format_version")
+        if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
+            raise ValueError(
+                f"{config_path}: format_version {version!r} is newer than this reader's {FILE_FORMAT_VERSION}; "
+                "upgrade latent-residual on this machine."
+            )
+        data = onnx_path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if check_hash and self.config.get("onnx_sha256") not in (None, digest):
+            raise ValueError(
+                f"{onnx_path} (sha256 {digest[:12]}...) is not the file {config_path.name} describes "
+                f"(sha256 {str(self.config['onnx_sha256'])[:12]}...); copy both files from the same export."
+            )
+        #: key -> (dtype, shape without the batch axis), in the graph's input order.
+        self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+            item["name"]: (np.dtype(item["dtype"]), tuple(int(size) for size in item["shape"]))
+            for item in self.config["inputs"]
+        }
+        output = self.config["output"]
+        self.output_name: str = output["name"]
+        self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
+        self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
+        self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
+
+        if providers is None:
+            available = onnxruntime.get_available_providers()
+            providers = [name for name in PREFERRED_PROVIDERS if name in available] or available
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+                raise ValueError(f"threads must be a positive integer or None, got {threads!r}.")
+            options.intra_op_num_threads = threads
+        self.session = onnxruntime.InferenceSession(data, options, providers=list(providers))
+        graph_inputs = [item.name for item in self.session.get_inputs()]
+        if sorted(graph_inputs) != sorted(self.inputs):
+            raise ValueError(
+                f"{onnx_path} has inputs {graph_inputs} but {config_path.name} lists {list(self.inputs)}; "
+                "copy both files from the same export."
+            )
+
+    # -- description -------------------------------------------------------------------------
+
+    @property
+    def observation_keys(self) -> list[str]:
+        """The observation keys the policy reads, in the graph's input order."""
+        return list(self.inputs)
+
+    @property
+    def env_id(self) -> str | None:
+        """The environment id recorded at export, if any."""
+        return self.config.get("env_id")
+
+    def __repr__(self) -> str:
+        inputs = ", ".join(f"{key}: {dtype.name}{list(shape)}" for key, (dtype, shape) in self.inputs.items())
+        return f"OnnxPolicy({inputs} -> {self.output_name}: float32{list(self.action_shape)}, env={self.env_id!r})"
+
+    # -- acting ------------------------------------------------------------------------------
+
+    def validate(self, obs: Mapping[str, Any], *, batched: bool) -> dict[str, np.ndarray]:
+        """Return the graph's feeds for ``obs`` after checking every key's dtype and shape.
+
+        :param obs: One array per key: ``shape`` when unbatched, ``(B, *shape)`` when batched.
+        :param batched: Whether ``obs`` carries a leading batch axis.
+        :raises MissingObservationError: A key the policy needs is missing (a KeyError and a ValueError).
+        :raises TypeError: A value has the wrong dtype (no silent casts: float64 is not float32).
+        :raises ValueError: A value has the wrong shape, or batch sizes differ between keys.
+        """
+        if not isinstance(obs, Mapping):
+            raise TypeError(f"An observation must be a dict of arrays keyed {self.observation_keys}, got {type(obs).__name__}.")
+        missing = [key for key in self.inputs if key not in obs]
+        if missing:
+            raise MissingObservationError(
+                f"Observation lacks key(s) {missing}; the policy needs {self.observation_keys}, got {sorted(obs)}."
+            )
+        feeds, batch_sizes = {}, {}
+        for key, (dtype, shape) in self.inputs.items():
+            value = np.asarray(obs[key])
+            if value.dtype != dtype:
+                raise TypeError(
+                    f"Observation {key!r} has dtype {value.dtype}, expected {dtype.name} "
+                    f"(pass it exactly as the environment emits it)."
+                )
+            expected = ("B", *shape) if batched else shape
+            if value.shape[int(batched):] != shape or (batched and value.ndim != len(shape) + 1):
+                hint = ""
+                if not batched and value.shape[1:] == shape:
+                    hint = " (this looks batched; use act_batch)"
+                elif batched and value.shape == shape:
+                    hint = " (this looks unbatched; use act)"
+                raise ValueError(
+                    f"Observation {key!r} has shape {tuple(value.shape)}, expected {tuple(expected)}{hint}."
+                )
+            if batched:
+                batch_sizes[key] = value.shape[0]
+            feeds[key] = np.ascontiguousarray(value if batched else value[None])
+        if len(set(batch_sizes.values())) > 1:
+            raise ValueError(f"Observations disagree on the batch size: {batch_sizes}.")
+        if batched and next(iter(batch_sizes.values()), 1) == 0:
+            raise ValueError("The batch is empty (batch size 0).")
+        return feeds
+
+    def act_batch(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """Return float32 actions (B, *action_shape) for a batch of observations, one (B, *shape) array per key."""
+        (action,) = self.session.run([self.output_name], self.validate(obs, batched=True))
+        return action
+
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """Return the float32 action (*action_shape) for one unbatched observation, as the env emits it."""
+        (action,) = self.session.run([self.output_name], self.validate(obs, batched=False))
+        return action[0]
+
+    __call__ = act
+
+    def check_observation_space(self, space: Any) -> None:
+        """Raise ValueError unless a (Gymnasium Dict) observation space matches the policy's inputs.
+
+        Duck-typed on ``space.spaces[key].dtype`` and ``.shape``, so Gymnasium need not be imported.
+        """
+        spaces = getattr(space, "spaces", None)
+        if not isinstance(spaces, Mapping):
+            raise ValueError(f"The policy needs a Dict observation space with keys {self.observation_keys}, got {space!r}.")
+        problems = []
+        for key, (dtype, shape) in self.inputs.items():
+            if key not in spaces:
+                problems.append(f"{key!r} missing")
+                continue
+            got_dtype, got_shape = np.dtype(spaces[key].dtype), tuple(spaces[key].shape)
+            if got_dtype != dtype or got_shape != shape:
+                problems.append(f"{key!r} is {got_dtype.name}{list(got_shape)}, expected {dtype.name}{list(shape)}")
+        if problems:
+            raise ValueError("The environment's observation space does not fit the policy: " + "; ".join(problems) + ".")
+
+
+def run_episode(env: Any, policy: OnnxPolicy | Any, *, seed: int | None = None, max_steps: int | None = None) -> dict[str, Any]:
+    """Run one episode of a bare Gymnasium env with ``policy.act`` and return its ``return`` and ``length``.
+
+    :param env: A Gymnasium env (``reset(seed=...)``, ``step(action)`` returning five values).
+    :param policy: An :class:`OnnxPolicy`, or anything with ``act(obs) -> action``.
+    :param seed: Passed to ``env.reset``.
+    :param max_steps: Stop after this many steps even if the env does not (for envs without a time limit).
+    :returns: ``{"return": float, "length": int, "terminated": bool, "truncated": bool}``.
+    """
+    if isinstance(policy, OnnxPolicy):
+        policy.check_observation_space(env.observation_space)
+    obs, _ = env.reset(seed=seed)
+    total, length = 0.0, 0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        obs, reward, terminated, truncated, _ = env.step(policy.act(obs))
+        total += float(reward)
+        length += 1
+        if max_steps is not None and length >= max_steps:
+            truncated = True
+    return {"return": total, "length": length, "terminated": bool(terminated), "truncated": bool(truncated)}

@@ -1,0 +1,114 @@
+"""The ``latent-residual`` command: the click group, its listing commands, and one-line errors.
+
+The pipeline's subcommands are in ``commands.py``; plugins add theirs through ``register_commands``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from latent_residual.errors import LatentResidualError
+from latent_residual.plugins import list_plugins, load_plugins, pm
+from latent_residual.registry import list_backbones, list_envs, list_methods
+from latent_residual.version import __version__
+from latent_residual.workflow import commands
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="latent-residual")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="CPU threads for torch. The default models are small: a second thread gains little, and "
+    "OpenMP's spin-waits make every op cost a scheduler slice when another process holds a core.",
+)
+def cli(threads: int) -> None:
+    """Adapt simulation-pretrained latent world models with latent-state dynamics residuals (ReDRAW)."""
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+@cli.command(name="plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def plugins_command(as_json: bool) -> None:
+    """List plugins, the backbones, environments and adaptation methods they provide, and broken plugins."""
+    plugins = list_plugins()
+    tables = {"backbones": list_backbones(), "envs": list_envs(), "methods": list_methods()}
+    if as_json:
+        fields = ("id", "plugin", "package", "version", "description")
+        data = {"plugins": [dataclasses.asdict(p) for p in plugins]}
+        data.update({name: [{key: getattr(spec, key) for key in fields} for spec in specs] for name, specs in tables.items()})
+        click.echo(json.dumps(data, indent=2))
+        return
+    width = max((len(spec.id) for specs in tables.values() for spec in specs), default=0) + 2
+    titles = {"backbones": "Backbones:", "envs": "Environments:", "methods": "Adaptation methods:"}
+    for name, specs in tables.items():
+        click.echo(titles[name])
+        for spec in specs:
+            click.echo(f"  {spec.id:<{width}}{spec.package} {spec.version} (plugin {spec.plugin})  {spec.description}")
+    broken = [p for p in plugins if p.broken]
+    click.echo("Plugins:")
+    for info in plugins:
+        state = "broken" if info.broken else ("built-in" if info.builtin else "ok")
+        click.echo(f"  {info.name:<20} {info.package} {info.version} [{state}]")
+    for info in broken:
+        click.echo(f"Broken plugin {info.name!r} ({info.package} {info.version}) was skipped: {info.error}")
+
+
+@cli.command(name="inspect")
+@click.argument("path", type=click.Path(path_type=str))
+def inspect_command(path: str) -> None:
+    """Print the metadata of an adapter directory or a world-model checkpoint, without loading weights."""
+    from latent_residual.adapters import read_adapter_info
+    from latent_residual.checkpoints import MODEL_WEIGHTS_NAME, read_world_model_config
+
+    if (Path(path) / MODEL_WEIGHTS_NAME).exists():
+        click.echo(json.dumps(read_world_model_config(path), indent=2, sort_keys=True))
+    else:
+        click.echo(json.dumps(read_adapter_info(path), indent=2, sort_keys=True))
+
+
+def _register_plugin_commands() -> None:
+    load_plugins()
+    for impl in pm.hook.register_commands.get_hookimpls():
+        try:
+            impl.function(cli=cli)
+        except Exception as exc:  # a broken plugin must not take the command down
+            click.echo(f"latent-residual: plugin {impl.plugin_name!r} failed to add commands: {exc}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; errors print one line and return a non-zero exit code."""
+    commands.add_commands(cli)
+    _register_plugin_commands()
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        cli.main(args=args, prog_name="latent-residual", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        return 0
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "latent-residual"
+        click.echo(f"latent-residual: error: {exc.format_message()} (see '{command} --help')", err=True)
+        return 2
+    except LatentResidualError as exc:
+        click.echo(f"latent-residual: error: {exc}", err=True)
+        return 1
+    except click.exceptions.Abort:
+        click.echo("latent-residual: aborted", err=True)
+        return 130
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,334 @@
+"""The ReDRAW experiment end to end, as resumable stages: pretrain, collect, adapt, train, evaluate, export.
+
+Each stage's building block lives in its own module and each adaptation method is a registered entry;
+this module only orders them and keeps their outputs on disk (a re-run skips what is done).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latent_residual.actor_critic import ActorCriticConfig, load_actor_critic, save_actor_critic
+from latent_residual.config import config_to_dict
+from latent_residual.contract import WorldModel
+from latent_residual.errors import ConfigError
+from latent_residual.fitting import FitConfig
+from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
+from latent_residual.registry import demo_env, env_pretrained, make_method, method_spec, source_target
+from latent_residual.residual import ResidualConfig
+from latent_residual.serialization import write_text
+from latent_residual.workflow.adaptation import AdaptationMethod, MethodSettings
+from latent_residual.workflow.collection import collect
+from latent_residual.workflow.datasets import load_dataset
+from latent_residual.workflow.evaluation import EvalResult, evaluate
+from latent_residual.workflow.export import example_observations, export_policy, verify_export
+from latent_residual.workflow.loading import load_world_model
+from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
+from latent_residual.workflow.reports import comparison_table
+
+BEHAVIOURS = ("expert", "random", "sim-policy")
+RESULTS_NAME = "results.json"
+#: The reference every comparison starts from (the simulation policy in the target).
+ZERO_SHOT = "zero-shot"
+EVAL_SEED = 10_000
+DATA_SEED = 20_000
+
+
+@dataclass
+class ExperimentConfig:
+    """One sim-to-target comparison. Flags of ``latent-residual compare`` and ``demo`` map onto it."""
+
+    source: str = field(default="", metadata={"help": "Simulation environment id; empty: the registered demo source."})
+    target: str = field(default="", metadata={"help": "Target ('real') environment id; empty: the source's registered target."})
+    pretrained: str = field(
+        default="",
+        metadata={"help": "Pretraining directory to start from; empty: the embedded default for the source, else pretrain."},
+    )
+    transitions: tuple[int, ...] = field(
+        default=(40_000,), metadata={"help": "Target-data sizes to compare (reward-free transitions)."}
+    )
+    behaviour: str = field(
+        default="expert",
+        metadata={
+            "help": "Who collects target data: expert (the target's scripted expert, as the paper's expert "
+            "rollouts), random, or sim-policy (the simulation policy)."
+        },
+    )
+    noise: float = field(default=0.3, metadata={"help": "Gaussian action noise of the collecting behaviour."})
+    methods: tuple[str, ...] = field(
+        default=("redraw",),
+        metadata={"help": "Adaptation methods besides zero-shot (see `latent-residual plugins`): redraw, finetune, replacement, ..."},
+    )
+    seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
+    eval_episodes: int = field(default=10, metadata={"help": "Evaluation episodes per policy."})
+    sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence cut from the target data."})
+    episode_steps: int = field(
+        default=0, metadata={"help": "Cap on episode length in collection and evaluation; 0 keeps the environment's."}
+    )
+    export: bool = field(default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."})
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            method_spec(method)  # NameNotFound, with the closest match, for an unknown method
+        if self.behaviour not in BEHAVIOURS:
+            raise ConfigError(f"ExperimentConfig.behaviour must be one of {', '.join(BEHAVIOURS)}; got {self.behaviour!r}.")
+        if not self.transitions or min(self.transitions) < 1:
+            raise ConfigError(f"ExperimentConfig.transitions must be positive sizes, got {self.transitions!r}.")
+        if self.seeds < 1 or self.eval_episodes < 1:
+            raise ConfigError("ExperimentConfig: seeds and eval_episodes must be >= 1.")
+
+    def resolved(self) -> ExperimentConfig:
+        """This config with the registry's choices filled in: the demo source and the source's target."""
+        source = self.source or demo_env().id
+        return dataclasses.replace(self, source=source, target=self.target or source_target(source))
+
+
+class _Results:
+    """results.json, rewritten atomically after every finished stage so a re-run skips it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def put(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
+
+
+# Settings a re-run may change: each only adds or skips runs that are kept under their own names.
+_EXTENDABLE = {"experiment": ("seeds", "methods", "export")}
+
+
+def _check_settings(results: _Results, settings: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume a run whose kept stages were made with other settings, then record these."""
+    if "settings" in results:
+        kept = results["settings"]
+        changed = [
+            f"{group}.{key} ({kept.get(group, {}).get(key)!r} -> {value!r})"
+            for group, values in settings.items()
+            for key, value in values.items()
+            if key not in _EXTENDABLE.get(group, ()) and kept.get(group, {}).get(key) != value
+        ]
+        if changed:
+            raise ConfigError(
+                f"{results.path} was written with other settings: {', '.join(changed)}. Its finished stages "
+                "would be reused as they are; pass a new --out directory (or delete this one) to run with these."
+            )
+    results.put("settings", settings)
+
+
+@dataclass
+class _Run:
+    """One experiment in progress: its settings, outputs and the models and policies shared by its stages."""
+
+    config: ExperimentConfig
+    out: Path
+    results: _Results
+    settings: MethodSettings
+    policy_config: PolicyTrainConfig
+    ac_config: ActorCriticConfig | None
+    quiet: bool
+    say: Callable[[str], Any]
+    base: WorldModel | None = None
+    sim_policy: Policy | None = None
+
+    @property
+    def env_kwargs(self) -> dict[str, Any]:
+        return {"max_episode_steps": self.config.episode_steps} if self.config.episode_steps else {}
+
+    def evaluated(self, key: str, policy: Any, env_id: str, **extra: Any) -> dict[str, Any]:
+        """Evaluate ``policy`` once (a re-run reuses the stored result) and print its line."""
+        if key not in self.results:
+            result = evaluate(policy, env_id, episodes=self.config.eval_episodes, seed=EVAL_SEED, env_kwargs=self.env_kwargs)
+            self.results.put(key, _evaluation(result, **extra))
+        row = self.results[key]
+        self.say(f"      {key:<32} return {row['return_mean']:8.1f} ± {row['return_std']:.1f}")
+        return row
+
+
+def _evaluation(result: EvalResult, **extra: Any) -> dict[str, Any]:
+    return {**result.to_dict(), **extra}
+
+
+def _pretrained(run: _Run, pretrain_config: PretrainConfig | None) -> Path:
+    """Stage 1: the simulation-pretrained model and policy: given, shipped with the source, or made here."""
+    config = run.config
+    if config.pretrained:
+        return Path(config.pretrained)
+    embedded = env_pretrained(config.source)
+    if embedded is not None:
+        return embedded
+    pre = run.out / "pretrain"
+    run.say(f"[1/6] pretraining in {config.source} -> {pre}")
+    pretrain(pretrain_config or PretrainConfig(env_id=config.source), pre, ac_config=run.ac_config, quiet=run.quiet)
+    return pre
+
+
+def _references(run: _Run) -> None:
+    """Stage 2: the simulation policy in simulation and, for each method without target data, in the target."""
+    run.say("[2/6] evaluating the simulation policy in simulation and zero-shot in the target")
+    run.evaluated("sim-policy@source", run.sim_policy, run.config.source)
+    for method in dict.fromkeys((ZERO_SHOT, *run.config.methods)):
+        if not make_method(method).uses_target_data:
+            run.evaluated(method, run.sim_policy, run.config.target)
+
+
+def _target_data(run: _Run) -> Path:
+    """Stage 3: reward-free target data from the chosen behaviour."""
+    config = run.config
+    data_dir = run.out / "target_data"
+    behaviour: Any = run.sim_policy if config.behaviour == "sim-policy" else config.behaviour
+    run.say(f"[3/6] collecting {max(config.transitions)} reward-free target transitions ({config.behaviour}) -> {data_dir}")
+    collect(
+        config.target,
+        behaviour,
+        data_dir,
+        transitions=max(config.transitions),
+        seed=DATA_SEED,
+        env_kwargs=run.env_kwargs,
+        noise=config.noise,
+        quiet=run.quiet,
+        provenance={"purpose": "target adaptation data", "reward_used": False},
+    )
+    return data_dir
+
+
+def _adapted(
+    run: _Run, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
+) -> tuple[WorldModel, dict[str, Any]]:
+    """A method's corrected world model, fitted once and reloaded on a re-run."""
+    info_path = run_dir / "fit.json"
+    if info_path.exists():
+        return method.load(run.base, run_dir), json.loads(info_path.read_text())
+    model, result = method.adapt(
+        run.base, sequences, seed=seed, settings=run.settings, log_dir=run_dir / "fit_logs", quiet=run.quiet
+    )
+    method.save(model, run_dir)
+    info = {
+        "held_out_kl_base": result.held_out_kl_base,
+        "held_out_kl_best": result.held_out_kl_best,
+        "best_step": result.best_step,
+        "steps": result.steps,
+        "seconds": result.seconds,
+    }
+    write_text(info_path, json.dumps(info, indent=2) + "\n")
+    return model, info
+
+
+def _target_policy(run: _Run, name: str, model: WorldModel, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int, size: int) -> Policy:
+    """A policy trained in ``model``'s imagination, once; a re-run loads it."""
+    policy_path = run_dir / ACTOR_CRITIC_NAME
+    if not policy_path.exists():
+        torch.manual_seed(seed)
+        actor_critic = train_policy(
+            model,
+            sequences,
+            PolicyTrainConfig(steps=run.policy_config.steps, starts=run.policy_config.starts, seed=seed),
+            ac_config=run.ac_config,
+            log_dir=run_dir / "policy_logs",
+            quiet=run.quiet,
+        )
+        save_actor_critic(actor_critic, policy_path, extra={"method": name, "transitions": size})
+    return Policy(run.base, load_actor_critic(policy_path).actor)
+
+
+def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
+    """Stages 4-5: adapt and train a policy in imagination, per method, data size and seed.
+
+    :returns: The first ReDRAW policy, the one that is exported.
+    """
+    run.say("[4/6] adapting the world model and training policies in imagination")
+    config, first_redraw = run.config, None
+    for size in sorted(config.transitions):
+        sequences = load_dataset(data_dir, max_transitions=size).sequences(config.sequence_length)
+        sequences.pop("reward", None)  # ReDRAW never uses target rewards
+        for name in config.methods:
+            method = make_method(name)
+            if not method.uses_target_data:
+                continue
+            for seed in range(config.seeds):
+                run_dir = run.out / "runs" / f"{name}-{size}-seed{seed}"
+                model, fit_info = _adapted(run, method, sequences, run_dir, seed)
+                policy = _target_policy(run, name, model, sequences, run_dir, seed, size) if method.trains_policy else run.sim_policy
+                run.evaluated(f"{name}@{size}/seed{seed}", policy, config.target, fit=fit_info)
+                if name == "redraw" and first_redraw is None:
+                    first_redraw = policy
+    return first_redraw
+
+
+def _export(run: _Run, policy: Policy) -> None:
+    """Stage 6: the deployable artefact: ONNX, checked against torch and run in the target."""
+    onnx_dir = run.out / "onnx"
+    run.say(f"[6/6] exporting the ReDRAW policy to ONNX -> {onnx_dir}")
+    if not (onnx_dir / ONNX_NAME).exists():
+        export_policy(policy, onnx_dir, env_id=run.config.target)
+    if "onnx" not in run.results:
+        difference = verify_export(onnx_dir, policy, example_observations(run.base.observation_space, 64))
+        run.results.put("onnx_max_abs_diff", difference)
+    run.evaluated("onnx", OnnxPolicy(onnx_dir), run.config.target)
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    out_dir: str | Path,
+    *,
+    pretrain_config: PretrainConfig | None = None,
+    residual_config: ResidualConfig | None = None,
+    fit_config: FitConfig | None = None,
+    finetune_config: FitConfig | None = None,
+    policy_config: PolicyTrainConfig | None = None,
+    ac_config: ActorCriticConfig | None = None,
+    quiet: bool = False,
+    say=print,
+) -> dict[str, Any]:
+    """Run (or resume) every stage and return the results dict (also in ``out_dir/results.json``)."""
+    config = config.resolved()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = MethodSettings(
+        residual_config or ResidualConfig(), fit_config or FitConfig(), finetune_config or FitConfig(lr=1e-4)
+    )
+    run = _Run(config, out, _Results(out / RESULTS_NAME), settings, policy_config or PolicyTrainConfig(), ac_config, quiet, say)
+    started = time.monotonic()
+    pre = _pretrained(run, pretrain_config)
+    say(f"[1/6] simulation-pretrained model and policy: {pre}")
+    run.base = load_world_model(pre / "world_model")
+    sim_actor_critic = load_actor_critic(pre / ACTOR_CRITIC_NAME)
+    run.sim_policy = Policy(run.base, sim_actor_critic.actor)
+    run.ac_config = ac_config or sim_actor_critic.config
+    _check_settings(
+        run.results,
+        {
+            "experiment": config_to_dict(config),
+            "residual": config_to_dict(settings.residual),
+            "fit": config_to_dict(settings.fit),
+            "finetune": config_to_dict(settings.finetune),
+            "policy": config_to_dict(run.policy_config),
+            "actor_critic": config_to_dict(run.ac_config),
+        },
+    )
+    _references(run)
+    first_redraw = _adapt_all(run, _target_data(run))
+    if config.export and first_redraw is not None:
+        _export(run, first_redraw)
+    run.results.put("seconds", run.results.data.get("seconds", 0.0) + time.monotonic() - started)
+    table = comparison_table(run.results.data)
+    write_text(out / "results.md", table + "\n")
+    say(table)
+    return run.results.data
