@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 import latent_residual as lr
-from latent_residual.serialization import write_text
 from latent_residual.actor_critic import save_actor_critic
+from latent_residual.serialization import write_text
 from latent_residual.workflow.model_training import train_world_model
 from latent_residual.workflow.policy_training import PolicyTrainConfig
 from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME

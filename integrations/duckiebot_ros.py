@@ -5,7 +5,7 @@ policy's image size, wheel-encoder ticks give the ``velocity`` observation, and 
 ``[forward, turn]`` becomes ``WheelsCmdStamped(vel_left, vel_right)`` on
 ``/<robot>/wheels_driver_node/wheels_cmd`` through Duckietown's inverse kinematics (the same
 ``Calibration`` the simulated twin in ``latent_residual_plugins.duckiebot`` uses). The policy runs
-in onnxruntime (``onnxruntime_policy.OnnxPolicy``); rospy is imported only inside ``main()``, so
+in onnxruntime (``latent_residual.onnx_policy.OnnxPolicy``); rospy is imported only inside ``main()``, so
 the pure parts (decoding, kinematics, odometry, the controller) are testable without ROS.
 
 Run on the robot (in a container with ROS, numpy, pillow and onnxruntime)::

@@ -24,6 +24,52 @@ FILE_FORMAT_VERSION = 1
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
+def _export_paths(path: Path) -> tuple[Path, Path]:
+    """The (policy.onnx, policy.json) pair of an export directory or of its ONNX file."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such export directory or ONNX file.")
+    directory = path if path.is_dir() else path.parent
+    onnx_path = path if path.suffix == ".onnx" and not path.is_dir() else directory / ONNX_NAME
+    config_path = directory / POLICY_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"{config_path}: no policy description; export with latent_residual.workflow.export.export_policy, "
+            f"which writes {ONNX_NAME} and {POLICY_CONFIG_NAME} together."
+        )
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path}: no such ONNX file beside {config_path.name}.")
+    return onnx_path, config_path
+
+
+def _read_description(config_path: Path) -> dict[str, Any]:
+    """``policy.json``, after checking its format and version."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("format") != FILE_FORMAT:
+        raise ValueError(f"{config_path}: format is {config.get('format')!r}, expected {FILE_FORMAT!r}.")
+    version = config.get("format_version")
+    if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
+        raise ValueError(
+            f"{config_path}: format_version {version!r} is newer than this reader's {FILE_FORMAT_VERSION}; "
+            "upgrade latent-residual on this machine."
+        )
+    return config
+
+
+def _session(data: bytes, providers: Sequence[str] | None, threads: int | None) -> Any:
+    """An onnxruntime session on ``data``: CUDA when available unless ``providers`` are given."""
+    import onnxruntime
+
+    if providers is None:
+        available = onnxruntime.get_available_providers()
+        providers = [name for name in PREFERRED_PROVIDERS if name in available] or available
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}.")
+        options.intra_op_num_threads = threads
+    return onnxruntime.InferenceSession(data, options, providers=list(providers))
+
+
 class MissingObservationError(KeyError, ValueError):
     """An observation lacks a key the policy reads (both a KeyError and a ValueError)."""
 
@@ -52,30 +98,8 @@ class OnnxPolicy:
         threads: int | None = None,
         check_hash: bool = True,
     ) -> None:
-        import onnxruntime
-
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: no such export directory or ONNX file.")
-        directory = path if path.is_dir() else path.parent
-        onnx_path = path if path.suffix == ".onnx" and not path.is_dir() else directory / ONNX_NAME
-        config_path = directory / POLICY_CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"{config_path}: no policy description; export with latent_residual.export.export_policy, "
-                f"which writes {ONNX_NAME} and {POLICY_CONFIG_NAME} together."
-            )
-        if not onnx_path.is_file():
-            raise FileNotFoundError(f"{onnx_path}: no such ONNX file beside {config_path.name}.")
-        self.config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-        if self.config.get("format") != FILE_FORMAT:
-            raise ValueError(f"{config_path}: format is {self.config.get('format')!r}, expected {FILE_FORMAT!r}.")
-        version = self.config.get("format_version")
-        if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
-            raise ValueError(
-                f"{config_path}: format_version {version!r} is newer than this reader's {FILE_FORMAT_VERSION}; "
-                "upgrade latent-residual on this machine."
-            )
+        onnx_path, config_path = _export_paths(Path(path))
+        self.config: dict[str, Any] = _read_description(config_path)
         data = onnx_path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if check_hash and self.config.get("onnx_sha256") not in (None, digest):
@@ -93,16 +117,7 @@ class OnnxPolicy:
         self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
         self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
         self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
-
-        if providers is None:
-            available = onnxruntime.get_available_providers()
-            providers = [name for name in PREFERRED_PROVIDERS if name in available] or available
-        options = onnxruntime.SessionOptions()
-        if threads is not None:
-            if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-                raise ValueError(f"threads must be a positive integer or None, got {threads!r}.")
-            options.intra_op_num_threads = threads
-        self.session = onnxruntime.InferenceSession(data, options, providers=list(providers))
+        self.session = _session(data, providers, threads)
         graph_inputs = [item.name for item in self.session.get_inputs()]
         if sorted(graph_inputs) != sorted(self.inputs):
             raise ValueError(

@@ -162,8 +162,11 @@ def list_plugins() -> list[PluginInfo]:
     return sorted(_infos.values(), key=lambda info: (not info.builtin, info.name))
 
 
-def _reset() -> None:
-    """Forget every plugin and registration (for tests)."""
+def unload_plugins() -> None:
+    """Forget every plugin and registration; the next accessor discovers and loads them again.
+
+    For a running session that installed or removed a plugin (a notebook), and for tests.
+    """
     global _loaded
 
     for name in list(_infos):

@@ -47,6 +47,23 @@ def step(
     return model.dynamics(state, action, is_first)
 
 
+def _batched_posterior(model: WorldModel, embed: Tensor | None, post_logits: Tensor | None, B: int, T: int) -> Tensor | None:
+    """Every posterior's logits (B, T, G, C) at once when the posterior ignores the deterministic
+    state; None when it reads it (``observe`` then computes them step by step)."""
+    if post_logits is None:
+        if embed is None:
+            raise ValueError("observe() needs embed or post_logits.")
+        if model.posterior_uses_deter:
+            return None
+        return model.posterior({}, embed.reshape(B * T, -1)).reshape(B, T, model.latent.groups, model.latent.classes)
+    if model.posterior_uses_deter:
+        raise ValueError(
+            f"{type(model).__name__}'s posterior depends on its deterministic state, so "
+            "posterior logits cannot be precomputed; pass embed instead."
+        )
+    return post_logits
+
+
 def observe(
     model: WorldModel,
     prev_action: Tensor,
@@ -72,28 +89,17 @@ def observe(
         ``last`` (the final state, to continue from).
     """
     B, T = is_first.shape
-    if post_logits is None:
-        if embed is None:
-            raise ValueError("observe() needs embed or post_logits.")
-        if not model.posterior_uses_deter:
-            post_logits = model.posterior({}, embed.reshape(B * T, -1)).reshape(
-                B, T, model.latent.groups, model.latent.classes
-            )
-    elif model.posterior_uses_deter:
-        raise ValueError(
-            f"{type(model).__name__}'s posterior depends on its deterministic state, so "
-            "posterior logits cannot be precomputed; pass embed instead."
-        )
+    post_logits = _batched_posterior(model, embed, post_logits, B, T)
     initial = model.initial_state(B)
     state = initial if state is None else state
     is_first = is_first.bool()
 
-    def draw(post: Tensor) -> Tensor:
+    def pick(post: Tensor) -> Tensor:
         prob = distributions.probs(post, model.posterior_unimix)
         return distributions.sample_one_hot(prob, generator) if sample else distributions.mode_one_hot(prob)
 
     # With history-free posteriors every sample can be drawn at once, outside the time loop.
-    stochs = draw(post_logits) if post_logits is not None else None  # (B, T, G, C)
+    stochs = pick(post_logits) if post_logits is not None else None  # (B, T, G, C)
     priors, posts, states = [], [], []
     for t in range(T):
         prior, deter = step(model, state, prev_action[:, t], is_first[:, t], initial)
@@ -101,7 +107,7 @@ def observe(
             post, stoch = post_logits[:, t], stochs[:, t]
         else:
             post = model.posterior(deter, embed[:, t])
-            stoch = draw(post)
+            stoch = pick(post)
         state = model.next_state(deter, prior, stoch)
         priors.append(prior)
         posts.append(post)

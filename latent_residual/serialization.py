@@ -129,7 +129,7 @@ def read_safetensors(
 
 def check_metadata(
     path: Path,
-    metadata: Mapping[str, str],
+    metadata: Mapping[str, Any],
     *,
     file_format: str,
     version: int,
@@ -137,28 +137,25 @@ def check_metadata(
     kind: str,
     required: Iterable[str] = (),
 ) -> None:
-    """Check a file's ``format`` and ``format_version`` metadata and that ``required`` keys exist.
+    """Check a file's ``format`` and ``format_version`` keys and that ``required`` keys exist.
 
+    :param metadata: A safetensors file's metadata, or a JSON file's top-level object.
     :param kind: What the file should be, for messages ("latent-residual adapter", ...).
 
     A file without ``format_version`` counts as version 1 (files written before it was recorded).
     """
-    if metadata.get("format") != file_format:
+    if not isinstance(metadata, Mapping) or metadata.get("format") != file_format:
+        found = metadata.get("format") if isinstance(metadata, Mapping) else type(metadata).__name__
+        raise error(f"{path}: key 'format' is {found!r}, expected {file_format!r}; this is not a {kind}.")
+    stored = metadata.get("format_version", 1)
+    if isinstance(stored, bool) or not str(stored).isdigit() or int(stored) > version:
         raise error(
-            f"{path}: metadata key 'format' is {metadata.get('format')!r}, expected {file_format!r}; "
-            f"this is not a {kind}."
+            f"{path}: key 'format_version' is {stored!r}; this library reads {kind} files up to version {version}. "
+            "Upgrade latent-residual to read it."
         )
     missing = [key for key in required if key not in metadata]
     if missing:
-        raise error(f"{path}: metadata lacks {', '.join(missing)}.")
-    stored = metadata.get("format_version", "1")
-    if not str(stored).isdigit():
-        raise error(f"{path}: metadata 'format_version' is {stored!r}, expected an integer.")
-    if int(stored) > version:
-        raise error(
-            f"{path}: {file_format} format {stored} is newer than this library reads ({version}); "
-            "upgrade latent-residual."
-        )
+        raise error(f"{path}: key {missing[0]!r} is missing; a {kind} holds {', '.join(required)}.")
 
 
 def read_checked(

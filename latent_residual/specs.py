@@ -40,7 +40,7 @@ class BackboneSpec:
         match = _BACKBONE_ID.match(self.id)
         if match is None:
             raise RegistrationError(
-                f"Backbone id {self.id!r} is malformed: expected 'name-vN', for example 'draw-v0'."
+                f"Backbone id {self.id!r} is malformed: expected 'name-vN', for example 'rssm-v1'."
             )
         self.name = match["name"]
         self.id_version = int(match["version"])
@@ -80,7 +80,7 @@ class EnvSpec:
         if match is None:
             raise RegistrationError(
                 f"Environment id {self.id!r} is malformed: expected 'namespace/name-vN', "
-                "for example 'dmc/pendulum-swingup-v0'."
+                "for example 'mylab/arm-reach-v0'."
             )
         if self.pretrained is not None and ":" not in self.pretrained:
             raise RegistrationError(

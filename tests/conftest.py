@@ -47,7 +47,7 @@ def fake_distribution(tmp_path_factory):
 def registry(fake_distribution):
     """The registry loaded from installed plugins, the test plugin included."""
     os.environ.pop(plugins.LOAD_PLUGINS_ENV, None)
-    plugins._reset()
+    plugins.unload_plugins()
     plugins.load_plugins()
     yield
 
@@ -56,9 +56,9 @@ def registry(fake_distribution):
 def fresh_registry(registry, monkeypatch):
     """An empty registry for a test that loads plugins itself; the full one comes back after."""
     monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
-    plugins._reset()
+    plugins.unload_plugins()
     yield
-    plugins._reset()
+    plugins.unload_plugins()
     monkeypatch.delenv(plugins.LOAD_PLUGINS_ENV, raising=False)
     plugins.load_plugins()
 

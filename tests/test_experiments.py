@@ -103,3 +103,50 @@ def test_demo_quick_through_the_command(pretrained, tmp_path, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| redraw | 300 | 1 |" in out
+
+
+def test_a_third_party_method_runs_as_a_registered_entry(pretrained, tmp_path):
+    """A plugin's method (tests/lr_testplugin/methods.py) runs beside the built-ins with no change to the library."""
+    pretrained_dir, _ = pretrained
+    results = run_experiment(
+        ExperimentConfig(
+            pretrained=str(pretrained_dir), **{**TINY, "transitions": (300,), "methods": ("testplug-zero-start",), "export": False}
+        ),
+        tmp_path,
+        residual_config=ResidualConfig(hidden=16),
+        fit_config=FitConfig(steps=4, eval_every=2),
+        policy_config=PolicyTrainConfig(steps=2, starts=32),
+        quiet=True,
+        say=lambda line: None,
+    )
+    row = results["testplug-zero-start@300/seed0"]
+    assert row["fit"]["held_out_kl_best"] <= row["fit"]["held_out_kl_base"] + 1e-9
+    assert (tmp_path / "runs" / "testplug-zero-start-300-seed0" / "adapter" / "adapter.safetensors").exists()
+    assert "zero-shot" in results
+
+
+def test_unknown_method_suggests_the_closest(registry):
+    from latent_residual import NameNotFound
+
+    with pytest.raises(NameNotFound, match='Did you mean "redraw"'):
+        ExperimentConfig(methods=("redraww",))
+
+
+def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(registry, tmp_path, monkeypatch):
+    """The demo takes the source plugin's recommendations (pendulum: the belief as a residual input); a flag
+    given on the command line wins; compare keeps the paper's settings."""
+    from latent_residual.workflow import commands
+
+    seen = {}
+    monkeypatch.setattr(
+        "latent_residual.workflow.experiments.run_experiment",
+        lambda config, out, **kwargs: seen.update(config=config, residual=kwargs["residual_config"]),
+    )
+    assert main(["demo", "--out", str(tmp_path / "a")]) == 0
+    assert seen["residual"].extra_inputs == ("belief",)
+    assert (seen["config"].source, seen["config"].target) == ("dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0")
+    assert main(["demo", "--out", str(tmp_path / "b"), "--residual-extra-inputs", ""]) == 0
+    assert seen["residual"].extra_inputs == ()
+    assert main(["compare", "--out", str(tmp_path / "c")]) == 0
+    assert seen["residual"].extra_inputs == ()
+    assert commands.CPU_DEFAULTS["pretrain_backbone_preset"] == "cpu"

@@ -160,3 +160,34 @@ def test_importing_a_plugin_submodule_first_still_registers_it():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120).stdout
     assert out.strip() == "dmc"
+
+
+def test_sources_declare_target_backbone_pretrained_default_and_recommendations(registry):
+    """What demo and compare need comes from the registrations, not from names in the core."""
+    from latent_residual.registry import backbone_preset, demo_env, env_pretrained, source_backbone, source_target
+
+    assert demo_env().id == "dmc/pendulum-swingup-v0"
+    assert source_target("dmc/cup-catch-v0") == "dmc/cup-catch-windy-v0"
+    assert source_target("duckiebot/lane-following-v0") == "duckiebot/lane-following-real-v0"
+    assert source_backbone("duckiebot/lane-following-v0") == "draw-v0"
+    assert env_pretrained("duckiebot/lane-following-v0").name == "lane-following"
+    assert backbone_preset("draw-v0", "cpu")["groups"] == 32
+    with pytest.raises(latent_residual.ConfigError, match=r"no preset 'cpus'.*Did you mean \"cpu\""):
+        backbone_preset("draw-v0", "cpus")
+    with pytest.raises(latent_residual.ConfigError, match="registers no target"):
+        source_target("dmc/cup-catch-windy-v0")
+
+
+def test_pretrain_config_resolves_the_environment_backbone_and_preset(registry):
+    from latent_residual.workflow.pretraining import PretrainConfig
+
+    config = PretrainConfig(backbone_preset="cpu", backbone_kwargs={"hidden": 64}).resolved()
+    assert (config.env_id, config.backbone, config.backbone_preset) == ("dmc/pendulum-swingup-v0", "draw-v0", "")
+    assert config.backbone_kwargs["groups"] == 32 and config.backbone_kwargs["hidden"] == 64
+
+
+def test_adaptation_methods_are_registered_entries(registry):
+    ids = [spec.id for spec in latent_residual.list_methods()]
+    assert {"redraw", "replacement", "finetune", "zero-shot", "testplug-zero-start"} <= set(ids)
+    assert latent_residual.make_method("zero-shot").uses_target_data is False
+    assert {spec.plugin for spec in latent_residual.list_methods() if spec.id == "redraw"} == {"methods"}

@@ -158,7 +158,7 @@ def _finetune_command(group: click.Group) -> None:
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint to start from.")
     @click.option("--out", type=_PATH, required=True, help="Directory for the finetuned checkpoint.")
     @_data_options
-    @click.option("--fit-lr", default=1e-4, show_default=True, help="Adam learning rate of the prior (DRAW's).")
+    @click.option("--fit-lr", default=1e-4, show_default=True, help="Adam learning rate of the prior (the world model's own, in the paper).")
     @config_options(FitConfig, prefix="fit-", exclude=("lr",))
     def finetune_command(world_model: Path, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
         """The baseline: finetune only the prior network on target data (encoder and heads frozen)."""

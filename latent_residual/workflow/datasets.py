@@ -20,7 +20,7 @@ import torch
 
 from latent_residual.errors import ConfigError, DatasetError, LatentResidualError
 from latent_residual.rollout import NON_OBSERVATION_KEYS
-from latent_residual.serialization import read_checked, space_to_json, write_safetensors, write_text
+from latent_residual.serialization import check_metadata, read_checked, space_to_json, write_safetensors, write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.spaces import space_from_json
@@ -143,18 +143,9 @@ def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, 
         info = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DatasetError(f"{path}: not JSON: {exc}.") from exc
-    if not isinstance(info, dict) or info.get("format") != FILE_FORMAT:
-        found = info.get("format") if isinstance(info, dict) else type(info).__name__
-        raise DatasetError(f"{path}: key 'format' is {found!r}, expected {FILE_FORMAT!r}; this is not a dataset.")
-    version = info.get("format_version")
-    if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
-        raise DatasetError(
-            f"{path}: key 'format_version' is {version!r}; this library reads up to {FILE_FORMAT_VERSION}. "
-            "Upgrade latent-residual to read it."
-        )
-    for key in _INFO_KEYS:
-        if key not in info:
-            raise DatasetError(f"{path}: key {key!r} is missing.")
+    check_metadata(
+        path, info, file_format=FILE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset", required=_INFO_KEYS
+    )
     for key in ("episodes", "transitions"):
         if not isinstance(info[key], int) or isinstance(info[key], bool) or info[key] < 0:
             raise DatasetError(f"{path}: key {key!r} is {info[key]!r}, expected an integer >= 0.")

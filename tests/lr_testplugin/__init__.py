@@ -19,3 +19,8 @@ def register_envs(register):
         description="A point drifting under its action.",
         max_episode_steps=40,
     )
+
+
+@hookimpl
+def register_methods(register):
+    register("testplug-zero-start", "lr_testplugin.methods:ZeroStartResidual", description="A residual that starts at zero.")
