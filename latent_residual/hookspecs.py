@@ -21,7 +21,10 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 
 # ---------------------------------------------------------------------------
-# Registration hooks: called once per process, by ``load_plugins()``.
+# Registration hooks: called once per process, by ``load_plugins()``. Every
+# ``register`` callback also takes ``override=True``, which lets that one
+# registration replace an id another plugin registered; without it a duplicate
+# id marks the plugin broken, and nothing it registered is kept.
 # ---------------------------------------------------------------------------
 
 

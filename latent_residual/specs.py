@@ -119,8 +119,7 @@ class Staging:
 
     def __init__(self, plugin: str, package: str, version: str) -> None:
         self._origin = {"plugin": plugin, "package": package, "version": version}
-        self._staged: list[tuple[dict[str, Any], Any]] = []
-        self._override = False
+        self._staged: list[tuple[dict[str, Any], Any, bool]] = []
 
     def backbone(self, id: str, entry_point: EntryPoint, *, override: bool = False, **fields: Any) -> None:
         """The ``register`` callback of ``register_backbones``."""
@@ -135,18 +134,17 @@ class Staging:
         self._stage(methods, MethodSpec(id, entry_point, **fields, **self._origin), override)
 
     def _stage(self, table: dict[str, Any], spec: Any, override: bool) -> None:
-        self._staged.append((table, spec))
-        self._override |= override
+        self._staged.append((table, spec, override))
 
     def commit(self) -> None:
-        """Add every staged spec, or none if one clashes with an earlier registration."""
-        for table, spec in self._staged:
-            if spec.id in table and not self._override:
+        """Add every staged spec, or none if one clashes with an earlier registration it does not override."""
+        for table, spec, override in self._staged:
+            if spec.id in table and not override:
                 raise RegistrationError(
                     f"{spec.id!r} is already registered by plugin {table[spec.id].plugin!r}; "
                     "pass override=True to replace it."
                 )
-        for table, spec in self._staged:
+        for table, spec, _ in self._staged:
             if table is envs:
                 _register_with_gymnasium(spec)
             table[spec.id] = spec

@@ -411,3 +411,15 @@ def test_controller_drives_the_wheels_from_frames_and_encoders(tmp_path):
     assert (left, right) == action_to_wheels(expected, controller.calibration)
     assert -1 <= left <= 1 and -1 <= right <= 1
     assert controller.step(now=1.0 + 0.6) == (0.0, 0.0)  # the frame went stale
+
+
+def test_the_old_runner_module_still_works_with_a_deprecation_warning():
+    import importlib
+
+    import latent_residual.onnx_policy as runner
+
+    with pytest.warns(DeprecationWarning, match="latent_residual.onnx_policy"):
+        import latent_residual_integrations.onnxruntime_policy as alias
+
+        importlib.reload(alias)
+    assert alias.OnnxPolicy is runner.OnnxPolicy and alias.run_episode is runner.run_episode

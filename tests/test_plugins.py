@@ -191,3 +191,18 @@ def test_adaptation_methods_are_registered_entries(registry):
     assert {"redraw", "replacement", "finetune", "zero-shot", "testplug-zero-start"} <= set(ids)
     assert latent_residual.make_method("zero-shot").uses_target_data is False
     assert {spec.plugin for spec in latent_residual.list_methods() if spec.id == "redraw"} == {"methods"}
+
+
+def test_override_covers_only_the_registration_that_asks_for_it(fresh_registry):
+    class Plugin:
+        @latent_residual.hookimpl
+        def register_backbones(self, register):
+            register("gru-v0", "lr_testplugin.gru:GRUWorldModel", override=True, description="override")
+
+        @latent_residual.hookimpl
+        def register_envs(self, register):
+            register("dmc/cup-catch-v0", "lr_testplugin.drift:DriftEnv")
+
+    info = plugins.register(Plugin(), "runtime")
+    assert info.broken and "dmc/cup-catch-v0" in info.error
+    assert latent_residual.backbone_spec("gru-v0").description != "override"

@@ -137,7 +137,7 @@ def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, 
     if not path.is_file():
         raise DatasetError(
             f"{path}: no such file; a dataset directory holds {DATASET_INFO_NAME} and {EPISODES_DIR_NAME}/. "
-            "Make one with latent_residual.datasets.collect() or DatasetWriter."
+            "Make one with latent_residual.collect() or DatasetWriter."
         )
     try:
         info = json.loads(path.read_text(encoding="utf-8"))

@@ -79,7 +79,7 @@ def _check_spaces(policy: Policy) -> tuple[gymnasium.spaces.Dict, gymnasium.spac
     """Return the policy's (observation, action) spaces after checking they can be exported."""
     if not isinstance(policy, Policy):
         raise ConfigError(
-            f"export_policy needs a latent_residual.policy.Policy, got {type(policy).__name__}; "
+            f"export_policy needs a latent_residual.Policy, got {type(policy).__name__}; "
             "wrap the world model and actor with Policy(model, actor)."
         )
     observation_space = policy.model.observation_space
