@@ -38,7 +38,7 @@ ALLOWED = {
     "registry": {"kernel", "registry"},
     "workflow": {"kernel", "runtime", "registry", "workflow"},
     "api": {"kernel", "runtime", "registry", "workflow"},
-    "plugin": {"api", "kernel", "runtime", "registry"},
+    "plugin": {"api", "kernel", "runtime", "registry", "workflow"},
     "integration": {"api", "kernel", "runtime", "registry", "workflow", "plugin"},
 }
 # Layer -> third-party packages it may import (None: any).
