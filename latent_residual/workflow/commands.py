@@ -55,6 +55,20 @@ def _sequences(data: Path, max_transitions: int | None, length: int) -> dict[str
     return sequences
 
 
+def _saved_policy_options(*, required: bool):
+    """--world-model and --policy: a policy saved as a checkpoint plus an actor-critic file."""
+
+    def decorate(command):
+        command = click.option(
+            "--policy", type=_PATH, required=required, help="actor_critic.safetensors of the saved policy."
+        )(command)
+        return click.option(
+            "--world-model", type=_PATH, required=required, help="World-model checkpoint of the saved policy (its encoder)."
+        )(command)
+
+    return decorate
+
+
 def _data_options(command):
     command = click.option("--sequence-length", default=32, show_default=True, help="Steps per training sequence.")(command)
     command = click.option("--max-transitions", type=int, default=None, help="Use at most this many transitions.")(command)
@@ -100,8 +114,7 @@ def _collect_command(group: click.Group) -> None:
         show_default=True,
         help="random; the environment's scripted expert; or a saved policy (--world-model, --policy).",
     )
-    @click.option("--world-model", type=_PATH, help="World-model checkpoint of the saved policy.")
-    @click.option("--policy", type=_PATH, help="actor_critic.safetensors of the saved policy.")
+    @_saved_policy_options(required=False)
     @click.option("--noise", default=0.0, show_default=True, help="Gaussian action noise (std).")
     @click.option("--seed", default=0, show_default=True, help="Seed of episodes and noise.")
     @click.option("--env-kwargs", default="{}", show_default=True, help="Environment kwargs (JSON).")
@@ -211,8 +224,7 @@ def _train_policy_command(group: click.Group) -> None:
 def _evaluate_command(group: click.Group) -> None:
     @group.command(name="evaluate")
     @click.argument("env_id")
-    @click.option("--world-model", type=_PATH, help="World-model checkpoint (with --policy).")
-    @click.option("--policy", type=_PATH, help="actor_critic.safetensors.")
+    @_saved_policy_options(required=False)
     @click.option("--onnx", type=_PATH, help="An exported ONNX policy directory instead.")
     @click.option("--episodes", default=10, show_default=True, help="Episodes to run.")
     @click.option("--seed", default=10_000, show_default=True, help="Seed of the first episode.")
@@ -242,8 +254,7 @@ def _evaluate_command(group: click.Group) -> None:
 
 def _export_command(group: click.Group) -> None:
     @group.command(name="export")
-    @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint (its encoder).")
-    @click.option("--policy", type=_PATH, required=True, help="actor_critic.safetensors.")
+    @_saved_policy_options(required=True)
     @click.option("--out", type=_PATH, required=True, help="Directory for policy.onnx and policy.json.")
     @click.option("--env-id", default=None, help="Environment id recorded in policy.json.")
     def export_command(world_model: Path, policy: Path, out: Path, env_id) -> None:
