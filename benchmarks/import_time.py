@@ -1,4 +1,4 @@
-"""Time `import latent_residual` in fresh interpreters (target: <= 1.5 s on the 2-core CPU).
+"""Time `import latent_residual` in fresh interpreters (target: <= 0.5 s on the 2-core CPU).
 
 Run: python benchmarks/import_time.py [--repeat 5]
 """
