@@ -177,6 +177,8 @@ class LaneFollowingController:
         self._ticks: dict[str, tuple[float, float, int]] = {}  # side -> (ticks, stamp, resolution), newest
         self._ticks_at_step: dict[str, tuple[float, float, int]] = {}
         self._velocity = np.zeros(2, dtype=np.float32)
+        # A recurrent policy starts an episode at the first drive and after every stop.
+        self._stopped = True
 
     def on_frame(self, data: bytes, stamp: float) -> None:
         """Store a compressed camera frame received at ``stamp`` (seconds)."""
@@ -216,7 +218,11 @@ class LaneFollowingController:
         frame, stamp = self.latest
         if frame is None or now - stamp > self.max_frame_age:
             self.last_action = np.zeros(2, dtype=np.float32)
+            self._stopped = True
             return 0.0, 0.0
+        if self._stopped:
+            self.policy.reset()
+            self._stopped = False
         obs = {self.image_key: frame}
         if VELOCITY_KEY in self.policy.inputs:
             obs[VELOCITY_KEY] = velocity

@@ -62,6 +62,7 @@ class ResidualWorldModel(WorldModel):
         self.feature_size = base.feature_size
         self.unimix = base.unimix
         self.posterior_uses_deter = base.posterior_uses_deter
+        self.memoryless = base.memoryless
         self.backbone_id = base.backbone_id
         self.backbone_kwargs = base.backbone_kwargs
         self.observation_space = base.observation_space

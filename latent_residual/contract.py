@@ -70,6 +70,10 @@ class WorldModel(nn.Module, abc.ABC):
     #: False when the posterior depends on the observation alone (DRAW): observe() then
     #: computes all posteriors in one batched call, and residual fitting can cache them.
     posterior_uses_deter: bool = True
+    #: True when a deployed policy needs nothing but the current observation: the posterior
+    #: ignores the deterministic state and ``features`` read only ``stoch`` (DRAW). Otherwise
+    #: (the default, always correct) the policy filters, carrying state between steps.
+    memoryless: bool = False
     #: Set by ``make_backbone`` so checkpoints can rebuild the model.
     backbone_id: str | None = None
     backbone_kwargs: dict[str, Any] = {}

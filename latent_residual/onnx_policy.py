@@ -18,7 +18,12 @@ import numpy as np
 ONNX_NAME = "policy.onnx"
 POLICY_CONFIG_NAME = "policy.json"
 FILE_FORMAT = "latent-residual-onnx-policy"
-FILE_FORMAT_VERSION = 1
+FILE_FORMAT_VERSION = 2
+#: A recurrent policy's extra graph inputs and outputs (version 2's ``recurrent`` section names them).
+PREV_ACTION_NAME = "prev_action"
+IS_FIRST_NAME = "is_first"
+STATE_PREFIX = "state_"
+NEXT_STATE_PREFIX = "next_state_"
 #: Execution providers tried in this order when none are given (TensorRT only when asked for:
 #: building its engine takes minutes on a Jetson).
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -117,9 +122,17 @@ class OnnxPolicy:
         self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
         self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
         self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
+        recurrent = self.config.get("recurrent") or {}
+        #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
+        self.state: dict[str, tuple[str, str, tuple[int, ...]]] = {
+            item["key"]: (item["input"], item["output"], tuple(int(size) for size in item["shape"]))
+            for item in recurrent.get("state", [])
+        }
+        self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
         self.session = _session(data, providers, threads)
         graph_inputs = [item.name for item in self.session.get_inputs()]
-        if sorted(graph_inputs) != sorted(self.inputs):
+        extra = [name for name, _, _ in self.state.values()] + ([PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else [])
+        if sorted(graph_inputs) != sorted([*self.inputs, *extra]):
             raise ValueError(
                 f"{onnx_path} has inputs {graph_inputs} but {config_path.name} lists {list(self.inputs)}; "
                 "copy both files from the same export."
@@ -137,9 +150,15 @@ class OnnxPolicy:
         """The environment id recorded at export, if any."""
         return self.config.get("env_id")
 
+    @property
+    def recurrent(self) -> bool:
+        """Whether the policy carries state between steps (a recurrent backbone's); ``reset()`` starts an episode."""
+        return bool(self.state)
+
     def __repr__(self) -> str:
         inputs = ", ".join(f"{key}: {dtype.name}{list(shape)}" for key, (dtype, shape) in self.inputs.items())
-        return f"OnnxPolicy({inputs} -> {self.output_name}: float32{list(self.action_shape)}, env={self.env_id!r})"
+        state = f", state={ {key: list(shape) for key, (_, _, shape) in self.state.items()} }" if self.recurrent else ""
+        return f"OnnxPolicy({inputs} -> {self.output_name}: float32{list(self.action_shape)}{state}, env={self.env_id!r})"
 
     # -- acting ------------------------------------------------------------------------------
 
@@ -187,13 +206,62 @@ class OnnxPolicy:
         return feeds
 
     def act_batch(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """Return float32 actions (B, *action_shape) for a batch of observations, one (B, *shape) array per key."""
+        """Return float32 actions (B, *action_shape) for a batch of observations, one (B, *shape) array per key.
+
+        Only for a memoryless policy: a recurrent one steps with :meth:`step_batch` (or :meth:`act`).
+        """
+        if self.recurrent:
+            raise ValueError(
+                "This policy is recurrent: its actions depend on the previous steps. Use act() step by step "
+                "(reset() at each episode start) or step_batch() with the state."
+            )
         (action,) = self.session.run([self.output_name], self.validate(obs, batched=True))
         return action
 
+    def blank_state(self, batch_size: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """A (state, previous action) pair for an episode's first step; its values are not read there."""
+        state = {key: np.zeros((batch_size, *shape), np.float32) for key, (_, _, shape) in self.state.items()}
+        return state, np.zeros((batch_size, *self.action_shape), np.float32)
+
+    def step_batch(
+        self, obs: Mapping[str, Any], state: Mapping[str, np.ndarray], prev_action: np.ndarray, is_first: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One step of a recurrent policy for a batch: (B, *action_shape) actions and the next state.
+
+        :param state: The state :meth:`step_batch` returned at the previous step (or :meth:`blank_state`).
+        :param prev_action: (B, *action_shape) the actions the environment received at the previous step.
+        :param is_first: (B,) bool, true where this observation starts an episode (state and action are then ignored).
+        """
+        return self._step(self.validate(obs, batched=True), state, prev_action, is_first)
+
+    def _step(
+        self, feeds: dict[str, np.ndarray], state: Mapping[str, np.ndarray], prev_action: np.ndarray, is_first: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        batch_size = next(iter(feeds.values())).shape[0]
+        for key, (name, _, shape) in self.state.items():
+            feeds[name] = np.ascontiguousarray(np.asarray(state[key], np.float32).reshape(batch_size, *shape))
+        feeds[PREV_ACTION_NAME] = np.asarray(prev_action, np.float32).reshape(batch_size, *self.action_shape)
+        feeds[IS_FIRST_NAME] = np.asarray(is_first, bool).reshape(batch_size)
+        outputs = self.session.run([self.output_name, *(output for _, output, _ in self.state.values())], feeds)
+        return outputs[0], dict(zip(self.state, outputs[1:]))
+
+    def reset(self) -> None:
+        """Start an episode: the next :meth:`act` forgets the carried state (a no-op for a memoryless policy)."""
+        self._carried = None
+
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """Return the float32 action (*action_shape) for one unbatched observation, as the env emits it."""
-        (action,) = self.session.run([self.output_name], self.validate(obs, batched=False))
+        """Return the float32 action (*action_shape) for one unbatched observation, as the env emits it.
+
+        A recurrent policy carries its state from call to call; call :meth:`reset` at each episode start.
+        """
+        if not self.recurrent:
+            (action,) = self.session.run([self.output_name], self.validate(obs, batched=False))
+            return action[0]
+        feeds = self.validate(obs, batched=False)
+        first = self._carried is None
+        state, prev_action = self.blank_state(1) if first else self._carried
+        action, state = self._step(feeds, state, prev_action, np.array([first]))
+        self._carried = (state, action)
         return action[0]
 
     __call__ = act
@@ -230,6 +298,8 @@ def run_episode(env: Any, policy: OnnxPolicy | Any, *, seed: int | None = None, 
     if isinstance(policy, OnnxPolicy):
         policy.check_observation_space(env.observation_space)
     obs, _ = env.reset(seed=seed)
+    if hasattr(policy, "reset"):
+        policy.reset()
     total, length = 0.0, 0
     terminated = truncated = False
     while not (terminated or truncated):

@@ -22,7 +22,7 @@ from latent_residual import ConfigError, attach_residual, fingerprint, make_back
 from latent_residual.actor_critic import Actor, ActorCriticConfig
 from latent_residual.errors import ExportError
 from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
-from latent_residual.workflow.export import example_observations, export_policy, verify_export
+from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
 from latent_residual.workflow.policy import Policy
 from latent_residual import onnx_policy as onnxruntime_policy
 from latent_residual.onnx_policy import OnnxPolicy, run_episode
@@ -216,13 +216,6 @@ def test_reexport_replaces_files_atomically(tmp_path, state_export):
 # ----------------------------------------------------------------------------------------------
 
 
-def test_recurrent_model_is_refused_when_the_policy_is_built(registry, drift_spaces):
-    model = make_backbone("gru-v0", *drift_spaces)
-    actor = Actor(model.feature_size, model.action_size, ActorCriticConfig(hidden=32, layers=1))
-    with pytest.raises(ConfigError, match="recurrent state.*memoryless"):
-        Policy(model, actor)
-
-
 def test_bad_spaces_and_arguments_are_named(tmp_path):
     space = spaces.Dict({"state": spaces.Box(-1, 1, (2,), np.float32)})
     policy = _policy(space, spaces.Box(-1, 1, (1,), np.float32))
@@ -411,6 +404,100 @@ def test_controller_drives_the_wheels_from_frames_and_encoders(tmp_path):
     assert (left, right) == action_to_wheels(expected, controller.calibration)
     assert -1 <= left <= 1 and -1 <= right <= 1
     assert controller.step(now=1.0 + 0.6) == (0.0, 0.0)  # the frame went stale
+
+
+def test_controller_starts_an_episode_at_the_first_drive_and_after_every_stop(tmp_path):
+    from latent_residual_integrations.duckiebot_ros import LaneFollowingController
+
+    class CountingPolicy(OnnxPolicy):
+        resets = 0
+
+        def reset(self) -> None:
+            CountingPolicy.resets += 1
+            super().reset()
+
+    space = spaces.Dict(
+        {"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "velocity": spaces.Box(-1, 1, (2,), np.float32)}
+    )
+    export_policy(_policy(space, spaces.Box(-1, 1, (2,), np.float32), seed=2), tmp_path, exporter="torchscript")
+    controller = LaneFollowingController(CountingPolicy(tmp_path), velocity_source="zero")
+    frame = _jpeg(np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8))
+    controller.step(now=0.0)  # no frame: stopped
+    controller.on_frame(frame, stamp=1.0)
+    controller.step(now=1.0)
+    controller.step(now=1.1)
+    assert CountingPolicy.resets == 1  # the first drive
+    assert controller.step(now=2.0) == (0.0, 0.0)  # stale: stopped
+    controller.on_frame(frame, stamp=2.1)
+    controller.step(now=2.1)
+    assert CountingPolicy.resets == 2  # driving again starts a new episode
+
+
+# ----------------------------------------------------------------------------------------------
+# Recurrent policies: the state goes in and out of the graph
+# ----------------------------------------------------------------------------------------------
+
+DRIFT_ENV = "testplug/drift-v0"
+
+
+@pytest.fixture(scope="module")
+def recurrent_export(tmp_path_factory, registry, gru_model):
+    """The test GRU backbone's policy (its posterior reads the recurrent state), exported."""
+    torch.manual_seed(5)
+    actor = Actor(gru_model.feature_size, gru_model.action_size, ActorCriticConfig(hidden=32, layers=1))
+    policy = Policy(gru_model, actor).eval()
+    directory = tmp_path_factory.mktemp("recurrent") / "export"
+    export_policy(policy, directory, env_id=DRIFT_ENV)
+    return policy, directory
+
+
+def test_a_recurrent_policy_carries_its_state_and_reset_forgets_it(recurrent_export):
+    policy, _ = recurrent_export
+    obs = {"position": np.array([0.3, -0.2], np.float32)}
+    with pytest.raises(ConfigError, match="not memoryless.*step"):
+        policy({"position": torch.zeros(1, 2)})
+    policy.reset()
+    first = policy.act(obs)
+    second = policy.act(obs)
+    policy.reset()
+    assert np.array_equal(policy.act(obs), first)
+    assert not np.allclose(first, second)  # the same observation after another history
+
+
+def test_a_recurrent_export_takes_and_returns_the_state(recurrent_export):
+    policy, directory = recurrent_export
+    description = json.loads((directory / POLICY_CONFIG_NAME).read_text())
+    assert description["format_version"] == 2
+    assert [item["key"] for item in description["recurrent"]["state"]] == sorted(policy.state_shapes)
+    graph = onnx.load(directory / ONNX_NAME).graph
+    assert [value.name for value in graph.input] == ["position", "state_deter", "state_stoch", "prev_action", "is_first"]
+    assert [value.name for value in graph.output] == ["action", "next_state_deter", "next_state_stoch"]
+    runner = OnnxPolicy(directory)
+    assert runner.recurrent and "state=" in repr(runner)
+    with pytest.raises(ValueError, match="recurrent.*act\\(\\) step by step"):
+        runner.act_batch({"position": np.zeros((2, 2), np.float32)})
+
+
+def test_a_recurrent_export_matches_torch_at_every_step_of_whole_episodes(recurrent_export):
+    policy, directory = recurrent_export
+    assert verify_episodes(directory, policy, DRIFT_ENV, steps=200, seed=3) <= TOLERANCE  # 5 episodes of 40 steps
+    steps = [{"position": np.array([0.1 * t, -0.05 * t], np.float32)} for t in range(12)]
+    assert verify_export(directory, policy, steps) <= TOLERANCE
+
+
+def test_the_runner_batches_recurrent_steps(recurrent_export):
+    _, directory = recurrent_export
+    runner = OnnxPolicy(directory)
+    observations = [{"position": np.array([0.1 * t, 0.2], np.float32)} for t in range(6)]
+    runner.reset()
+    one_by_one = [runner.act(obs) for obs in observations]
+    state, prev_action = runner.blank_state(2)
+    for t, obs in enumerate(observations):
+        batch = {"position": np.stack([obs["position"]] * 2)}
+        prev_action, state = runner.step_batch(batch, state, prev_action, np.array([t == 0, t == 0]))
+        assert np.allclose(prev_action, one_by_one[t], atol=1e-6)
+    env = latent_residual.make_env(DRIFT_ENV)
+    assert run_episode(env, runner, seed=0)["length"] == 40
 
 
 def test_the_old_runner_module_still_works_with_a_deprecation_warning():

@@ -58,7 +58,7 @@ def layer(module: str) -> str:
         return "registry"
     if module.startswith("latent_residual.workflow"):
         return "workflow"
-    if module == "latent_residual":
+    if module in ("latent_residual", "latent_residual.testing"):
         return "api"
     if module.startswith("latent_residual_plugins"):
         return "plugin"

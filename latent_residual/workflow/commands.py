@@ -258,14 +258,20 @@ def _export_command(group: click.Group) -> None:
     @click.option("--out", type=_PATH, required=True, help="Directory for policy.onnx and policy.json.")
     @click.option("--env-id", default=None, help="Environment id recorded in policy.json.")
     def export_command(world_model: Path, policy: Path, out: Path, env_id) -> None:
-        """Export the deployable policy (encoder + posterior + actor) to ONNX and check it."""
-        from latent_residual.workflow.export import example_observations, export_policy, verify_export
+        """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
+
+        With --env-id the check also runs 200 steps of whole episodes there, torch and ONNX Runtime
+        side by side."""
+        from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
         from latent_residual.workflow.loading import load_policy
 
         loaded = load_policy(world_model, policy)
         export_policy(loaded, out, env_id=env_id)
         difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
         click.echo(f"wrote {out / 'policy.onnx'}; max |onnx - torch| = {difference:.2e}")
+        if env_id is not None:
+            difference = verify_episodes(out, loaded, env_id, steps=200)
+            click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {difference:.2e}")
 
 
 def _experiment_command(group: click.Group, name: str, help_text: str, defaults: dict[str, Any], *, recommended: bool) -> None:

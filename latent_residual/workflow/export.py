@@ -1,8 +1,9 @@
 """ONNX export of a deployable ``Policy``: ``policy.onnx`` plus a readable ``policy.json`` contract.
 
 The graph takes the observation exactly as the environment emits it (one input per key, batch
-first, images uint8) and returns ``action`` (batch, A) float32 inside the action space; the
-torch-free runner is ``latent_residual.onnx_policy``. See docs/deployment.md.
+first, images uint8) and returns ``action`` (batch, A) float32 inside the action space; a recurrent
+policy's graph also takes the previous state, the previous action and ``is_first``, and returns the
+next state. The torch-free runner is ``latent_residual.onnx_policy``. See docs/deployment.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ import torch
 from torch import Tensor, nn
 
 from latent_residual.errors import ConfigError, ExportError
-from latent_residual.onnx_policy import FILE_FORMAT, FILE_FORMAT_VERSION, ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy
+from latent_residual.onnx_policy import (
+    FILE_FORMAT,
+    FILE_FORMAT_VERSION,
+    IS_FIRST_NAME,
+    NEXT_STATE_PREFIX,
+    ONNX_NAME,
+    POLICY_CONFIG_NAME,
+    PREV_ACTION_NAME,
+    STATE_PREFIX,
+    OnnxPolicy,
+)
+from latent_residual.registry import make_env
 from latent_residual.serialization import atomic_write, fingerprint, write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.policy import Policy
@@ -41,14 +53,22 @@ DYNAMO_MIN_OPSET = 18
 #: Opset the TorchScript exporter uses when none is requested.
 TORCHSCRIPT_DEFAULT_OPSET = 17
 #: Observation dtypes an ONNX input may have (numpy name -> ONNX TensorProto element type).
-_ONNX_ELEMENT_TYPES = {"uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "float16": 10, "float32": 1, "float64": 11}
+_ONNX_ELEMENT_TYPES = {
+    "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "float16": 10, "float32": 1, "float64": 11, "bool": 9,
+}
+
+Spec = tuple[str, np.dtype, tuple[int, ...]]
+"""A graph input or output: (name, dtype, shape without the batch axis)."""
 
 
 class ExportablePolicy(nn.Module):
-    """A ``Policy`` with one positional input per observation key and actions in the env's bounds.
+    """A ``Policy`` with one positional input per graph input and actions in the env's bounds.
 
-    The actor's tanh output in [-1, 1] is mapped affinely onto [low, high] when the action space
-    is not already [-1, 1], so the exported graph's output can be sent to the environment as is.
+    Inputs are the observation keys in order; a stateful policy's are followed by one
+    ``state_<key>`` per state key (sorted), ``prev_action`` and ``is_first``, and its outputs
+    ``action`` by one ``next_state_<key>`` each. The actor's tanh output in [-1, 1] is mapped
+    affinely onto [low, high] when the action space is not already [-1, 1], so the output can be
+    sent to the environment as is, and fed back as the next step's ``prev_action``.
     """
 
     def __init__(self, policy: Policy) -> None:
@@ -56,6 +76,7 @@ class ExportablePolicy(nn.Module):
         observation_space, action_space = _check_spaces(policy)
         self.policy = policy
         self.keys = list(policy.keys)
+        self.state_keys = list(policy.state_shapes)
         self.action_shape = tuple(int(size) for size in action_space.shape)
         low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)
         high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)
@@ -66,13 +87,42 @@ class ExportablePolicy(nn.Module):
         offset = torch.as_tensor((high + low) / 2, dtype=torch.float32, device=device)
         self.register_buffer("action_scale", scale, persistent=False)
         self.register_buffer("action_offset", offset, persistent=False)
+        space = observation_space.spaces
+        self.inputs: list[Spec] = [(key, np.dtype(space[key].dtype), tuple(space[key].shape)) for key in self.keys]
+        self.outputs: list[Spec] = [(ACTION_OUTPUT_NAME, np.dtype(np.float32), self.action_shape)]
+        if policy.stateful:
+            float32 = np.dtype(np.float32)
+            self.inputs += [(STATE_PREFIX + key, float32, policy.state_shapes[key]) for key in self.state_keys]
+            self.inputs += [(PREV_ACTION_NAME, float32, self.action_shape), (IS_FIRST_NAME, np.dtype(bool), ())]
+            self.outputs += [(NEXT_STATE_PREFIX + key, float32, policy.state_shapes[key]) for key in self.state_keys]
+        clashing = sorted({name for name, _, _ in self.inputs[len(self.keys):]} & set(self.keys))
+        if clashing:
+            raise ConfigError(f"Observation keys {clashing} clash with the recurrent policy's graph inputs; rename them.")
 
-    def forward(self, *observations: Tensor) -> Tensor:
-        """Map observations, one (B, *shape) tensor per key in ``self.keys`` order, to (B, *action_shape)."""
-        action = self.policy(dict(zip(self.keys, observations))).to(torch.float32)  # (B, A) in [-1, 1]
+    def _scaled(self, action: Tensor) -> Tensor:
+        action = action.to(torch.float32)  # (B, A) in [-1, 1]
         if self.rescale:
             action = self.action_offset + self.action_scale * action
         return action.reshape(action.shape[0], *self.action_shape)
+
+    def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
+        """Map the graph's inputs (see the class) to ``action`` (B, *action_shape), then a stateful policy's next state."""
+        K, S = len(self.keys), len(self.state_keys)
+        obs = dict(zip(self.keys, inputs[:K]))
+        if not self.policy.stateful:
+            return self._scaled(self.policy(obs))
+        state = {key: value.to(torch.float32) for key, value in zip(self.state_keys, inputs[K : K + S])}
+        prev_action = inputs[K + S].reshape(inputs[K + S].shape[0], -1)  # (B, A) as the environment received it
+        action, next_state = self.policy.step(obs, state, prev_action, inputs[K + S + 1])
+        return (self._scaled(action), *(next_state[key].to(torch.float32) for key in self.state_keys))
+
+    def example_inputs(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """Inputs for ``batch_size`` steps: observations inside the space, zero state and action, and
+        ``is_first`` true on even rows (both kinds of step)."""
+        feeds = example_observations(self.policy.model.observation_space, batch_size, seed)
+        for name, dtype, shape in self.inputs[len(self.keys):]:
+            feeds[name] = (np.arange(batch_size) % 2 == 0) if name == IS_FIRST_NAME else np.zeros((batch_size, *shape), dtype)
+        return feeds
 
 
 def _check_spaces(policy: Policy) -> tuple[gymnasium.spaces.Dict, gymnasium.spaces.Box]:
@@ -159,6 +209,10 @@ def _quiet_exporter() -> Iterator[None]:
             item.setLevel(level)
 
 
+def _names(specs: list[Spec]) -> list[str]:
+    return [name for name, _, _ in specs]
+
+
 def _export_dynamo(module: ExportablePolicy, example: tuple[Tensor, ...], opset: int | None) -> bytes:
     batch = torch.export.Dim(BATCH_AXIS_NAME)
     kwargs: dict[str, Any] = {} if opset is None else {"opset_version": opset}
@@ -167,10 +221,10 @@ def _export_dynamo(module: ExportablePolicy, example: tuple[Tensor, ...], opset:
         example,
         None,
         dynamo=True,
-        input_names=module.keys,
-        output_names=[ACTION_OUTPUT_NAME],
-        # ``forward(*observations)``: the varargs tuple is one entry holding a spec per input.
-        dynamic_shapes=(tuple({0: batch} for _ in module.keys),),
+        input_names=_names(module.inputs),
+        output_names=_names(module.outputs),
+        # ``forward(*inputs)``: the varargs tuple is one entry holding a spec per input.
+        dynamic_shapes=(tuple({0: batch} for _ in module.inputs),),
         verbose=False,
         **kwargs,
     )
@@ -179,21 +233,34 @@ def _export_dynamo(module: ExportablePolicy, example: tuple[Tensor, ...], opset:
 
 def _export_torchscript(module: ExportablePolicy, example: tuple[Tensor, ...], opset: int | None) -> bytes:
     buffer = io.BytesIO()
-    names = [*module.keys, ACTION_OUTPUT_NAME]
+    names = _names(module.inputs) + _names(module.outputs)
     torch.onnx.export(
         module,
         example,
         buffer,
         dynamo=False,
-        input_names=module.keys,
-        output_names=[ACTION_OUTPUT_NAME],
+        input_names=_names(module.inputs),
+        output_names=_names(module.outputs),
         dynamic_axes={name: {0: BATCH_AXIS_NAME} for name in names},
         opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET,
     )
     return buffer.getvalue()
 
 
-def _check_onnx(data: bytes, module: ExportablePolicy, space: gymnasium.spaces.Dict) -> Any:
+def _signature_problems(kind: str, found: list[tuple[str, int, list[int | str]]], expected: list[Spec]) -> list[str]:
+    """How the graph's inputs or outputs differ from the contract's: names, element types, shapes, a free batch axis."""
+    if [name for name, _, _ in found] != _names(expected):
+        return [f"{kind} {[name for name, _, _ in found]}, expected {_names(expected)}"]
+    problems = []
+    for (name, elem, dims), (_, dtype, shape) in zip(found, expected):
+        want = _ONNX_ELEMENT_TYPES[dtype.name]
+        fixed_batch = bool(dims) and isinstance(dims[0], int) and dims[0] > 0
+        if elem != want or dims[1:] != list(shape) or fixed_batch:
+            problems.append(f"{kind[:-1]} {name!r} has type {elem} dims {dims}, expected type {want} dims [batch, *{list(shape)}]")
+    return problems
+
+
+def _check_onnx(data: bytes, module: ExportablePolicy) -> Any:
     """Run ``onnx.checker`` and compare the graph's signature with the contract; return the ModelProto."""
     import onnx
 
@@ -207,43 +274,29 @@ def _check_onnx(data: bytes, module: ExportablePolicy, space: gymnasium.spaces.D
         tensor = value.type.tensor_type
         return value.name, tensor.elem_type, [dim.dim_param or dim.dim_value for dim in tensor.shape.dim]
 
-    inputs = [signature(value) for value in proto.graph.input]
-    expected = [
-        (key, _ONNX_ELEMENT_TYPES[np.dtype(space[key].dtype).name], list(space[key].shape)) for key in module.keys
-    ]
-    problems = []
-    if [name for name, _, _ in inputs] != [name for name, _, _ in expected]:
-        problems.append(f"inputs {[name for name, _, _ in inputs]}, expected {[name for name, _, _ in expected]}")
-    else:
-        for (name, elem, dims), (_, want_elem, want_shape) in zip(inputs, expected):
-            fixed_batch = isinstance(dims[0], int) and dims[0] > 0
-            if elem != want_elem or dims[1:] != want_shape or fixed_batch:
-                problems.append(f"input {name!r} has type {elem} dims {dims}, expected type {want_elem} dims [batch, *{want_shape}]")
-    outputs = [signature(value) for value in proto.graph.output]
-    want_output = (ACTION_OUTPUT_NAME, 1, list(module.action_shape))
-    if len(outputs) != 1 or outputs[0][0] != ACTION_OUTPUT_NAME or outputs[0][1] != 1 or outputs[0][2][1:] != want_output[2]:
-        problems.append(f"outputs {outputs}, expected one float32 {ACTION_OUTPUT_NAME!r} [batch, *{want_output[2]}]")
+    problems = _signature_problems("inputs", [signature(value) for value in proto.graph.input], module.inputs)
+    problems += _signature_problems("outputs", [signature(value) for value in proto.graph.output], module.outputs)
     if problems:
         raise ExportError("The exported graph breaks the policy contract: " + "; ".join(problems))
     return proto
 
 
-def _smoke_run(data: bytes, module: ExportablePolicy, space: gymnasium.spaces.Dict) -> None:
+def _smoke_run(data: bytes, module: ExportablePolicy) -> None:
     """Run the graph in onnxruntime at two batch sizes; a batch axis fixed by the exporter fails here."""
     import onnxruntime
 
     session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
     for batch_size in (1, 3):
-        feeds = example_observations(space, batch_size, seed=batch_size)
         try:
-            (action,) = session.run([ACTION_OUTPUT_NAME], feeds)
+            outputs = session.run(_names(module.outputs), module.example_inputs(batch_size, seed=batch_size))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ExportError(f"onnxruntime cannot run the exported graph at batch size {batch_size}: {exc}") from exc
-        if action.shape != (batch_size, *module.action_shape) or not np.all(np.isfinite(action)):
-            raise ExportError(
-                f"At batch size {batch_size} the exported graph returned shape {action.shape} (expected "
-                f"{(batch_size, *module.action_shape)}) or non-finite actions."
-            )
+        for value, (name, _, shape) in zip(outputs, module.outputs):
+            if value.shape != (batch_size, *shape) or not np.all(np.isfinite(value)):
+                raise ExportError(
+                    f"At batch size {batch_size} the exported graph's {name!r} has shape {value.shape} (expected "
+                    f"{(batch_size, *shape)}) or non-finite values."
+                )
 
 
 def _summary(exc: BaseException) -> str:
@@ -279,19 +332,19 @@ def _exporter_order(exporter: str, opset: int | None) -> list[str]:
     return ["dynamo", "torchscript"]
 
 
-def _export_graph(module: ExportablePolicy, space: gymnasium.spaces.Dict, opset: int | None, order: list[str]) -> tuple[bytes, Any, str]:
+def _export_graph(module: ExportablePolicy, opset: int | None, order: list[str]) -> tuple[bytes, Any, str]:
     """Try each exporter in ``order`` until one writes a graph that passes the checks; return
     (bytes, ModelProto, exporter used)."""
     attempts = {"dynamo": _export_dynamo, "torchscript": _export_torchscript}
     device = next(module.parameters()).device
-    example = tuple(torch.as_tensor(value).to(device) for value in example_observations(space, 2).values())
+    example = tuple(torch.as_tensor(value).to(device) for value in module.example_inputs(2).values())
     failures: list[str] = []
     for name in order:
         try:
             with torch.no_grad(), _quiet_exporter():
                 data = attempts[name](module, example, opset)
-            proto = _check_onnx(data, module, space)
-            _smoke_run(data, module, space)
+            proto = _check_onnx(data, module)
+            _smoke_run(data, module)
         except Exception as exc:  # any exporter failure moves on to the next exporter
             failures.append(f"{name}: {_summary(exc)}")
             logger.warning("ONNX export with the %s exporter failed: %s", name, failures[-1])
@@ -308,16 +361,13 @@ def _description(
 ) -> str:
     """``policy.json``: the graph's inputs and output, the action bounds and where the policy came from."""
     model = module.policy.model
-    observation_space = model.observation_space
     description = {
         "format": FILE_FORMAT,
-        "format_version": FILE_FORMAT_VERSION,
+        # Version 2 adds the recurrent section; a memoryless export stays readable by version-1 runners.
+        "format_version": FILE_FORMAT_VERSION if module.policy.stateful else 1,
         "onnx_file": ONNX_NAME,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "inputs": [
-            {"name": key, "dtype": np.dtype(observation_space[key].dtype).name, "shape": list(observation_space[key].shape)}
-            for key in module.keys
-        ],
+        "inputs": [{"name": name, "dtype": dtype.name, "shape": list(shape)} for name, dtype, shape in module.inputs[: len(module.keys)]],
         "output": {"name": ACTION_OUTPUT_NAME, "dtype": "float32", "shape": list(module.action_shape)},
         "batch_axis": {"index": 0, "name": BATCH_AXIS_NAME},
         "action_low": np.asarray(action_space.low, dtype=np.float64).reshape(-1).tolist(),
@@ -333,10 +383,25 @@ def _description(
         "opset": _opset_of(proto),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+    if module.policy.stateful:
+        description["recurrent"] = _recurrent_description(module)
     try:
         return json.dumps(description, indent=2, sort_keys=True) + "\n"
     except TypeError as exc:
         raise ExportError(f"backbone_kwargs {model.backbone_kwargs!r} are not JSON-serialisable: {exc}") from exc
+
+
+def _recurrent_description(module: ExportablePolicy) -> dict[str, Any]:
+    """What a runner feeds back: each state tensor (input and output names), the previous action, ``is_first``."""
+    shapes = module.policy.state_shapes
+    return {
+        "state": [
+            {"key": key, "input": STATE_PREFIX + key, "output": NEXT_STATE_PREFIX + key, "dtype": "float32", "shape": list(shapes[key])}
+            for key in module.state_keys
+        ],
+        "prev_action": {"name": PREV_ACTION_NAME, "dtype": "float32", "shape": list(module.action_shape)},
+        "is_first": {"name": IS_FIRST_NAME, "dtype": "bool", "shape": []},
+    }
 
 
 def export_policy(
@@ -366,11 +431,11 @@ def export_policy(
     """
     _check_arguments(env_id, opset, exporter)
     module = ExportablePolicy(policy)
-    observation_space, action_space = _check_spaces(policy)
+    _, action_space = _check_spaces(policy)
     was_training = policy.training
     policy.eval()
     try:
-        data, proto, used = _export_graph(module, observation_space, opset, _exporter_order(exporter, opset))
+        data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
     finally:
         policy.train(was_training)
     text = _description(module, data, proto, used, env_id, action_space)
@@ -401,6 +466,62 @@ def _as_batch(observations: Mapping[str, Any] | Sequence[Mapping[str, Any]], key
     )
 
 
+class TorchRunner:
+    """The exported graph's torch twin: an :class:`ExportablePolicy` driven step by step the way
+    :class:`~latent_residual.onnx_policy.OnnxPolicy` drives the graph (the same rescaled actions,
+    fed back as ``prev_action``; the same state carried), for parity checks."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.module = ExportablePolicy(policy)
+        self.device = next(policy.parameters()).device
+        self.reset()
+
+    def reset(self) -> None:
+        self._carried: tuple[list[Tensor], Tensor] | None = None
+
+    @torch.no_grad()
+    def act_batch(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A memoryless policy's actions for a batch of observations."""
+        return self.module(*(torch.as_tensor(batch[key], device=self.device) for key in self.module.keys)).cpu().numpy()
+
+    @torch.no_grad()
+    def act(self, obs: Mapping[str, Any]) -> np.ndarray:
+        batch = {key: np.asarray(obs[key])[None] for key in self.module.keys}
+        if not self.module.policy.stateful:
+            return self.act_batch(batch)[0]
+        first = self._carried is None
+        if first:
+            state, prev_action = self.module.policy.blank_state(1)
+            states = [state[key] for key in self.module.state_keys]
+        else:
+            states, prev_action = self._carried
+        observations = [torch.as_tensor(batch[key], device=self.device) for key in self.module.keys]
+        is_first = torch.tensor([first], device=self.device)
+        action, *states = self.module(*observations, *states, prev_action, is_first)
+        self._carried = (states, action)
+        return action[0].cpu().numpy()
+
+
+@contextlib.contextmanager
+def _evaluating(policy: Policy) -> Iterator[None]:
+    was_training = policy.training
+    policy.eval()
+    try:
+        yield
+    finally:
+        policy.train(was_training)
+
+
+def _runner(directory: str | Path, providers: Sequence[str] | None) -> OnnxPolicy:
+    return OnnxPolicy(directory, providers=list(providers) if providers else ["CPUExecutionProvider"])
+
+
+def _difference(torch_action: np.ndarray, onnx_action: np.ndarray) -> float:
+    if torch_action.shape != onnx_action.shape:
+        raise ExportError(f"Torch returns actions {torch_action.shape} but the ONNX graph {onnx_action.shape}.")
+    return float(np.max(np.abs(torch_action.astype(np.float64) - onnx_action.astype(np.float64))))
+
+
 def verify_export(
     directory: str | Path,
     policy: Policy,
@@ -411,26 +532,54 @@ def verify_export(
     """Run the exported graph in onnxruntime and return its max absolute action difference from ``policy``.
 
     Both sides see the same observations and return actions in the action space's units (the
-    torch side goes through the same rescaling as the graph). A few 1e-7 is typical; more than
-    1e-4 means the export is not faithful.
+    torch side goes through the same rescaling as the graph). A memoryless policy takes them as
+    one batch; a recurrent one as the steps of one episode, in order, each side carrying its own
+    state. A few 1e-7 is typical; more than 1e-4 means the export is not faithful.
 
     :param directory: The export directory (or the ``policy.onnx`` path).
     :param policy: The torch policy that was exported.
     :param observations: A dict of batched arrays (B, *shape), or a list of unbatched observation dicts.
     :param providers: onnxruntime execution providers; the CPU one by default.
     """
-    runner = OnnxPolicy(directory, providers=list(providers) if providers else ["CPUExecutionProvider"])
-    module = ExportablePolicy(policy)
-    batch = _as_batch(observations, module.keys)
-    onnx_action = runner.act_batch(batch)  # validates keys, dtypes and shapes
-    device = next(policy.parameters()).device
-    was_training = policy.training
-    policy.eval()
+    runner, twin = _runner(directory, providers), TorchRunner(policy)
+    batch = _as_batch(observations, twin.module.keys)
+    with _evaluating(policy):
+        if not policy.stateful:
+            onnx_action = runner.act_batch(batch)  # validates keys, dtypes and shapes
+            return _difference(twin.act_batch(batch), onnx_action)
+        runner.reset()
+        steps = [{key: value[t] for key, value in batch.items()} for t in range(len(next(iter(batch.values()))))]
+        return max(_difference(twin.act(obs), runner.act(obs)) for obs in steps)
+
+
+def verify_episodes(
+    directory: str | Path,
+    policy: Policy,
+    env_id: str,
+    *,
+    steps: int = 200,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    providers: Sequence[str] | None = None,
+) -> float:
+    """Drive ``env_id`` with the torch policy for at least ``steps`` steps (whole episodes), feed the
+    ONNX runner the same observations, and return the largest action difference at any step."""
+    runner, twin = _runner(directory, providers), TorchRunner(policy)
+    env = make_env(env_id, **(env_kwargs or {}))
+    worst, taken, episode = 0.0, 0, 0
     try:
-        with torch.no_grad():
-            torch_action = module(*(torch.as_tensor(batch[key], device=device) for key in module.keys)).cpu().numpy()
+        with _evaluating(policy):
+            while taken < steps:
+                obs, _ = env.reset(seed=seed + episode)
+                runner.reset()
+                twin.reset()
+                done = False
+                while not done:
+                    action = twin.act(obs)
+                    worst = max(worst, _difference(action, runner.act(obs)))
+                    obs, _, terminated, truncated, _ = env.step(action)
+                    done, taken = terminated or truncated, taken + 1
+                episode += 1
     finally:
-        policy.train(was_training)
-    if torch_action.shape != onnx_action.shape:
-        raise ExportError(f"Torch returns actions {torch_action.shape} but the ONNX graph {onnx_action.shape}.")
-    return float(np.max(np.abs(torch_action.astype(np.float64) - onnx_action.astype(np.float64))))
+        env.close()
+    return worst

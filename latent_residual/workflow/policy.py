@@ -1,4 +1,5 @@
-"""The deployable policy: raw observation -> encoder -> posterior mode -> actor mean, as one module.
+"""The deployable policy: raw observation -> encoder -> posterior mode -> actor mean, as one module, for
+memoryless backbones (one observation in) and recurrent ones (the filter's state carried between steps).
 
 The same module is evaluated in torch and exported to ONNX (``export.py``), so both compute the same graph.
 """
@@ -12,26 +13,29 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from latent_residual import distributions
+from latent_residual import distributions, rollout
 from latent_residual.actor_critic import Actor
-from latent_residual.contract import WorldModel
+from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 
 
 class Policy(nn.Module):
-    """Maps a batch of raw observations (one tensor per key, batch first) to deterministic actions.
+    """Maps raw observations (one tensor per key, batch first) to deterministic actions.
 
-    It is memoryless: it needs a backbone whose posterior reads only the current observation
-    (``posterior_uses_deter`` false, as in DRAW), whose features read only ``stoch``. Images
+    With a memoryless backbone (``model.memoryless``, as DRAW) the current observation is all it
+    needs: :meth:`forward`. Any other backbone's policy filters: :meth:`step` also takes the
+    previous state, the previous action (as the environment received it) and whether this step
+    starts an episode, and returns the next state with the action. :meth:`act` hides that
+    difference: it carries the state between calls, and :meth:`reset` starts an episode. Images
     enter as uint8, exactly as the environment emits them; all preprocessing is inside.
     """
 
     def __init__(self, model: WorldModel, actor: Actor) -> None:
         super().__init__()
-        if model.posterior_uses_deter:
+        if model.memoryless and model.posterior_uses_deter:
             raise ConfigError(
-                f"{type(model).__name__}'s posterior depends on its recurrent state, so its policy needs state "
-                "inputs and outputs; only memoryless policies (DRAW-like backbones) are supported here."
+                f"{type(model).__name__} says it is memoryless but its posterior reads the deterministic state; "
+                "a memoryless backbone's posterior must read the observation alone."
             )
         if not isinstance(model.observation_space, gymnasium.spaces.Dict):
             raise ConfigError(
@@ -41,18 +45,63 @@ class Policy(nn.Module):
         self.model = model
         self.actor = actor
         self.keys = list(model.observation_space.spaces)
+        self.stateful = not model.memoryless
+        with torch.no_grad():
+            initial = model.initial_state(1)
+        #: The state's keys (sorted) and per-step shapes: what a stateful policy carries.
+        self.state_shapes = {key: tuple(initial[key].shape[1:]) for key in sorted(initial)} if self.stateful else {}
+        self._carried: tuple[State, Tensor] | None = None
+
+    def _embed(self, obs: Mapping[str, Tensor]) -> Tensor:
+        return self.model.embed({key: obs[key].unsqueeze(1) for key in self.keys})[:, 0]  # (B, E)
+
+    def _mode(self, logits: Tensor) -> Tensor:
+        return distributions.mode_one_hot(distributions.probs(logits, self.model.posterior_unimix))
 
     def forward(self, obs: Mapping[str, Tensor]) -> Tensor:
-        embed = self.model.embed({key: obs[key].unsqueeze(1) for key in self.keys})[:, 0]  # (B, E)
-        logits = self.model.posterior({}, embed)  # (B, groups, classes)
-        stoch = distributions.mode_one_hot(distributions.probs(logits, self.model.posterior_unimix))
+        """A memoryless policy's (B, A) actions for a batch of observations."""
+        if self.stateful:
+            raise ConfigError(
+                f"{type(self.model).__name__} is not memoryless: its policy filters, so call step() with the "
+                "previous state, or act() which carries it."
+            )
+        logits = self.model.posterior({}, self._embed(obs))  # (B, groups, classes)
         # Only stoch matters for a memoryless policy's features; the prior slot gets neutral logits.
-        state = self.model.next_state({}, torch.zeros_like(logits), stoch)
+        state = self.model.next_state({}, torch.zeros_like(logits), self._mode(logits))
         return self.actor(self.model.features(state))
+
+    def step(self, obs: Mapping[str, Tensor], state: State, prev_action: Tensor, is_first: Tensor) -> tuple[Tensor, State]:
+        """One filtering step of a stateful policy: (B, A) actions and the next state.
+
+        :param state: The state after the previous step, each tensor (B, ...); ignored where ``is_first``.
+        :param prev_action: (B, A) the action the environment received at the previous step.
+        :param is_first: (B,) bool, true where ``obs`` starts an episode.
+        """
+        initial = self.model.initial_state(prev_action.shape[0])
+        logits, deter = rollout.step(self.model, state, prev_action, is_first, initial)
+        post = self.model.posterior(deter, self._embed(obs))
+        state = self.model.next_state(deter, logits, self._mode(post))
+        return self.actor(self.model.features(state)), state
+
+    def blank_state(self, batch_size: int) -> tuple[State, Tensor]:
+        """A (state, previous action) pair for the first step of an episode; its values are not read there."""
+        device = next(self.parameters()).device
+        state = {key: torch.zeros(batch_size, *shape, device=device) for key, shape in self.state_shapes.items()}
+        return state, torch.zeros(batch_size, self.model.action_size, device=device)
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode: the next :meth:`act` forgets the carried state. ``seed`` is unused (the policy is deterministic)."""
+        self._carried = None
 
     @torch.no_grad()
     def act(self, obs: Mapping[str, object]) -> np.ndarray:
         """Act on one unbatched observation dict (NumPy arrays or tensors); returns (action_size,)."""
         device = next(self.parameters()).device
         batch = {key: torch.as_tensor(np.asarray(obs[key]), device=device).unsqueeze(0) for key in self.keys}
-        return self(batch)[0].cpu().numpy()
+        if not self.stateful:
+            return self(batch)[0].cpu().numpy()
+        first = self._carried is None
+        state, prev_action = self.blank_state(1) if first else self._carried
+        action, state = self.step(batch, state, prev_action, torch.tensor([first], device=device))
+        self._carried = (state, action)
+        return action[0].cpu().numpy()

@@ -40,6 +40,7 @@ class DRAW(WorldModel):
     """
 
     posterior_uses_deter = False
+    memoryless = True
 
     def __init__(
         self,
