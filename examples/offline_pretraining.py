@@ -40,6 +40,7 @@ class Recipe:
     model_updates: int
     policy_updates: int
     default_data: str
+    backbone: str = "draw-v0"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -57,7 +58,7 @@ def main(recipe: Recipe, doc: str) -> None:
         dataset = lr.collect(recipe.source, behaviour, args.data, transitions=transitions, noise=noise, seed=args.seed)
     env = lr.make_env(recipe.source)
     torch.manual_seed(args.seed)
-    model = lr.make_backbone("draw-v0", env.observation_space, env.action_space, **recipe.backbone_kwargs)
+    model = lr.make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
     env.close()
     train_world_model(
         model, dataset.episodes, updates=args.model_updates, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
@@ -78,7 +79,7 @@ def main(recipe: Recipe, doc: str) -> None:
         f"{args.model_updates} --policy-updates {args.policy_updates} --seed {args.seed}",
         "date": datetime.date.today().isoformat(),
         "machine": "2-core x86-64 CPU, no GPU, 1 torch thread",
-        "backbone": recipe.backbone_kwargs,
+        "backbone": {"id": recipe.backbone, **recipe.backbone_kwargs},
         "world_model_batch": {"sequences": recipe.batch_size, "length": recipe.seq_len},
         "data": [{"behaviour": b, "noise": n, "until_transitions": t} for b, n, t in recipe.data_plan],
         **recipe.extra,

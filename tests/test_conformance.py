@@ -10,18 +10,23 @@ from latent_residual.testing import ContractError, check_world_model
 
 
 def _tiny(backbone: str, spaces):
-    kwargs = {"draw-v0": {"preset": "tiny"}, "gru-v0": {}}.get(backbone, {})
-    if backbone == "rssm-v0":
-        kwargs = {"preset": "cpu", **latent_residual.backbone_spec("rssm-v0").presets.get("test", {})}
+    kwargs = {"draw-v0": {"preset": "tiny"}, "rssm-v0": {"preset": "tiny"}}.get(backbone, {})
     torch.manual_seed(0)
     return latent_residual.make_backbone(backbone, *spaces, **kwargs)
 
 
 @pytest.mark.parametrize("backbone", ["draw-v0", "gru-v0", "rssm-v0"])
 def test_every_registered_backbone_conforms(registry, drift_spaces, backbone):
-    if backbone not in {spec.id for spec in latent_residual.list_backbones()}:
-        pytest.skip(f"{backbone} is not registered")
     check_world_model(_tiny(backbone, drift_spaces))
+
+
+def test_the_rssm_conforms_with_a_decoupled_posterior_and_pixels(registry):
+    env = latent_residual.make_env("dmc/pendulum-swingup-v0", pixels=True)
+    torch.manual_seed(0)
+    model = latent_residual.make_backbone("rssm-v0", env.observation_space, env.action_space, preset="tiny", decoupled=True)
+    env.close()
+    assert not model.posterior_uses_deter
+    check_world_model(model)
 
 
 def test_a_model_whose_dynamics_returns_probabilities_is_named(registry, drift_spaces):
