@@ -160,9 +160,12 @@ def _fit(
     desc: str,
     log_dir: str | Path | None,
     quiet: bool,
+    train_loss: Callable[[Tensor, torch.Generator], Tensor] | None = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """The shared loop: Adam on ``params``, held-out evaluation, early stopping, best weights of
-    ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base."""
+    ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base.
+    ``train_loss(indices, generator)`` replaces the target KL as what the steps minimise; the
+    held-out KL still chooses the best weights."""
     start = time.monotonic()  # the clock includes caching the frozen encoder's outputs
     cache = _Cache(model, sequences)
     train_idx, held_idx = _split(cache, config.holdout)
@@ -178,7 +181,7 @@ def _fit(
         run.log(0, held_out_kl=best_kl, held_out_kl_base=base_kl)
         for step in range(1, config.steps + 1):
             pick = train_idx[torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=train_idx.device)]
-            loss = cache.kl(model, pick, generator)
+            loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(pick, generator)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -255,25 +258,38 @@ def fit_residual(
     return result
 
 
+OBJECTIVES = ("kl", "world_model")
+
+
 def finetune_dynamics(
     model: WorldModel,
     sequences: Mapping[str, Tensor],
     config: FitConfig | None = None,
     *,
+    objective: str = "kl",
     log_dir: str | Path | None = None,
     quiet: bool = False,
 ) -> tuple[WorldModel, FitResult]:
-    """The finetune baseline: a copy of ``model`` whose prior network alone trains on the target KL.
+    """The finetune baselines: a copy of ``model`` whose dynamics alone (``dynamics_parameters()``)
+    train on the target sequences; encoder, posterior and heads stay frozen, ``model`` is untouched.
 
-    Encoder, posterior and heads stay frozen; ``model`` itself is untouched.
+    :param objective: ``"kl"`` minimises KL(sg(posterior) || prior), DRAW-finetune's loss;
+        ``"world_model"`` the backbone's own ``loss`` on the reward-free sequences (the reward term
+        off), the Dreamer-finetune recipe. The held-out KL chooses the best weights either way.
     :returns: The finetuned copy and the fit result.
     """
+    if objective not in OBJECTIVES:
+        raise ConfigError(f"finetune_dynamics: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
     config = config or FitConfig(lr=1e-4)
     tuned = copy.deepcopy(model)
     params: Iterable[nn.Parameter] = list(tuned.dynamics_parameters())
     chosen = {id(p) for p in params}
     for parameter in tuned.parameters():
         parameter.requires_grad_(id(parameter) in chosen)
+    train_loss = None
+    if objective == "world_model":
+        device = tuned.device()
+        train_loss = lambda idx, _: tuned.loss({key: value[idx.cpu()].to(device) for key, value in sequences.items()})[0]  # noqa: E731
     result, _ = _fit(
         tuned,
         list(params),
@@ -281,8 +297,9 @@ def finetune_dynamics(
         sequences,
         config,
         base_context=nullcontext,
-        desc="finetune prior",
+        desc=f"finetune dynamics ({objective})",
         log_dir=log_dir,
         quiet=quiet,
+        train_loss=train_loss,
     )
     return tuned, result

@@ -64,7 +64,8 @@ def register_envs(register: Callable[..., Any]) -> None:
         ``expert`` (optional, same forms) is called with the environment's kwargs and returns a
         scripted behaviour policy (observation -> action) for collecting data. For a simulation
         (source) environment: ``target`` is the id of its usual target ("real") environment;
-        ``pretrained`` a ``"package:relative/dir"`` holding a shipped pretraining directory;
+        ``pretrained`` a ``"package:relative/dir"`` holding a shipped pretraining directory (or a
+        dict from backbone id to one, a default per backbone);
         ``backbone`` the backbone id pretraining uses by default; ``recommended`` experiment
         settings (flag destinations of ``latent-residual demo``, such as
         ``residual_extra_inputs``) that ``demo`` applies; ``demo`` marks the source that

@@ -146,12 +146,18 @@ def env_expert(id: str, **kwargs: Any) -> Callable[[Any], Any]:
     return load_entry_point(spec.expert)(**{**spec.kwargs, **kwargs})
 
 
-def env_pretrained(id: str) -> Path | None:
-    """The pretraining directory shipped for environment ``id`` (holding ``world_model/``), if any."""
+def env_pretrained(id: str, backbone: str | None = None) -> Path | None:
+    """The pretraining directory shipped for environment ``id`` (holding ``world_model/``), if any.
+
+    :param backbone: Whose default; the environment's own default backbone when omitted.
+    """
     spec = env_spec(id)
-    if spec.pretrained is None:
+    backbone = backbone or spec.backbone
+    shipped = spec.pretrained if isinstance(spec.pretrained, dict) else {spec.backbone: spec.pretrained}
+    place = shipped.get(backbone)
+    if place is None:
         return None
-    package, _, relative = spec.pretrained.partition(":")
+    package, _, relative = place.partition(":")
     directory = Path(importlib.import_module(package).__file__).parent / relative
     return directory if (directory / "world_model").is_dir() else None
 

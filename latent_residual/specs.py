@@ -64,7 +64,7 @@ class EnvSpec:
     metrics: EntryPoint | None = None
     expert: EntryPoint | None = None
     target: str | None = None
-    pretrained: str | None = None
+    pretrained: str | dict[str, str] | None = None
     backbone: str | None = None
     recommended: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
@@ -82,9 +82,11 @@ class EnvSpec:
                 f"Environment id {self.id!r} is malformed: expected 'namespace/name-vN', "
                 "for example 'mylab/arm-reach-v0'."
             )
-        if self.pretrained is not None and ":" not in self.pretrained:
+        shipped = self.pretrained if isinstance(self.pretrained, dict) else {"": self.pretrained or ":"}
+        if any(not isinstance(place, str) or ":" not in place for place in shipped.values()):
             raise RegistrationError(
-                f"Environment {self.id!r}: pretrained={self.pretrained!r} must be 'package:relative/dir'."
+                f"Environment {self.id!r}: pretrained={self.pretrained!r} must be 'package:relative/dir', or a "
+                "dict from backbone id to one."
             )
         self.namespace = match["namespace"]
         self.name = match["name"]

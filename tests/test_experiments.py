@@ -150,3 +150,50 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
     assert main(["compare", "--out", str(tmp_path / "c")]) == 0
     assert seen["residual"].extra_inputs == ()
     assert commands.CPU_DEFAULTS["pretrain_backbone_preset"] == "cpu"
+
+
+def test_combined_table_puts_each_backbone_beside_the_other():
+    from latent_residual.workflow.reports import combined_table
+
+    runs = {
+        "draw-v0": {"sim-policy@source": {"return_mean": 800.0}, "redraw@10/seed0": {"return_mean": 720.0}},
+        "rssm-v0": {"sim-policy@source": {"return_mean": 400.0}, "dreamer-finetune@10/seed0": {"return_mean": 100.0}},
+    }
+    table = combined_table(runs).splitlines()
+    assert table[0].startswith("| backbone | method |")
+    assert "| draw-v0 | redraw | 10 | 1 | 720.0 ± 0.0 | 0.90 |" in table
+    assert "| rssm-v0 | dreamer-finetune | 10 | 1 | 100.0 ± 0.0 | 0.25 |" in table
+
+
+@pytest.fixture(scope="module")
+def rssm_pretrained(tmp_path_factory, registry):
+    """A tiny RSSM and policy pretrained online with Plan2Explore on short pendulum episodes."""
+    from conftest import TINY_AC, tiny_pretrain_config
+
+    from latent_residual.workflow.pretraining import pretrain
+
+    out = tmp_path_factory.mktemp("rssm-pretrain")
+    pretrain(tiny_pretrain_config(backbone="rssm-v0", backbone_kwargs={"preset": "tiny"}), out, ac_config=TINY_AC, quiet=True)
+    return out
+
+
+def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretrained, tmp_path):
+    """Online pretraining, adapting, policies in imagination (fresh, and the simulation policy trained
+    further by Dreamer finetune), evaluation, and a recurrent ONNX export checked over whole episodes."""
+    results = run_experiment(
+        ExperimentConfig(
+            pretrained=str(rssm_pretrained), **{**TINY, "transitions": (300,), "methods": ("redraw", "dreamer-finetune")}
+        ),
+        tmp_path,
+        residual_config=ResidualConfig(hidden=16),
+        fit_config=FitConfig(steps=4, eval_every=2),
+        finetune_config=FitConfig(steps=4, eval_every=2, lr=1e-4),
+        policy_config=PolicyTrainConfig(steps=2, starts=32),
+        quiet=True,
+        say=lambda line: None,
+    )
+    for key in ("zero-shot", "redraw@300/seed0", "dreamer-finetune@300/seed0", "onnx"):
+        assert key in results
+    assert results["onnx_episode_max_abs_diff"] <= 1e-4
+    assert "recurrent" in json.loads((tmp_path / "onnx" / "policy.json").read_text())
+    assert (tmp_path / "runs" / "dreamer-finetune-300-seed0" / "world_model" / "model.safetensors").exists()

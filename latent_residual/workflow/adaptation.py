@@ -44,6 +44,8 @@ class AdaptationMethod:
 
     uses_target_data: bool = True
     trains_policy: bool = True
+    #: Train the simulation policy further in the corrected model instead of a fresh one.
+    continues_simulation_policy: bool = False
 
     def adapt(
         self,
@@ -103,6 +105,19 @@ class PriorFinetuneMethod(AdaptationMethod):
 
     def load(self, base, directory):
         return load_world_model(directory / "world_model")
+
+
+class DreamerFinetune(PriorFinetuneMethod):
+    """The poster's Dreamer-finetune baseline: the world model's dynamics train on the target data with
+    its own loss, reward term off (encoder, posterior and heads frozen), and the simulation policy keeps
+    training in the finetuned model."""
+
+    continues_simulation_policy = True
+
+    def adapt(self, base, sequences, *, seed, settings, log_dir, quiet):
+        torch.manual_seed(seed)
+        config = dataclasses.replace(settings.finetune, seed=seed)
+        return finetune_dynamics(base, sequences, config, objective="world_model", log_dir=log_dir, quiet=quiet)
 
 
 class ZeroShot(AdaptationMethod):

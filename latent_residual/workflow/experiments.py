@@ -34,7 +34,7 @@ from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.policy import Policy
 from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
 from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
-from latent_residual.workflow.reports import comparison_table
+from latent_residual.workflow.reports import combined_table, comparison_table
 
 BEHAVIOURS = ("expert", "random", "sim-policy")
 RESULTS_NAME = "results.json"
@@ -53,6 +53,13 @@ class ExperimentConfig:
     pretrained: str = field(
         default="",
         metadata={"help": "Pretraining directory to start from; empty: the embedded default for the source, else pretrain."},
+    )
+    backbones: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "Backbones to compare, each from its default for the source (shipped, else pretrained here), "
+            "in one table; empty: the source's default backbone."
+        },
     )
     transitions: tuple[int, ...] = field(
         default=(40_000,), metadata={"help": "Target-data sizes to compare (reward-free transitions)."}
@@ -86,6 +93,8 @@ class ExperimentConfig:
             raise ConfigError(f"ExperimentConfig.transitions must be positive sizes, got {self.transitions!r}.")
         if self.seeds < 1 or self.eval_episodes < 1:
             raise ConfigError("ExperimentConfig: seeds and eval_episodes must be >= 1.")
+        if self.pretrained and len(self.backbones) > 1:
+            raise ConfigError("ExperimentConfig: a --pretrained directory holds one backbone; give at most one --backbones.")
 
     def resolved(self) -> ExperimentConfig:
         """This config with the registry's choices filled in: the demo source and the source's target."""
@@ -115,15 +124,18 @@ class _Results:
 _EXTENDABLE = {"experiment": ("seeds", "methods", "export")}
 
 
-def _check_settings(results: _Results, settings: dict[str, dict[str, Any]]) -> None:
-    """Refuse to resume a run whose kept stages were made with other settings, then record these."""
+def _check_settings(results: _Results, settings: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> None:
+    """Refuse to resume a run whose kept stages were made with other settings, then record these.
+
+    A setting the kept run does not record (added by a later version) counts as its default.
+    """
     if "settings" in results:
         kept = results["settings"]
         changed = [
             f"{group}.{key} ({kept.get(group, {}).get(key)!r} -> {value!r})"
             for group, values in settings.items()
             for key, value in values.items()
-            if key not in _EXTENDABLE.get(group, ()) and kept.get(group, {}).get(key) != value
+            if key not in _EXTENDABLE.get(group, ()) and kept.get(group, {}).get(key, defaults[group].get(key)) != value
         ]
         if changed:
             raise ConfigError(
@@ -145,6 +157,7 @@ class _Run:
     ac_config: ActorCriticConfig | None
     quiet: bool
     say: Callable[[str], Any]
+    pretrained: Path | None = None
     base: WorldModel | None = None
     sim_policy: Policy | None = None
 
@@ -171,12 +184,16 @@ def _pretrained(run: _Run, pretrain_config: PretrainConfig | None) -> Path:
     config = run.config
     if config.pretrained:
         return Path(config.pretrained)
-    embedded = env_pretrained(config.source)
+    backbone = config.backbones[0] if config.backbones else None
+    embedded = env_pretrained(config.source, backbone)
     if embedded is not None:
         return embedded
     pre = run.out / "pretrain"
     run.say(f"[1/6] pretraining in {config.source} -> {pre}")
-    pretrain(pretrain_config or PretrainConfig(env_id=config.source), pre, ac_config=run.ac_config, quiet=run.quiet)
+    pretrain_config = pretrain_config or PretrainConfig(env_id=config.source)
+    if backbone is not None:
+        pretrain_config = dataclasses.replace(pretrain_config, backbone=backbone)
+    pretrain(pretrain_config, pre, ac_config=run.ac_config, quiet=run.quiet)
     return pre
 
 
@@ -231,16 +248,21 @@ def _adapted(
     return model, info
 
 
-def _target_policy(run: _Run, name: str, model: WorldModel, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int, size: int) -> Policy:
-    """A policy trained in ``model``'s imagination, once; a re-run loads it."""
+def _target_policy(
+    run: _Run, name: str, model: WorldModel, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int, size: int
+) -> Policy:
+    """A policy trained in ``model``'s imagination (fresh, or the simulation policy further), once; a re-run loads it."""
     policy_path = run_dir / ACTOR_CRITIC_NAME
     if not policy_path.exists():
         torch.manual_seed(seed)
+        continued = make_method(name).continues_simulation_policy
+        start = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME) if continued else None
         actor_critic = train_policy(
             model,
             sequences,
             PolicyTrainConfig(steps=run.policy_config.steps, starts=run.policy_config.starts, seed=seed),
             ac_config=run.ac_config,
+            actor_critic=start,
             log_dir=run_dir / "policy_logs",
             quiet=run.quiet,
         )
@@ -302,32 +324,55 @@ def run_experiment(
     quiet: bool = False,
     say=print,
 ) -> dict[str, Any]:
-    """Run (or resume) every stage and return the results dict (also in ``out_dir/results.json``)."""
+    """Run (or resume) every stage and return the results dict (also in ``out_dir/results.json``).
+
+    With several ``backbones`` each runs in ``out_dir/<backbone>/``, ``out_dir/results.md`` holds
+    one table of them all, and the return value maps each backbone to its results.
+    """
     config = config.resolved()
-    out = Path(out_dir)
+    options = {
+        "pretrain_config": pretrain_config,
+        "settings": MethodSettings(
+            residual_config or ResidualConfig(), fit_config or FitConfig(), finetune_config or FitConfig(lr=1e-4)
+        ),
+        "policy_config": policy_config or PolicyTrainConfig(),
+        "ac_config": ac_config,
+        "quiet": quiet,
+        "say": say,
+    }
+    if len(config.backbones) <= 1:
+        return _run_one(config, Path(out_dir), **options)
+    runs = {}
+    for backbone in config.backbones:
+        say(f"== {backbone}")
+        runs[backbone] = _run_one(dataclasses.replace(config, backbones=(backbone,)), Path(out_dir) / backbone, **options)
+    table = combined_table(runs)
+    write_text(Path(out_dir) / "results.md", table + "\n")
+    say(table)
+    return runs
+
+
+def _run_one(
+    config: ExperimentConfig,
+    out: Path,
+    *,
+    pretrain_config: PretrainConfig | None,
+    settings: MethodSettings,
+    policy_config: PolicyTrainConfig,
+    ac_config: ActorCriticConfig | None,
+    quiet: bool,
+    say: Callable[[str], Any],
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    settings = MethodSettings(
-        residual_config or ResidualConfig(), fit_config or FitConfig(), finetune_config or FitConfig(lr=1e-4)
-    )
-    run = _Run(config, out, _Results(out / RESULTS_NAME), settings, policy_config or PolicyTrainConfig(), ac_config, quiet, say)
+    run = _Run(config, out, _Results(out / RESULTS_NAME), settings, policy_config, ac_config, quiet, say)
     started = time.monotonic()
-    pre = _pretrained(run, pretrain_config)
-    say(f"[1/6] simulation-pretrained model and policy: {pre}")
-    run.base = load_world_model(pre / "world_model")
-    sim_actor_critic = load_actor_critic(pre / ACTOR_CRITIC_NAME)
+    run.pretrained = _pretrained(run, pretrain_config)
+    say(f"[1/6] simulation-pretrained model and policy: {run.pretrained}")
+    run.base = load_world_model(run.pretrained / "world_model")
+    sim_actor_critic = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME)
     run.sim_policy = Policy(run.base, sim_actor_critic.actor)
     run.ac_config = ac_config or sim_actor_critic.config
-    _check_settings(
-        run.results,
-        {
-            "experiment": config_to_dict(config),
-            "residual": config_to_dict(settings.residual),
-            "fit": config_to_dict(settings.fit),
-            "finetune": config_to_dict(settings.finetune),
-            "policy": config_to_dict(run.policy_config),
-            "actor_critic": config_to_dict(run.ac_config),
-        },
-    )
+    _check_settings(run.results, _settings(config, settings, policy_config, run.ac_config), _default_settings())
     _references(run)
     first_redraw = _adapt_all(run, _target_data(run))
     if config.export and first_redraw is not None:
@@ -337,3 +382,22 @@ def run_experiment(
     write_text(out / "results.md", table + "\n")
     say(table)
     return run.results.data
+
+
+def _settings(
+    config: ExperimentConfig, settings: MethodSettings, policy: PolicyTrainConfig, ac: ActorCriticConfig
+) -> dict[str, dict[str, Any]]:
+    """Every setting the kept stages depend on, by group, as recorded in results.json."""
+    return {
+        "experiment": config_to_dict(config),
+        "residual": config_to_dict(settings.residual),
+        "fit": config_to_dict(settings.fit),
+        "finetune": config_to_dict(settings.finetune),
+        "policy": config_to_dict(policy),
+        "actor_critic": config_to_dict(ac),
+    }
+
+
+def _default_settings() -> dict[str, dict[str, Any]]:
+    """The settings of a run left at every default (what a kept run that lacks a setting had)."""
+    return _settings(ExperimentConfig(), MethodSettings(), PolicyTrainConfig(), ActorCriticConfig())

@@ -23,4 +23,9 @@ def register_methods(register: Callable[..., Any]) -> None:
         description="Replacement dynamics: the residual's network predicts the prior logits alone (ablation).",
     )
     register("finetune", f"{_MODULE}:PriorFinetuneMethod", description="Prior finetune: only the prior network trains.")
+    register(
+        "dreamer-finetune",
+        f"{_MODULE}:DreamerFinetune",
+        description="Dreamer finetune: the dynamics train with the world-model loss (no reward); the sim policy keeps training.",
+    )
     register("zero-shot", f"{_MODULE}:ZeroShot", description="The simulation policy in the target, unchanged.")

@@ -44,6 +44,7 @@ def train_policy(
     config: PolicyTrainConfig | None = None,
     *,
     ac_config: ActorCriticConfig | None = None,
+    actor_critic: ActorCritic | None = None,
     log_dir: str | Path | None = None,
     quiet: bool = False,
 ) -> ActorCritic:
@@ -51,12 +52,17 @@ def train_policy(
 
     Imagination starts from posterior states of ``sequences`` (the target data); rewards come
     from the model's frozen reward head, so the data needs no rewards.
+
+    :param actor_critic: Train this one further (its optimisers' moments included) instead of a
+        fresh one, as the Dreamer-finetune baseline keeps training the simulation policy;
+        ``ac_config`` is then its own.
     """
     config = config or PolicyTrainConfig()
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     bank = start_bank(model, sequences, seed=config.seed)
-    actor_critic = ActorCritic(model.feature_size, model.action_size, ac_config).to(model.device())
+    if actor_critic is None:
+        actor_critic = ActorCritic(model.feature_size, model.action_size, ac_config).to(model.device())
     with RunLogger(log_dir, config.steps, "train policy", quiet=quiet) as run:
         for update in range(1, config.steps + 1):
             metrics = actor_critic.train_step(model, subsample_states(bank, config.starts, generator), generator=generator)

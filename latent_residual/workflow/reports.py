@@ -11,16 +11,17 @@ from typing import Any
 import numpy as np
 
 
-def comparison_table(results: dict[str, Any]) -> str:
-    """A Markdown table: each method's mean return over seeds (± std over seeds), its ratio to
-    the simulation policy's return in simulation, and the environment's task metrics (means over
-    seeds; '-' where no seed has one, such as a lap time without a valid lap)."""
-    reference = results.get("sim-policy@source", {}).get("return_mean", math.nan)
+def _groups(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Evaluated rows grouped by method and data size (seeds together)."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for key, row in results.items():
         if isinstance(row, dict) and "return_mean" in row:
             groups.setdefault(key.split("/seed")[0], []).append(row)
-    metric_names = list(
+    return groups
+
+
+def _metric_names(groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    return list(
         dict.fromkeys(
             name
             for rows in groups.values()
@@ -29,32 +30,60 @@ def comparison_table(results: dict[str, Any]) -> str:
             if not name.endswith("_std") and name != "episodes"
         )
     )
-    # References first, then methods by name and data size, the exported policy last.
+
+
+def _rank(name: str) -> tuple[int, str, int]:
+    """References first, then methods by name and data size, the exported policy last."""
     order = {"sim-policy@source": (0, "", 0), "zero-shot": (1, "", 0), "onnx": (3, "", 0)}
+    method, _, size = name.partition("@")
+    return order.get(name, (2, method, int(size) if size.isdigit() else 0))
 
-    def rank(name: str) -> tuple[int, str, int]:
-        method, _, size = name.partition("@")
-        return order.get(name, (2, method, int(size) if size.isdigit() else 0))
 
-    def metric(rows: list[dict[str, Any]], name: str) -> str:
-        values = [row.get("metrics", {}).get(name) for row in rows]
-        values = [value for value in values if value is not None]
-        if not values:
-            return "-"
-        mean = float(np.mean(values))
-        return f"{mean:.0f}" if mean.is_integer() and all(isinstance(v, int) for v in values) else f"{mean:.2f}"
+def _metric(rows: list[dict[str, Any]], name: str) -> str:
+    values = [row.get("metrics", {}).get(name) for row in rows]
+    values = [value for value in values if value is not None]
+    if not values:
+        return "-"
+    mean = float(np.mean(values))
+    return f"{mean:.0f}" if mean.is_integer() and all(isinstance(v, int) for v in values) else f"{mean:.2f}"
 
-    header = ["method", "target data", "seeds", "return (mean ± std over seeds)", "/ sim policy in sim", *metric_names]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in sorted(groups, key=rank):
-        rows = groups[name]
-        values = [row["return_mean"] for row in rows]
+
+def _rows(results: dict[str, Any], metric_names: list[str]) -> list[list[str]]:
+    """One row of cells per method and data size, in table order."""
+    reference = results.get("sim-policy@source", {}).get("return_mean", math.nan)
+    groups = _groups(results)
+    rows = []
+    for name in sorted(groups, key=_rank):
+        values = [row["return_mean"] for row in groups[name]]
         method, _, size = name.partition("@")
         if not size.isdigit():  # a reference, such as the simulation policy evaluated @source
             method, size = name, ""
         mean, std = float(np.mean(values)), float(np.std(values))
         ratio = mean / reference if reference and not math.isnan(reference) else math.nan
         cells = [method, size or "-", str(len(values)), f"{mean:.1f} ± {std:.1f}", f"{ratio:.2f}"]
-        cells += [metric(rows, metric_name) for metric_name in metric_names]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows.append(cells + [_metric(groups[name], metric_name) for metric_name in metric_names])
+    return rows
+
+
+_HEADER = ["method", "target data", "seeds", "return (mean ± std over seeds)", "/ sim policy in sim"]
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in rows])
+
+
+def comparison_table(results: dict[str, Any]) -> str:
+    """A Markdown table: each method's mean return over seeds (± std over seeds), its ratio to
+    the simulation policy's return in simulation, and the environment's task metrics (means over
+    seeds; '-' where no seed has one, such as a lap time without a valid lap)."""
+    metric_names = _metric_names(_groups(results))
+    return _markdown([*_HEADER, *metric_names], _rows(results, metric_names))
+
+
+def combined_table(runs: dict[str, dict[str, Any]]) -> str:
+    """One :func:`comparison_table` for several backbones' runs, with a backbone column, as the
+    poster puts DRAW and Dreamer rows together; each ratio is to its own backbone's simulation policy."""
+    metric_names = list(dict.fromkeys(name for results in runs.values() for name in _metric_names(_groups(results))))
+    rows = [[backbone, *cells] for backbone, results in runs.items() for cells in _rows(results, metric_names)]
+    return _markdown(["backbone", *_HEADER, *metric_names], rows)

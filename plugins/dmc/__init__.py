@@ -20,7 +20,11 @@ BACKBONE = "draw-v0"
 # What a source ships and recommends, beyond its target (see register_envs' hookspec).
 _SOURCES: dict[str, dict[str, Any]] = {
     "dmc/pendulum-swingup-v0": {
-        "pretrained": "latent_residual_plugins.dmc:pretrained/pendulum-swingup",
+        # One shipped default per backbone: examples/pretrain_pendulum.py and pretrain_pendulum_rssm.py.
+        "pretrained": {
+            "draw-v0": "latent_residual_plugins.dmc:pretrained/pendulum-swingup",
+            "rssm-v0": "latent_residual_plugins.dmc:pretrained/pendulum-swingup-rssm",
+        },
         "demo": True,
         # Measured on the shipped model's 40k reversed-action transitions, 5 seeds: the belief as a
         # residual input lowered the held-out KL from 0.40-0.43 to 0.32-0.36 and every seed swung
