@@ -1,4 +1,5 @@
-"""Helpers shared by the typed config dataclasses: dict/JSON round trips that warn on unknown keys.
+"""Helpers shared by the typed config dataclasses: dict/JSON round trips that warn on unknown keys, and
+``PresetConfig``, the base of a backbone's hyperparameters (checked fields, named presets).
 
 The configs themselves live beside what they configure (``ResidualConfig`` in ``residual.py``, ...).
 """
@@ -7,12 +8,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import warnings
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
 
-from latent_residual.errors import ConfigError
+from latent_residual.errors import ConfigError, did_you_mean
 
 T = TypeVar("T")
+P = TypeVar("P", bound="PresetConfig")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -44,3 +48,82 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str) -> T:
     except TypeError as exc:
         raise ConfigError(f"{source}: cannot build {cls.__name__}: {exc}") from exc
 
+
+
+class PresetConfig:
+    """The base of a backbone's hyperparameter dataclass: fields checked on construction, named presets.
+
+    A subclass is a ``@dataclass`` naming its presets in its class statement,
+    ``class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper")``, and types each
+    field ``int``, ``float`` or ``bool``. Construction raises ``ConfigError`` quoting a bad value: an
+    ``int`` must be an integer >= 1 (>= 2 for the fields in ``at_least_two``), a ``bool`` true or
+    false, and any other field a finite number >= 0 (< 1 too for the fields in ``fractions``).
+
+    :param label: Names the model in messages (``"Unknown DRAW preset ..."``).
+    :param presets: Preset name -> the field values that replace the defaults.
+    :param default: The preset :meth:`from_preset` builds when given none.
+    :param at_least_two: Integer fields whose minimum is 2 (a categorical's classes, two-hot bins).
+    :param fractions: Number fields that must also be below 1 (a uniform mixture's weight).
+    """
+
+    label: ClassVar[str]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]
+    default_preset: ClassVar[str]
+    at_least_two: ClassVar[tuple[str, ...]]
+    fractions: ClassVar[tuple[str, ...]]
+
+    def __init_subclass__(
+        cls,
+        *,
+        label: str,
+        presets: Mapping[str, Mapping[str, Any]],
+        default: str,
+        at_least_two: tuple[str, ...] = ("classes", "reward_bins"),
+        fractions: tuple[str, ...] = ("unimix",),
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.label, cls.presets, cls.default_preset = label, presets, default
+        cls.at_least_two, cls.fractions = at_least_two, fractions
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        for item in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, item.name)
+            kind = item.type if isinstance(item.type, str) else getattr(item.type, "__name__", "")
+            if kind == "bool":
+                if not isinstance(value, bool):
+                    raise ConfigError(f"{name}.{item.name} must be true or false, got {value!r}.")
+            elif kind == "int":
+                minimum = 2 if item.name in self.at_least_two else 1
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    raise ConfigError(f"{name}.{item.name} must be an integer >= {minimum}, got {value!r}.")
+            else:
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                    raise ConfigError(f"{name}.{item.name} must be a finite number, got {value!r}.")
+                if value < 0:
+                    raise ConfigError(f"{name}.{item.name} must be >= 0, got {value!r}.")
+                if item.name in self.fractions and value >= 1:
+                    raise ConfigError(f"{name}.{item.name} must be in [0, 1), got {value!r}.")
+
+    @classmethod
+    def from_preset(cls: type[P], preset: str | None = None, **overrides: Any) -> P:
+        """Return preset ``preset`` (one of ``presets``; the class's default when None) with
+        ``overrides`` applied to its fields."""
+        preset = cls.default_preset if preset is None else preset
+        if preset not in cls.presets:
+            raise ConfigError(
+                f"Unknown {cls.label} preset {preset!r}; choose one of {sorted(cls.presets)}."
+                f"{did_you_mean(preset, cls.presets)}"
+            )
+        names = [item.name for item in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for key in overrides:
+            if key not in names:
+                raise ConfigError(
+                    f"{cls.__name__} has no field {key!r}.{did_you_mean(key, names)} Fields: {', '.join(names)}."
+                )
+        return cls(**{**cls.presets[preset], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)  # type: ignore[call-overload]

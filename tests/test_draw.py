@@ -17,104 +17,29 @@ from latent_residual import (
     DatasetError,
     backbone_spec,
     distributions,
-    list_envs,
     make_backbone,
-    make_env,
 )
 from latent_residual.contract import LatentSpec
 from latent_residual.rollout import imagine, observe, prev_actions
 from latent_residual_plugins.draw.config import PRESETS, DRAWConfig
 from latent_residual_plugins.draw.model import DRAW
-
-ACTION_SPACE = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
-STATE_SPACE = gymnasium.spaces.Dict(
-    {
-        "orientation": gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32),
-        "velocity": gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32),
-    }
+from backbone_helpers import (
+    ACTION_SPACE,
+    PIXEL_SPACE,
+    SPACES,
+    STATE_SPACE,
+    bad_config_values,
+    check_actions_clipped,
+    check_heads_and_decoder,
+    check_space_errors,
+    check_training,
+    pendulum_batch,
+    synthetic_batch,
 )
-PIXEL_SPACE = gymnasium.spaces.Dict(
-    {
-        "image": gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8),
-        "velocity": gymnasium.spaces.Box(-np.inf, np.inf, (1,), np.float32),
-    }
-)
-SPACES = {"state": STATE_SPACE, "pixels": PIXEL_SPACE}
-PENDULUM = "dmc/pendulum-swingup-v0"
-
 
 def make_model(space: gymnasium.spaces.Dict, preset: str = "tiny", **overrides) -> DRAW:
     torch.manual_seed(0)
     return make_backbone("draw-v0", space, ACTION_SPACE, preset=preset, **overrides)
-
-
-def synthetic_batch(space: gymnasium.spaces.Dict, B: int, T: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Smooth pendulum-like vectors, blocky images, episodes starting at t = 0 and mid-sequence."""
-    generator = torch.Generator().manual_seed(seed)
-    angle = torch.rand(B, 1, generator=generator) * 6.28 + torch.linspace(0, 3, T)  # (B, T)
-    batch = {}
-    for key, sub in space.spaces.items():
-        if key == "image":
-            # Brightness follows the angle so the image carries the state; 8x8 blocks keep it learnable.
-            base = ((angle.cos() + 1) * 100).to(torch.uint8)  # (B, T)
-            noise = torch.randint(0, 40, (B, T, 8, 8, 3), dtype=torch.uint8, generator=generator)
-            blocks = base[..., None, None, None] + noise
-            batch[key] = blocks.repeat_interleave(8, 2).repeat_interleave(8, 3)  # (B, T, 64, 64, 3)
-        elif key == "orientation":
-            batch[key] = torch.stack([angle.cos(), angle.sin()], -1)
-        else:
-            batch[key] = torch.full((B, T, *sub.shape), 0.5)
-    batch["action"] = torch.rand(B, T, 1, generator=generator) * 2 - 1
-    batch["reward"] = (angle.cos() > 0.5).float()
-    batch["is_first"] = torch.zeros(B, T, dtype=torch.bool)
-    batch["is_first"][:, 0] = True
-    batch["is_first"][0, T // 2] = True
-    batch["is_last"] = torch.zeros(B, T, dtype=torch.bool)
-    batch["is_terminal"] = torch.zeros(B, T, dtype=torch.bool)
-    return batch
-
-
-def pendulum_batch(B: int, T: int) -> dict[str, torch.Tensor] | None:
-    """B random-policy episodes of T steps from the DMC plugin's pendulum, or None without it."""
-    if PENDULUM not in {spec.id for spec in list_envs()}:
-        return None
-    env = make_env(PENDULUM)
-    env.action_space.seed(0)
-    steps = []
-    for episode in range(B):
-        obs, _ = env.reset(seed=episode)
-        reward, terminal = 0.0, False
-        for t in range(T):
-            action = env.action_space.sample()
-            steps.append(
-                {**obs, "action": action, "reward": reward, "is_first": t == 0, "is_terminal": terminal}
-            )
-            obs, reward, terminal, _, _ = env.step(action)
-    env.close()
-    batch = {
-        key: torch.as_tensor(np.stack([step[key] for step in steps])).reshape(B, T, *np.shape(steps[0][key]))
-        for key in steps[0]
-    }
-    batch["is_last"] = torch.zeros(B, T, dtype=torch.bool)
-    return batch
-
-
-def train(model: DRAW, batch: dict[str, torch.Tensor], steps: int) -> list[float]:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
-    losses = []
-    for _ in range(steps):
-        loss, metrics = model.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1000.0)
-        optimizer.step()
-        losses.append(metrics["loss"])
-    return losses
-
-
-# ---------------------------------------------------------------------------
-# Registration
-# ---------------------------------------------------------------------------
 
 
 def test_registered_with_small_preset_and_light_module():
@@ -183,14 +108,7 @@ def test_contract_shapes(kind):
 
     features = model.features(state)
     assert features.shape == (B, G * C)
-    assert model.reward(features).shape == (B,)
-    cont = model.continuation(features)
-    assert cont.shape == (B,) and ((cont > 0) & (cont < 1)).all()
-    decoded = model.decode(features)
-    assert set(decoded) == set(space.spaces)
-    for key, sub in space.spaces.items():
-        assert decoded[key].shape == (B, *sub.shape)
-        assert decoded[key].dtype == torch.float32
+    check_heads_and_decoder(model, features, space)
 
 
 def test_reward_head_starts_at_zero():
@@ -240,12 +158,7 @@ def test_learned_initial_logits_replace_the_prior_at_episode_starts():
 
 
 def test_prior_sees_actions_clipped_to_unit_box():
-    model = make_model(STATE_SPACE)
-    state = model.initial_state(2)
-    no_start = torch.zeros(2, dtype=torch.bool)
-    clipped, _ = model.dynamics(state, torch.tensor([[1.0], [-1.0]]), no_start)
-    raw, _ = model.dynamics(state, torch.tensor([[5.0], [-3.0]]), no_start)
-    torch.testing.assert_close(raw, clipped)
+    check_actions_clipped(make_model(STATE_SPACE))
 
 
 def test_gradients_reach_the_initial_logits_and_every_network():
@@ -267,31 +180,12 @@ def test_gradients_reach_the_initial_logits_and_every_network():
 
 def test_loss_decreases_on_state_observations():
     batch = pendulum_batch(B=4, T=24) or synthetic_batch(STATE_SPACE, B=4, T=24)
-    model = make_model(STATE_SPACE)
-    _, metrics = model.loss(batch)
-    assert {
-        "loss",
-        "recon",
-        "recon/orientation",
-        "recon/velocity",
-        "reward",
-        "cont",
-        "kl",
-        "dyn",
-        "rep",
-    } <= set(metrics)
-    losses = train(model, batch, steps=60)
-    _, after = model.loss(batch)
-    assert all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3]), losses
-    assert after["recon"] < 0.5 * metrics["recon"], (metrics, after)
+    check_training(make_model(STATE_SPACE), batch, steps=60, recon_halves=True)
 
 
 def test_loss_decreases_on_pixel_observations():
     model = make_model(PIXEL_SPACE)
-    losses = train(model, synthetic_batch(PIXEL_SPACE, B=4, T=12), steps=40)
-    assert all(np.isfinite(losses))
-    assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:3]), losses
+    check_training(model, synthetic_batch(PIXEL_SPACE, B=4, T=12), steps=40)
 
 
 def test_loss_runs_under_bf16_autocast():
@@ -329,11 +223,8 @@ def test_config_defaults_are_the_paper_and_fields_have_help():
     "kwargs, message",
     [
         ({"groups": 0}, r"DRAWConfig.groups must be an integer >= 1, got 0"),
-        ({"classes": 1}, r"DRAWConfig.classes must be an integer >= 2, got 1"),
         ({"hidden": 2.5}, r"DRAWConfig.hidden must be an integer >= 1, got 2.5"),
-        ({"unimix": 1.0}, r"DRAWConfig.unimix must be in \[0, 1\), got 1.0"),
-        ({"free_bits": -1.0}, r"DRAWConfig.free_bits must be >= 0, got -1.0"),
-        ({"dyn_scale": "big"}, r"DRAWConfig.dyn_scale must be a finite number, got 'big'"),
+        *bad_config_values("DRAWConfig"),
     ],
 )
 def test_config_rejects_bad_values_quoting_them(kwargs, message):
@@ -353,7 +244,4 @@ def test_spaces_are_validated():
     with pytest.raises(ConfigError, match=r"\(60, 60, 3\).*divisible by 16"):
         DRAW(odd_image, ACTION_SPACE, preset="tiny")
     DRAW(odd_image, ACTION_SPACE, preset="tiny", cnn_layers=2)  # 60 = 4 * 15
-    with pytest.raises(ConfigError, match="Dict observation space"):
-        DRAW(STATE_SPACE["velocity"], ACTION_SPACE, preset="tiny")
-    with pytest.raises(ConfigError, match="Box action space"):
-        DRAW(STATE_SPACE, gymnasium.spaces.Discrete(3), preset="tiny")
+    check_space_errors(DRAW, STATE_SPACE)

@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 
 from latent_residual import encodings

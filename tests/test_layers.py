@@ -24,7 +24,7 @@ KERNEL = {
     f"latent_residual.{name}"
     for name in (
         "version", "errors", "config", "contract", "distributions", "encodings", "nets", "rollout", "residual",
-        "adapters", "serialization", "checkpoints", "progress", "fitting", "actor_critic",
+        "adapters", "serialization", "checkpoints", "progress", "fitting", "actor_critic", "observations", "losses",
     )
 }
 RUNTIME = {"latent_residual.onnx_policy"}

@@ -5,16 +5,44 @@ No networks live here; they are in ``nets.py`` (encoders, decoders) and ``model.
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from latent_residual.errors import ConfigError, did_you_mean
+from latent_residual.config import PresetConfig
+
+#: Field overrides of each preset: ``tiny`` for tests, ``small`` for CPU work, ``paper`` as published.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "groups": 8,
+        "classes": 4,
+        "hidden": 32,
+        "cnn_depth": 4,
+        "mlp_units": 32,
+        "mlp_layers": 2,
+        "head_units": 32,
+        "head_layers": 1,
+    },
+    "small": {
+        "groups": 64,
+        "classes": 4,
+        "hidden": 256,
+        "cnn_depth": 16,
+        "mlp_units": 256,
+        "mlp_layers": 3,
+        "head_units": 256,
+        "head_layers": 2,
+    },
+    "paper": {},
+}
 
 
 @dataclass
-class DRAWConfig:
-    """Hyperparameters of a DRAW world model; the defaults are the authors' vision-DMC setup."""
+class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper"):
+    """Hyperparameters of a DRAW world model; the defaults are the authors' vision-DMC setup.
+
+    ``DRAWConfig.from_preset(preset="paper", **overrides)`` builds a preset with fields replaced;
+    checks and presets are ``latent_residual.config.PresetConfig``'s.
+    """
 
     groups: int = field(default=256, metadata={"help": "Number of categoricals in the latent z."})
     classes: int = field(default=4, metadata={"help": "Classes per categorical of the latent z."})
@@ -60,66 +88,3 @@ class DRAWConfig:
     free_bits: float = field(
         default=1.0, metadata={"help": "Each KL term is clipped from below at this many nats per step."}
     )
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.type == "int":
-                minimum = 2 if item.name in ("classes", "reward_bins") else 1
-                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                    raise ConfigError(
-                        f"DRAWConfig.{item.name} must be an integer >= {minimum}, got {value!r}."
-                    )
-            else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ConfigError(f"DRAWConfig.{item.name} must be a finite number, got {value!r}.")
-                if value < 0:
-                    raise ConfigError(f"DRAWConfig.{item.name} must be >= 0, got {value!r}.")
-        if self.unimix >= 1:
-            raise ConfigError(f"DRAWConfig.unimix must be in [0, 1), got {self.unimix!r}.")
-
-    @classmethod
-    def from_preset(cls, preset: str = "paper", **overrides: Any) -> DRAWConfig:
-        """Return preset ``preset`` (one of ``PRESETS``) with ``overrides`` applied to its fields."""
-        if preset not in PRESETS:
-            raise ConfigError(
-                f"Unknown DRAW preset {preset!r}; choose one of {sorted(PRESETS)}."
-                f"{did_you_mean(preset, PRESETS)}"
-            )
-        names = [item.name for item in fields(cls)]
-        for key in overrides:
-            if key not in names:
-                raise ConfigError(
-                    f"DRAWConfig has no field {key!r}.{did_you_mean(key, names)} Fields: {', '.join(names)}."
-                )
-        return cls(**{**PRESETS[preset], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return asdict(self)
-
-
-#: Field overrides of each preset: ``tiny`` for tests, ``small`` for CPU work, ``paper`` as published.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "groups": 8,
-        "classes": 4,
-        "hidden": 32,
-        "cnn_depth": 4,
-        "mlp_units": 32,
-        "mlp_layers": 2,
-        "head_units": 32,
-        "head_layers": 1,
-    },
-    "small": {
-        "groups": 64,
-        "classes": 4,
-        "hidden": 256,
-        "cnn_depth": 16,
-        "mlp_units": 256,
-        "mlp_layers": 3,
-        "head_units": 256,
-        "head_layers": 2,
-    },
-    "paper": {},
-}

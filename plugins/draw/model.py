@@ -14,15 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent_residual import distributions, encodings, rollout
 from latent_residual.contract import LatentSpec, State, WorldModel
-from latent_residual.errors import ConfigError, DatasetError
+from latent_residual.errors import ConfigError
+from latent_residual.losses import world_model_loss
 from latent_residual.nets import MLP, BernoulliHead, TwoHotHead
 from latent_residual_plugins.draw.config import DRAWConfig
-from latent_residual_plugins.draw.nets import MultiDecoder, MultiEncoder, ObservationLayout
-
-#: Keys besides the observations that ``DRAW.loss`` reads from a batch.
-BATCH_KEYS = ("action", "reward", "is_first", "is_terminal")
+from latent_residual_plugins.draw.nets import MultiDecoder, MultiEncoder, observation_layout
 
 
 class DRAW(WorldModel):
@@ -54,7 +51,7 @@ class DRAW(WorldModel):
         if not isinstance(action_space, gymnasium.spaces.Box):
             raise ConfigError(f"DRAW needs a Box action space, got {action_space!r}.")
         self.config = config
-        self.layout = ObservationLayout.from_space(observation_space, config.cnn_layers)
+        self.layout = observation_layout(observation_space, config.cnn_layers)
         self.latent = LatentSpec(config.groups, config.classes)
         self.action_size = math.prod(action_space.shape)
         self.feature_size = self.latent.size
@@ -132,64 +129,17 @@ class DRAW(WorldModel):
         return self.cont_head.prob(features)
 
     def decode(self, features: Tensor) -> dict[str, Tensor]:
-        lead = features.shape[:-1]
-        decoded = {}
-        for key, value in self.decoder(features.reshape(-1, self.feature_size)).items():
-            if key in self.layout.vectors:
-                value = encodings.symexp(value)
-            decoded[key] = value.reshape(*lead, *self.layout.shape(key))
-        return decoded
+        return self.layout.decoded(self.decoder(features.reshape(-1, self.feature_size)), features.shape[:-1])
 
     # ------------------------------------------------------------------
     # Training
     # ------------------------------------------------------------------
 
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction + reward two-hot + continuation BCE + balanced KL, on a (B, T) batch.
-
-        ``batch["action"][:, t]`` is the action taken at step t and ``batch["reward"][:, t]`` the
-        reward received on arriving at step t; the continuation target is ``1 - is_terminal``.
-        """
-        missing = [key for key in (*self.layout.keys, *BATCH_KEYS) if key not in batch]
-        if missing:
-            raise DatasetError(f"DRAW.loss needs batch keys {missing}; got keys {sorted(batch)}.")
-        config = self.config
-        is_first = batch["is_first"].bool()
-        B, T = is_first.shape
-        dtype = self._dtype()
-        embed = self.embed(batch)  # (B, T, E)
-        prev_action = rollout.prev_actions(batch["action"].to(dtype).reshape(B, T, self.action_size))
-        out = rollout.observe(self, prev_action, is_first, embed=embed)
-        kl_loss, kl_metrics = distributions.balanced_kl(
-            distributions.log_probs(out["post_logits"], self.posterior_unimix),
-            distributions.log_probs(out["prior_logits"], self.prior_unimix),
-            is_first,
-            dyn_scale=config.dyn_scale,
-            rep_scale=config.rep_scale,
-            free_bits=config.free_bits,
+        """:func:`latent_residual.losses.world_model_loss` (reconstruction + balanced KL) with the reward
+        head's two-hot cross-entropy and the continuation head's BCE; every batch key is required."""
+        return world_model_loss(
+            self, batch, self.layout, self.decoder, self.config, owner="DRAW", dtype=self._dtype(),
+            reward_loss=lambda features, target: self.reward_head.loss(features, target).mean(),
+            cont_loss=lambda features, target: self.cont_head.loss(features, target).mean(),
         )
-        features = out["features"].reshape(B * T, self.feature_size)
-        targets = {key: batch[key].reshape(B * T, *self.layout.shape(key)) for key in self.layout.keys}
-        recon = {key: value.mean() for key, value in self.decoder.loss(features, targets).items()}
-        recon_loss = sum(recon.values())
-        reward_loss = self.reward_head.loss(features, batch["reward"].reshape(B * T).to(dtype)).mean()
-        cont_target = 1.0 - batch["is_terminal"].reshape(B * T).to(dtype)
-        cont_loss = self.cont_head.loss(features, cont_target).mean()
-        loss = (
-            config.recon_scale * recon_loss
-            + config.reward_scale * reward_loss
-            + config.cont_scale * cont_loss
-            + kl_loss
-        )
-        named = {
-            "loss": loss,
-            "recon": recon_loss,
-            **{f"recon/{key}": value for key, value in recon.items()},
-            "reward": reward_loss,
-            "cont": cont_loss,
-            "kl": kl_loss,
-            **kl_metrics,
-        }
-        # One device-to-host copy for all metrics instead of one sync each.
-        values = torch.stack([value.detach().float() for value in named.values()]).tolist()
-        return loss, dict(zip(named, values, strict=True))

@@ -5,16 +5,46 @@ No networks live here; they are in ``nets.py`` (cell, encoders, decoders, heads)
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from latent_residual.errors import ConfigError, did_you_mean
+from latent_residual.config import PresetConfig
+
+#: DreamerV3's model sizes (paper table; sheeprl's dreamer_v3_XS ... dreamer_v3_XL configs), 32 x 32 latents.
+SIZES: dict[str, dict[str, Any]] = {
+    "XS": {"deter": 256, "hidden": 256, "units": 256, "mlp_layers": 1, "cnn_multiplier": 24},
+    "S": {"deter": 512, "hidden": 512, "units": 512, "mlp_layers": 2, "cnn_multiplier": 32},
+    "M": {"deter": 1024, "hidden": 640, "units": 640, "mlp_layers": 3, "cnn_multiplier": 48},
+    "L": {"deter": 2048, "hidden": 768, "units": 768, "mlp_layers": 4, "cnn_multiplier": 64},
+    "XL": {},
+}
+
+#: What fits a 2-core CPU: XS with a narrower input block, heads and posterior, and a 16 x 16 latent.
+CPU_OVERRIDES: dict[str, Any] = {"hidden": 128, "units": 128, "stoch": 16, "classes": 16}
+
+#: Field overrides of each preset: ``tiny`` for tests, ``cpu`` for CPU pretraining, then DreamerV3's sizes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "stoch": 4,
+        "classes": 4,
+        "deter": 16,
+        "hidden": 16,
+        "units": 16,
+        "mlp_layers": 1,
+        "cnn_multiplier": 2,
+    },
+    "cpu": {**SIZES["XS"], **CPU_OVERRIDES},
+    **SIZES,
+}
 
 
 @dataclass
-class RSSMConfig:
-    """Hyperparameters of a DreamerV3 RSSM; the defaults are DreamerV3's XL size (sheeprl's ``dreamer_v3``)."""
+class RSSMConfig(PresetConfig, label="RSSM", presets=PRESETS, default="S"):
+    """Hyperparameters of a DreamerV3 RSSM; the defaults are DreamerV3's XL size (sheeprl's ``dreamer_v3``).
+
+    ``RSSMConfig.from_preset(preset="S", **overrides)`` builds a preset with fields replaced;
+    checks and presets are ``latent_residual.config.PresetConfig``'s.
+    """
 
     stoch: int = field(
         default=32, metadata={"help": "Number of categoricals in the latent z (sheeprl stochastic_size)."}
@@ -66,70 +96,3 @@ class RSSMConfig:
     free_bits: float = field(
         default=1.0, metadata={"help": "Each KL term is clipped from below at this many nats per step."}
     )
-
-    def __post_init__(self) -> None:
-        for item in fields(self):
-            value = getattr(self, item.name)
-            if item.type == "bool":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"RSSMConfig.{item.name} must be true or false, got {value!r}.")
-            elif item.type == "int":
-                minimum = 2 if item.name in ("classes", "reward_bins") else 1
-                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                    raise ConfigError(
-                        f"RSSMConfig.{item.name} must be an integer >= {minimum}, got {value!r}."
-                    )
-            else:
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise ConfigError(f"RSSMConfig.{item.name} must be a finite number, got {value!r}.")
-                if value < 0:
-                    raise ConfigError(f"RSSMConfig.{item.name} must be >= 0, got {value!r}.")
-        if self.unimix >= 1:
-            raise ConfigError(f"RSSMConfig.unimix must be in [0, 1), got {self.unimix!r}.")
-
-    @classmethod
-    def from_preset(cls, preset: str = "S", **overrides: Any) -> RSSMConfig:
-        """Return preset ``preset`` (one of ``PRESETS``) with ``overrides`` applied to its fields."""
-        if preset not in PRESETS:
-            raise ConfigError(
-                f"Unknown RSSM preset {preset!r}; choose one of {sorted(PRESETS)}.{did_you_mean(preset, PRESETS)}"
-            )
-        names = [item.name for item in fields(cls)]
-        for key in overrides:
-            if key not in names:
-                raise ConfigError(
-                    f"RSSMConfig has no field {key!r}.{did_you_mean(key, names)} Fields: {', '.join(names)}."
-                )
-        return cls(**{**PRESETS[preset], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        """The fields as a JSON-serialisable dict."""
-        return asdict(self)
-
-
-#: DreamerV3's model sizes (paper table; sheeprl's dreamer_v3_XS ... dreamer_v3_XL configs), 32 x 32 latents.
-SIZES: dict[str, dict[str, Any]] = {
-    "XS": {"deter": 256, "hidden": 256, "units": 256, "mlp_layers": 1, "cnn_multiplier": 24},
-    "S": {"deter": 512, "hidden": 512, "units": 512, "mlp_layers": 2, "cnn_multiplier": 32},
-    "M": {"deter": 1024, "hidden": 640, "units": 640, "mlp_layers": 3, "cnn_multiplier": 48},
-    "L": {"deter": 2048, "hidden": 768, "units": 768, "mlp_layers": 4, "cnn_multiplier": 64},
-    "XL": {},
-}
-
-#: What fits a 2-core CPU: XS with a narrower input block, heads and posterior, and a 16 x 16 latent.
-CPU_OVERRIDES: dict[str, Any] = {"hidden": 128, "units": 128, "stoch": 16, "classes": 16}
-
-#: Field overrides of each preset: ``tiny`` for tests, ``cpu`` for CPU pretraining, then DreamerV3's sizes.
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": {
-        "stoch": 4,
-        "classes": 4,
-        "deter": 16,
-        "hidden": 16,
-        "units": 16,
-        "mlp_layers": 1,
-        "cnn_multiplier": 2,
-    },
-    "cpu": {**SIZES["XS"], **CPU_OVERRIDES},
-    **SIZES,
-}

@@ -13,9 +13,10 @@ import gymnasium
 import torch
 from torch import Tensor, nn
 
-from latent_residual import distributions, encodings, rollout
+from latent_residual import distributions, encodings
 from latent_residual.contract import LatentSpec, State, WorldModel
-from latent_residual.errors import ConfigError, DatasetError
+from latent_residual.errors import ConfigError
+from latent_residual.losses import world_model_loss
 from latent_residual_plugins.rssm.config import RSSMConfig
 from latent_residual_plugins.rssm.nets import (
     DenseHead,
@@ -26,9 +27,6 @@ from latent_residual_plugins.rssm.nets import (
     init_weights,
     uniform_init,
 )
-
-#: Keys besides the observations that ``RSSM.loss`` reads from a batch.
-BATCH_KEYS = ("action", "reward", "is_first", "is_terminal")
 
 
 class RSSM(WorldModel):
@@ -58,7 +56,7 @@ class RSSM(WorldModel):
         if not isinstance(action_space, gymnasium.spaces.Box):
             raise ConfigError(f"The RSSM needs a Box action space, got {action_space!r}.")
         self.config = config
-        self.layout = ObservationLayout.from_space(observation_space)
+        self.layout = ObservationLayout.for_rssm(observation_space)
         self.latent = LatentSpec(config.stoch, config.classes)
         self.action_size = math.prod(action_space.shape)
         self.deter_size = config.deter
@@ -133,71 +131,24 @@ class RSSM(WorldModel):
         return torch.sigmoid(self.cont_head(features).squeeze(-1))
 
     def decode(self, features: Tensor) -> dict[str, Tensor]:
-        lead = features.shape[:-1]
-        decoded = {}
-        for key, value in self.decoder(features.reshape(-1, self.feature_size)).items():
-            if key in self.layout.vectors:
-                value = encodings.symexp(value)
-            decoded[key] = value.reshape(*lead, *self.layout.shape(key))
-        return decoded
+        return self.layout.decoded(self.decoder(features.reshape(-1, self.feature_size)), features.shape[:-1])
 
     # ------------------------------------------------------------------
     # Training
     # ------------------------------------------------------------------
 
     def loss(self, batch: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-        """Reconstruction + reward two-hot + continuation BCE + balanced KL (DreamerV3), on a (B, T) batch.
+        """:func:`latent_residual.losses.world_model_loss` (reconstruction + balanced KL, DreamerV3's) with
+        two-hot reward and Bernoulli continuation heads. A batch without ``reward`` (reward-free target
+        data) trains without the reward term, as the Dreamer-finetune baseline does."""
+        return world_model_loss(
+            self, batch, self.layout, self.decoder, self.config, owner="RSSM", dtype=self._dtype(),
+            reward_loss=self._reward_loss, cont_loss=self._continuation_loss, reward_optional=True,
+        )
 
-        ``batch["action"][:, t]`` is the action taken at step t and ``batch["reward"][:, t]`` the
-        reward received on arriving at step t; the continuation target is ``1 - is_terminal``.
-        A batch without ``reward`` (reward-free target data) trains without the reward term, as
-        the Dreamer-finetune baseline does.
-        """
-        missing = [key for key in (*self.layout.keys, *BATCH_KEYS) if key not in batch and key != "reward"]
-        if missing:
-            raise DatasetError(f"RSSM.loss needs batch keys {missing}; got keys {sorted(batch)}.")
-        config = self.config
-        is_first = batch["is_first"].bool()
-        B, T = is_first.shape
-        dtype = self._dtype()
-        embed = self.embed(batch)  # (B, T, E)
-        prev_action = rollout.prev_actions(batch["action"].to(dtype).reshape(B, T, self.action_size))
-        out = rollout.observe(self, prev_action, is_first, embed=embed)
-        kl_loss, kl_metrics = distributions.balanced_kl(
-            distributions.log_probs(out["post_logits"], self.posterior_unimix),
-            distributions.log_probs(out["prior_logits"], self.prior_unimix),
-            is_first,
-            dyn_scale=config.dyn_scale,
-            rep_scale=config.rep_scale,
-            free_bits=config.free_bits,
-        )
-        features = out["features"].reshape(B * T, self.feature_size)
-        targets = {key: batch[key].reshape(B * T, *self.layout.shape(key)) for key in self.layout.keys}
-        recon = {key: value.mean() for key, value in self.decoder.loss(features, targets).items()}
-        recon_loss = sum(recon.values())
-        if "reward" in batch:
-            reward_target = batch["reward"].reshape(B * T).to(dtype)
-            reward_loss = encodings.twohot_loss(self.reward_head(features), reward_target, self.bins).mean()
-        else:
-            reward_loss = torch.zeros((), dtype=dtype, device=features.device)
-        cont_target = 1.0 - batch["is_terminal"].reshape(B * T).to(dtype)
-        cont_logits = self.cont_head(features).squeeze(-1)
-        cont_loss = nn.functional.binary_cross_entropy_with_logits(cont_logits, cont_target.to(cont_logits.dtype))
-        loss = (
-            config.recon_scale * recon_loss
-            + config.reward_scale * reward_loss
-            + config.cont_scale * cont_loss
-            + kl_loss
-        )
-        named = {
-            "loss": loss,
-            "recon": recon_loss,
-            **{f"recon/{key}": value for key, value in recon.items()},
-            "reward": reward_loss,
-            "cont": cont_loss,
-            "kl": kl_loss,
-            **kl_metrics,
-        }
-        # One device-to-host copy for all metrics instead of one sync each.
-        values = torch.stack([value.detach().float() for value in named.values()]).tolist()
-        return loss, dict(zip(named, values, strict=True))
+    def _reward_loss(self, features: Tensor, target: Tensor) -> Tensor:
+        return encodings.twohot_loss(self.reward_head(features), target, self.bins).mean()
+
+    def _continuation_loss(self, features: Tensor, target: Tensor) -> Tensor:
+        logits = self.cont_head(features).squeeze(-1)
+        return nn.functional.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))

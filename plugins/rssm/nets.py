@@ -1,22 +1,19 @@
-"""The RSSM's networks: LayerNorm GRU cell, bias-free MLPs, image/vector encoders and decoders, DreamerV3 init.
+"""The RSSM's networks: LayerNorm GRU cell, bias-free MLPs, the stacked-image/vector encoder and decoder, DreamerV3 init.
 
-The world model that wires them together, and its loss, are in ``model.py``; sampling and KL are the core's.
+The world model that wires them together is in ``model.py``; image CNNs, observation layout, loss and KL are the core's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Any
 
-import gymnasium
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from latent_residual import encodings
-from latent_residual.errors import ConfigError, DatasetError
+from latent_residual import nets, observations
+from latent_residual.errors import ConfigError
 
 #: LayerNorm epsilon of every norm in DreamerV3 and sheeprl's ``dreamer_v3`` configs.
 NORM_EPS = 1e-3
@@ -31,14 +28,7 @@ MIN_SIDE = 4
 
 def dense_blocks(in_size: int, units: int, layers: int) -> nn.Sequential:
     """(bias-free Linear -> LayerNorm(eps 1e-3) -> SiLU) x ``layers``: sheeprl's MLP with a norm, no output layer."""
-    blocks: list[nn.Module] = []
-    for index in range(layers):
-        blocks += [
-            nn.Linear(in_size if index == 0 else units, units, bias=False),
-            nn.LayerNorm(units, eps=NORM_EPS),
-            nn.SiLU(),
-        ]
-    return nn.Sequential(*blocks)
+    return nets.dense_blocks(in_size, units, layers, bias=False, eps=NORM_EPS)
 
 
 class DenseHead(nn.Module):
@@ -89,129 +79,43 @@ class RecurrentModel(nn.Module):
         return self.cell(self.inputs(x), h)
 
 
-class ChannelNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a (N, C, H, W) feature map (sheeprl's ``LayerNormChannelLast``)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 # ---------------------------------------------------------------------------
 # Observations
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ObservationLayout:
-    """Which keys of a Dict observation space are images (uint8 H x W x C, one shared size) and which
-    vectors; both in sorted key order, the order their encoders concatenate them in."""
-
-    images: dict[str, tuple[int, int, int]]
-    vectors: dict[str, tuple[int, ...]]
+class ObservationLayout(observations.ObservationLayout):
+    """The core's layout with the RSSM's rule for images: square, a side of 4 * 2**n, one size for all
+    (they share one CNN, stacked on channels)."""
 
     @classmethod
-    def from_space(cls, space: gymnasium.spaces.Space) -> ObservationLayout:
-        if not isinstance(space, gymnasium.spaces.Dict):
-            raise ConfigError(
-                f"The RSSM needs a gymnasium.spaces.Dict observation space, got {space!r}; wrap a single "
-                "Box as Dict({'state': box})."
-            )
-        images, vectors = {}, {}
-        for key in sorted(space.spaces):
-            sub = space.spaces[key]
-            if not isinstance(sub, gymnasium.spaces.Box):
-                raise ConfigError(f"RSSM observation {key!r} must be a Box space, got {sub!r}.")
-            if sub.dtype == np.uint8 and len(sub.shape) == 3:
-                height, width, _ = sub.shape
-                stages = math.log2(height / MIN_SIDE) if height >= 2 * MIN_SIDE else 0.0
-                if height != width or stages < 1 or not stages.is_integer():
-                    raise ConfigError(
-                        f"RSSM image {key!r} has shape {sub.shape}; images must be square with a side of "
-                        f"{MIN_SIDE} * 2**n, n >= 1 (64x64 works)."
-                    )
-                images[key] = tuple(sub.shape)
-            else:
-                vectors[key] = tuple(sub.shape)
-        sizes = {shape[:2] for shape in images.values()}
-        if len(sizes) > 1:
-            raise ConfigError(
-                f"RSSM images share one encoder, so they need one size; got {dict(images)}."
-            )
-        if not images and not vectors:
-            raise ConfigError("The RSSM needs at least one observation key, got an empty Dict space.")
-        return cls(images, vectors)
-
-    @property
-    def keys(self) -> list[str]:
-        return [*self.images, *self.vectors]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self.images[key] if key in self.images else self.vectors[key]
+    def for_rssm(cls, space: Any) -> ObservationLayout:
+        layout = cls.from_space(space, "The RSSM")
+        for key, shape in layout.images.items():
+            height, width, _ = shape
+            stages = math.log2(height / MIN_SIDE) if height >= 2 * MIN_SIDE else 0.0
+            if height != width or stages < 1 or not stages.is_integer():
+                raise ConfigError(
+                    f"RSSM image {key!r} has shape {shape}; images must be square with a side of "
+                    f"{MIN_SIDE} * 2**n, n >= 1 (64x64 works)."
+                )
+        if len({shape[:2] for shape in layout.images.values()}) > 1:
+            raise ConfigError(f"RSSM images share one encoder, so they need one size; got {dict(layout.images)}.")
+        return layout
 
     @property
     def image_side(self) -> int:
         return next(iter(self.images.values()))[0]
 
     @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(side, side, channels of every image key stacked)."""
+        return (self.image_side, self.image_side, sum(shape[2] for shape in self.images.values()))
+
+    @property
     def cnn_stages(self) -> int:
         """Stride-2 convs from the image side down to ``MIN_SIDE`` (4 for 64x64)."""
         return int(math.log2(self.image_side // MIN_SIDE))
-
-
-def image_to_float(image: Tensor, dtype: torch.dtype) -> Tensor:
-    """Map uint8 pixels in [0, 255] to [-0.5, 0.5], the scale of the image decoder's output."""
-    return image.to(dtype) / 255.0 - 0.5
-
-
-class ImageEncoder(nn.Module):
-    """One CNN over every image key stacked on channels: stride-2 convs (kernel 4, bias-free,
-    ``multiplier * 2**i`` channels, LayerNorm over channels, SiLU) down to 4x4, flattened (C, H, W)."""
-
-    def __init__(self, channels: int, side: int, multiplier: int, stages: int) -> None:
-        super().__init__()
-        blocks: list[nn.Module] = []
-        for index in range(stages):
-            out = multiplier * 2**index
-            blocks += [
-                nn.Conv2d(channels, out, 4, stride=2, padding=1, bias=False),
-                ChannelNorm(out, eps=NORM_EPS),
-                nn.SiLU(),
-            ]
-            channels = out
-        self.convs = nn.Sequential(*blocks)
-        self.out_size = channels * (side >> stages) ** 2
-
-    def forward(self, image: Tensor, dtype: torch.dtype) -> Tensor:
-        """Encode (N, H, W, C) uint8 pixels to (N, out_size)."""
-        x = image_to_float(image, dtype).permute(0, 3, 1, 2)  # (N, C, H, W), a view
-        return self.convs(x).flatten(1)  # (N, C' * 4 * 4), channel-major as sheeprl's
-
-
-class ImageDecoder(nn.Module):
-    """The encoder's mirror: a biased Linear to the 4x4 map, transposed convs (bias-free, LayerNorm,
-    SiLU) and a last biased transposed conv to the stacked image channels."""
-
-    def __init__(self, in_size: int, channels: int, side: int, multiplier: int, stages: int) -> None:
-        super().__init__()
-        self.start = (multiplier * 2 ** (stages - 1), side >> stages, side >> stages)  # (C, h, w)
-        self.linear = nn.Linear(in_size, math.prod(self.start))
-        blocks: list[nn.Module] = []
-        size = self.start[0]
-        for index in reversed(range(stages - 1)):
-            out = multiplier * 2**index
-            blocks += [
-                nn.ConvTranspose2d(size, out, 4, stride=2, padding=1, bias=False),
-                ChannelNorm(out, eps=NORM_EPS),
-                nn.SiLU(),
-            ]
-            size = out
-        blocks.append(nn.ConvTranspose2d(size, channels, 4, stride=2, padding=1))
-        self.convs = nn.Sequential(*blocks)
-
-    def forward(self, features: Tensor) -> Tensor:
-        """Decode (N, in_size) features to (N, H, W, C) pixels on the [-0.5, 0.5] scale."""
-        x = self.linear(features).reshape(-1, *self.start)  # (N, C, 4, 4)
-        return self.convs(x).permute(0, 2, 3, 1)
 
 
 class MultiEncoder(nn.Module):
@@ -220,34 +124,26 @@ class MultiEncoder(nn.Module):
     def __init__(self, layout: ObservationLayout, multiplier: int, units: int, layers: int) -> None:
         super().__init__()
         self.layout = layout
-        self.images: ImageEncoder | None = None
+        self.images: nets.ImageEncoder | None = None
         self.vectors: nn.Sequential | None = None
         self.out_size = 0
         if layout.images:
-            channels = sum(shape[2] for shape in layout.images.values())
-            self.images = ImageEncoder(channels, layout.image_side, multiplier, layout.cnn_stages)
-            self.out_size += self.images.out_size
-        self.vector_size = sum(math.prod(shape) for shape in layout.vectors.values())
+            self.images = nets.ImageEncoder(layout.image_shape, multiplier, layout.cnn_stages, eps=NORM_EPS)
+            self.out_size += self.images.out_size  # channel-major (C' * 4 * 4), as sheeprl's
+        self.vector_size = layout.vector_size
         if layout.vectors:
             self.vectors = dense_blocks(self.vector_size, units, layers)
             self.out_size += units
 
     def forward(self, obs: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
         """Embed observations with any leading axes, (*lead, *shape) per key, to (*lead, out_size)."""
-        missing = [key for key in self.layout.keys if key not in obs]
-        if missing:
-            raise DatasetError(f"RSSM observations lack keys {missing}; got keys {sorted(obs)}.")
-        first = self.layout.keys[0]
-        lead = obs[first].shape[: obs[first].dim() - len(self.layout.shape(first))]
+        lead = self.layout.lead_shape(obs, "RSSM")
         parts = []
         if self.images is not None:
             stacked = torch.cat([obs[key].reshape(-1, *shape) for key, shape in self.layout.images.items()], -1)
             parts.append(self.images(stacked, dtype))  # (N, out) from (N, H, W, sum C)
         if self.vectors is not None:
-            flat = torch.cat(
-                [obs[key].reshape(-1, math.prod(shape)) for key, shape in self.layout.vectors.items()], -1
-            )
-            parts.append(self.vectors(encodings.symlog(flat.to(dtype))))  # (N, units)
+            parts.append(self.vectors(self.layout.vector_input(obs, dtype)))  # (N, units)
         return torch.cat(parts, -1).reshape(*lead, self.out_size)
 
 
@@ -258,10 +154,13 @@ class MultiDecoder(nn.Module):
     def __init__(self, layout: ObservationLayout, in_size: int, multiplier: int, units: int, layers: int) -> None:
         super().__init__()
         self.layout = layout
-        self.images: ImageDecoder | None = None
+        self.images: nets.ImageDecoder | None = None
         self.channels = [shape[2] for shape in layout.images.values()]
         if layout.images:
-            self.images = ImageDecoder(in_size, sum(self.channels), layout.image_side, multiplier, layout.cnn_stages)
+            # A biased Linear to the (C, 4, 4) map (sheeprl's order), transposed convs to the stacked channels.
+            self.images = nets.ImageDecoder(
+                in_size, layout.image_shape, multiplier, layout.cnn_stages, eps=NORM_EPS, channels_first=True
+            )
         self.vectors = dense_blocks(in_size, units, layers) if layout.vectors else None
         self.heads = nn.ModuleDict(
             {key: nn.Linear(units if layers else in_size, math.prod(shape)) for key, shape in layout.vectors.items()}
@@ -279,19 +178,6 @@ class MultiDecoder(nn.Module):
             for key, head in self.heads.items():
                 out[key] = head(hidden).reshape(-1, *self.layout.vectors[key])
         return out
-
-    def loss(self, features: Tensor, obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Squared error summed over each observation's elements: (N,) per key, for targets (N, *shape)."""
-        losses = {}
-        for key, prediction in self(features).items():
-            # At least float32: under bf16 autocast the errors of 12288 pixels are summed.
-            dtype = torch.promote_types(prediction.dtype, torch.float32)
-            if key in self.layout.images:
-                target = image_to_float(obs[key], dtype)
-            else:
-                target = encodings.symlog(obs[key].to(dtype))
-            losses[key] = F.mse_loss(prediction.to(dtype), target, reduction="none").flatten(1).sum(-1)
-        return losses
 
 
 # ---------------------------------------------------------------------------
