@@ -128,5 +128,5 @@ if TYPE_CHECKING:
     from latent_residual.workflow.recording import EpisodeRecorder
 
 # Plugin registrations are tiny modules (implementations load at make time), so loading them
-# here is cheap and lets `gymnasium.make("dmc/...")` work right after `import latent_residual`.
+# here is cheap and lets `gymnasium.make(<any registered id>)` work right after `import latent_residual`.
 load_plugins()
