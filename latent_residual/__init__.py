@@ -15,9 +15,11 @@ from latent_residual.errors import (
     DatasetError,
     ExportError,
     FileFormatError,
+    FitError,
     IncompatibleAdapterError,
     LatentResidualError,
     NameNotFound,
+    NonFiniteObservationError,
     RegistrationError,
 )
 from latent_residual.hookspecs import hookimpl
@@ -75,9 +77,11 @@ __all__ = [
     "DatasetError",
     "ExportError",
     "FileFormatError",
+    "FitError",
     "IncompatibleAdapterError",
     "LatentResidualError",
     "NameNotFound",
+    "NonFiniteObservationError",
     "RegistrationError",
     "__version__",
     "backbone_spec",

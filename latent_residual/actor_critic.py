@@ -24,6 +24,7 @@ from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.nets import MLP, TwoHotHead
 from latent_residual.rollout import imagine
 from latent_residual.serialization import (
+    fingerprint,
     load_optimizer_tensors,
     optimizer_tensors,
     read_checked,
@@ -267,18 +268,29 @@ def save_actor_critic(actor_critic: ActorCritic, path: str | Path, *, extra: dic
         "config": json.dumps(config_to_dict(actor_critic.config)),
         "feature_size": str(actor_critic.feature_size),
         "action_size": str(actor_critic.action_size),
+        "fingerprint": fingerprint(actor_critic),
         "extra": json.dumps(extra or {}),
     }
     write_safetensors(Path(path), tensors, metadata)
 
 
 def load_actor_critic(path: str | Path, *, device: str | torch.device = "cpu") -> ActorCritic:
-    """Rebuild an ActorCritic saved by :func:`save_actor_critic` (strict keys, no pickle)."""
+    """Rebuild an ActorCritic saved by :func:`save_actor_critic` (strict keys, shapes and dtypes, finite
+    values, the recorded fingerprint when the file has one; no pickle)."""
     path = Path(path)
     tensors, metadata = read_checked(path, **_CHECKS)
-    config = config_from_dict(ActorCriticConfig, json.loads(metadata["config"]), source=f"{path} metadata 'config'")
+    try:
+        stored_config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata key 'config' is not valid JSON ({exc}); the file is corrupt.") from exc
+    for key in ("feature_size", "action_size"):
+        if not metadata[key].isdigit():
+            raise CheckpointError(f"{path}: metadata key {key!r} is {metadata[key]!r}, expected an integer.")
+    config = config_from_dict(ActorCriticConfig, stored_config, source=f"{path} metadata 'config'")
     actor_critic = ActorCritic(int(metadata["feature_size"]), int(metadata["action_size"]), config)
-    strict_load(actor_critic, {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}, path, CheckpointError)
+    weights = {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}
+    # Files written before fingerprints were recorded have none; they load as they are.
+    strict_load(actor_critic, weights, path, CheckpointError, expected_fingerprint=metadata.get("fingerprint"))
     actor_critic.to(device)
     load_optimizer_tensors(actor_critic.actor_opt, tensors, "actor_opt")
     load_optimizer_tensors(actor_critic.critic_opt, tensors, "critic_opt")

@@ -262,6 +262,7 @@ class ResidualWorldModel(WorldModel):
             "latent_spec": json.dumps(self.latent.to_dict(), sort_keys=True),
             "action_size": str(self.action_size),
             "base_fingerprint": self.base_fingerprint,
+            "fingerprint": fingerprint(self.residuals[name]),
             "library_version": __version__,
             "data_summary": json.dumps(summary, sort_keys=True),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -277,7 +278,8 @@ class ResidualWorldModel(WorldModel):
         """Write adapters: one adapter goes to ``directory`` itself, several to one subdirectory each.
 
         Each holds ``adapter.safetensors`` (weights; config, backbone id, latent spec, base
-        fingerprint, library version and data summary in its metadata) and a readable
+        fingerprint, the adapter weights' own fingerprint, library version and data summary in
+        its metadata) and a readable
         ``adapter_config.json`` copy of that metadata. Files are written atomically.
 
         :returns: The directories written.
@@ -334,21 +336,25 @@ class ResidualWorldModel(WorldModel):
                 f"{self.base_fingerprint} (backbone {self.backbone_id or 'unnamed'}). Load the base "
                 "checkpoint the adapter was trained on."
             )
-        latent_spec = json.loads(meta["latent_spec"])
+        latent_spec = _json_field(file, meta, "latent_spec")
+        if not meta["action_size"].isdigit():
+            raise AdapterFileError(f"{file}: metadata key 'action_size' is {meta['action_size']!r}, expected an integer.")
         if latent_spec != self.latent.to_dict() or int(meta["action_size"]) != self.action_size:
             raise IncompatibleAdapterError(
                 f"{file}: adapter expects latent {latent_spec} and action size {meta['action_size']}; "
                 f"this model has {self.latent.to_dict()} and {self.action_size}."
             )
-        config = config_from_dict(ResidualConfig, json.loads(meta["config"]), source=f"{file} metadata 'config'")
+        config = config_from_dict(ResidualConfig, _json_field(file, meta, "config"), source=f"{file} metadata 'config'")
+        summary = _json_field(file, meta, "data_summary") if meta["data_summary"] else {}
         name = adapter_name or meta["adapter_name"]
         self.add_adapter(name, config, trainable=trainable)
         try:
-            strict_load(self.residuals[name], tensors, file, AdapterFileError)
+            # Files written before adapter fingerprints were recorded have none; they load as they are.
+            strict_load(self.residuals[name], tensors, file, AdapterFileError, expected_fingerprint=meta.get("fingerprint"))
         except AdapterFileError:
             self.delete_adapter(name)
             raise
-        self.data_summaries[name] = json.loads(meta["data_summary"] or "{}")
+        self.data_summaries[name] = summary
         return name
 
     @classmethod
@@ -359,6 +365,14 @@ class ResidualWorldModel(WorldModel):
         model = cls(base)
         model.load_adapter(path, trainable=trainable, adapter_name=adapter_name)
         return model
+
+
+def _json_field(file: Path, meta: Mapping[str, str], key: str) -> Any:
+    """A metadata value that must be JSON, or AdapterFileError naming the file and the key."""
+    try:
+        return json.loads(meta[key])
+    except json.JSONDecodeError as exc:
+        raise AdapterFileError(f"{file}: metadata key {key!r} is not valid JSON ({exc}); the file is corrupt.") from exc
 
 
 def _maybe_json(value: str) -> Any:

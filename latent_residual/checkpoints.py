@@ -13,6 +13,7 @@ from typing import Any
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.serialization import (
+    check_fingerprint,
     check_metadata,
     fingerprint,
     read_safetensors,
@@ -88,13 +89,22 @@ def read_world_model_config(directory: str | Path) -> dict[str, Any]:
 
 
 def read_world_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return a checkpoint's (config, tensors) after checking framing, format and version."""
+    """Return a checkpoint's (config, tensors) after checking framing, format, version and fingerprint.
+
+    The weights must have the fingerprint recorded when they were saved (a flipped byte, a
+    replaced tensor: :class:`CheckpointError` naming the file and both fingerprints); a file
+    written before fingerprints were recorded has none and is read as it is.
+    """
     path = Path(directory) / MODEL_WEIGHTS_NAME
     tensors, metadata = read_safetensors(path, error=CheckpointError)
-    return _parse(path, metadata), tensors
+    config = _parse(path, metadata)
+    if "fingerprint" in config:
+        check_fingerprint(path, tensors, config["fingerprint"], CheckpointError)
+    return config, tensors
 
 
 def load_weights(model: WorldModel, tensors: dict[str, Any], directory: str | Path) -> WorldModel:
-    """Load a checkpoint's ``tensors`` into an already built ``model``, checking keys and shapes strictly."""
+    """Load a checkpoint's ``tensors`` into an already built ``model``, checking keys, shapes and dtypes
+    strictly and refusing non-finite values (``serialization.strict_load``)."""
     strict_load(model, tensors, Path(directory) / MODEL_WEIGHTS_NAME, CheckpointError)
     return model

@@ -47,6 +47,16 @@ class DatasetError(FileFormatError):
     """Target data (a dataset file or in-memory sequences) lacks a key or has the wrong shape or dtype."""
 
 
+class FitError(LatentResidualError):
+    """A fit could not give a model better than its starting point: the residual's best held-out KL
+    is worse than the base's, so the adapter would make the model's predictions worse."""
+
+
+class NonFiniteObservationError(LatentResidualError, ValueError):
+    """An observation handed to a policy holds NaN or infinite values (the runner's own class of the
+    same name lives in ``onnx_policy.py``, which imports nothing of the library)."""
+
+
 class IncompatibleAdapterError(LatentResidualError):
     """An adapter was made for a different base model (fingerprint or latent layout differ)."""
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from latent_residual import distributions
 from latent_residual.adapters import ResidualWorldModel
 from latent_residual.contract import WorldModel
-from latent_residual.errors import ConfigError, DatasetError
+from latent_residual.errors import ConfigError, DatasetError, FitError
 from latent_residual.progress import RunLogger
 from latent_residual.rollout import CHUNK, embed_sequences, observation_keys, observe, prev_actions
 
@@ -86,6 +86,14 @@ def _check_sequences(sequences: Mapping[str, Tensor]) -> tuple[int, int]:
         if tuple(sequences[key].shape[:2]) != (N, T):
             raise DatasetError(
                 f"sequences[{key!r}] has leading shape {tuple(sequences[key].shape[:2])}, expected ({N}, {T})."
+            )
+    for key, value in sequences.items():
+        value = torch.as_tensor(value)
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            where = (~torch.isfinite(value)).nonzero()[0].tolist()
+            raise DatasetError(
+                f"sequences[{key!r}] holds non-finite values (the first at sequence {where[0]}, step {where[1]}: "
+                f"{value[tuple(where)].item()}); remove or repair those sequences before fitting."
             )
     return N, T
 
@@ -235,8 +243,11 @@ def fit_residual(
         at each step) and ``is_first``. Rewards are not needed. The last ``holdout`` fraction of
         sequences is held out for early stopping.
     :param data_summary: Provenance recorded in the adapter file (dataset path, env id, ...).
+    :raises FitError: The best held-out KL (the starting weights count, as step 0) is worse
+        than the base's: the adapter would make the model worse. It is removed from ``model``.
     """
     config = config or FitConfig()
+    _check_sequences(sequences)  # before anything else: keys, shapes, finite values
     name = model.active_adapter
     if name is None:
         raise ConfigError("fit_residual() needs an active adapter; attach_residual() first.")
@@ -254,6 +265,14 @@ def fit_residual(
         log_dir=log_dir,
         quiet=quiet,
     )
+    if not result.held_out_kl_best <= result.held_out_kl_base:  # NaN counts as worse
+        model.delete_adapter(name)
+        raise FitError(
+            f"fit_residual: adapter {name!r} never beat the base model: its best held-out KL is "
+            f"{result.held_out_kl_best:.4f} (step {result.best_step} of {result.steps}) against the base's "
+            f"{result.held_out_kl_base:.4f}, so it would make predictions worse; it was removed from the model. "
+            "Fit longer (FitConfig.steps), with a lower learning rate, or start from ResidualConfig(zero_init=True)."
+        )
     model.data_summaries[name] = {**(data_summary or {}), **summary}
     return result
 
@@ -281,6 +300,7 @@ def finetune_dynamics(
     if objective not in OBJECTIVES:
         raise ConfigError(f"finetune_dynamics: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
     config = config or FitConfig(lr=1e-4)
+    _check_sequences(sequences)  # before anything else: keys, shapes, finite values
     tuned = copy.deepcopy(model)
     params: Iterable[nn.Parameter] = list(tuned.dynamics_parameters())
     chosen = {id(p) for p in params}

@@ -46,9 +46,18 @@ def _export_paths(path: Path) -> tuple[Path, Path]:
     return onnx_path, config_path
 
 
+class PolicyFileError(ValueError):
+    """``policy.json`` is not valid JSON, or lacks what the runner reads (a ValueError naming the file)."""
+
+
 def _read_description(config_path: Path) -> dict[str, Any]:
-    """``policy.json``, after checking its format and version."""
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    """``policy.json``, after checking its JSON, format and version."""
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PolicyFileError(f"{config_path}: not valid JSON ({exc}); copy {POLICY_CONFIG_NAME} again from the export.") from exc
+    if not isinstance(config, dict):
+        raise PolicyFileError(f"{config_path}: expected a JSON object, got {type(config).__name__}.")
     if config.get("format") != FILE_FORMAT:
         raise ValueError(f"{config_path}: format is {config.get('format')!r}, expected {FILE_FORMAT!r}.")
     version = config.get("format_version")
@@ -75,6 +84,10 @@ def _session(data: bytes, providers: Sequence[str] | None, threads: int | None) 
     return onnxruntime.InferenceSession(data, options, providers=list(providers))
 
 
+class NonFiniteObservationError(ValueError):
+    """An observation holds NaN or infinite values; the policy refuses it rather than act on it."""
+
+
 class MissingObservationError(KeyError, ValueError):
     """An observation lacks a key the policy reads (both a KeyError and a ValueError)."""
 
@@ -85,9 +98,10 @@ class MissingObservationError(KeyError, ValueError):
 class OnnxPolicy:
     """An exported policy: observation dict in, action out, through an onnxruntime session.
 
-    Observations are checked before they reach the session: a missing key, a wrong dtype or a
-    wrong shape raises (``MissingObservationError``/``TypeError``/``ValueError``) naming the key, what the
-    policy expects and what it received. Keys the policy does not use are ignored.
+    Observations are checked before they reach the session: a missing key, a wrong dtype, a
+    wrong shape or a NaN/infinite value raises (``MissingObservationError``/``TypeError``/``ValueError``,
+    ``NonFiniteObservationError``) naming the key, what the policy expects and what it received.
+    Keys the policy does not use are ignored.
 
     :param path: The export directory, or its ``policy.onnx`` (``policy.json`` must sit beside it).
     :param providers: onnxruntime execution providers; by default CUDA when available, else CPU.
@@ -112,22 +126,28 @@ class OnnxPolicy:
                 f"{onnx_path} (sha256 {digest[:12]}...) is not the file {config_path.name} describes "
                 f"(sha256 {str(self.config['onnx_sha256'])[:12]}...); copy both files from the same export."
             )
-        #: key -> (dtype, shape without the batch axis), in the graph's input order.
-        self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-            item["name"]: (np.dtype(item["dtype"]), tuple(int(size) for size in item["shape"]))
-            for item in self.config["inputs"]
-        }
-        output = self.config["output"]
-        self.output_name: str = output["name"]
-        self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
-        self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
-        self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
-        recurrent = self.config.get("recurrent") or {}
-        #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
-        self.state: dict[str, tuple[str, str, tuple[int, ...]]] = {
-            item["key"]: (item["input"], item["output"], tuple(int(size) for size in item["shape"]))
-            for item in recurrent.get("state", [])
-        }
+        try:
+            #: key -> (dtype, shape without the batch axis), in the graph's input order.
+            self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
+                item["name"]: (np.dtype(item["dtype"]), tuple(int(size) for size in item["shape"]))
+                for item in self.config["inputs"]
+            }
+            output = self.config["output"]
+            self.output_name: str = output["name"]
+            self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
+            self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
+            self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
+            recurrent = self.config.get("recurrent") or {}
+            #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
+            self.state: dict[str, tuple[str, str, tuple[int, ...]]] = {
+                item["key"]: (item["input"], item["output"], tuple(int(size) for size in item["shape"]))
+                for item in recurrent.get("state", [])
+            }
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PolicyFileError(
+                f"{config_path}: malformed policy description ({type(exc).__name__}: {exc}); copy both files again "
+                "from the same export."
+            ) from exc
         self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
         self.session = _session(data, providers, threads)
         graph_inputs = [item.name for item in self.session.get_inputs()]
@@ -169,6 +189,7 @@ class OnnxPolicy:
         :param batched: Whether ``obs`` carries a leading batch axis.
         :raises MissingObservationError: A key the policy needs is missing (a KeyError and a ValueError).
         :raises TypeError: A value has the wrong dtype (no silent casts: float64 is not float32).
+        :raises NonFiniteObservationError: A value holds NaN or infinity (a ValueError).
         :raises ValueError: A value has the wrong shape, or batch sizes differ between keys.
         """
         if not isinstance(obs, Mapping):
@@ -195,6 +216,11 @@ class OnnxPolicy:
                     hint = " (this looks unbatched; use act)"
                 raise ValueError(
                     f"Observation {key!r} has shape {tuple(value.shape)}, expected {tuple(expected)}{hint}."
+                )
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                raise NonFiniteObservationError(
+                    f"Observation {key!r} holds non-finite values ({int(np.isnan(value).sum())} NaN, "
+                    f"{int(np.isinf(value).sum())} infinite); the policy refuses to act on it (check the sensor)."
                 )
             if batched:
                 batch_sizes[key] = value.shape[0]

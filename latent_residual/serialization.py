@@ -1,5 +1,6 @@
-"""How every file of the library is written and read: atomic writes, validated safetensors reads with
-format and version checks, fingerprints, spaces as JSON and optimiser moments as tensors.
+"""How every file of the library is written and read: atomic writes (files and whole directories, with the
+leftovers of killed writers cleaned), validated safetensors reads with format and version checks, strict
+loading (keys, shapes, dtypes, finite values), fingerprints, spaces as JSON and optimiser moments as tensors.
 
 What goes into each kind of file is decided beside the thing it stores (``adapters.py``,
 ``checkpoints.py``, ``actor_critic.py``, the workflow's datasets); nothing here is unpickled.
@@ -7,10 +8,15 @@ What goes into each kind of file is decided beside the thing it stores (``adapte
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import struct
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,14 +39,74 @@ _DTYPE_SIZES = {
 }
 
 
+#: The leftovers of a writer killed mid-write: ``.NAME.tmp-PID`` (a file or directory being written)
+#: and ``.NAME.old-PID`` (a directory being swapped out).
+_ORPHAN = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>[0-9]+)$")
+
+
+def is_orphan(name: str) -> bool:
+    """Whether a file name has the form of a writer's temporary file or directory (``.NAME.tmp-PID``)."""
+    return _ORPHAN.match(name) is not None
+
+
+def _temporary(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{os.getpid()}")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (this one counts; where that cannot be told, assume it does)."""
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate the process
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def clean_orphans(directory: Path) -> list[Path]:
+    """Remove what writers killed mid-write left in ``directory``; return the paths removed.
+
+    Only ``.NAME.tmp-PID`` and ``.NAME.old-PID`` entries of processes that no longer exist are
+    touched. A ``.NAME.old-PID`` directory whose ``NAME`` is missing (a kill between the two
+    renames of a directory swap) is renamed back to ``NAME`` instead: the previous version returns.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    removed = []
+    for entry in entries:
+        match = _ORPHAN.match(entry.name) if entry.name.startswith(".") else None
+        if match is None or _alive(int(match["pid"])):
+            continue
+        path = Path(entry.path)
+        try:
+            if match["kind"] == "old" and not os.path.lexists(path.with_name(match["name"])):
+                os.rename(path, path.with_name(match["name"]))
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except OSError:  # another process cleaned it first, or it is not ours to remove
+            continue
+        removed.append(path)
+    return removed
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it into place.
 
-    A crash leaves either the old file or the new one, never a partial file.
+    A crash leaves either the old file or the new one, never a partial file; the temporary files
+    that killed writers left beside ``path`` are removed first (:func:`clean_orphans`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    clean_orphans(path.parent)
+    tmp = _temporary(path)
     try:
         write(tmp)
         # Writers such as safetensors create files private to their owner (0600); give the file
@@ -50,6 +116,65 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system cannot, so the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a C library without renameat2 (glibc < 2.28, musl < 1.2.3)
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    at_cwd = -100  # AT_FDCWD
+    if renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def atomic_write_directory(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a new temporary directory beside ``path``, then swap it into place whole.
+
+    A kill leaves either the old directory or the new one at ``path``, never a mix of the two:
+    the swap is one atomic exchange where the system offers it (Linux), else two renames, and
+    the leftovers of a killed writer (the temporary directory, or the old one if the kill fell
+    between the renames, which is then put back) are handled by the next write beside ``path``
+    (:func:`clean_orphans`). Whatever ``path`` held before is replaced.
+    """
+    path = Path(path)
+    if path.is_symlink():  # replace what the link points at, and keep the link
+        path = path.resolve()
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"{path} is a file; a directory is written here.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean_orphans(path.parent)
+    tmp = _temporary(path)
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        write(tmp)
+        if not path.exists():
+            os.rename(tmp, path)
+        elif _exchange(tmp, path):
+            shutil.rmtree(tmp)  # the old directory, now under the temporary name
+        else:
+            old = _temporary(path, "old")
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -173,13 +298,28 @@ def read_checked(
     return read_safetensors(path, error=error)
 
 
-def strict_load(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path, error: type[FileFormatError]) -> None:
-    """Load ``tensors`` into ``module`` only if keys and shapes match exactly; else raise ``error`` listing them."""
+def strict_load(
+    module: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    path: Path,
+    error: type[FileFormatError],
+    *,
+    expected_fingerprint: str | None = None,
+) -> None:
+    """Load ``tensors`` into ``module`` only if they fit it exactly; else raise ``error`` naming the file.
+
+    Keys, shapes and dtypes must match the module's state dict (nothing is cast: int32 or bool
+    tensors never load into float parameters), every floating-point value must be finite, and,
+    when ``expected_fingerprint`` is given (the one recorded when the file was written), the
+    tensors' :func:`tensors_fingerprint` must equal it. The module is untouched when any check fails.
+    """
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
+    common = sorted(set(expected) & set(tensors))
+    wrong = [k for k in common if expected[k].shape != tensors[k].shape]
+    casts = [k for k in common if expected[k].dtype != tensors[k].dtype]
+    if missing or unexpected or wrong or casts:
         details = []
         if missing:
             details.append(f"missing keys {missing}")
@@ -190,8 +330,52 @@ def strict_load(module: nn.Module, tensors: Mapping[str, torch.Tensor], path: Pa
                 "shape mismatch "
                 + ", ".join(f"{k}: file {tuple(tensors[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong)
             )
+        if casts:
+            details.append(
+                "dtype mismatch "
+                + ", ".join(f"{k}: file {_dtype_name(tensors[k])} vs {_dtype_name(expected[k])}" for k in casts)
+            )
         raise error(f"{path}: weights do not fit {type(module).__name__}: {'; '.join(details)}.")
+    for key in common:
+        value = tensors[key]
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
+            raise error(
+                f"{path}: tensor {key!r} holds non-finite values ({nan} NaN, {inf} infinite); the file is "
+                "corrupt, or the model had diverged when it was saved."
+            )
+    if expected_fingerprint is not None:
+        check_fingerprint(path, tensors, expected_fingerprint, error)
     module.load_state_dict(tensors, strict=True)
+
+
+def check_fingerprint(
+    path: Path, tensors: Mapping[str, torch.Tensor], expected: Any, error: type[FileFormatError]
+) -> None:
+    """Raise ``error`` naming the file and both fingerprints unless ``tensors`` have the recorded one."""
+    if not isinstance(expected, str) or not expected.startswith("sha256:"):
+        raise error(f"{path}: the recorded fingerprint is {expected!r}, expected 'sha256:<hex>'; the metadata is corrupt.")
+    found = tensors_fingerprint(tensors)
+    if found != expected:
+        raise error(
+            f"{path}: the weights' fingerprint is {found} but the file records {expected}; the file was "
+            "altered or corrupted after it was written. Restore it from its source."
+        )
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of named tensors (names, dtypes, shapes and bytes), as ``sha256:<hex>``: what
+    :func:`fingerprint` computes from a state dict, here from tensors read from a file."""
+    digest = hashlib.sha256()
+    for key, value in sorted(tensors.items()):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{digest.hexdigest()}"
 
 
 def fingerprint(model: nn.Module) -> str:
@@ -200,12 +384,7 @@ def fingerprint(model: nn.Module) -> str:
     Two models share a fingerprint only if every parameter and buffer is bitwise equal, so an
     adapter trained on one base is refused by any other.
     """
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        tensor = value.detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return f"sha256:{digest.hexdigest()}"
+    return tensors_fingerprint(model.state_dict())
 
 
 def space_to_json(space: Any) -> dict[str, Any]:

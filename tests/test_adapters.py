@@ -60,7 +60,8 @@ def test_fit_improves_held_out_kl_and_leaves_base_bitwise_identical(gru_model, t
 
 
 def test_fit_learning_rate_decays_to_its_final_scale(gru_model):
-    adapted = attach_residual(gru_model, ResidualConfig(hidden=16))
+    # Starting equal to the base: this small fit never beats it, which fit_residual would refuse.
+    adapted = attach_residual(gru_model, ResidualConfig(hidden=16, zero_init=True, prior_unimix=gru_model.prior_unimix))
     config = FitConfig(steps=40, eval_every=10, lr=1e-2, lr_final_scale=0.1)
     history = fit_residual(adapted, drift_sequences(-0.1, seed=5), config, quiet=True).history
     rates = [entry["lr"] for entry in history[1:]]
@@ -72,7 +73,8 @@ def test_fit_learning_rate_decays_to_its_final_scale(gru_model):
 
 def test_attach_round_trip_through_files_reproduces_predictions(gru_model, tmp_path):
     adapted = attach_residual(gru_model, ResidualConfig(hidden=16))
-    fit_residual(adapted, drift_sequences(-0.1, seed=5), QUICK, quiet=True, data_summary={"env": "testplug/drift-v0"})
+    # Data on which the residual beats the base (on seed 5's the fit is refused as worse than the base).
+    fit_residual(adapted, drift_sequences(-0.1, seed=100), QUICK, quiet=True, data_summary={"env": "testplug/drift-v0"})
     batch = drift_sequences(-0.1, episodes=2, seed=9)
     expected = _prior_logits(adapted, batch)
     adapted.save_pretrained(tmp_path / "adapter")

@@ -369,68 +369,8 @@ def test_action_to_wheels_uses_the_twins_kinematics():
     np.testing.assert_allclose(wheel_velocity(-ticks, ticks, 1.0), [1.0, 0.0], atol=1e-6)  # 5 rad/s
 
 
-def test_node_arguments_parse_without_ros():
-    from latent_residual_integrations.duckiebot_ros import parse_args
-
-    args = parse_args(["--robot", "db21", "--policy", "/data/policy", "--crop-square"])
-    assert (args.robot, str(args.policy), args.rate, args.velocity_source, args.threads) == (
-        "db21", "/data/policy", 10.0, "encoders", 1
-    )
-    assert args.crop_square and args.calibration is None
-
-
-def test_controller_drives_the_wheels_from_frames_and_encoders(tmp_path):
-    from latent_residual_integrations.duckiebot_ros import LaneFollowingController, action_to_wheels
-
-    space = spaces.Dict(
-        {"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "velocity": spaces.Box(-1, 1, (2,), np.float32)}
-    )
-    policy = _policy(space, spaces.Box(-1, 1, (2,), np.float32), seed=2)
-    export_policy(policy, tmp_path, env_id="duckiebot/lane-following-v0", exporter="torchscript")
-    runner = OnnxPolicy(tmp_path)
-    controller = LaneFollowingController(runner)
-    assert controller.step(now=0.0) == (0.0, 0.0)  # no frame yet: stand still
-    frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    controller.on_frame(_jpeg(frame), stamp=1.0)
-    for side in ("left", "right"):
-        controller.on_encoder(side, 0, stamp=0.95)
-    controller.step(now=1.0)
-    for side, ticks in (("left", 10), ("right", 20)):
-        controller.on_encoder(side, ticks, stamp=1.05)
-    left, right = controller.step(now=1.1)
-    velocity = controller.velocity()  # no new ticks since the step: the estimate is kept
-    assert velocity[0] > 0 and velocity[1] > 0  # turning left while moving forward
-    expected = runner.act({"image": controller.latest[0], "velocity": velocity})
-    assert (left, right) == action_to_wheels(expected, controller.calibration)
-    assert -1 <= left <= 1 and -1 <= right <= 1
-    assert controller.step(now=1.0 + 0.6) == (0.0, 0.0)  # the frame went stale
-
-
-def test_controller_starts_an_episode_at_the_first_drive_and_after_every_stop(tmp_path):
-    from latent_residual_integrations.duckiebot_ros import LaneFollowingController
-
-    class CountingPolicy(OnnxPolicy):
-        resets = 0
-
-        def reset(self) -> None:
-            CountingPolicy.resets += 1
-            super().reset()
-
-    space = spaces.Dict(
-        {"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "velocity": spaces.Box(-1, 1, (2,), np.float32)}
-    )
-    export_policy(_policy(space, spaces.Box(-1, 1, (2,), np.float32), seed=2), tmp_path, exporter="torchscript")
-    controller = LaneFollowingController(CountingPolicy(tmp_path), velocity_source="zero")
-    frame = _jpeg(np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    controller.step(now=0.0)  # no frame: stopped
-    controller.on_frame(frame, stamp=1.0)
-    controller.step(now=1.0)
-    controller.step(now=1.1)
-    assert CountingPolicy.resets == 1  # the first drive
-    assert controller.step(now=2.0) == (0.0, 0.0)  # stale: stopped
-    controller.on_frame(frame, stamp=2.1)
-    controller.step(now=2.1)
-    assert CountingPolicy.resets == 2  # driving again starts a new episode
+# The node's arguments and its controller, with faults injected, are tested in test_safety.py
+# (without ROS) and test_ros2_node.py (over ROS 2).
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The ``latent-residual`` command: the click group, its listing commands, and one-line errors.
 
 The pipeline's subcommands are in ``commands.py``; plugins add theirs through ``register_commands``.
+Every error ends the command with one line on stderr and a non-zero exit code (2 for a usage
+error, 1 otherwise); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import click
@@ -29,11 +32,17 @@ from latent_residual.workflow import commands
     help="CPU threads for torch. The default models are small: a second thread gains little, and "
     "OpenMP's spin-waits make every op cost a scheduler slice when another process holds a core.",
 )
-def cli(threads: int) -> None:
+@click.option("--debug", is_flag=True, help="On an error, print the whole traceback instead of one line.")
+def cli(threads: int, debug: bool) -> None:
     """Adapt simulation-pretrained latent world models with latent-state dynamics residuals (ReDRAW)."""
     import torch
 
+    _session["debug"] = debug
     torch.set_num_threads(threads)
+
+
+# Set by the group's --debug flag; read by main() when a command fails.
+_session = {"debug": False}
 
 
 @cli.command(name="plugins")
@@ -85,11 +94,17 @@ def _register_plugin_commands() -> None:
             click.echo(f"latent-residual: plugin {impl.plugin_name!r} failed to add commands: {exc}", err=True)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; errors print one line and return a non-zero exit code."""
+    """Run the command; errors print one line (the traceback too with ``--debug``) and return a
+    non-zero exit code: 2 for a usage error, 1 for any other error, 130 when interrupted."""
     commands.add_commands(cli)
     _register_plugin_commands()
     args = sys.argv[1:] if argv is None else argv
+    _session["debug"] = False
     try:
         cli.main(args=args, prog_name="latent-residual", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as exc:
@@ -97,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except click.UsageError as exc:
         command = exc.ctx.command_path if exc.ctx else "latent-residual"
-        click.echo(f"latent-residual: error: {exc.format_message()} (see '{command} --help')", err=True)
+        click.echo(f"latent-residual: error: {_one_line(exc.format_message())} (see '{command} --help')", err=True)
         return 2
-    except LatentResidualError as exc:
-        click.echo(f"latent-residual: error: {exc}", err=True)
-        return 1
     except click.exceptions.Abort:
         click.echo("latent-residual: aborted", err=True)
         return 130
     except click.exceptions.Exit as exc:
         return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"latent-residual: error: {_one_line(exc.format_message())}", err=True)
+        return exc.exit_code or 1
+    except Exception as exc:  # noqa: BLE001 - every error ends as one line; --debug shows where it came from
+        if _session["debug"]:
+            traceback.print_exc()
+        # The library's errors, and those about files and values the user named, say it all in their
+        # message; anything else is named by its class and points at --debug.
+        expected = isinstance(exc, (LatentResidualError, OSError, ValueError))
+        message = _one_line(str(exc)) if expected else f"{type(exc).__name__}: {_one_line(str(exc))}"
+        hint = "" if _session["debug"] or isinstance(exc, LatentResidualError) else " (run with --debug for the traceback)"
+        click.echo(f"latent-residual: error: {message or type(exc).__name__}{hint}", err=True)
+        return 1
     return 0
 
 

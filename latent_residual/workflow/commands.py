@@ -5,6 +5,10 @@ evaluate, export, compare and demo. Each maps its flags one to one onto the conf
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +17,8 @@ import click
 from latent_residual.workflow.options import config_from_options, config_options
 
 _PATH = click.Path(path_type=Path)
+_COUNT = click.IntRange(min=1)
+_SEED = click.IntRange(min=0)
 
 # What fits a 2-core CPU: the backbone's registered 'cpu' preset, short sequences, actor-critic at
 # 128 units, horizon 15 (the same as examples/pretrain_pendulum.py, which built the embedded default).
@@ -47,6 +53,110 @@ QUICK_OVERRIDES: dict[str, Any] = {
 }
 
 
+# -- checks made before any work ------------------------------------------------------------
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of ``path`` that exists (what creating it would write into)."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """``path`` (missing) can be created: its nearest existing ancestor is a writable directory."""
+    ancestor = _existing_ancestor(path)
+    if not ancestor.is_dir():
+        raise click.BadParameter(f"{ancestor} is a file, so {path} cannot be created under it.", param_hint=option)
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise click.BadParameter(f"{ancestor} is not writable, so {path} cannot be created.", param_hint=option)
+
+
+def check_output_directory(
+    path: Path,
+    *,
+    option: str = "--out",
+    finished: tuple[str, ...] = (),
+    overwrite: bool = False,
+    beside: bool = False,
+) -> None:
+    """Check, before any work, that a command can write the directory ``path``.
+
+    :param finished: Files whose presence in ``path`` means a finished artefact is there; it is
+        refused unless ``overwrite`` (resumable commands give none).
+    :param beside: The directory is replaced whole (a temporary directory beside it is swapped
+        in), so its parent must be writable too.
+    :raises click.BadParameter: Naming the option and the path (a usage error: exit code 2).
+    """
+    if path.exists() and not path.is_dir():
+        raise click.BadParameter(f"{path} is a file; a directory is written here.", param_hint=option)
+    if path.is_dir():
+        present = [name for name in finished if (path / name).exists()]
+        if present and not overwrite:
+            raise click.BadParameter(
+                f"{path} already holds {present[0]} from a finished run; choose another directory, delete it, "
+                "or pass --overwrite.",
+                param_hint=option,
+            )
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise click.BadParameter(f"{path} is not writable.", param_hint=option)
+        if beside:
+            _check_writable(path, option)
+    else:
+        _check_writable(path, option)
+
+
+def check_output_file(path: Path, *, option: str = "--out", overwrite: bool = False) -> None:
+    """Check, before any work, that a command can write the file ``path`` (and would not replace
+    an existing one unless ``overwrite``).
+
+    :raises click.BadParameter: Naming the option and the path (a usage error: exit code 2).
+    """
+    if path.is_dir():
+        raise click.BadParameter(f"{path} is a directory; {option} names the file to write.", param_hint=option)
+    if path.exists() and not overwrite:
+        raise click.BadParameter(
+            f"{path} already exists; choose another file, delete it, or pass --overwrite.", param_hint=option
+        )
+    _check_writable(path, option)
+
+
+def _json_object(value: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line, or a usage error naming the option."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"expected a JSON object, got {value!r} ({exc}).", param_hint=option) from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"expected a JSON object, got {value!r}.", param_hint=option)
+    return parsed
+
+
+@contextmanager
+def _written_only_on_success(directory: Path) -> Iterator[None]:
+    """Remove what the block created under ``directory`` (logs) if it fails, so a failed command
+    leaves nothing behind: the directory itself if it did not exist, else the entries it added."""
+    existed = directory.exists()
+    before = set(directory.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif directory.is_dir():
+            for entry in set(directory.iterdir()) - before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise
+
+
+def _overwrite_option(what: str) -> Callable:
+    return click.option("--overwrite", is_flag=True, help=f"Replace {what} already at --out.")
+
+
 def _sequences(data: Path, max_transitions: int | None, length: int) -> dict[str, Any]:
     from latent_residual.workflow.datasets import load_dataset
 
@@ -70,8 +180,10 @@ def _saved_policy_options(*, required: bool):
 
 
 def _data_options(command):
-    command = click.option("--sequence-length", default=32, show_default=True, help="Steps per training sequence.")(command)
-    command = click.option("--max-transitions", type=int, default=None, help="Use at most this many transitions.")(command)
+    command = click.option(
+        "--sequence-length", type=_COUNT, default=32, show_default=True, help="Steps per training sequence."
+    )(command)
+    command = click.option("--max-transitions", type=_COUNT, default=None, help="Use at most this many transitions.")(command)
     return click.option("--data", type=_PATH, required=True, help="Target dataset directory (from `collect`).")(command)
 
 
@@ -97,6 +209,7 @@ def _pretrain_command(group: click.Group) -> None:
         """Pretrain a world model and a simulation policy (resumable)."""
         from latent_residual.workflow.pretraining import pretrain
 
+        check_output_directory(out)
         config, ac_config = _pretrain_configs(options)
         result = pretrain(config, out, ac_config=ac_config)
         click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
@@ -106,7 +219,7 @@ def _collect_command(group: click.Group) -> None:
     @group.command(name="collect")
     @click.argument("env_id")
     @click.option("--out", type=_PATH, required=True, help="Dataset directory (re-run to resume).")
-    @click.option("--transitions", type=int, required=True, help="Transitions to store in total.")
+    @click.option("--transitions", type=_COUNT, required=True, help="Transitions to store in total.")
     @click.option(
         "--behaviour",
         type=click.Choice(["random", "expert", "policy"]),
@@ -115,20 +228,22 @@ def _collect_command(group: click.Group) -> None:
         help="random; the environment's scripted expert; or a saved policy (--world-model, --policy).",
     )
     @_saved_policy_options(required=False)
-    @click.option("--noise", default=0.0, show_default=True, help="Gaussian action noise (std).")
-    @click.option("--seed", default=0, show_default=True, help="Seed of episodes and noise.")
+    @click.option("--noise", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="Gaussian action noise (std).")
+    @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of episodes and noise.")
     @click.option("--env-kwargs", default="{}", show_default=True, help="Environment kwargs (JSON).")
     def collect_command(env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs) -> None:
         """Record reward-free target data with a behaviour policy."""
         from latent_residual.workflow.collection import collect
         from latent_residual.workflow.loading import load_policy
 
+        kwargs = _json_object(env_kwargs, "--env-kwargs")
+        check_output_directory(out)
         actor: Any = behaviour
         if behaviour == "policy":
             if world_model is None or policy is None:
                 raise click.UsageError("--behaviour policy needs --world-model and --policy.")
             actor = load_policy(world_model, policy)
-        dataset = collect(env_id, actor, out, transitions=transitions, seed=seed, noise=noise, env_kwargs=json.loads(env_kwargs))
+        dataset = collect(env_id, actor, out, transitions=transitions, seed=seed, noise=noise, env_kwargs=kwargs)
         click.echo(f"{out}: {len(dataset.episodes)} episodes, {dataset.transitions} transitions")
 
 
@@ -139,25 +254,35 @@ def _adapt_command(group: click.Group) -> None:
     @group.command(name="adapt")
     @click.option("--world-model", type=_PATH, required=True, help="Frozen world-model checkpoint.")
     @click.option("--out", type=_PATH, required=True, help="Adapter directory to write.")
+    @_overwrite_option("an adapter")
     @_data_options
     @config_options(ResidualConfig)
     @config_options(FitConfig, prefix="fit-")
-    def adapt_command(world_model: Path, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
-        """Fit a latent dynamics residual (ReDRAW) on reward-free target data."""
-        from latent_residual.adapters import attach_residual
+    def adapt_command(
+        world_model: Path, out: Path, overwrite: bool, data: Path, max_transitions, sequence_length, **options: Any
+    ) -> None:
+        """Fit a latent dynamics residual (ReDRAW) on reward-free target data.
+
+        A fit whose best held-out KL is worse than the base model's writes nothing and fails."""
+        from latent_residual.adapters import ADAPTER_WEIGHTS_NAME, attach_residual
         from latent_residual.workflow.loading import load_world_model
         from latent_residual.fitting import fit_residual
 
-        adapted = attach_residual(load_world_model(world_model), config_from_options(ResidualConfig, options))
+        check_output_directory(out, finished=(ADAPTER_WEIGHTS_NAME,), overwrite=overwrite)
+        residual_config = config_from_options(ResidualConfig, options)
+        fit_config = config_from_options(FitConfig, options, prefix="fit-")
+        adapted = attach_residual(load_world_model(world_model), residual_config)
+        sequences = _sequences(data, max_transitions, sequence_length)
         adapted.print_trainable_parameters()
-        result = fit_residual(
-            adapted,
-            _sequences(data, max_transitions, sequence_length),
-            config_from_options(FitConfig, options, prefix="fit-"),
-            log_dir=out / "logs",
-            data_summary={"dataset": str(data), "world_model": str(world_model)},
-        )
-        adapted.save_pretrained(out)
+        with _written_only_on_success(out):
+            result = fit_residual(
+                adapted,
+                sequences,
+                fit_config,
+                log_dir=out / "logs",
+                data_summary={"dataset": str(data), "world_model": str(world_model)},
+            )
+            adapted.save_pretrained(out)
         click.echo(
             f"held-out KL {result.held_out_kl_base:.4f} (base) -> {result.held_out_kl_best:.4f} at step "
             f"{result.best_step} in {result.seconds:.1f} s; adapter written to {out}"
@@ -170,22 +295,25 @@ def _finetune_command(group: click.Group) -> None:
     @group.command(name="finetune")
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint to start from.")
     @click.option("--out", type=_PATH, required=True, help="Directory for the finetuned checkpoint.")
+    @_overwrite_option("a checkpoint")
     @_data_options
     @click.option("--fit-lr", default=1e-4, show_default=True, help="Adam learning rate of the prior (the world model's own, in the paper).")
     @config_options(FitConfig, prefix="fit-", exclude=("lr",))
-    def finetune_command(world_model: Path, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
+    def finetune_command(
+        world_model: Path, out: Path, overwrite: bool, data: Path, max_transitions, sequence_length, **options: Any
+    ) -> None:
         """The baseline: finetune only the prior network on target data (encoder and heads frozen)."""
-        from latent_residual.checkpoints import save_world_model
+        from latent_residual.checkpoints import MODEL_WEIGHTS_NAME, save_world_model
         from latent_residual.workflow.loading import load_world_model
         from latent_residual.fitting import finetune_dynamics
 
-        tuned, result = finetune_dynamics(
-            load_world_model(world_model),
-            _sequences(data, max_transitions, sequence_length),
-            config_from_options(FitConfig, options, prefix="fit-"),
-            log_dir=out / "logs",
-        )
-        save_world_model(tuned, out, extra={"method": "finetune", "dataset": str(data)})
+        check_output_directory(out, finished=(MODEL_WEIGHTS_NAME,), overwrite=overwrite)
+        fit_config = config_from_options(FitConfig, options, prefix="fit-")
+        base = load_world_model(world_model)
+        sequences = _sequences(data, max_transitions, sequence_length)
+        with _written_only_on_success(out):
+            tuned, result = finetune_dynamics(base, sequences, fit_config, log_dir=out / "logs")
+            save_world_model(tuned, out, extra={"method": "finetune", "dataset": str(data)})
         click.echo(f"held-out KL {result.held_out_kl_base:.4f} -> {result.held_out_kl_best:.4f}; written to {out}")
 
 
@@ -197,24 +325,30 @@ def _train_policy_command(group: click.Group) -> None:
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint.")
     @click.option("--adapter", type=_PATH, default=None, help="Adapter directory; omit for the plain model.")
     @click.option("--out", type=_PATH, required=True, help="File to write (actor_critic.safetensors).")
+    @_overwrite_option("a policy file")
     @_data_options
     @config_options(PolicyTrainConfig)
     @config_options(ActorCriticConfig, prefix="ac-")
-    def train_policy_command(world_model: Path, adapter, out: Path, data: Path, max_transitions, sequence_length, **options: Any) -> None:
+    def train_policy_command(
+        world_model: Path, adapter, out: Path, overwrite: bool, data: Path, max_transitions, sequence_length, **options: Any
+    ) -> None:
         """Train a fresh actor-critic in the (adapted) world model's imagination."""
         from latent_residual.adapters import load_adapter
         from latent_residual.workflow.loading import load_world_model
         from latent_residual.actor_critic import save_actor_critic
         from latent_residual.workflow.policy_training import train_policy
 
+        check_output_file(out, overwrite=overwrite)
+        policy_config = config_from_options(PolicyTrainConfig, options)
+        ac_config = config_from_options(ActorCriticConfig, options, prefix="ac-")
         model = load_world_model(world_model)
         if adapter is not None:
             model = load_adapter(model, adapter, trainable=False)
         actor_critic = train_policy(
             model,
             _sequences(data, max_transitions, sequence_length),
-            config_from_options(PolicyTrainConfig, options),
-            ac_config=config_from_options(ActorCriticConfig, options, prefix="ac-"),
+            policy_config,
+            ac_config=ac_config,
             log_dir=out.parent / "policy_logs",
         )
         save_actor_critic(actor_critic, out, extra={"world_model": str(world_model), "adapter": str(adapter or "")})
@@ -226,15 +360,18 @@ def _evaluate_command(group: click.Group) -> None:
     @click.argument("env_id")
     @_saved_policy_options(required=False)
     @click.option("--onnx", type=_PATH, help="An exported ONNX policy directory instead.")
-    @click.option("--episodes", default=10, show_default=True, help="Episodes to run.")
-    @click.option("--seed", default=10_000, show_default=True, help="Seed of the first episode.")
+    @click.option("--episodes", type=_COUNT, default=10, show_default=True, help="Episodes to run.")
+    @click.option("--seed", type=_SEED, default=10_000, show_default=True, help="Seed of the first episode.")
     @click.option("--out", type=_PATH, default=None, help="JSON file for the results.")
-    def evaluate_command(env_id: str, world_model, policy, onnx, episodes: int, seed: int, out) -> None:
+    @_overwrite_option("a results file")
+    def evaluate_command(env_id: str, world_model, policy, onnx, episodes: int, seed: int, out, overwrite: bool) -> None:
         """Run a policy for N episodes; print mean ± std return and task metrics."""
         from latent_residual.serialization import write_text
         from latent_residual.workflow.evaluation import evaluate
         from latent_residual.workflow.loading import load_policy
 
+        if out is not None:
+            check_output_file(out, overwrite=overwrite)
         if onnx is not None:
             from latent_residual.onnx_policy import OnnxPolicy
 
@@ -256,15 +393,26 @@ def _export_command(group: click.Group) -> None:
     @group.command(name="export")
     @_saved_policy_options(required=True)
     @click.option("--out", type=_PATH, required=True, help="Directory for policy.onnx and policy.json.")
+    @_overwrite_option("an export")
     @click.option("--env-id", default=None, help="Environment id recorded in policy.json.")
-    def export_command(world_model: Path, policy: Path, out: Path, env_id) -> None:
+    def export_command(world_model: Path, policy: Path, out: Path, overwrite: bool, env_id) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
 
-        With --env-id the check also runs 200 steps of whole episodes there, torch and ONNX Runtime
-        side by side."""
-        from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
+        The directory is written whole (swapped into place), so a kill leaves the previous export
+        or the new one. With --env-id the check also runs 200 steps of whole episodes there, torch
+        and ONNX Runtime side by side."""
+        from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
+        from latent_residual.workflow.export import (
+            check_export_target,
+            example_observations,
+            export_policy,
+            verify_episodes,
+            verify_export,
+        )
         from latent_residual.workflow.loading import load_policy
 
+        check_output_directory(out, finished=(ONNX_NAME, POLICY_CONFIG_NAME), overwrite=overwrite, beside=True)
+        check_export_target(out)
         loaded = load_policy(world_model, policy)
         export_policy(loaded, out, env_id=env_id)
         difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
@@ -295,6 +443,7 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
     def command(ctx: click.Context, out: Path, quick: bool, **options: Any) -> None:
         from latent_residual.workflow.experiments import run_experiment
 
+        check_output_directory(out)
         given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
         if quick:  # flags given on the command line still win over --quick's settings
             options.update({key: value for key, value in QUICK_OVERRIDES.items() if key not in given})

@@ -104,6 +104,54 @@ def _check_episode(
     return T
 
 
+def _action_bounds(action_space: gymnasium.spaces.Box) -> tuple[np.ndarray, np.ndarray]:
+    """The action space's bounds in float32, the dtype actions are stored in: rounding is monotone,
+    so an action clipped to the space in any precision is still inside them once stored."""
+    return np.asarray(action_space.low, np.float32), np.asarray(action_space.high, np.float32)
+
+
+def _check_values(
+    episode: dict[str, np.ndarray],
+    source: str,
+    bounds: tuple[np.ndarray, np.ndarray],
+    *,
+    clip_actions: bool,
+    how_to_clip: str,
+) -> None:
+    """Refuse NaN or infinite values in any floating-point key, and actions outside the action space.
+
+    Only the actions taken are bounded: the final step's action is never sent to the environment
+    (zeros by convention), so it only has to be finite. With ``clip_actions`` the taken actions
+    are clipped into the space (in place) instead of refused.
+    """
+    for key, value in episode.items():
+        if value.dtype.kind in "fc" and not np.isfinite(value).all():
+            bad = ~np.isfinite(value)
+            step = int(np.argmax(bad.reshape(len(value), -1).any(axis=1)))
+            raise DatasetError(
+                f"{source}: key {key!r} holds a non-finite value at step {step} "
+                f"({value[step].reshape(-1)[bad[step].reshape(-1)][0]}); the data is corrupt or a sensor failed."
+            )
+    taken = episode["action"][:-1]
+    low, high = bounds
+    outside = (taken < low) | (taken > high)
+    if not outside.any():
+        return
+    if clip_actions:
+        np.clip(taken, low, high, out=taken)
+        return
+    step = int(np.argmax(outside.reshape(len(taken), -1).any(axis=1)))
+    raise DatasetError(
+        f"{source}: key 'action' at step {step} is {_short(taken[step].tolist())}, outside the action space "
+        f"[{_short(_bound_text(low))}, {_short(_bound_text(high))}]; fix the data, or clip it with {how_to_clip}."
+    )
+
+
+def _bound_text(bound: np.ndarray) -> Any:
+    flat = bound.reshape(-1)
+    return flat[0].item() if flat.size and (flat == flat[0]).all() else bound.tolist()
+
+
 def _check_spaces(
     observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space, source: str
 ) -> None:
@@ -166,7 +214,12 @@ def _write_info(directory: Path, info: dict[str, Any]) -> None:
     write_text(directory / DATASET_INFO_NAME, json.dumps(info, indent=2, sort_keys=True) + "\n")
 
 
-def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> Episode:
+def _read_episode(
+    path: Path,
+    layout: dict[str, tuple[np.dtype, tuple[int, ...]]],
+    bounds: tuple[np.ndarray, np.ndarray],
+    clip_actions: bool,
+) -> Episode:
     tensors, _ = read_checked(
         path, file_format=EPISODE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset episode"
     )
@@ -177,6 +230,7 @@ def _read_episode(path: Path, layout: dict[str, tuple[np.dtype, tuple[int, ...]]
         except TypeError as exc:  # dtypes NumPy lacks, such as bfloat16
             raise DatasetError(f"{path}: key {key!r} has dtype {tensor.dtype}, which no dataset key uses.") from exc
     _check_episode(episode, str(path), layout)
+    _check_values(episode, str(path), bounds, clip_actions=clip_actions, how_to_clip="load_dataset(..., clip_actions=True)")
     return episode
 
 
@@ -199,6 +253,13 @@ class DatasetWriter:
         date and library version are added. When continuing a dataset it is appended to
         ``resumes`` with the index of its first episode.
     :param store_reward: Keep the ``reward`` key; False writes reward-free data.
+    :param clip_actions: Clip actions outside the action space into it instead of refusing the
+        episode. Off by default: an action the environment could not have received means the
+        data is wrong. (``collect`` clips its own actions as it acts, so its data always passes.)
+
+    Every episode is checked before it is written: keys, dtypes, shapes and flags against the
+    spaces, no NaN or infinite value in any key, and every action taken inside the action space;
+    a problem raises :class:`DatasetError` naming the file, the key and the step.
     """
 
     def __init__(
@@ -211,9 +272,12 @@ class DatasetWriter:
         action_space: gymnasium.spaces.Space,
         provenance: dict[str, Any] | None = None,
         store_reward: bool = True,
+        clip_actions: bool = False,
     ) -> None:
         self.directory = Path(directory)
         _check_spaces(observation_space, action_space, f"DatasetWriter({self.directory})")
+        self.clip_actions = bool(clip_actions)
+        self._bounds = _action_bounds(action_space)
         session = {
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "library_version": __version__,
@@ -281,7 +345,9 @@ class DatasetWriter:
     def add_episode(self, episode: Mapping[str, np.ndarray]) -> Path:
         """Validate ``episode`` (an :class:`EpisodeRecorder` dict) and write it; return its path.
 
-        With ``store_reward=False`` a ``reward`` key is dropped rather than refused.
+        With ``store_reward=False`` a ``reward`` key is dropped rather than refused. Non-finite
+        values and actions outside the action space raise :class:`DatasetError` (naming the file,
+        key and step) unless the writer clips actions; ``episode`` itself is never modified.
         """
         index = self.info["episodes"]
         path = self.directory / EPISODES_DIR_NAME / episode_file_name(index)
@@ -289,6 +355,15 @@ class DatasetWriter:
         if "reward" not in self._layout:
             arrays.pop("reward", None)
         T = _check_episode(arrays, f"episode for {path}", self._layout)
+        if self.clip_actions:
+            arrays["action"] = arrays["action"].copy()
+        _check_values(
+            arrays,
+            f"episode for {path}",
+            self._bounds,
+            clip_actions=self.clip_actions,
+            how_to_clip="DatasetWriter(..., clip_actions=True)",
+        )
         metadata = {"format": EPISODE_FORMAT, "format_version": str(FILE_FORMAT_VERSION)}
         write_safetensors(path, {key: torch.tensor(value) for key, value in arrays.items()}, metadata)
         # The episode file is complete before dataset.json counts it: a kill in between only
@@ -357,26 +432,30 @@ class Dataset:
         return {key: value.to(device) for key, value in out.items()}
 
 
-def load_dataset(directory: str | Path, *, max_transitions: int | None = None) -> Dataset:
+def load_dataset(directory: str | Path, *, max_transitions: int | None = None, clip_actions: bool = False) -> Dataset:
     """Load and validate a dataset directory.
 
     Every episode file's framing, keys, dtypes, shapes (against the stored spaces) and flags are
-    checked; any problem raises DatasetError naming the file and the key.
+    checked, and its values: no NaN or infinite value in any key, every action taken inside the
+    stored action space. Any problem raises DatasetError naming the file, the key and the step.
 
     :param max_transitions: Keep whole episodes in order until this many steps; the last one is
         cut to fit exactly, its final step marked ``is_last`` (a truncation, not a termination).
+    :param clip_actions: Clip actions outside the action space into it (in memory; the files are
+        not changed) instead of refusing the dataset.
     """
     if max_transitions is not None and (not isinstance(max_transitions, int) or max_transitions < 1):
         raise ConfigError(f"max_transitions must be None or an integer >= 1, got {max_transitions!r}.")
     directory = Path(directory)
     info, observation_space, action_space = _read_info(directory)
     layout = _expected_layout(observation_space, action_space, info["has_reward"])
+    bounds = _action_bounds(action_space)
     episodes: list[Episode] = []
     stored = 0
     for index in range(info["episodes"]):
         if max_transitions is not None and stored >= max_transitions:
             break
-        episode = _read_episode(directory / EPISODES_DIR_NAME / episode_file_name(index), layout)
+        episode = _read_episode(directory / EPISODES_DIR_NAME / episode_file_name(index), layout, bounds, clip_actions)
         T = len(episode["is_first"])
         if max_transitions is not None and stored + T > max_transitions:
             keep = max_transitions - stored

@@ -38,7 +38,7 @@ from latent_residual.onnx_policy import (
     OnnxPolicy,
 )
 from latent_residual.registry import make_env
-from latent_residual.serialization import atomic_write, fingerprint, write_text
+from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
 from latent_residual.workflow.policy import Policy
 
@@ -417,11 +417,16 @@ def export_policy(
     The graph has one input per observation key, named like the key, with the space's dtype and
     shape behind a dynamic batch axis, and one output ``action`` (batch, A) float32 inside the
     action space. It is checked with ``onnx.checker`` and run in onnxruntime at two batch sizes
-    before anything is written; both files are written atomically (the JSON, written last,
-    records the ONNX file's SHA-256 so a mismatched pair is detected on load).
+    before anything is written. The directory is written as a whole: both files go into a
+    temporary directory beside it, which is then swapped into place, so a kill leaves either
+    the previous export or the new one, never one file of each (the JSON also records the ONNX
+    file's SHA-256, so a pair mixed by hand is detected on load). A killed export's temporary
+    directory is removed by the next export beside it.
 
-    :param policy: The memoryless policy (encoder -> posterior mode -> actor mean).
-    :param directory: Where to write; created if missing. Existing exports are replaced.
+    :param policy: The policy (encoder -> posterior mode -> actor mean; a recurrent one carries its state).
+    :param directory: Where to write; created if missing. An earlier export there is replaced;
+        a directory holding anything else is refused (:class:`ExportError`), since the whole
+        directory is replaced.
     :param env_id: The environment the policy is for, recorded in ``policy.json``.
     :param opset: ONNX opset; ``None`` takes the exporter's default (dynamo: 20, IR 10, onnxruntime
         >= 1.17; TorchScript: 17, IR 8). Older onboard runtimes want ``opset=17``.
@@ -430,6 +435,8 @@ def export_policy(
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
+    directory = Path(directory)
+    check_export_target(directory)
     module = ExportablePolicy(policy)
     _, action_space = _check_spaces(policy)
     was_training = policy.training
@@ -439,12 +446,32 @@ def export_policy(
     finally:
         policy.train(was_training)
     text = _description(module, data, proto, used, env_id, action_space)
-    directory = Path(directory)
+
+    def write(tmp: Path) -> None:
+        (tmp / ONNX_NAME).write_bytes(data)
+        (tmp / POLICY_CONFIG_NAME).write_text(text, encoding="utf-8")
+
+    atomic_write_directory(directory, write)
     onnx_path = directory / ONNX_NAME
-    atomic_write(onnx_path, lambda tmp: tmp.write_bytes(data))
-    write_text(directory / POLICY_CONFIG_NAME, text)
     logger.info("Exported %s with the %s exporter (opset %s).", onnx_path, used, _opset_of(proto))
     return onnx_path
+
+
+def check_export_target(directory: str | Path) -> None:
+    """Raise :class:`ExportError` if ``directory`` cannot take an export: it is a file, or a
+    directory holding more than an earlier export (an export replaces its whole directory)."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ExportError(f"{directory} is a file; export_policy writes a directory ({ONNX_NAME} and {POLICY_CONFIG_NAME}).")
+    if directory.is_dir():
+        export = (ONNX_NAME, POLICY_CONFIG_NAME)
+        others = sorted(entry.name for entry in directory.iterdir() if entry.name not in export and not is_orphan(entry.name))
+        if others:
+            listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise ExportError(
+                f"{directory} holds {listed} besides an export; an export replaces its whole directory, so "
+                "give a new or empty directory, or an earlier export."
+            )
 
 
 # ----------------------------------------------------------------------------------------------

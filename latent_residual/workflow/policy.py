@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from latent_residual import distributions, rollout
 from latent_residual.actor_critic import Actor
 from latent_residual.contract import State, WorldModel
-from latent_residual.errors import ConfigError
+from latent_residual.errors import ConfigError, NonFiniteObservationError
 
 
 class Policy(nn.Module):
@@ -95,9 +95,19 @@ class Policy(nn.Module):
 
     @torch.no_grad()
     def act(self, obs: Mapping[str, object]) -> np.ndarray:
-        """Act on one unbatched observation dict (NumPy arrays or tensors); returns (action_size,)."""
+        """Act on one unbatched observation dict (NumPy arrays or tensors); returns (action_size,).
+
+        :raises NonFiniteObservationError: A value holds NaN or infinity (a ValueError), named by key.
+        """
         device = next(self.parameters()).device
-        batch = {key: torch.as_tensor(np.asarray(obs[key]), device=device).unsqueeze(0) for key in self.keys}
+        arrays = {key: np.asarray(obs[key]) for key in self.keys}
+        for key, value in arrays.items():
+            if value.dtype.kind in "fc" and not np.isfinite(value).all():
+                raise NonFiniteObservationError(
+                    f"Observation {key!r} holds non-finite values ({int(np.isnan(value).sum())} NaN, "
+                    f"{int(np.isinf(value).sum())} infinite); the policy refuses to act on it."
+                )
+        batch = {key: torch.as_tensor(value, device=device).unsqueeze(0) for key, value in arrays.items()}
         if not self.stateful:
             return self(batch)[0].cpu().numpy()
         first = self._carried is None

@@ -23,7 +23,7 @@ from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, load_ac
 from latent_residual.checkpoints import save_world_model
 from latent_residual.config import config_to_dict
 from latent_residual.contract import State, WorldModel
-from latent_residual.errors import ConfigError
+from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.progress import RunLogger
 from latent_residual.registry import backbone_preset, demo_env, env_expert, make_backbone, make_env, source_backbone
 from latent_residual.rollout import posterior_states, step, subsample_states
@@ -181,6 +181,17 @@ class _PretrainBehaviour:
         return self.run.agent.act(obs)
 
 
+def _read_progress(path: Path) -> dict[str, Any]:
+    """A run's ``progress.json``, or CheckpointError naming it when it is not a JSON object."""
+    try:
+        progress = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the run directory is corrupt.") from exc
+    if not isinstance(progress, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(progress).__name__}; the run directory is corrupt.")
+    return progress
+
+
 class _PretrainRun:
     """The state of one pretraining run, so that it can be checkpointed and resumed as a unit."""
 
@@ -191,7 +202,7 @@ class _PretrainRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.env = make_env(config.env_id, **config.env_kwargs)
         progress_path = out / PROGRESS_NAME
-        self.progress = json.loads(progress_path.read_text()) if progress_path.exists() else {}
+        self.progress = _read_progress(progress_path) if progress_path.exists() else {}
         self._build_networks(ac_config)
         if self.progress:
             self._load_checkpoint()
