@@ -59,10 +59,10 @@ def _read_description(config_path: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise PolicyFileError(f"{config_path}: expected a JSON object, got {type(config).__name__}.")
     if config.get("format") != FILE_FORMAT:
-        raise ValueError(f"{config_path}: format is {config.get('format')!r}, expected {FILE_FORMAT!r}.")
+        raise PolicyFileError(f"{config_path}: format is {config.get('format')!r}, expected {FILE_FORMAT!r}.")
     version = config.get("format_version")
     if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
-        raise ValueError(
+        raise PolicyFileError(
             f"{config_path}: format_version {version!r} is newer than this reader's {FILE_FORMAT_VERSION}; "
             "upgrade latent-residual on this machine."
         )
