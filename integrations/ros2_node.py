@@ -1,0 +1,299 @@
+"""A ROS 2 node that drives a robot with an exported lane-following policy: camera in, wheel commands out, a thin shell over ``safety.py``.
+The controller and its safety checks live in ``latent_residual_integrations.safety`` (no ROS there); rclpy and the messages are imported only inside the functions here."""
+
+# Run (rclpy, sensor_msgs and geometry_msgs installed; duckietown_msgs for the Duckiebot's messages):
+#
+#     python -m latent_residual_integrations.ros2_node --ros-args -p policy:=/data/policy -p robot:=db21 \
+#         [-p command_type:=wheels|twist] [-p rate:=10.0] [-p velocity_source:=encoders|odometry|command|zero]
+#
+# The parameters are in PARAMETERS; docs/safety.md says what the node guarantees and how it was tested.
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from latent_residual.onnx_policy import OnnxPolicy
+from latent_residual_integrations.safety import (
+    DEFAULT_RATE_HZ,
+    ENCODER_RESOLUTION,
+    MAX_FRAME_AGE,
+    MAX_FUTURE,
+    VELOCITY_FALLBACKS,
+    VELOCITY_SOURCES,
+    VELOCITY_TIMEOUT,
+    Command,
+    ControlLoop,
+    LaneFollowingController,
+    load_calibration,
+    stop_on_signals,
+)
+
+NODE_NAME = "latent_residual_policy"
+COMMAND_TYPES = ("wheels", "twist")
+#: name -> (default, description). Topic defaults are templates: ``{robot}`` is the ``robot``
+#: parameter; with an empty ``robot`` the ``/{robot}/`` prefix is dropped (a name relative to the node's namespace).
+PARAMETERS: dict[str, tuple[Any, str]] = {
+    "policy": ("", "directory with policy.onnx and policy.json (required)"),
+    "robot": ("", "the robot's name, the first part of the default topics"),
+    "camera_topic": ("/{robot}/camera_node/image/compressed", "sensor_msgs/CompressedImage in"),
+    "command_type": ("wheels", "wheels: duckietown_msgs/WheelsCmdStamped; twist: geometry_msgs/Twist"),
+    "wheels_topic": ("/{robot}/wheels_driver_node/wheels_cmd", "WheelsCmdStamped out (command_type wheels)"),
+    "twist_topic": ("/{robot}/cmd_vel", "geometry_msgs/Twist out (command_type twist)"),
+    "max_speed": (0.5, "twist: m/s for a forward action of 1 (the twin's)"),
+    "max_yaw_rate": (5.0, "twist: rad/s for a turn action of 1 (the twin's)"),
+    "rate": (DEFAULT_RATE_HZ, "commands per second (the twin: 10)"),
+    "max_frame_age": (MAX_FRAME_AGE, "stop when the newest frame is older than this (s)"),
+    "max_future": (MAX_FUTURE, "refuse inputs stamped further ahead of the node's clock (s)"),
+    "inference_deadline": (0.0, "seconds the policy may take; 0: half a period"),
+    "velocity_source": ("encoders", "the velocity observation: encoders, odometry, command or zero"),
+    "velocity_fallback": ("stop", "encoders/odometry silent: stop, command or zero"),
+    "velocity_timeout": (VELOCITY_TIMEOUT, "encoders/odometry silent after this long (s)"),
+    "encoder_topic": ("/{robot}/{side}_wheel_encoder_node/tick", "duckietown_msgs/WheelEncoderStamped, {side} left/right"),
+    "odometry_topic": ("/{robot}/velocity", "geometry_msgs/TwistStamped measured velocity (velocity_source odometry)"),
+    "crop_square": (False, "crop the frame's centre square before resizing"),
+    "calibration": ("", "kinematics calibration YAML (gain, trim, ...)"),
+    "providers": ([""], "onnxruntime execution providers, in order (empty: CUDA if available, else CPU)"),
+    "threads": (1, "onnxruntime intra-op threads (leave cores to ROS)"),
+}
+
+
+class NodeError(ValueError):
+    """A mistake in the node's parameters or environment: reported in one line, no traceback."""
+
+
+def topic(template: str, robot: str, **fields: str) -> str:
+    """Fill a topic template; without a robot name the ``/{robot}/`` prefix is dropped."""
+    if not robot and template.startswith("/{robot}/"):
+        template = template[len("/{robot}/"):]
+    return template.format(robot=robot, **fields)
+
+
+def stamp_seconds(stamp: Any) -> float | None:
+    """A ``builtin_interfaces/Time`` in seconds; ``None`` for an unset (zero) stamp, meaning "received now"."""
+    seconds = stamp.sec + stamp.nanosec * 1e-9
+    return seconds or None
+
+
+def read_parameters(node: Any) -> dict[str, Any]:
+    """Declare ``PARAMETERS`` on an rclpy node and return their values, checked."""
+    from rclpy.exceptions import ParameterException
+
+    values = {}
+    for name, (default, description) in PARAMETERS.items():
+        try:
+            values[name] = node.declare_parameter(name, default, _descriptor(description)).value
+        except ParameterException as exc:
+            kind = type(default).__name__
+            raise NodeError(f"parameter {name} must be a {kind} like {default!r} ({str(exc).split(':')[0]})") from exc
+    if not values["policy"]:
+        raise NodeError("the policy parameter is required: --ros-args -p policy:=/path/to/export")
+    if values["command_type"] not in COMMAND_TYPES:
+        raise NodeError(f"command_type must be one of {COMMAND_TYPES}, got {values['command_type']!r}")
+    if values["velocity_source"] not in VELOCITY_SOURCES:
+        raise NodeError(f"velocity_source must be one of {VELOCITY_SOURCES}, got {values['velocity_source']!r}")
+    if values["velocity_fallback"] not in VELOCITY_FALLBACKS:
+        raise NodeError(f"velocity_fallback must be one of {VELOCITY_FALLBACKS}, got {values['velocity_fallback']!r}")
+    values["providers"] = [name for name in values["providers"] if name] or None
+    values["inference_deadline"] = values["inference_deadline"] or None
+    return values
+
+
+def _descriptor(description: str) -> Any:
+    from rcl_interfaces.msg import ParameterDescriptor
+
+    return ParameterDescriptor(description=description)
+
+
+def _duckietown(name: str, wanted: str) -> Any:
+    try:
+        from duckietown_msgs import msg
+    except ImportError as exc:
+        raise NodeError(f"{wanted} needs duckietown_msgs ({name}), which is not installed here") from exc
+    return getattr(msg, name)
+
+
+class PolicyNode:
+    """The ROS 2 shell: subscriptions feed the controller, a ``ControlLoop`` publishes its commands.
+
+    :param node: An rclpy ``Node`` (its parameters are declared and read here).
+    :param make_policy: Builds the policy from the ``policy`` parameter (tests pass a subclass of ``OnnxPolicy``).
+    """
+
+    def __init__(self, node: Any, make_policy: Callable[..., OnnxPolicy] = OnnxPolicy) -> None:
+        from geometry_msgs.msg import Twist, TwistStamped
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import CompressedImage
+
+        self.node = node
+        self.params = params = read_parameters(node)
+        robot = params["robot"]
+        try:
+            policy = make_policy(params["policy"], providers=params["providers"], threads=params["threads"])
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise NodeError(str(exc).strip("'\"")) from exc
+        calibration = load_calibration(params["calibration"]) if params["calibration"] else None
+        self.controller = LaneFollowingController(
+            policy,
+            calibration,
+            velocity_source=params["velocity_source"],
+            velocity_fallback=params["velocity_fallback"],
+            crop_square=params["crop_square"],
+            rate_hz=params["rate"],
+            max_frame_age=params["max_frame_age"],
+            max_future=params["max_future"],
+            inference_deadline=params["inference_deadline"],
+            velocity_timeout=params["velocity_timeout"],
+            clock=lambda: node.get_clock().now().nanoseconds * 1e-9,
+        )
+        command_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        if params["command_type"] == "wheels":
+            wheels_message = _duckietown("WheelsCmdStamped", "command_type wheels")
+            self.command_topic = topic(params["wheels_topic"], robot)
+            self.publisher = node.create_publisher(wheels_message, self.command_topic, command_qos)
+
+            def message(command: Command) -> Any:
+                out = wheels_message()
+                out.header.stamp = node.get_clock().now().to_msg()
+                out.vel_left, out.vel_right = command.wheels
+                return out
+        else:
+            self.command_topic = topic(params["twist_topic"], robot)
+            self.publisher = node.create_publisher(Twist, self.command_topic, command_qos)
+            max_speed, max_yaw_rate = float(params["max_speed"]), float(params["max_yaw_rate"])
+
+            def message(command: Command) -> Any:
+                out = Twist()
+                out.linear.x, out.angular.z = command.twist(max_speed, max_yaw_rate)
+                return out
+
+        self._message = message
+        newest = QoSProfile(depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)  # the newest frame only
+        readings = QoSProfile(depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
+        self.camera_topic = topic(params["camera_topic"], robot)
+        node.create_subscription(CompressedImage, self.camera_topic, self._on_image, newest)
+        if params["velocity_source"] == "encoders" and self.controller.reads_velocity:
+            encoder_message = _duckietown("WheelEncoderStamped", "velocity_source encoders")
+            for side in ("left", "right"):
+                name = topic(params["encoder_topic"], robot, side=side)
+                node.create_subscription(encoder_message, name, self._on_encoder(side), readings)
+        elif params["velocity_source"] == "odometry":
+            name = topic(params["odometry_topic"], robot)
+            node.create_subscription(TwistStamped, name, self._on_odometry, readings)
+        self.loop = ControlLoop(self.controller, self._publish)
+
+    def _publish(self, command: Command) -> None:
+        self.publisher.publish(self._message(command))
+
+    def _on_image(self, message: Any) -> None:
+        self.controller.on_frame(bytes(message.data), stamp_seconds(message.header.stamp))
+
+    def _on_encoder(self, side: str) -> Callable[[Any], None]:
+        def callback(message: Any) -> None:
+            resolution = int(getattr(message, "resolution", ENCODER_RESOLUTION) or ENCODER_RESOLUTION)
+            self.controller.on_encoder(side, message.data, stamp_seconds(message.header.stamp), resolution)
+
+        return callback
+
+    def _on_odometry(self, message: Any) -> None:
+        twist = message.twist
+        self.controller.on_odometry(twist.linear.x, twist.angular.z, stamp_seconds(message.header.stamp))
+
+    def close(self) -> None:
+        """Stop the loop, publish the final stop and wait (up to 1 s) until subscribers have it."""
+        from rclpy.duration import Duration
+
+        self.loop.close()
+        try:
+            self.publisher.wait_for_all_acked(Duration(seconds=1.0))
+        except Exception:  # noqa: BLE001 - best effort: the stop has been published
+            pass
+
+
+class _RclpyHandler(logging.Handler):
+    """Forwards the safety layer's log records to the node's ROS logger."""
+
+    def __init__(self, ros_logger: Any) -> None:
+        super().__init__()
+        self.ros_logger = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.ros_logger.error(message)
+        elif record.levelno >= logging.WARNING:
+            self.ros_logger.warning(message)
+        else:
+            self.ros_logger.info(message)
+
+
+def run(
+    argv: Sequence[str] | None = None,
+    *,
+    make_policy: Callable[..., OnnxPolicy] = OnnxPolicy,
+    ready: Callable[[PolicyNode], None] | None = None,
+) -> int:
+    """Run the node until SIGINT/SIGTERM or a ROS shutdown, then publish a stop; returns the exit status.
+
+    :param argv: Command-line arguments, ``--ros-args`` included (default ``sys.argv``).
+    :param make_policy: Builds the policy (``OnnxPolicy``; tests inject a subclass that raises or hangs on demand).
+    :param ready: Called with the ``PolicyNode`` once it publishes (tests hook their controls here).
+    """
+    try:
+        import rclpy
+        from rclpy.exceptions import NameValidationException
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
+    except ImportError as exc:
+        print(f"{NODE_NAME}: error: ROS 2 (rclpy) is not importable here: {exc}", file=sys.stderr)
+        return 2
+    args = list(sys.argv if argv is None else argv)
+    context = rclpy.Context()
+    # Our own handlers: a signal must publish a stop while the context can still publish.
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    node = rclpy.create_node(NODE_NAME, context=context)
+    handler = _RclpyHandler(node.get_logger())
+    package_logger = logging.getLogger("latent_residual_integrations")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    try:
+        try:
+            shell = PolicyNode(node, make_policy)
+        except (NodeError, OSError, ValueError, ImportError, NameValidationException) as exc:
+            message = " ".join(line.strip() for line in str(exc).splitlines()[:2])  # rclpy's name errors span lines
+            print(f"{NODE_NAME}: error: {message}", file=sys.stderr)
+            return 2
+        done = threading.Event()
+        stop_on_signals(done)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        shell.loop.start()
+        node.get_logger().info(
+            f"{shell.controller.policy} on {shell.camera_topic} -> {shell.command_topic} "
+            f"({shell.params['command_type']}) at {shell.controller.rate_hz:g} Hz"
+        )
+        if ready is not None:
+            ready(shell)
+        try:
+            while not done.is_set() and context.ok():
+                executor.spin_once(timeout_sec=0.02)  # a signal is seen within 20 ms
+        finally:
+            shell.close()
+            executor.shutdown()
+        return 0
+    finally:
+        package_logger.removeHandler(handler)
+        node.destroy_node()
+        if context.ok():
+            rclpy.shutdown(context=context)
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - the test runs ``run`` in a process
+    return run(argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
