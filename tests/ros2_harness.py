@@ -3,7 +3,7 @@ No test logic here; each process takes commands on stdin and prints timestamped 
 
 # python ros2_harness.py node ARGS...   # ros2_node.run(ARGS) with FaultyPolicy; stdin: "raise", "hang SECONDS", "nan"
 # python ros2_harness.py camera --topic T --odometry-topic T --fps F
-#     # stdin: "pause", "resume", "future SECONDS", "nan"; prints "paused <last stamp>", "sent <kind> <t>"
+#     # stdin: "pause", "resume", "future SECONDS" (then paused), "nan"; prints "paused <last stamp>", "sent <kind> <t>"
 
 from __future__ import annotations
 
@@ -116,8 +116,11 @@ def camera(argv: list[str]) -> int:
                 state["running"] = True
                 emit("resumed", f"{time.time():.6f}")
             elif kind == "future":
+                # The bad frame stays the newest (normal frames pause until "resume"): the node keeps
+                # only the newest frame, so on a loaded machine a next frame could replace it unseen.
                 now = time.time()
                 publish_frame(0, now + float(words[1]))
+                state["running"] = False
                 emit("sent", "future", f"{now:.6f}")
             elif kind == "nan":
                 now = time.time()

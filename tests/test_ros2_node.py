@@ -327,7 +327,7 @@ def test_zero_within_one_period_on_a_future_stamped_frame(rig):
         rig.camera.send("future 5")
         return float(rig.camera.expect("sent", "future")[2])
 
-    _trials(rig, "future-stamped frame", inject)
+    _trials(rig, "future-stamped frame", inject, recover=lambda: rig.camera.send("resume"))
     assert rig.node.log_count("stop (future_stamp)") >= TRIALS
 
 
