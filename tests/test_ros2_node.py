@@ -257,13 +257,15 @@ def _trials(rig: Rig, fault: str, inject, recover=None, extra=None) -> list[floa
 def test_commands_keep_the_rate_while_frames_flow(rig):
     rig.driving()
     start = time.time()
-    time.sleep(3.0)
+    time.sleep(5.0)
     commands = rig.listener.since(start)
-    times = [received for received, _, _ in commands if received < start + 3.0]
+    times = [received for received, _, _ in commands if received < start + 5.0]
     gaps = [b - a for a, b in zip(times, times[1:])]
     RESULTS["frames flowing"] = {"interval": gaps}
     assert all(forward != 0.0 or turn != 0.0 for _, forward, turn in commands)  # driving all along
-    assert 28 <= len(times) <= 32, len(times)
+    # 50 periods; an overrun period is skipped, not queued, and a loaded 2-core machine overran
+    # 2 of 30 once (27 commands in 3 s), so the count allows a few.
+    assert 46 <= len(times) <= 52, len(times)
     assert statistics.median(gaps) == pytest.approx(PERIOD, abs=0.005)
     # A loaded 2-core machine can stall a process for a period now and then (seen once: 249 ms).
     assert sorted(gaps)[int(0.95 * len(gaps))] < 1.5 * PERIOD, gaps
