@@ -252,6 +252,21 @@ def read_safetensors(
     return tensors, metadata
 
 
+def read_json_object(path: Path, *, error: type[FileFormatError], hint: str = "") -> dict[str, Any]:
+    """A JSON file's top-level object; ``error`` names the file when it is not JSON or not an object.
+
+    :param hint: What to do about it, appended to the message ("the run directory is corrupt").
+    """
+    suffix = f"; {hint}" if hint else ""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise error(f"{path}: not JSON ({exc}){suffix}.") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a JSON object, got {type(data).__name__}{suffix}.")
+    return data
+
+
 def check_metadata(
     path: Path,
     metadata: Mapping[str, Any],

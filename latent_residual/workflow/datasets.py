@@ -20,7 +20,7 @@ import torch
 
 from latent_residual.errors import ConfigError, DatasetError, LatentResidualError
 from latent_residual.rollout import NON_OBSERVATION_KEYS
-from latent_residual.serialization import check_metadata, read_checked, space_to_json, write_safetensors, write_text
+from latent_residual.serialization import check_metadata, read_json_object, read_checked, space_to_json, write_safetensors, write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.spaces import space_from_json
@@ -187,10 +187,7 @@ def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, 
             f"{path}: no such file; a dataset directory holds {DATASET_INFO_NAME} and {EPISODES_DIR_NAME}/. "
             "Make one with latent_residual.collect() or DatasetWriter."
         )
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"{path}: not JSON: {exc}.") from exc
+    info = read_json_object(path, error=DatasetError)
     check_metadata(
         path, info, file_format=FILE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset", required=_INFO_KEYS
     )

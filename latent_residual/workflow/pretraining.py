@@ -27,7 +27,14 @@ from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.progress import RunLogger
 from latent_residual.registry import backbone_preset, demo_env, env_expert, make_backbone, make_env, source_backbone
 from latent_residual.rollout import posterior_states, step, subsample_states
-from latent_residual.serialization import load_optimizer_tensors, optimizer_tensors, read_safetensors, write_safetensors, write_text
+from latent_residual.serialization import (
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_json_object,
+    read_safetensors,
+    write_safetensors,
+    write_text,
+)
 from latent_residual.workflow.collection import EpisodeCollector, begin_episode
 from latent_residual.workflow.datasets import DatasetWriter, load_dataset
 from latent_residual.workflow.exploration import Disagreement
@@ -181,17 +188,6 @@ class _PretrainBehaviour:
         return self.run.agent.act(obs)
 
 
-def _read_progress(path: Path) -> dict[str, Any]:
-    """A run's ``progress.json``, or CheckpointError naming it when it is not a JSON object."""
-    try:
-        progress = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); the run directory is corrupt.") from exc
-    if not isinstance(progress, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(progress).__name__}; the run directory is corrupt.")
-    return progress
-
-
 class _PretrainRun:
     """The state of one pretraining run, so that it can be checkpointed and resumed as a unit."""
 
@@ -202,7 +198,8 @@ class _PretrainRun:
         self.generator = torch.Generator().manual_seed(config.seed)
         self.env = make_env(config.env_id, **config.env_kwargs)
         progress_path = out / PROGRESS_NAME
-        self.progress = _read_progress(progress_path) if progress_path.exists() else {}
+        corrupt = "the run directory is corrupt"
+        self.progress = read_json_object(progress_path, error=CheckpointError, hint=corrupt) if progress_path.exists() else {}
         self._build_networks(ac_config)
         if self.progress:
             self._load_checkpoint()
