@@ -54,7 +54,10 @@ class Process:
         self.seen: list[list[str]] = []
         self.stderr: list[str] = []
         threading.Thread(target=self._read, args=(self.popen.stdout, lambda line: self.lines.put(line.split())), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.popen.stderr, lambda line: self.stderr.append(line.rstrip())), daemon=True).start()
+        self._stderr_reader = threading.Thread(
+            target=self._read, args=(self.popen.stderr, lambda line: self.stderr.append(line.rstrip())), daemon=True
+        )
+        self._stderr_reader.start()
 
     @staticmethod
     def _read(stream, sink) -> None:
@@ -86,7 +89,23 @@ class Process:
             self.seen.append(self.lines.get_nowait())
         return [float(words[2]) for words in self.seen if words[:2] == ["event", kind]]
 
+    def event_between(self, kind: str, start: float, end: float, timeout: float = 2.0) -> bool:
+        """Whether an ``event <kind>`` stamped in (start, end] arrives within ``timeout``.
+
+        The wait is needed because the event travels over the harness's stdout pipe while the command
+        it precedes travels over DDS: on a loaded machine the command can be read here first.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            if any(start < t <= end for t in self.events(kind)):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+
     def log_count(self, text: str) -> int:
+        if self.popen.poll() is not None:
+            self._stderr_reader.join(5)  # an exited process: read its stderr to the end first
         return sum(text in line for line in self.stderr)
 
     def stop(self) -> None:
@@ -245,8 +264,7 @@ def _trials(rig: Rig, fault: str, inject, recover=None, extra=None) -> list[floa
             recover()
         resumed = rig.driving(after=zero, timeout=3.0)
         resumes.append(resumed - zero)
-        resets = [t for t in rig.node.events("reset") if zero - PERIOD < t <= resumed]
-        assert resets, "driving resumed without a policy reset"
+        assert rig.node.event_between("reset", zero - PERIOD, resumed), "driving resumed without a policy reset"
     RESULTS.setdefault(fault, {}).update({"latency": latencies, "zero to driving again": resumes})
     print(f"{fault}: median {statistics.median(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms")
     assert min(latencies) >= 0
