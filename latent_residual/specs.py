@@ -52,7 +52,8 @@ class EnvSpec:
 
     The fields after ``expert`` describe a simulation (source) environment's place in an
     experiment: its usual ``target``, a shipped ``pretrained`` directory, the ``backbone`` that
-    pretraining uses by default, ``recommended`` experiment settings, and whether it is the
+    pretraining uses by default, ``recommended`` experiment settings (for every backbone, or under a
+    backbone id for that backbone only), and whether it is the
     ``demo`` source.
     """
 
@@ -88,9 +89,22 @@ class EnvSpec:
                 f"Environment {self.id!r}: pretrained={self.pretrained!r} must be 'package:relative/dir', or a "
                 "dict from backbone id to one."
             )
+        for key, value in self.recommended.items():
+            if _BACKBONE_ID.match(key) and not isinstance(value, dict):
+                raise RegistrationError(
+                    f"Environment {self.id!r}: recommended[{key!r}] must be a dict of settings for backbone {key!r}, "
+                    f"got {value!r}."
+                )
         self.namespace = match["namespace"]
         self.name = match["name"]
         self.id_version = int(match["version"])
+
+    def recommended_for(self, backbone: str | None) -> dict[str, Any]:
+        """The settings recommended with ``backbone`` (the default backbone when ``None``): the settings
+        for every backbone, then those under the backbone's id (``{"draw-v0": {...}}``) on top."""
+        backbone = backbone or self.backbone
+        common = {key: value for key, value in self.recommended.items() if not _BACKBONE_ID.match(key)}
+        return {**common, **self.recommended.get(backbone or "", {})}
 
 
 @dataclass

@@ -147,6 +147,11 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
     assert (seen["config"].source, seen["config"].target) == ("dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0")
     assert main(["demo", "--out", str(tmp_path / "b"), "--residual-extra-inputs", ""]) == 0
     assert seen["residual"].extra_inputs == ()
+    # Per backbone: the RSSM's recommended input is its own state key.
+    assert main(["demo", "--out", str(tmp_path / "d"), "--backbones", "rssm-v0"]) == 0
+    assert seen["residual"].extra_inputs == ("deter",)
+    assert main(["demo", "--out", str(tmp_path / "e"), "--backbones", "draw-v0", "--backbones", "rssm-v0"]) == 0
+    assert seen["residual"].extra_inputs == ()  # they differ: neither is applied to both
     assert main(["compare", "--out", str(tmp_path / "c")]) == 0
     assert seen["residual"].extra_inputs == ()
     assert commands.CPU_DEFAULTS["pretrain_backbone_preset"] == "cpu"

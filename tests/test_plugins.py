@@ -206,3 +206,17 @@ def test_override_covers_only_the_registration_that_asks_for_it(fresh_registry):
     info = plugins.register(Plugin(), "runtime")
     assert info.broken and "dmc/cup-catch-v0" in info.error
     assert latent_residual.backbone_spec("gru-v0").description != "override"
+
+
+def test_recommended_settings_apply_per_backbone():
+    from latent_residual.specs import EnvSpec
+
+    spec = EnvSpec(
+        "lab/arm-v0", "lab.arm:Arm", backbone="draw-v0",
+        recommended={"fit_steps": 10, "draw-v0": {"residual_extra_inputs": ["belief"]}, "rssm-v0": {"fit_steps": 20}},
+    )
+    assert spec.recommended_for(None) == {"fit_steps": 10, "residual_extra_inputs": ["belief"]}
+    assert spec.recommended_for("rssm-v0") == {"fit_steps": 20}
+    assert spec.recommended_for("other-v0") == {"fit_steps": 10}
+    with pytest.raises(RegistrationError, match=r"recommended\['rssm-v0'\] must be a dict"):
+        EnvSpec("lab/arm-v0", "lab.arm:Arm", recommended={"rssm-v0": ["deter"]})

@@ -466,13 +466,19 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
 
 
 def _recommended(source: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The settings the source environment's plugin recommends, as option values of ``demo``."""
+    """The settings the source environment's plugin recommends for the run's backbone, as option values of
+    ``demo``; with several backbones, only those it recommends for every backbone."""
     from latent_residual.errors import ConfigError
     from latent_residual.registry import demo_env, env_spec
 
     spec = env_spec(source) if source else demo_env()
+    backbones = options["backbones"] or (None,)
+    recommended = [spec.recommended_for(backbone) for backbone in backbones]
+    shared = {key: value for key, value in recommended[0].items() if all(other.get(key) == value for other in recommended)}
+    for key in sorted(set().union(*recommended) - set(shared)):
+        click.echo(f"note: {spec.id} recommends {key} per backbone; with several --backbones it is left at its default")
     values = {}
-    for key, value in spec.recommended.items():
+    for key, value in shared.items():
         if key not in options:
             raise ConfigError(f"Environment {spec.id!r} (plugin {spec.plugin!r}) recommends {key!r}, which is no demo option.")
         values[key] = tuple(value) if isinstance(value, list) else value
