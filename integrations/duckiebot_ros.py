@@ -28,6 +28,7 @@ from latent_residual_integrations.safety import (
     ENCODER_RESOLUTION,
     MAX_FRAME_AGE,
     MAX_FUTURE,
+    SURPRISE_RESPONSES,
     VELOCITY_FALLBACKS,
     VELOCITY_KEY,
     VELOCITY_TIMEOUT,
@@ -82,6 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--velocity-timeout", type=float, default=VELOCITY_TIMEOUT, help="encoders silent after this long (s)"
     )
+    parser.add_argument(
+        "--surprise-steps", type=int, default=0,
+        help="coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)",
+    )
+    parser.add_argument("--surprise-response", choices=SURPRISE_RESPONSES, default="stop", help="stop, or slow down")
+    parser.add_argument("--surprise-slow", type=float, default=0.3, help="action scale while slowed down")
     # rospy.myargv drops ROS remappings (name:=value) before we parse.
     return parser.parse_args(argv)
 
@@ -103,6 +110,9 @@ def build_controller(args: argparse.Namespace, *, policy: OnnxPolicy | None = No
         max_future=args.max_future,
         inference_deadline=args.inference_deadline,
         velocity_timeout=args.velocity_timeout,
+        surprise_steps=args.surprise_steps,
+        surprise_response=args.surprise_response,
+        surprise_slow=args.surprise_slow,
         **options,
     )
 

@@ -22,6 +22,7 @@ from latent_residual_integrations.safety import (
     ENCODER_RESOLUTION,
     MAX_FRAME_AGE,
     MAX_FUTURE,
+    SURPRISE_RESPONSES,
     VELOCITY_FALLBACKS,
     VELOCITY_SOURCES,
     VELOCITY_TIMEOUT,
@@ -58,6 +59,9 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "calibration": ("", "kinematics calibration YAML (gain, trim, ...)"),
     "providers": ([""], "onnxruntime execution providers, in order (empty: CUDA if available, else CPU)"),
     "threads": (1, "onnxruntime intra-op threads (leave cores to ROS)"),
+    "surprise_steps": (0, "coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)"),
+    "surprise_response": ("stop", "coverage alarm: stop, or slow down"),
+    "surprise_slow": (0.3, "coverage alarm: action scale while slowed down"),
 }
 
 
@@ -97,6 +101,8 @@ def read_parameters(node: Any) -> dict[str, Any]:
         raise NodeError(f"velocity_source must be one of {VELOCITY_SOURCES}, got {values['velocity_source']!r}")
     if values["velocity_fallback"] not in VELOCITY_FALLBACKS:
         raise NodeError(f"velocity_fallback must be one of {VELOCITY_FALLBACKS}, got {values['velocity_fallback']!r}")
+    if values["surprise_response"] not in SURPRISE_RESPONSES:
+        raise NodeError(f"surprise_response must be one of {SURPRISE_RESPONSES}, got {values['surprise_response']!r}")
     values["providers"] = [name for name in values["providers"] if name] or None
     values["inference_deadline"] = values["inference_deadline"] or None
     return values
@@ -147,6 +153,9 @@ class PolicyNode:
             max_future=params["max_future"],
             inference_deadline=params["inference_deadline"],
             velocity_timeout=params["velocity_timeout"],
+            surprise_steps=params["surprise_steps"],
+            surprise_response=params["surprise_response"],
+            surprise_slow=params["surprise_slow"],
             clock=lambda: node.get_clock().now().nanoseconds * 1e-9,
         )
         command_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

@@ -50,6 +50,8 @@ VELOCITY_SOURCES = ("encoders", "odometry", "command", "zero")
 #: What to do when the encoders (or odometry) go silent: stop, or carry on with the last
 #: command's velocity or with zeros (logged when it starts and when the readings come back).
 VELOCITY_FALLBACKS = ("stop", "command", "zero")
+#: What to do when the coverage alarm fires (an export with ``surprise``): stop, or drive on slowed down.
+SURPRISE_RESPONSES = ("stop", "slow")
 
 
 class StopReason(str, enum.Enum):
@@ -65,6 +67,7 @@ class StopReason(str, enum.Enum):
     INFERENCE_ERROR = "inference_error"  # the policy raised
     INFERENCE_DEADLINE = "inference_deadline"  # no action within the deadline, or the late call still runs
     VELOCITY_SILENT = "velocity_silent"  # encoders/odometry silent and velocity_fallback is "stop"
+    OUT_OF_COVERAGE = "out_of_coverage"  # surprise above the policy's threshold for surprise_steps steps (response "stop")
     CONTROLLER_ERROR = "controller_error"  # an unexpected error in the controller itself
     SHUTDOWN = "shutdown"  # the node is exiting
 
@@ -318,6 +321,14 @@ class LaneFollowingController:
     :param max_future: Refuse inputs stamped further ahead of ``clock()`` than this (seconds).
     :param inference_deadline: Seconds ``step()`` waits for the policy; default half a period.
     :param velocity_timeout: Seconds without an encoder/odometry reading before it counts as silent.
+    :param surprise_steps: The coverage alarm (a policy exported with ``surprise``): after this many
+        consecutive steps whose surprise exceeds the policy's ``surprise_threshold``, respond with
+        ``surprise_response``; 0 turns the alarm off.
+    :param surprise_response: ``"stop"`` (a stop for ``OUT_OF_COVERAGE``; driving resumes on a fresh
+        frame with a reset policy, so the alarm needs ``surprise_steps`` steps again) or ``"slow"``
+        (actions scaled by ``surprise_slow`` for as long as the surprise stays above; logged when it
+        starts and ends, counted in ``slowdowns``).
+    :param surprise_slow: The action scale while slowed, in (0, 1).
     :param clock: Seconds now, on the clock the input stamps use (ROS time on a robot; ``time.time`` by default).
     """
 
@@ -334,6 +345,9 @@ class LaneFollowingController:
         max_future: float = MAX_FUTURE,
         inference_deadline: float | None = None,
         velocity_timeout: float = VELOCITY_TIMEOUT,
+        surprise_steps: int = 0,
+        surprise_response: str = "stop",
+        surprise_slow: float = 0.3,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if velocity_source not in VELOCITY_SOURCES:
@@ -358,6 +372,17 @@ class LaneFollowingController:
         others = [key for key in policy.inputs if key not in (images[0], VELOCITY_KEY)]
         if others:
             raise ValueError(f"The Duckiebot nodes fill only the camera and {VELOCITY_KEY!r}; the policy also reads {others}.")
+        if isinstance(surprise_steps, bool) or not isinstance(surprise_steps, int) or surprise_steps < 0:
+            raise ValueError(f"surprise_steps must be an integer >= 0 (0: no coverage alarm), got {surprise_steps!r}.")
+        if surprise_response not in SURPRISE_RESPONSES:
+            raise ValueError(f"surprise_response must be one of {SURPRISE_RESPONSES}, got {surprise_response!r}.")
+        if not _finite(surprise_slow) or not 0 < surprise_slow < 1:
+            raise ValueError(f"surprise_slow must be a scale in (0, 1), got {surprise_slow!r}.")
+        if surprise_steps and getattr(policy, "surprise_threshold", None) is None:
+            raise ValueError(
+                "surprise_steps needs a policy exported with the coverage alarm "
+                "(export_policy(..., surprise=True, surprise_threshold=...)); this one has none."
+            )
         if policy.action_shape != (2,):
             raise ValueError(f"The policy's action must be [forward, turn] (shape (2,)); it has shape {policy.action_shape}.")
         self.policy = policy
@@ -374,6 +399,9 @@ class LaneFollowingController:
         self.max_future = float(max_future)
         self.inference_deadline = float(inference_deadline)
         self.velocity_timeout = float(velocity_timeout)
+        self.surprise_steps = surprise_steps
+        self.surprise_response = surprise_response
+        self.surprise_slow = float(surprise_slow)
         self.clock = clock
         #: Called (from the input's thread) when an input brings a fault; ControlLoop wakes on it.
         self.on_alarm: Callable[[], None] | None = None
@@ -382,6 +410,9 @@ class LaneFollowingController:
         #: How often the wheel-speed source went silent and the fallback took over.
         self.fallback_count = 0
         self.resumes = 0
+        #: How often the coverage alarm slowed the robot down (response "slow").
+        self.slowdowns = 0
+        self._surprised = 0  # consecutive steps above the surprise threshold
         self.last_action = np.zeros(2, dtype=np.float32)
         self.worker = InferenceWorker()
         # Everything below is shared between the input callbacks' threads and the control thread.
@@ -594,6 +625,10 @@ class LaneFollowingController:
         if action.shape != (2,) or not np.isfinite(action).all():
             with self._lock:
                 return self._stop(StopReason.NON_FINITE_ACTION, f"the policy returned {action.tolist()}", now)
+        action, detail = self._coverage(action, reset)
+        if detail and self.surprise_response == "stop":
+            with self._lock:
+                return self._stop(StopReason.OUT_OF_COVERAGE, detail, now)
         with self._lock:
             now = self.clock()
             if self._closed:
@@ -608,7 +643,28 @@ class LaneFollowingController:
             self._driving, self._reason, self._need_reset = True, None, False
             self.last_action = action
             left, right = action_to_wheels(action, self.calibration)
-            return Command(float(action[0]), float(action[1]), left, right, None, "", now)
+            return Command(float(action[0]), float(action[1]), left, right, None, detail, now)
+
+    def _coverage(self, action: np.ndarray, reset: bool) -> tuple[np.ndarray, str]:
+        """Count steps whose surprise exceeds the threshold; past ``surprise_steps`` in a row, the
+        alarm's detail (and the slowed action for response "slow"); else the action and ""."""
+        if not self.surprise_steps:
+            return action, ""
+        threshold, surprise = self.policy.surprise_threshold, self.policy.last_surprise
+        was_alarmed = not reset and self._surprised >= self.surprise_steps
+        over = surprise is not None and (not math.isfinite(surprise) or surprise > threshold)
+        self._surprised = (0 if reset else self._surprised) + 1 if over else 0
+        if self._surprised < self.surprise_steps:
+            if was_alarmed and self.surprise_response == "slow":
+                logger.info("surprise %.3g back under the threshold %.3g: full speed again", surprise, threshold)
+            return action, ""
+        detail = f"surprise {surprise:.3g} above the threshold {threshold:.3g} for {self._surprised} steps: out of the model's coverage"
+        if self.surprise_response == "stop":
+            return action, detail
+        if not was_alarmed:
+            self.slowdowns += 1
+            logger.warning("slowing down to %g: %s", self.surprise_slow, detail)
+        return action * np.float32(self.surprise_slow), f"slowed: {detail}"
 
     def _infer(self, obs: dict[str, np.ndarray], reset: bool) -> np.ndarray:
         """Runs on the worker thread, so a reset never races a late call."""

@@ -24,6 +24,8 @@ PREV_ACTION_NAME = "prev_action"
 IS_FIRST_NAME = "is_first"
 STATE_PREFIX = "state_"
 NEXT_STATE_PREFIX = "next_state_"
+#: The coverage alarm's per-step output (``policy.json``'s ``surprise`` section names it and its threshold).
+SURPRISE_NAME = "surprise"
 #: Execution providers tried in this order when none are given (TensorRT only when asked for:
 #: building its engine takes minutes on a Jetson).
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -143,12 +145,18 @@ class OnnxPolicy:
                 item["key"]: (item["input"], item["output"], tuple(int(size) for size in item["shape"]))
                 for item in recurrent.get("state", [])
             }
+            surprise = self.config.get("surprise") or {}
+            #: The graph's surprise output, and the threshold calibrated for it; ``None`` without the alarm.
+            self.surprise_output: str | None = surprise.get("output")
+            self.surprise_threshold: float | None = float(surprise["threshold"]) if surprise else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PolicyFileError(
                 f"{config_path}: malformed policy description ({type(exc).__name__}: {exc}); copy both files again "
                 "from the same export."
             ) from exc
         self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        #: The latest step's surprise (with the alarm): a float after :meth:`act`, (B,) after :meth:`step_batch`.
+        self.last_surprise: float | np.ndarray | None = None
         self.session = _session(data, providers, threads)
         graph_inputs = [item.name for item in self.session.get_inputs()]
         extra = [name for name, _, _ in self.state.values()] + ([PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else [])
@@ -268,12 +276,23 @@ class OnnxPolicy:
             feeds[name] = np.ascontiguousarray(np.asarray(state[key], np.float32).reshape(batch_size, *shape))
         feeds[PREV_ACTION_NAME] = np.asarray(prev_action, np.float32).reshape(batch_size, *self.action_shape)
         feeds[IS_FIRST_NAME] = np.asarray(is_first, bool).reshape(batch_size)
-        outputs = self.session.run([self.output_name, *(output for _, output, _ in self.state.values())], feeds)
+        names = [self.output_name, *(output for _, output, _ in self.state.values())]
+        outputs = self.session.run(names + ([self.surprise_output] if self.surprise_output else []), feeds)
+        if self.surprise_output:
+            self.last_surprise = outputs.pop()
         return outputs[0], dict(zip(self.state, outputs[1:]))
+
+    @property
+    def surprised(self) -> bool:
+        """Whether the latest :meth:`act`'s surprise exceeded the stored threshold (False without the alarm)."""
+        if self.surprise_threshold is None or self.last_surprise is None:
+            return False
+        return bool(np.max(self.last_surprise) > self.surprise_threshold)
 
     def reset(self) -> None:
         """Start an episode: the next :meth:`act` forgets the carried state (a no-op for a memoryless policy)."""
         self._carried = None
+        self.last_surprise = None
 
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Return the float32 action (*action_shape) for one unbatched observation, as the env emits it.
@@ -288,6 +307,8 @@ class OnnxPolicy:
         state, prev_action = self.blank_state(1) if first else self._carried
         action, state = self._step(feeds, state, prev_action, np.array([first]))
         self._carried = (state, action)
+        if self.surprise_output:
+            self.last_surprise = float(self.last_surprise[0])
         return action[0]
 
     __call__ = act

@@ -98,8 +98,9 @@ def camera_frames(count: int = 4, seed: int = 0, size: tuple[int, int] = (480, 6
     return frames
 
 
-def export_lane_policy(directory: Path, seed: int = 2) -> Path:
-    """Export a tiny draw-v0 policy for the Duckiebot's observation (uint8 64x64x3 image + velocity (2,)) to ``directory``."""
+def export_lane_policy(directory: Path, seed: int = 2, **options) -> Path:
+    """Export a tiny draw-v0 policy for the Duckiebot's observation (uint8 64x64x3 image + velocity (2,)) to
+    ``directory``; ``options`` go to ``export_policy`` (the coverage alarm's ``surprise``, ``surprise_threshold``)."""
     import torch
     from gymnasium import spaces
 
@@ -114,5 +115,5 @@ def export_lane_policy(directory: Path, seed: int = 2) -> Path:
     torch.manual_seed(seed)
     model = make_backbone("draw-v0", space, spaces.Box(-1, 1, (2,), np.float32), preset="tiny")
     actor = Actor(model.feature_size, model.action_size, ActorCriticConfig(hidden=32, layers=1))
-    export_policy(Policy(model, actor), directory, env_id="duckiebot/lane-following-v0", exporter="torchscript")
+    export_policy(Policy(model, actor), directory, env_id="duckiebot/lane-following-v0", exporter="torchscript", **options)
     return Path(directory)

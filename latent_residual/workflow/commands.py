@@ -422,6 +422,76 @@ def _export_command(group: click.Group) -> None:
             click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {difference:.2e}")
 
 
+def _diagnose_command(group: click.Group) -> None:
+    from latent_residual.workflow.data_curve import DataCurveConfig
+    from latent_residual.workflow.diagnose import DiagnoseConfig
+
+    @group.command(name="diagnose")
+    @click.option("--world-model", type=_PATH, required=True, help="Frozen world-model checkpoint (the base).")
+    @click.option("--adapter", type=_PATH, default=None, help="Adapter directory (from `adapt`); omit to diagnose the base alone.")
+    @click.option(
+        "--data",
+        type=_PATH,
+        required=True,
+        help="Held-out target data (from `collect`); the adapter's own fit data is cut to its held-out tail.",
+    )
+    @click.option("--check-data", type=_PATH, multiple=True, help="Another dataset whose episodes the coverage alarm checks (repeat).")
+    @click.option("--out", type=_PATH, required=True, help="Report directory: report.html, its PNGs, report.json, tensorboard/.")
+    @_overwrite_option("a report")
+    @click.option("--data-curve", is_flag=True, help="Also fit on nested subsets and plot held-out KL against data size (slow).")
+    @click.option("--curve-data", type=_PATH, default=None, help="Data the curve fits on; default: the adapter's fit data, else --data.")
+    @config_options(DiagnoseConfig)
+    @config_options(DataCurveConfig, prefix="curve-")
+    def diagnose_command(
+        world_model: Path, adapter, data: Path, check_data, out: Path, overwrite: bool, data_curve: bool, curve_data, **options: Any
+    ) -> None:
+        """Compare the base and adapted model on held-out target data: open-loop prediction, decoded
+        predictions, action sensitivity, the fit, and the coverage alarm's threshold; an HTML report."""
+        from latent_residual.adapters import load_adapter
+        from latent_residual.workflow.datasets import load_dataset
+        from latent_residual.workflow.diagnose import diagnose, held_out_episodes
+        from latent_residual.workflow.loading import load_world_model
+        from latent_residual.workflow.report_html import REPORT_HTML_NAME
+
+        check_output_directory(out, finished=(REPORT_HTML_NAME,), overwrite=overwrite, beside=True)
+        config = config_from_options(DiagnoseConfig, options)
+        curve_config = config_from_options(DataCurveConfig, options, prefix="curve-")
+        base = load_world_model(world_model)
+        adapted = load_adapter(base, adapter, trainable=False) if adapter is not None else None
+        dataset = load_dataset(data)
+        others = {path.name: load_dataset(path) for path in check_data}
+        curve = None
+        if data_curve:
+            from latent_residual.workflow.data_curve import data_curve as fit_curve
+
+            summary = adapted.data_summaries.get(adapted.active_adapter, {}) if adapted is not None else {}
+            curve_data = curve_data or Path(summary.get("dataset") or data)
+            held_out, _ = held_out_episodes(dataset, adapted, data, config.holdout)
+            # Fitting on --data itself: stop before its held-out tail.
+            limit = dataset.transitions - held_out.transitions if curve_data.resolve() == data.resolve() else None
+            residual = adapted.adapter_configs[adapted.active_adapter] if adapted is not None else None
+            curve = fit_curve(base, curve_data, held_out.episodes, curve_config, residual=residual, limit=limit or None, say=click.echo)
+        report = diagnose(
+            base,
+            dataset,
+            out,
+            adapted=adapted,
+            config=config,
+            adapter_dir=adapter,
+            data_path=data,
+            check_data=others,
+            data_curve=curve,
+            say=click.echo,
+        )
+        for label, values in report["open_loop_kl"].items():
+            click.echo(f"open-loop KL {label}: k=1 {values[0]:.3f}, k={len(values)} {values[-1]:.3f}")
+        cover = report["coverage"]
+        click.echo(f"surprise threshold {cover['threshold']:.4g}; held-out steps above it: {cover['held_out']['over_rate']:.1%}")
+        for text in report["warnings"]:
+            click.echo(f"WARNING: {text}")
+        click.echo(f"report written to {out / REPORT_HTML_NAME} in {report['seconds']:.1f} s")
+
+
 def _experiment_command(group: click.Group, name: str, help_text: str, defaults: dict[str, Any], *, recommended: bool) -> None:
     from latent_residual.actor_critic import ActorCriticConfig
     from latent_residual.fitting import FitConfig
@@ -494,6 +564,7 @@ def add_commands(group: click.Group) -> None:
     _train_policy_command(group)
     _evaluate_command(group)
     _export_command(group)
+    _diagnose_command(group)
     _experiment_command(
         group,
         "compare",

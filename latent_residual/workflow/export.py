@@ -3,7 +3,9 @@
 The graph takes the observation exactly as the environment emits it (one input per key, batch
 first, images uint8) and returns ``action`` (batch, A) float32 inside the action space; a recurrent
 policy's graph also takes the previous state, the previous action and ``is_first``, and returns the
-next state. The torch-free runner is ``latent_residual.onnx_policy``. See docs/deployment.md.
+next state. With ``surprise=True`` any policy carries that state and the graph also returns the coverage
+alarm's per-step ``surprise`` (``coverage.py``). The torch-free runner is ``latent_residual.onnx_policy``.
+See docs/deployment.md and docs/diagnose.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from latent_residual.contract import State
+
 from latent_residual.errors import ConfigError, ExportError
 from latent_residual.onnx_policy import (
     FILE_FORMAT,
@@ -35,11 +39,13 @@ from latent_residual.onnx_policy import (
     POLICY_CONFIG_NAME,
     PREV_ACTION_NAME,
     STATE_PREFIX,
+    SURPRISE_NAME,
     OnnxPolicy,
 )
 from latent_residual.registry import make_env
 from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
+from latent_residual.workflow.coverage import step_surprise
 from latent_residual.workflow.policy import Policy
 
 logger = logging.getLogger(__name__)
@@ -66,17 +72,25 @@ class ExportablePolicy(nn.Module):
 
     Inputs are the observation keys in order; a stateful policy's are followed by one
     ``state_<key>`` per state key (sorted), ``prev_action`` and ``is_first``, and its outputs
-    ``action`` by one ``next_state_<key>`` each. The actor's tanh output in [-1, 1] is mapped
+    ``action`` by one ``next_state_<key>`` each. With ``surprise`` the state is carried whatever
+    the backbone (the surprise compares the prior predicted from the previous step with the new
+    posterior) and a last output ``surprise`` (batch,) follows. The actor's tanh output in [-1, 1] is mapped
     affinely onto [low, high] when the action space is not already [-1, 1], so the output can be
     sent to the environment as is, and fed back as the next step's ``prev_action``.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, *, surprise: bool = False) -> None:
         super().__init__()
         observation_space, action_space = _check_spaces(policy)
         self.policy = policy
         self.keys = list(policy.keys)
-        self.state_keys = list(policy.state_shapes)
+        self.surprise = surprise
+        #: Whether the graph takes and returns the filter's state (a recurrent policy, or any with surprise).
+        self.carries_state = policy.stateful or surprise
+        with torch.no_grad():
+            initial = policy.model.initial_state(1)
+        self.state_shapes = {key: tuple(initial[key].shape[1:]) for key in sorted(initial)} if self.carries_state else {}
+        self.state_keys = list(self.state_shapes)
         self.action_shape = tuple(int(size) for size in action_space.shape)
         low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)
         high = np.asarray(action_space.high, dtype=np.float64).reshape(-1)
@@ -90,11 +104,13 @@ class ExportablePolicy(nn.Module):
         space = observation_space.spaces
         self.inputs: list[Spec] = [(key, np.dtype(space[key].dtype), tuple(space[key].shape)) for key in self.keys]
         self.outputs: list[Spec] = [(ACTION_OUTPUT_NAME, np.dtype(np.float32), self.action_shape)]
-        if policy.stateful:
+        if self.carries_state:
             float32 = np.dtype(np.float32)
-            self.inputs += [(STATE_PREFIX + key, float32, policy.state_shapes[key]) for key in self.state_keys]
+            self.inputs += [(STATE_PREFIX + key, float32, self.state_shapes[key]) for key in self.state_keys]
             self.inputs += [(PREV_ACTION_NAME, float32, self.action_shape), (IS_FIRST_NAME, np.dtype(bool), ())]
-            self.outputs += [(NEXT_STATE_PREFIX + key, float32, policy.state_shapes[key]) for key in self.state_keys]
+            self.outputs += [(NEXT_STATE_PREFIX + key, float32, self.state_shapes[key]) for key in self.state_keys]
+        if surprise:
+            self.outputs.append((SURPRISE_NAME, np.dtype(np.float32), ()))
         clashing = sorted({name for name, _, _ in self.inputs[len(self.keys):]} & set(self.keys))
         if clashing:
             raise ConfigError(f"Observation keys {clashing} clash with the recurrent policy's graph inputs; rename them.")
@@ -106,15 +122,29 @@ class ExportablePolicy(nn.Module):
         return action.reshape(action.shape[0], *self.action_shape)
 
     def forward(self, *inputs: Tensor) -> Tensor | tuple[Tensor, ...]:
-        """Map the graph's inputs (see the class) to ``action`` (B, *action_shape), then a stateful policy's next state."""
+        """Map the graph's inputs (see the class) to ``action`` (B, *action_shape), then the next state and
+        the surprise when the graph carries them."""
         K, S = len(self.keys), len(self.state_keys)
         obs = dict(zip(self.keys, inputs[:K]))
-        if not self.policy.stateful:
+        if not self.carries_state:
             return self._scaled(self.policy(obs))
         state = {key: value.to(torch.float32) for key, value in zip(self.state_keys, inputs[K : K + S])}
         prev_action = inputs[K + S].reshape(inputs[K + S].shape[0], -1)  # (B, A) as the environment received it
-        action, next_state = self.policy.step(obs, state, prev_action, inputs[K + S + 1])
-        return (self._scaled(action), *(next_state[key].to(torch.float32) for key in self.state_keys))
+        is_first = inputs[K + S + 1]
+        action, next_state, prior, post = self.policy.filter_step(obs, state, prev_action, is_first)
+        B = prev_action.shape[0]
+        # The explicit reshape pins the state's shape for TorchScript's shape inference (a one-hot mode
+        # otherwise comes out as (batch, groups, batch)).
+        outputs = (self._scaled(action), *(next_state[key].to(torch.float32).reshape(B, *self.state_shapes[key]) for key in self.state_keys))
+        if self.surprise:
+            outputs += (step_surprise(self.policy.model, prior, post, is_first).to(torch.float32),)  # (B,)
+        return outputs
+
+    def blank_state(self, batch_size: int) -> tuple[State, Tensor]:
+        """A (state, previous action) pair for an episode's first step; its values are not read there."""
+        device = next(self.parameters()).device
+        state = {key: torch.zeros(batch_size, *shape, device=device) for key, shape in self.state_shapes.items()}
+        return state, torch.zeros(batch_size, self.policy.model.action_size, device=device)
 
     def example_inputs(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs for ``batch_size`` steps: observations inside the space, zero state and action, and
@@ -357,14 +387,20 @@ def _export_graph(module: ExportablePolicy, opset: int | None, order: list[str])
 
 
 def _description(
-    module: ExportablePolicy, data: bytes, proto: Any, used: str, env_id: str | None, action_space: gymnasium.spaces.Box
+    module: ExportablePolicy,
+    data: bytes,
+    proto: Any,
+    used: str,
+    env_id: str | None,
+    action_space: gymnasium.spaces.Box,
+    surprise_threshold: float | None,
 ) -> str:
     """``policy.json``: the graph's inputs and output, the action bounds and where the policy came from."""
     model = module.policy.model
     description = {
         "format": FILE_FORMAT,
         # Version 2 adds the recurrent section; a memoryless export stays readable by version-1 runners.
-        "format_version": FILE_FORMAT_VERSION if module.policy.stateful else 1,
+        "format_version": FILE_FORMAT_VERSION if module.carries_state else 1,
         "onnx_file": ONNX_NAME,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
         "inputs": [{"name": name, "dtype": dtype.name, "shape": list(shape)} for name, dtype, shape in module.inputs[: len(module.keys)]],
@@ -383,8 +419,11 @@ def _description(
         "opset": _opset_of(proto),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    if module.policy.stateful:
+    if module.carries_state:
         description["recurrent"] = _recurrent_description(module)
+    if module.surprise:
+        # A version-2 runner that predates it ignores this section and the extra output.
+        description["surprise"] = {"output": SURPRISE_NAME, "dtype": "float32", "shape": [], "threshold": surprise_threshold}
     try:
         return json.dumps(description, indent=2, sort_keys=True) + "\n"
     except TypeError as exc:
@@ -393,7 +432,7 @@ def _description(
 
 def _recurrent_description(module: ExportablePolicy) -> dict[str, Any]:
     """What a runner feeds back: each state tensor (input and output names), the previous action, ``is_first``."""
-    shapes = module.policy.state_shapes
+    shapes = module.state_shapes
     return {
         "state": [
             {"key": key, "input": STATE_PREFIX + key, "output": NEXT_STATE_PREFIX + key, "dtype": "float32", "shape": list(shapes[key])}
@@ -411,6 +450,8 @@ def export_policy(
     env_id: str | None = None,
     opset: int | None = None,
     exporter: str = "auto",
+    surprise: bool = False,
+    surprise_threshold: float | None = None,
 ) -> Path:
     """Export ``policy`` to ``directory/policy.onnx`` and describe it in ``directory/policy.json``.
 
@@ -432,12 +473,27 @@ def export_policy(
         >= 1.17; TorchScript: 17, IR 8). Older onboard runtimes want ``opset=17``.
     :param exporter: ``"auto"`` (dynamo, falling back to TorchScript; TorchScript first for an
         opset below 18), ``"dynamo"`` or ``"torchscript"``. ``policy.json`` records which one ran.
+    :param surprise: Add the coverage alarm: a ``surprise`` output (batch,), KL(posterior of the new
+        observation || the prior predicted from the previous step), 0 at episode starts. The graph
+        then carries the filter's state even for a memoryless backbone (``recurrent`` section).
+        The prior is ``policy.model``'s: build the policy on the adapted model
+        (``Policy(adapted, actor)``) for the corrected prior.
+    :param surprise_threshold: Required with ``surprise``: the threshold stored in ``policy.json``
+        (calibrated on held-out target data by ``latent-residual diagnose``, ``coverage.threshold``
+        in its report.json).
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
+    if surprise and (isinstance(surprise_threshold, bool) or not isinstance(surprise_threshold, (int, float)) or not np.isfinite(surprise_threshold) or surprise_threshold < 0):
+        raise ConfigError(
+            f"export_policy(surprise=True) needs surprise_threshold, a finite number >= 0, got {surprise_threshold!r}; "
+            "calibrate it with `latent-residual diagnose` (coverage.threshold in report.json)."
+        )
+    if not surprise and surprise_threshold is not None:
+        raise ConfigError("export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm.")
     directory = Path(directory)
     check_export_target(directory)
-    module = ExportablePolicy(policy)
+    module = ExportablePolicy(policy, surprise=surprise)
     _, action_space = _check_spaces(policy)
     was_training = policy.training
     policy.eval()
@@ -445,7 +501,7 @@ def export_policy(
         data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
     finally:
         policy.train(was_training)
-    text = _description(module, data, proto, used, env_id, action_space)
+    text = _description(module, data, proto, used, env_id, action_space, float(surprise_threshold) if surprise else None)
 
     def write(tmp: Path) -> None:
         (tmp / ONNX_NAME).write_bytes(data)
@@ -498,13 +554,15 @@ class TorchRunner:
     :class:`~latent_residual.onnx_policy.OnnxPolicy` drives the graph (the same rescaled actions,
     fed back as ``prev_action``; the same state carried), for parity checks."""
 
-    def __init__(self, policy: Policy) -> None:
-        self.module = ExportablePolicy(policy)
+    def __init__(self, policy: Policy, *, surprise: bool = False) -> None:
+        self.module = ExportablePolicy(policy, surprise=surprise)
         self.device = next(policy.parameters()).device
         self.reset()
 
     def reset(self) -> None:
         self._carried: tuple[list[Tensor], Tensor] | None = None
+        #: The surprise of the latest :meth:`act` (with ``surprise``), as ``OnnxPolicy.last_surprise``.
+        self.last_surprise: float | None = None
 
     @torch.no_grad()
     def act_batch(self, batch: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -514,18 +572,20 @@ class TorchRunner:
     @torch.no_grad()
     def act(self, obs: Mapping[str, Any]) -> np.ndarray:
         batch = {key: np.asarray(obs[key])[None] for key in self.module.keys}
-        if not self.module.policy.stateful:
+        if not self.module.carries_state:
             return self.act_batch(batch)[0]
         first = self._carried is None
         if first:
-            state, prev_action = self.module.policy.blank_state(1)
+            state, prev_action = self.module.blank_state(1)
             states = [state[key] for key in self.module.state_keys]
         else:
             states, prev_action = self._carried
         observations = [torch.as_tensor(batch[key], device=self.device) for key in self.module.keys]
         is_first = torch.tensor([first], device=self.device)
-        action, *states = self.module(*observations, *states, prev_action, is_first)
-        self._carried = (states, action)
+        action, *outputs = self.module(*observations, *states, prev_action, is_first)
+        if self.module.surprise:
+            self.last_surprise = float(outputs.pop()[0])
+        self._carried = (outputs, action)
         return action[0].cpu().numpy()
 
 
@@ -568,10 +628,11 @@ def verify_export(
     :param observations: A dict of batched arrays (B, *shape), or a list of unbatched observation dicts.
     :param providers: onnxruntime execution providers; the CPU one by default.
     """
-    runner, twin = _runner(directory, providers), TorchRunner(policy)
+    runner = _runner(directory, providers)
+    twin = TorchRunner(policy, surprise=runner.surprise_threshold is not None)
     batch = _as_batch(observations, twin.module.keys)
     with _evaluating(policy):
-        if not policy.stateful:
+        if not twin.module.carries_state:
             onnx_action = runner.act_batch(batch)  # validates keys, dtypes and shapes
             return _difference(twin.act_batch(batch), onnx_action)
         runner.reset()
@@ -591,7 +652,8 @@ def verify_episodes(
 ) -> float:
     """Drive ``env_id`` with the torch policy for at least ``steps`` steps (whole episodes), feed the
     ONNX runner the same observations, and return the largest action difference at any step."""
-    runner, twin = _runner(directory, providers), TorchRunner(policy)
+    runner = _runner(directory, providers)
+    twin = TorchRunner(policy, surprise=runner.surprise_threshold is not None)
     env = make_env(env_id, **(env_kwargs or {}))
     worst, taken, episode = 0.0, 0, 0
     try:

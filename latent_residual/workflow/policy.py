@@ -77,11 +77,19 @@ class Policy(nn.Module):
         :param prev_action: (B, A) the action the environment received at the previous step.
         :param is_first: (B,) bool, true where ``obs`` starts an episode.
         """
+        action, state, _, _ = self.filter_step(obs, state, prev_action, is_first)
+        return action, state
+
+    def filter_step(
+        self, obs: Mapping[str, Tensor], state: State, prev_action: Tensor, is_first: Tensor
+    ) -> tuple[Tensor, State, Tensor, Tensor]:
+        """:meth:`step` that also returns the (B, groups, classes) raw prior and posterior logits it filtered
+        with (the coverage alarm's surprise compares them); any backbone, memoryless ones included."""
         initial = self.model.initial_state(prev_action.shape[0])
-        logits, deter = rollout.step(self.model, state, prev_action, is_first, initial)
+        prior, deter = rollout.step(self.model, state, prev_action, is_first, initial)
         post = self.model.posterior(deter, self._embed(obs))
-        state = self.model.next_state(deter, logits, self._mode(post))
-        return self.actor(self.model.features(state)), state
+        state = self.model.next_state(deter, prior, self._mode(post))
+        return self.actor(self.model.features(state)), state, prior, post
 
     def blank_state(self, batch_size: int) -> tuple[State, Tensor]:
         """A (state, previous action) pair for the first step of an episode; its values are not read there."""

@@ -1,0 +1,152 @@
+"""Is the target data enough? Short fits of registered adaptation methods on nested subsets of a dataset, each
+scored on the same held-out episodes, with a plain-language reading (still improving, flat, overfitting).
+
+The methods are the registry's (``methods.py``); the score is the one-step KL of ``coverage.surprise``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from latent_residual.contract import WorldModel
+from latent_residual.errors import ConfigError, FitError
+from latent_residual.fitting import FitConfig
+from latent_residual.registry import make_method
+from latent_residual.residual import ResidualConfig
+from latent_residual.workflow import coverage
+from latent_residual.workflow.adaptation import MethodSettings
+from latent_residual.workflow.datasets import load_dataset
+
+#: A change smaller than this fraction between the two largest sizes reads as flat.
+FLAT = 0.05
+#: A fit whose last held-out KL is this much above its best overfitted while training.
+OVERFIT = 0.10
+
+
+@dataclass
+class DataCurveConfig:
+    """Settings of ``diagnose --data-curve``; flags map one to one (prefix ``curve-``)."""
+
+    sizes: tuple[int, ...] = field(
+        default=(1000, 2500, 5000, 10_000, 20_000, 40_000),
+        metadata={"help": "Nested subset sizes in transitions (capped by what the dataset holds)."},
+    )
+    seeds: int = field(default=2, metadata={"help": "Fits per method and size."})
+    methods: tuple[str, ...] = field(default=("redraw", "finetune"), metadata={"help": "Registered adaptation methods to fit."})
+    steps: int = field(default=300, metadata={"help": "Optimiser steps per fit (short fits)."})
+    sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence."})
+
+    def __post_init__(self) -> None:
+        if not self.sizes or min(self.sizes) < 1:
+            raise ConfigError(f"DataCurveConfig.sizes must be positive transition counts, got {self.sizes!r}.")
+        if self.seeds < 1 or self.steps < 1:
+            raise ConfigError("DataCurveConfig: seeds and steps must be >= 1.")
+        if not self.methods:
+            raise ConfigError("DataCurveConfig.methods is empty; name at least one registered method, e.g. redraw.")
+
+
+def held_out_kl(model: WorldModel, episodes: Sequence[dict[str, np.ndarray]]) -> float:
+    """Mean one-step KL(posterior || prior) over the non-start steps of whole episodes."""
+    return float(np.mean(np.concatenate([score[1:] for score in coverage.episode_surprise(model, episodes)])))
+
+
+def _overfitted(history: list[dict[str, float]]) -> bool:
+    kls = [row["held_out_kl"] for row in history]
+    return kls[-1] > (1 + OVERFIT) * min(kls)
+
+
+def _reading(method: str, rows: list[dict[str, Any]], base_kl: float) -> str:
+    means = [float(np.mean(row["held_out_kl"])) for row in rows]
+    overfit = [row["transitions"] for row in rows if row["overfitted"]]
+    note = f" Its fits overfitted while training at {overfit} transitions (the held-out KL rose past its best)." if overfit else ""
+    if len(rows) < 2:
+        return f"{method}: one size only ({rows[0]['transitions']} transitions), held-out KL {means[0]:.3g}; no trend to read.{note}"
+    small, large = rows[-2]["transitions"], rows[-1]["transitions"]
+    change = (means[-1] - means[-2]) / max(means[-2], 1e-12)
+    if means[-1] >= base_kl:
+        verdict = f"no better than the base model ({means[-1]:.3g} against {base_kl:.3g}): the method does not fit this data."
+    elif change < -FLAT:
+        verdict = f"still improving ({change:+.0%} from {small} to {large} transitions): more data of this kind should help."
+    elif change <= FLAT:
+        verdict = (
+            f"flat ({change:+.0%} from {small} to {large} transitions): more of the same data will not help much; "
+            "record different behaviour (other states, other actions) if the model is still not good enough."
+        )
+    else:
+        verdict = (
+            f"worse with more data ({change:+.0%} from {small} to {large} transitions): overfitting or data that "
+            "differs from the held-out episodes; check the added episodes and fit with early stopping."
+        )
+    return f"{method}: {verdict}{note}"
+
+
+def data_curve(
+    base: WorldModel,
+    data: str | Path,
+    held_out: Sequence[dict[str, np.ndarray]],
+    config: DataCurveConfig | None = None,
+    *,
+    residual: ResidualConfig | None = None,
+    limit: int | None = None,
+    say: Any = None,
+) -> dict[str, Any]:
+    """Fit each method on the first n transitions of ``data`` (n from ``config.sizes``) and score it on ``held_out``.
+
+    :param held_out: Episodes none of the fits see (``Dataset.episodes``).
+    :param residual: The residual's settings for residual methods (the adapter's own, to match it).
+    :param limit: Use at most the first ``limit`` transitions (when ``held_out`` is the tail of ``data``).
+    A fit that never beats the base (``FitError``) scores as the base and counts as overfitted.
+
+    :returns: ``methods`` (name -> rows of ``transitions``, ``held_out_kl`` per seed, ``overfitted``),
+        ``base_kl``, ``readings`` (one sentence per method) and ``warnings`` (the worrying readings).
+    """
+    config = config or DataCurveConfig()
+    say = say or (lambda _text: None)
+    total = min(load_dataset(data).transitions, limit or np.inf)
+    sizes = sorted({int(min(size, total)) for size in config.sizes})
+    settings = MethodSettings(
+        residual=residual or ResidualConfig(),
+        fit=FitConfig(steps=config.steps, eval_every=max(1, config.steps // 10)),
+        finetune=FitConfig(lr=1e-4, steps=config.steps, eval_every=max(1, config.steps // 10)),
+    )
+    base_kl = held_out_kl(base, held_out)
+    methods: dict[str, list[dict[str, Any]]] = {name: [] for name in config.methods}
+    methods_made = {name: make_method(name) for name in config.methods}
+    with tempfile.TemporaryDirectory(prefix="data-curve-") as scratch:
+        for size in sizes:
+            sequences = load_dataset(data, max_transitions=size).sequences(config.sequence_length)
+            sequences.pop("reward", None)
+            for name, method in methods_made.items():
+                kls, overfitted = [], False
+                for seed in range(config.seeds):
+                    say(f"data curve: {name} on {size} transitions, seed {seed}")
+                    try:
+                        model, result = method.adapt(
+                            base, sequences, seed=seed, settings=settings, log_dir=Path(scratch) / f"{name}-{size}-{seed}", quiet=True
+                        )
+                    except FitError:
+                        kls.append(base_kl)
+                        overfitted = True
+                        continue
+                    model.eval()
+                    kls.append(held_out_kl(model, held_out))
+                    overfitted = overfitted or _overfitted(result.history)
+                methods[name].append({"transitions": size, "held_out_kl": kls, "overfitted": overfitted})
+    readings = [_reading(name, rows, base_kl) for name, rows in methods.items()]
+    worrying = ("no better", "worse with more", "overfitted")
+    return {
+        "methods": methods,
+        "base_kl": base_kl,
+        "readings": readings,
+        "warnings": [text for text in readings if any(word in text for word in worrying)],
+        "config": dataclasses.asdict(config),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -1,0 +1,160 @@
+"""`diagnose` on the shipped pendulum model with real (short) reversed-pendulum data: the report's pages and
+pictures, the action-sensitivity warning, the coverage alarm offline and in the exported ONNX graph, the data curve."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from latent_residual import ConfigError, attach_residual, fit_residual
+from latent_residual.actor_critic import load_actor_critic
+from latent_residual.fitting import FitConfig
+from latent_residual.onnx_policy import OnnxPolicy
+from latent_residual.registry import env_pretrained
+from latent_residual.residual import ResidualConfig
+from latent_residual.workflow import coverage
+from latent_residual.workflow.cli import main
+from latent_residual.workflow.collection import collect
+from latent_residual.workflow.data_curve import DataCurveConfig, data_curve
+from latent_residual.workflow.datasets import load_dataset
+from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, open_loop, read_report
+from latent_residual.workflow.export import export_policy
+from latent_residual.workflow.loading import load_world_model
+from latent_residual.workflow.policy import Policy
+
+SOURCE, TARGET = "dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0"
+SHORT = {"max_episode_steps": 60}  # short episodes keep every fit and filter cheap
+SMALL = ["--horizon", "5", "--warmup", "4", "--max-windows", "24", "--strips", "2"]
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    """The shipped pendulum model, short reversed-pendulum data (fit, held out) and source data, a briefly fitted adapter."""
+    root = tmp_path_factory.mktemp("diagnose")
+    for name, env_id, transitions, seed in (("fit", TARGET, 1200, 0), ("held", TARGET, 480, 1), ("source", SOURCE, 240, 2)):
+        collect(env_id, "expert", root / name, transitions=transitions, seed=seed, noise=0.3, env_kwargs=SHORT, quiet=True)
+    pretrained = env_pretrained(SOURCE)
+    torch.manual_seed(0)
+    adapted = attach_residual(load_world_model(pretrained / "world_model"), ResidualConfig(extra_inputs=("belief",)))
+    sequences = load_dataset(root / "fit").sequences(20)
+    sequences.pop("reward")
+    fit_residual(adapted, sequences, FitConfig(steps=60, eval_every=20), log_dir=root / "adapter" / "logs", quiet=True,
+                 data_summary={"dataset": str(root / "fit")})
+    adapted.save_pretrained(root / "adapter")
+    return {"root": root, "pretrained": pretrained, "adapted": adapted}
+
+
+def test_the_cli_writes_a_self_contained_report_with_non_empty_pictures(pendulum):
+    root = pendulum["root"]
+    out = root / "report"
+    args = ["diagnose", "--world-model", str(pendulum["pretrained"] / "world_model"), "--adapter", str(root / "adapter"),
+            "--data", str(root / "held"), "--check-data", str(root / "source"), "--out", str(out), *SMALL]
+    assert main(args) == 0
+    page = (out / "report.html").read_text()
+    assert not re.search(r"https?:|<script|<link|@import|url\(|src=\"(?!data:image/png;base64,)", page, re.IGNORECASE)
+    pictures = sorted(out.glob("*.png"))
+    names = {path.name for path in pictures}
+    assert {"open_loop_kl.png", "action_sensitivity.png", "fit_curves.png", "surprise.png", "predictions_orientation.png"} <= names
+    for path in pictures:
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 2000, path
+    report = read_report(out)
+    assert set(report["open_loop_kl"]) == {"base", "adapted"} and len(report["open_loop_kl"]["base"]) == 5
+    assert report["fit_curves"]["held_out_kl"] and 0 < report["residual_size"]["ratio"]
+    assert set(report["coverage"]["others"]) == {"source"}
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert main(args) == 2  # a finished report is kept unless --overwrite, refused before any work
+
+
+def test_the_adapter_s_own_fit_data_is_cut_to_its_held_out_tail(pendulum, tmp_path):
+    root = pendulum["root"]
+    args = ["diagnose", "--world-model", str(pendulum["pretrained"] / "world_model"), "--adapter", str(root / "adapter"),
+            "--data", str(root / "fit"), "--out", str(tmp_path / "report"), "--holdout", "0.2", *SMALL]
+    assert main(args) == 0
+    assert read_report(tmp_path / "report")["data"]["source"].startswith("the last 4 of 20 episodes")
+
+
+def test_an_action_blind_adapted_model_is_warned_about_and_a_responsive_one_is_not(pendulum):
+    adapted = pendulum["adapted"]
+    config = DiagnoseConfig(horizon=5, warmup=4, max_windows=16)
+    windows = load_dataset(pendulum["root"] / "held").sequences(config.window)
+    blind = attach_residual(adapted.base, ResidualConfig(mode="replacement"))
+    first = blind.residuals["default"].members[0][0]  # Linear over [z, a]: cut the action's columns
+    with torch.no_grad():
+        first.weight[:, blind.latent.size : blind.latent.size + blind.action_size] = 0.0
+    blind.eval()
+    for adapted_model, warned in ((blind, True), (adapted.base, False)):
+        models = {"base": adapted.base, "adapted": adapted_model}
+        starts = {label: _start(model, windows, config) for label, model in models.items()}
+        result = action_sensitivity(models, windows, starts, config)
+        assert bool(result["warnings"]) is warned, result
+        if warned:
+            assert "barely responds to action[0]" in result["warnings"][0]
+            assert result["pairs"]["recorded vs negated"]["adapted"]["separation"] == 0.0
+
+
+def _start(model, windows, config):
+    """The filtered state each open-loop run starts from."""
+    states = open_loop(model, windows, config)["filtered"]["states"]
+    return {key: value[:, config.warmup - 1] for key, value in states.items()}
+
+
+def test_the_alarm_counts_consecutive_steps_and_the_threshold_is_a_quantile():
+    score = np.array([0.0, 5, 5, 1, 5, 5, 5, 5, 0])
+    assert coverage.alarm(score, 2.0, 3).tolist() == [False] * 6 + [True, True, False]
+    rows, totals = coverage.coverage([score, np.zeros(4)], 2.0, 3)
+    assert rows[0].first_alarm == 6 and not rows[1].flagged and totals["flagged"] == 0.5
+    assert totals["over_rate"] == pytest.approx(6 / 11)
+    steps = [np.concatenate([[0.0], np.arange(100.0)])]
+    assert coverage.calibrate_threshold(steps, 0.99) == pytest.approx(np.quantile(np.arange(100.0), 0.99))
+    with pytest.raises(ConfigError, match="quantile"):
+        coverage.calibrate_threshold(steps, 1.0)
+
+
+def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_path):
+    adapted = pendulum["adapted"]
+    actor = load_actor_critic(pendulum["pretrained"] / "actor_critic.safetensors").actor
+    episodes = load_dataset(pendulum["root"] / "source").episodes + load_dataset(pendulum["root"] / "held").episodes[:2]
+    scores = coverage.episode_surprise(adapted, episodes)
+    threshold = float(np.median(np.concatenate([score[1:] for score in scores])))  # half the steps on each side
+    export_policy(Policy(adapted, actor), tmp_path / "onnx", surprise=True, surprise_threshold=threshold, exporter="torchscript")
+    description = json.loads((tmp_path / "onnx" / "policy.json").read_text())
+    assert description["surprise"]["threshold"] == threshold and description["format_version"] == 2
+    runner = OnnxPolicy(tmp_path / "onnx", threads=1)
+    assert runner.recurrent and runner.surprise_threshold == threshold
+    keys = runner.observation_keys
+    for episode, torch_scores in zip(episodes, scores):
+        state, previous = runner.blank_state(1)
+        onnx_scores = []
+        for t in range(len(episode["is_first"])):
+            _, state = runner.step_batch({key: episode[key][t : t + 1] for key in keys}, state, previous, np.array([t == 0]))
+            previous = episode["action"][t : t + 1]  # what the environment received
+            onnx_scores.append(float(runner.last_surprise[0]))
+        np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3, atol=1e-3)
+        assert ((np.array(onnx_scores) > threshold) == (torch_scores > threshold)).all()
+    runner.reset()
+    runner.act({key: episodes[0][key][0] for key in keys})
+    assert runner.last_surprise == 0.0 and not runner.surprised  # nothing to compare at an episode start
+
+
+def test_surprise_needs_a_calibrated_threshold(pendulum, tmp_path):
+    actor = load_actor_critic(pendulum["pretrained"] / "actor_critic.safetensors").actor
+    policy = Policy(pendulum["adapted"], actor)
+    with pytest.raises(ConfigError, match="surprise_threshold"):
+        export_policy(policy, tmp_path / "a", surprise=True)
+    with pytest.raises(ConfigError, match="surprise=False"):
+        export_policy(policy, tmp_path / "b", surprise_threshold=1.0)
+
+
+def test_the_data_curve_fits_nested_subsets_and_reads_the_trend(pendulum):
+    held = load_dataset(pendulum["root"] / "held").episodes
+    config = DataCurveConfig(sizes=(300, 5000), seeds=1, steps=4, sequence_length=20, methods=("redraw", "finetune"))
+    curve = data_curve(pendulum["adapted"].base, pendulum["root"] / "fit", held, config)
+    assert [row["transitions"] for row in curve["methods"]["redraw"]] == [300, 1200]  # capped by the data
+    assert all(np.isfinite(row["held_out_kl"]).all() for rows in curve["methods"].values() for row in rows)
+    assert len(curve["readings"]) == 2 and curve["readings"][0].startswith("redraw: ")
+    assert curve["base_kl"] > 0
