@@ -21,6 +21,7 @@ from latent_residual.errors import (
     NameNotFound,
     NonFiniteObservationError,
     RegistrationError,
+    TrainingDivergedError,
 )
 from latent_residual.hookspecs import hookimpl
 from latent_residual.plugins import list_plugins, load_plugins
@@ -83,6 +84,7 @@ __all__ = [
     "NameNotFound",
     "NonFiniteObservationError",
     "RegistrationError",
+    "TrainingDivergedError",
     "__version__",
     "backbone_spec",
     "env_spec",

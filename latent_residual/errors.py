@@ -52,6 +52,10 @@ class FitError(LatentResidualError):
     is worse than the base's, so the adapter would make the model's predictions worse."""
 
 
+class TrainingDivergedError(LatentResidualError, FloatingPointError):
+    """A training loss became NaN or infinite; training stopped before the step was applied."""
+
+
 class NonFiniteObservationError(LatentResidualError, ValueError):
     """An observation handed to a policy holds NaN or infinite values (the runner's own class of the
     same name lives in ``onnx_policy.py``, which imports nothing of the library)."""

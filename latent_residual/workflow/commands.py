@@ -206,13 +206,16 @@ def _pretrain_command(group: click.Group) -> None:
     @config_options(PretrainConfig)
     @config_options(ActorCriticConfig, prefix="ac-")
     def pretrain_command(out: Path, **options: Any) -> None:
-        """Pretrain a world model and a simulation policy (resumable)."""
+        """Pretrain a world model and a simulation policy (resumable; data-parallel under torchrun,
+        see docs/distributed.md)."""
+        from latent_residual.workflow.distributed import ranks_from_environment
         from latent_residual.workflow.pretraining import pretrain
 
         check_output_directory(out)
         config, ac_config = _pretrain_configs(options)
         result = pretrain(config, out, ac_config=ac_config)
-        click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
+        if ranks_from_environment().is_main:
+            click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
 
 
 def _collect_command(group: click.Group) -> None:

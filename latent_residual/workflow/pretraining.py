@@ -1,7 +1,8 @@
 """Online pretraining in simulation: a world model and a task policy trained while a behaviour explores
-(Plan2Explore, the task reward, or random), resumable from its output directory.
+(Plan2Explore, the task reward, or random), resumable from its output directory, data-parallel under torchrun.
 
-Offline training from a dataset is ``model_training.py``; the episode loop is ``collection.py``.
+Offline training from a dataset is ``model_training.py``; the episode loop is ``collection.py``; process
+groups and collectives are ``distributed.py``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,20 @@ from latent_residual.serialization import (
 )
 from latent_residual.workflow.collection import EpisodeCollector, begin_episode
 from latent_residual.workflow.datasets import DatasetWriter, load_dataset
+from latent_residual.workflow.distributed import (
+    Ranks,
+    all_true,
+    average_buffers,
+    average_gradients_at_step,
+    barrier,
+    broadcast_from_main,
+    gather_ints,
+    process_group,
+    rank_seed,
+)
 from latent_residual.workflow.exploration import Disagreement
 from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.model_training import world_model_step
+from latent_residual.workflow.model_training import PRECISIONS, WorldModelTrainer
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.replay import ReplayBuffer
 
@@ -48,6 +60,7 @@ ACTOR_CRITIC_NAME = "actor_critic.safetensors"
 EXPLORE_ACTOR_CRITIC_NAME = "explore_actor_critic.safetensors"
 OPTIMIZERS_NAME = "optimizers.safetensors"
 PROGRESS_NAME = "progress.json"
+REPLAY_NAME = "replay"
 
 
 @dataclass
@@ -87,14 +100,22 @@ class PretrainConfig:
         default=0, metadata={"help": "Posterior states per update used as imagination starts; 0 uses all B*T."}
     )
     checkpoint_every: int = field(default=5000, metadata={"help": "Environment steps between checkpoints."})
-    seed: int = field(default=0, metadata={"help": "Seed for environment, networks and sampling."})
-    device: str = field(default="cpu", metadata={"help": "Torch device."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed for environment, networks and sampling (under torchrun, rank 0's; others derive theirs)."}
+    )
+    device: str = field(default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."})
+    precision: str = field(
+        default="fp32", metadata={"help": "World-model loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
+    )
+    compile: bool = field(default=False, metadata={"help": "Compile the world model's loss and its backward (torch.compile)."})
 
     def __post_init__(self) -> None:
         if self.exploration not in EXPLORATION:
             raise ConfigError(
                 f"PretrainConfig.exploration must be one of {', '.join(EXPLORATION)}; got {self.exploration!r}."
             )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"PretrainConfig.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
         for name in ("env_steps", "batch_size", "seq_len", "checkpoint_every", "disagreement_members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
@@ -167,7 +188,7 @@ class _PretrainBehaviour:
 
     def __init__(self, run: _PretrainRun) -> None:
         self.run = run
-        self.rng = np.random.default_rng(run.config.seed)
+        self.rng = np.random.default_rng(run.seed)
         self.env: Any = None
 
     def bind(self, env: Any) -> None:
@@ -189,29 +210,52 @@ class _PretrainBehaviour:
 
 
 class _PretrainRun:
-    """The state of one pretraining run, so that it can be checkpointed and resumed as a unit."""
+    """The state of one pretraining run, so that it can be checkpointed and resumed as a unit.
 
-    def __init__(self, config: PretrainConfig, ac_config: ActorCriticConfig, out: Path) -> None:
-        self.config, self.out = config, out
-        torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+    Under torchrun each rank holds one: its own environment, seed and replay shard, and equal
+    copies of the networks. The ranks step their environments in lock-step, so ``env_steps``
+    (counted over all ranks) and with it every update and checkpoint fall on the same step
+    everywhere; rank 0 writes the checkpoints.
+    """
+
+    def __init__(self, config: PretrainConfig, ac_config: ActorCriticConfig, out: Path, ranks: Ranks) -> None:
+        self.config, self.out, self.ranks = config, out, ranks
+        self.seed = rank_seed(config.seed, ranks)
+        torch.manual_seed(self.seed)
+        self.rng = np.random.default_rng(self.seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         self.env = make_env(config.env_id, **config.env_kwargs)
         progress_path = out / PROGRESS_NAME
         corrupt = "the run directory is corrupt"
         self.progress = read_json_object(progress_path, error=CheckpointError, hint=corrupt) if progress_path.exists() else {}
+        self._check_world_size()
         self._build_networks(ac_config)
         if self.progress:
             self._load_checkpoint()
+        self._synchronise_networks()
         self.replay = ReplayBuffer(config.seq_len)
         self.writer = self._replay_writer()
         acting = self.explore if self.explore is not None else self.task
         self.agent = LatentAgent(self.model, acting)
         self.env_steps = int(self.progress.get("env_steps", 0))
         self.updates = int(self.progress.get("updates", 0))
-        self.returns: list[float] = list(self.progress.get("episode_returns", []))
+        self.returns: list[float] = list(self.progress.get("episode_returns", [])) if ranks.is_main else []
+        # Episode i of a rank resets with its seed + i, so a resumed rank continues its own numbering.
+        self.episodes = int(self.progress.get("rank_episodes", [len(self.returns)])[ranks.rank]) if self.progress else 0
         self.expert = env_expert(config.env_id, **config.env_kwargs) if self.env_steps < config.expert_steps else None
         self._credit = 0.0
+        self._replay_ready = False
+        barrier(ranks)  # every rank has read the checkpoint before rank 0 may write the next one
+
+    def _check_world_size(self) -> None:
+        """A resumed run needs the world size it was started with: each rank reloads its own replay shard."""
+        written = int(self.progress.get("world_size", 1)) if self.progress else self.ranks.world_size
+        if written != self.ranks.world_size:
+            raise ConfigError(
+                f"{self.out / PROGRESS_NAME} was written by a run of {written} process(es), with a replay shard "
+                f"each; resume it with {written} (torchrun's --nnodes x --nproc-per-node), not "
+                f"{self.ranks.world_size}, or pretrain into a new directory."
+            )
 
     def _build_networks(self, ac_config: ActorCriticConfig) -> None:
         config = self.config
@@ -231,6 +275,22 @@ class _PretrainRun:
             ).to(config.device)
             self.disagreement_opt = torch.optim.Adam(self.disagreement.parameters(), lr=config.model_lr, eps=1e-8)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=config.model_lr, eps=1e-8)
+        # The loss runs through DDP, which also copies rank 0's world model to every rank here.
+        self.trainer = WorldModelTrainer(
+            self.model, self.model_opt, config.model_grad_clip, precision=config.precision, compile=config.compile, ranks=self.ranks
+        )
+
+    def _synchronise_networks(self) -> None:
+        """Give every rank rank 0's networks (each rank seeded its own) and make their updates average
+        gradients over the ranks, so they stay equal; without torchrun nothing changes."""
+        for network in (self.task, self.explore, self.disagreement):
+            if network is not None:
+                broadcast_from_main(network, self.ranks)
+        optimisers = [self.task.actor_opt, self.task.critic_opt]
+        if self.explore is not None:
+            optimisers += [self.explore.actor_opt, self.explore.critic_opt, self.disagreement_opt]
+        for optimiser in optimisers:
+            average_gradients_at_step(optimiser, self.ranks)
 
     def _embed_size(self) -> int:
         sample = {
@@ -241,8 +301,10 @@ class _PretrainRun:
             return int(self.model.embed(sample).shape[-1])
 
     def _replay_writer(self) -> DatasetWriter:
-        """Every finished episode goes to ``replay/`` on disk; a resumed run reloads them first."""
-        config, replay_dir = self.config, self.out / "replay"
+        """Every finished episode goes to ``replay/`` on disk (rank r > 0 of a torchrun: its shard
+        ``replay-rank<r>/``); a resumed run reloads them first."""
+        config = self.config
+        replay_dir = self.out / (REPLAY_NAME if self.ranks.is_main else f"{REPLAY_NAME}-rank{self.ranks.rank}")
         if (replay_dir / "dataset.json").exists():
             for episode in load_dataset(replay_dir).episodes:
                 self.replay.add(episode)
@@ -254,7 +316,7 @@ class _PretrainRun:
             action_space=self.env.action_space,
             provenance={
                 "behaviour": f"pretraining ({config.exploration}; {config.expert_steps} expert steps first)",
-                "seed": config.seed,
+                "seed": self.seed,
             },
         )
 
@@ -269,6 +331,13 @@ class _PretrainRun:
             load_optimizer_tensors(self.disagreement_opt, tensors, "disagreement_opt")
 
     def checkpoint(self, done: bool) -> None:
+        """Write the run's state (rank 0; the other ranks wait until it is written)."""
+        rank_episodes = gather_ints(self.episodes, self.ranks)
+        if self.ranks.is_main:
+            self._write_checkpoint(done, rank_episodes)
+        barrier(self.ranks)
+
+    def _write_checkpoint(self, done: bool, rank_episodes: list[int]) -> None:
         config = self.config
         save_world_model(self.model, self.out / "world_model", extra={"env_steps": self.env_steps, "env_id": config.env_id})
         save_actor_critic(self.task, self.out / ACTOR_CRITIC_NAME, extra={"env_id": config.env_id})
@@ -285,17 +354,24 @@ class _PretrainRun:
             "done": done,
             "config": config_to_dict(config),
         }
+        if self.ranks.parallel:
+            progress.update(world_size=self.ranks.world_size, rank_episodes=rank_episodes)
         write_text(self.out / PROGRESS_NAME, json.dumps(progress, indent=2) + "\n")
 
     def update(self) -> dict[str, float]:
-        """One world-model step, then one step of each actor-critic (and the disagreement ensemble)."""
+        """One world-model step, then one step of each actor-critic (and the disagreement ensemble).
+
+        Under torchrun every update averages its gradients over the ranks (each rank's batch is
+        its own); the return normalisers, updated from each rank's imagination, are averaged after.
+        """
         config = self.config
         batch = self.replay.sample(config.batch_size, self.rng, config.device)
-        metrics = {f"model/{k}": v for k, v in world_model_step(self.model, self.model_opt, batch, config.model_grad_clip).items()}
+        metrics = {f"model/{k}": v for k, v in self.trainer.step(batch).items()}
         filtered = posterior_states(self.model, batch)
         starts = {key: value.flatten(0, 1) for key, value in filtered["states"].items()}
         starts = subsample_states(starts, config.imagination_starts, self.generator)
         metrics.update({f"task/{k}": v for k, v in self.task.train_step(self.model, starts, generator=self.generator).items()})
+        average_buffers(self.task, self.ranks)
         if self.disagreement is not None:
             features, embed, actions = filtered["features"], filtered["embed"], batch["action"].float()
             disagreement_loss = self.disagreement.loss(features[:, :-1], actions[:, :-1], embed[:, 1:])
@@ -305,27 +381,36 @@ class _PretrainRun:
             explore_metrics = self.explore.train_step(
                 self.model, starts, reward_fn=self.disagreement.reward, generator=self.generator
             )
+            average_buffers(self.explore, self.ranks)
             metrics["explore/disagreement_loss"] = disagreement_loss.item()
             metrics.update({f"explore/{k}": v for k, v in explore_metrics.items()})
         self.updates += 1
         return metrics
 
     def after_env_step(self, log: RunLogger) -> None:
-        """Count a step, run the updates it pays for (train_ratio), checkpoint when one is due."""
-        config = self.config
-        self.env_steps += 1
-        log.advance()
-        if self.env_steps >= config.prefill and self.replay.episodes:
+        """Count a step (one per rank), run the updates it pays for (train_ratio), checkpoint when one is due.
+
+        Each rank's update replays ``batch_size x seq_len`` steps for its own environment step, so
+        the ratio holds over all ranks too.
+        """
+        config, world_size = self.config, self.ranks.world_size
+        self.env_steps += world_size
+        log.advance(world_size)
+        if self.env_steps >= config.prefill and not self._replay_ready:
+            # Updates are collective: they start once every rank's replay holds an episode.
+            self._replay_ready = all_true(bool(self.replay.episodes), self.ranks)
+        if self.env_steps >= config.prefill and self._replay_ready:
             self._credit += config.train_ratio / (config.batch_size * config.seq_len)
             while self._credit >= 1.0:
                 metrics = self.update()
                 self._credit -= 1.0
                 if self.updates % 25 == 1:  # the first update, then every 25th
                     log.log(self.env_steps, **metrics)
-        if self.env_steps % config.checkpoint_every == 0:
+        if self.env_steps // config.checkpoint_every > (self.env_steps - world_size) // config.checkpoint_every:
             self.checkpoint(done=False)
 
     def finish_episode(self, episode: Episode, log: RunLogger) -> None:
+        self.episodes += 1
         self.writer.add_episode(episode)
         self.replay.add(episode)
         self.returns.append(float(episode["reward"].sum()))
@@ -346,24 +431,34 @@ def pretrain(
     TensorBoard files and ``progress.json``. Re-running with the same ``out_dir`` continues
     from the last checkpoint (a larger ``env_steps`` extends a finished run); a run that has
     reached ``env_steps`` returns at once. An episode still running at ``env_steps`` is not kept.
+
+    Under torchrun (``torchrun --nproc-per-node N ...``) every process runs its own environment
+    with its own seed, keeps its own replay (rank r > 0 writes ``replay-rank<r>/``) and samples
+    ``batch_size`` sequences from it per update; all networks average their gradients over the
+    processes. ``env_steps``, ``prefill``, ``expert_steps`` and ``checkpoint_every`` count the
+    steps of all processes together. Rank 0 writes the checkpoints, metrics and progress; each
+    rank's result lists the returns of its own episodes (rank 0's are those in ``progress.json``).
     """
     config = config.resolved()
     out = Path(out_dir)
-    run = _PretrainRun(config, ac_config or ActorCriticConfig(), out)
-    if run.env_steps >= config.env_steps:
-        return PretrainResult(run.env_steps, run.updates, run.returns, 0.0)
-    start = time.monotonic()
-    collector = EpisodeCollector(run.env, _PretrainBehaviour(run), seed=config.seed)
-    with RunLogger(out, config.env_steps, "pretrain", quiet=quiet, initial=run.env_steps) as log:
+    with process_group(config.device) as (ranks, device):
+        config = dataclasses.replace(config, device=device)
+        run = _PretrainRun(config, ac_config or ActorCriticConfig(), out, ranks)
+        if run.env_steps >= config.env_steps:
+            return PretrainResult(run.env_steps, run.updates, run.returns, 0.0)
+        start = time.monotonic()
+        collector = EpisodeCollector(run.env, _PretrainBehaviour(run), seed=run.seed)
+        main = ranks.is_main
+        with RunLogger(out if main else None, config.env_steps, "pretrain", quiet=quiet or not main, initial=run.env_steps) as log:
 
-        def after_step(taken: int) -> bool:
-            if taken:  # the reset records a step but takes none
-                run.after_env_step(log)
-            return run.env_steps >= config.env_steps
+            def after_step(taken: int) -> bool:
+                if taken:  # the reset records a step but takes none
+                    run.after_env_step(log)
+                return run.env_steps >= config.env_steps
 
-        while run.env_steps < config.env_steps:
-            episode = collector.episode(len(run.returns), after_step=after_step)
-            if episode is not None:
-                run.finish_episode(episode, log)
-    run.checkpoint(done=True)
-    return PretrainResult(run.env_steps, run.updates, run.returns, time.monotonic() - start)
+            while run.env_steps < config.env_steps:
+                episode = collector.episode(run.episodes, after_step=after_step)
+                if episode is not None:
+                    run.finish_episode(episode, log)
+        run.checkpoint(done=True)
+        return PretrainResult(run.env_steps, run.updates, run.returns, time.monotonic() - start)

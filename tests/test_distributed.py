@@ -1,0 +1,261 @@
+"""Data-parallel pretraining: gradients averaged over 2 CPU processes (gloo, loopback) equal one process's
+gradients over the whole batch; pretraining under torchrun to the end and resumed; bf16 and compile flags."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+import click
+from safetensors.torch import load_file, save_file
+
+from latent_residual import ConfigError, TrainingDivergedError, make_backbone
+from latent_residual.workflow.cli import main
+from latent_residual.workflow.distributed import Ranks, average_gradients_at_step, process_group, rank_device, ranks_from_environment
+from latent_residual.workflow.model_training import WorldModelTrainer
+
+OBSERVATIONS = gymnasium.spaces.Dict(
+    {
+        "orientation": gymnasium.spaces.Box(-1.0, 1.0, (2,), np.float32),
+        "velocity": gymnasium.spaces.Box(-10.0, 10.0, (1,), np.float32),
+    }
+)
+ACTIONS = gymnasium.spaces.Box(-1.0, 1.0, (1,), np.float32)
+BACKBONES = ("draw-v0", "rssm-v0")
+STEPS, BATCH, LENGTH = 3, 4, 8  # BATCH splits into two halves of equal size: equal-weight means
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _batch(step: int) -> dict[str, torch.Tensor]:
+    """A (BATCH, LENGTH) batch of the pendulum's layout, different at every step."""
+    generator = torch.Generator().manual_seed(100 + step)
+    batch = {
+        "orientation": torch.rand(BATCH, LENGTH, 2, generator=generator) * 2 - 1,
+        "velocity": torch.randn(BATCH, LENGTH, 1, generator=generator),
+        "action": torch.rand(BATCH, LENGTH, 1, generator=generator) * 2 - 1,
+        "reward": torch.rand(BATCH, LENGTH, generator=generator),
+        "is_first": torch.zeros(BATCH, LENGTH, dtype=torch.bool),
+        "is_terminal": torch.zeros(BATCH, LENGTH, dtype=torch.bool),
+    }
+    batch["is_first"][:, 0] = True
+    return batch
+
+
+def _half(batch: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    size = BATCH // 2
+    return {key: value[rank * size : (rank + 1) * size] for key, value in batch.items()}
+
+
+def _model(backbone: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = make_backbone(backbone, OBSERVATIONS, ACTIONS, preset="tiny")
+    # A head the loss never reaches: DDP must step over it, and it must stay as it was.
+    model.unused_head = torch.nn.Linear(3, 3)
+    return model
+
+
+def _policy_net() -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """Stands for an actor-critic or the disagreement ensemble: a network updated outside DDP."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.SiLU(), torch.nn.Linear(8, 1))
+    return net, torch.optim.Adam(net.parameters(), lr=1e-2)
+
+
+def _policy_loss(net: torch.nn.Module, step: int, rank: int) -> torch.Tensor:
+    inputs = torch.randn(BATCH, 3, generator=torch.Generator().manual_seed(200 + step))
+    return net(inputs[rank * BATCH // 2 : (rank + 1) * BATCH // 2]).square().mean()
+
+
+def _rank_seed(step: int, rank: int) -> int:
+    """The seed of the latents each half samples: the 2-process run and the reference draw the same ones."""
+    return 1000 * step + rank
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
+    )
+    torch.set_num_threads(1)
+    from latent_residual.plugins import load_plugins
+
+    load_plugins()
+    with process_group("cpu") as (ranks, device):
+        assert ranks == Ranks(rank=rank, world_size=2, local_rank=rank) and device == "cpu"
+        tensors = {}
+        for backbone in BACKBONES:
+            model = _model(backbone)
+            optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
+            trainer = WorldModelTrainer(model, optimiser, grad_clip=1.0, ranks=ranks)
+            for step in range(STEPS):
+                torch.manual_seed(_rank_seed(step, rank))
+                metrics = trainer.step(_half(_batch(step), rank))
+            tensors.update({f"{backbone}/{key}": value for key, value in model.state_dict().items()})
+            tensors[f"{backbone}/last_loss"] = torch.tensor(metrics["loss"])
+        net, optimiser = _policy_net()
+        average_gradients_at_step(optimiser, ranks)
+        for step in range(STEPS):
+            optimiser.zero_grad()
+            _policy_loss(net, step, rank).backward()
+            optimiser.step()
+        tensors.update({f"policy/{key}": value for key, value in net.state_dict().items()})
+        save_file({key: value.contiguous() for key, value in tensors.items()}, f"{out}/rank{rank}.safetensors")
+
+
+def _reference(backbone: str) -> tuple[dict[str, torch.Tensor], float]:
+    """One process, whole batches: the loss is the mean of the two halves' (each with its rank's latent
+    samples), which for a batch-mean loss over equal halves is the whole batch's."""
+    model = _model(backbone)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, eps=1e-8)
+    for step in range(STEPS):
+        model.train()
+        losses = []
+        for rank in range(2):
+            torch.manual_seed(_rank_seed(step, rank))
+            losses.append(model.loss(_half(_batch(step), rank))[0])
+        loss = (losses[0] + losses[1]) / 2
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+    return model.state_dict(), loss.item()
+
+
+def test_two_processes_average_gradients_as_one_process_on_the_whole_batch(tmp_path, registry):
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(2)]
+    assert ranks[0].keys() == ranks[1].keys()
+    for key in ranks[0]:  # the copies stay equal
+        torch.testing.assert_close(ranks[0][key], ranks[1][key], rtol=0, atol=0, msg=key)
+    for backbone in BACKBONES:
+        reference, last_loss = _reference(backbone)
+        initial = _model(backbone).state_dict()
+        moved = 0
+        for key, value in reference.items():
+            torch.testing.assert_close(ranks[0][f"{backbone}/{key}"], value, rtol=1e-5, atol=1e-6, msg=f"{backbone} {key}")
+            moved += not torch.equal(value, initial[key])
+        assert moved > 10  # the steps changed the weights (the comparison is not between untouched copies)
+        assert torch.equal(ranks[0][f"{backbone}/unused_head.weight"], initial["unused_head.weight"])
+        assert ranks[0][f"{backbone}/last_loss"].item() == pytest.approx(last_loss, rel=1e-5)
+    net, optimiser = _policy_net()
+    for step in range(STEPS):
+        optimiser.zero_grad()
+        ((_policy_loss(net, step, 0) + _policy_loss(net, step, 1)) / 2).backward()
+        optimiser.step()
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(ranks[0][f"policy/{key}"], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+PRETRAIN_FLAGS = [
+    "--env-id", "dmc/pendulum-swingup-v0", "--env-kwargs", '{"max_episode_steps": 60}',
+    "--backbone-kwargs", '{"preset": "tiny"}', "--prefill", "70", "--train-ratio", "16", "--batch-size", "4",
+    "--seq-len", "8", "--imagination-starts", "16", "--disagreement-members", "2", "--checkpoint-every", "80",
+    "--ac-hidden", "16", "--ac-layers", "1", "--ac-horizon", "4",
+]  # fmt: skip
+
+
+def _torchrun(out: Path, env_steps: int) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+        "--master-port", str(_free_port()), "-m", "latent_residual.workflow.cli", "pretrain", "--out", str(out),
+        "--env-steps", str(env_steps), *PRETRAIN_FLAGS,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_pretrain_under_torchrun_runs_to_the_end_resumes_and_rank_0_writes(tmp_path, capsys):
+    out = tmp_path / "run"
+    first = _torchrun(out, 160)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("160 env steps") == 1  # the summary line comes from rank 0 alone
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["env_steps"] == 160 and progress["done"] and progress["updates"] > 0
+    assert progress["world_size"] == 2 and progress["rank_episodes"] == [1, 1]  # 80 steps each, 60-step episodes
+    # Each rank kept its own replay shard; the ranks' seeds differ, so their episodes do.
+    from latent_residual import load_dataset, load_world_model
+
+    shards = [load_dataset(out / name).episodes for name in ("replay", "replay-rank1")]
+    assert [len(shard) for shard in shards] == [1, 1]
+    assert not np.array_equal(shards[0][0]["orientation"], shards[1][0]["orientation"])
+    assert load_world_model(out / "world_model").backbone_id == "draw-v0"
+    # Rank 0 alone logged: one TensorBoard writer, no metric recorded twice at a step.
+    assert len(list((out / "tensorboard").glob("events.*"))) == 1
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    keys = [(row.split(",")[0], row.split(",")[2]) for row in rows]
+    assert len(keys) == len(set(keys))
+    assert not [p for p in out.rglob(".*") if ".tmp-" in p.name]
+    # Resumed under torchrun: continues from the checkpoint, each rank from its own shard.
+    second = _torchrun(out, 300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["env_steps"] == 300 and progress["rank_episodes"] == [2, 2]
+    # A run of 2 processes cannot go on as 1: rank 1's replay shard would be lost.
+    assert main(["pretrain", "--out", str(out), "--env-steps", "400", *PRETRAIN_FLAGS]) == 1
+    assert "written by a run of 2 process(es)" in capsys.readouterr().err
+
+
+def test_torchrun_variables_are_read_and_checked():
+    assert ranks_from_environment({}) == Ranks()
+    assert ranks_from_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(1, 4, 1)
+    with pytest.raises(ConfigError, match="WORLD_SIZE must be an integer"):
+        ranks_from_environment({"RANK": "0", "WORLD_SIZE": "two"})
+    with pytest.raises(ConfigError, match="RANK=4, WORLD_SIZE=4"):
+        ranks_from_environment({"RANK": "4", "WORLD_SIZE": "4"})
+    assert rank_device("cuda", Ranks(1, 2, 1)) == "cuda:1" and rank_device("cpu", Ranks(1, 2, 1)) == "cpu"
+    with pytest.raises(ConfigError, match="names one GPU"):
+        rank_device("cuda:0", Ranks(1, 2, 1))
+
+
+def test_a_cpu_bf16_step_gives_a_finite_loss(registry):
+    for backbone in BACKBONES:
+        model = _model(backbone)
+        trainer = WorldModelTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-3), 1000.0, precision="bf16")
+        before = [p.detach().clone() for p in model.parameters()]
+        metrics = trainer.step(_batch(0))
+        assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_non_finite_loss_stops_training_before_the_step(registry):
+    model = _model("draw-v0")
+    trainer = WorldModelTrainer(model, torch.optim.Adam(model.parameters(), lr=1e-3), 1000.0)
+    with torch.no_grad():  # a diverged reward head: its loss is NaN, the latents it reads stay finite
+        next(p for name, p in model.named_parameters() if name.startswith("reward_head"))[0, 0] = float("inf")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(TrainingDivergedError, match="loss is not finite"):
+        trainer.step(_batch(0))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_precision_and_compile_flags_reach_the_training_step(registry, tmp_path, capsys):
+    from latent_residual.workflow.commands import _pretrain_configs, add_commands
+
+    group = click.Group()
+    add_commands(group)
+    options = group.commands["pretrain"].make_context("pretrain", ["--out", str(tmp_path), "--precision", "bf16", "--compile"]).params
+    config, _ = _pretrain_configs(options)
+    assert config.precision == "bf16" and config.compile is True
+    model = _model("draw-v0")
+    trainer = WorldModelTrainer(
+        model, torch.optim.Adam(model.parameters()), 1000.0, precision=config.precision, compile=config.compile
+    )
+    assert isinstance(trainer.loss, torch._dynamo.eval_frame.OptimizedModule)  # compiled lazily, at the first step
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert main(["pretrain", "--out", str(tmp_path), "--precision", "fp16"]) == 1
+    assert "precision must be one of fp32, bf16; got 'fp16'" in capsys.readouterr().err
