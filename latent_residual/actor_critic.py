@@ -54,6 +54,13 @@ class ActorCriticConfig:
     min_std: float = field(default=0.1, metadata={"help": "Minimum action standard deviation."})
     max_std: float = field(default=1.0, metadata={"help": "Maximum action standard deviation."})
     grad_clip: float = field(default=100.0, metadata={"help": "Gradient norm clip for actor and critic."})
+    dense_bias: bool = field(
+        default=True,
+        metadata={"help": "Biases in the hidden Linears of actor and critic (DreamerV3 and sheeprl have none)."},
+    )
+    norm_eps: float = field(
+        default=1e-5, metadata={"help": "LayerNorm epsilon of actor and critic (DreamerV3 and sheeprl use 1e-3)."}
+    )
     actor_gradient: str = field(
         default="dynamics",
         metadata={
@@ -78,7 +85,7 @@ class Actor(nn.Module):
 
     def __init__(self, feature_size: int, action_size: int, config: ActorCriticConfig) -> None:
         super().__init__()
-        self.net = MLP(feature_size, 2 * action_size, config.hidden, config.layers)
+        self.net = MLP(feature_size, 2 * action_size, config.hidden, config.layers, bias=config.dense_bias, eps=config.norm_eps)
         self.min_std, self.max_std = config.min_std, config.max_std
 
     def _params(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -132,7 +139,9 @@ class ActorCritic(nn.Module):
         self.config = config or ActorCriticConfig()
         self.feature_size, self.action_size = feature_size, action_size
         self.actor = Actor(feature_size, action_size, self.config)
-        self.critic = TwoHotHead(feature_size, self.config.hidden, self.config.layers)
+        self.critic = TwoHotHead(
+            feature_size, self.config.hidden, self.config.layers, bias=self.config.dense_bias, eps=self.config.norm_eps
+        )
         self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.register_buffer("return_scale", torch.ones(()))
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=self.config.actor_lr, eps=1e-5)

@@ -97,6 +97,25 @@ def register_methods(register: Callable[..., Any]) -> None:
 
 
 @hookspec
+def register_importers(register: Callable[..., Any]) -> None:
+    """Register importers of other codebases' checkpoints by calling ``register`` once per format.
+
+    :param register: Call as ``register(id, entry_point, *, description="")``. ``id`` is a short
+        lowercase name (``"sheeprl"``), the first argument of ``latent-residual import``.
+        ``entry_point`` is a callable or a ``"module:attr"`` string imported only when the importer
+        runs; it is called as ``entry_point(checkpoint, out, *, config=None, env_id=None,
+        overwrite=False)`` with ``pathlib.Path`` arguments (``config`` and ``env_id`` as the user
+        gave them, or None), writes a directory that ``latent_residual.load_world_model`` and
+        ``load_actor_critic`` read, and returns a dict from what it wrote to its path.
+
+    Every implementation is called, each on its own: one that raises is reported as broken
+    and skipped.
+
+    .. versionadded:: 0.3
+    """
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add subcommands to the ``latent-residual`` command.
 

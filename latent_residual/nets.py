@@ -35,6 +35,8 @@ class MLP(nn.Module):
 
     :param zero_init_output: Start the output layer at zero, so the head first predicts the
         neutral value (DreamerV3 does this for reward and critic heads).
+    :param bias: Whether the hidden Linears have a bias (``dense_blocks``'); the output layer always has one.
+    :param eps: The LayerNorms' epsilon.
     """
 
     def __init__(
@@ -45,9 +47,11 @@ class MLP(nn.Module):
         layers: int,
         *,
         zero_init_output: bool = False,
+        bias: bool = True,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
-        self.body = dense_blocks(in_size, hidden, layers)
+        self.body = dense_blocks(in_size, hidden, layers, bias=bias, eps=eps)
         self.out = nn.Linear(hidden if layers else in_size, out_size)
         if zero_init_output:
             nn.init.zeros_(self.out.weight)
@@ -142,9 +146,9 @@ class TwoHotHead(nn.Module):
     per-element cross-entropy against raw targets.
     """
 
-    def __init__(self, in_size: int, hidden: int, layers: int, bins: int = 255) -> None:
+    def __init__(self, in_size: int, hidden: int, layers: int, bins: int = 255, *, bias: bool = True, eps: float = 1e-5) -> None:
         super().__init__()
-        self.net = MLP(in_size, bins, hidden, layers, zero_init_output=True)
+        self.net = MLP(in_size, bins, hidden, layers, zero_init_output=True, bias=bias, eps=eps)
         self.register_buffer("bins", encodings.twohot_bins(bins), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ ENTRY_POINT_GROUP = "latent_residual"
 LOAD_PLUGINS_ENV = "LATENT_RESIDUAL_LOAD_PLUGINS"
 FIRST_PARTY_DISTRIBUTION = "latent-residual"
 #: Registration hooks and the Staging method each one's ``register`` callback is.
-_REGISTRATION_HOOKS = {"register_backbones": "backbone", "register_envs": "env", "register_methods": "method"}
+_REGISTRATION_HOOKS = {"register_backbones": "backbone", "register_envs": "env", "register_methods": "method", "register_importers": "importer"}
 
 
 @dataclass(frozen=True)

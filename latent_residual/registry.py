@@ -1,4 +1,4 @@
-"""Looking up and making what plugins registered: backbones, environments and adaptation methods.
+"""Looking up and making what plugins registered: backbones, environments, adaptation methods and importers.
 
 The specs and their tables are in ``specs.py``; discovery of plugins is in ``plugins.py``. Every
 accessor loads plugins first, so a fresh process sees what is installed.
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from latent_residual import specs
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError, did_you_mean
 from latent_residual.plugins import list_plugins, load_plugins
-from latent_residual.specs import BackboneSpec, EnvSpec, MethodSpec
+from latent_residual.specs import BackboneSpec, EnvSpec, ImporterSpec, MethodSpec
 
 if TYPE_CHECKING:
     import gymnasium
@@ -57,6 +57,16 @@ def env_spec(id: str) -> EnvSpec:
 def method_spec(id: str) -> MethodSpec:
     """Return the spec of adaptation method ``id``; raises NameNotFound with the closest match."""
     return _lookup(specs.methods, id, "adaptation method")
+
+
+def importer_spec(id: str) -> ImporterSpec:
+    """Return the spec of checkpoint importer ``id``; raises NameNotFound with the closest match."""
+    return _lookup(specs.importers, id, "checkpoint importer")
+
+
+def list_importers() -> list[ImporterSpec]:
+    """Return every registered checkpoint importer, sorted by id."""
+    return _listing(specs.importers)
 
 
 def list_backbones() -> list[BackboneSpec]:

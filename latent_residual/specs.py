@@ -1,4 +1,4 @@
-"""What plugins register: the spec dataclasses of backbones, environments and adaptation methods, the
+"""What plugins register: the spec dataclasses of backbones, environments, adaptation methods and importers, the
 tables that hold them, and the staging that adds one plugin's registrations all at once or not at all.
 
 Looking specs up and making things from them is ``registry.py``; discovering plugins is ``plugins.py``.
@@ -125,9 +125,28 @@ class MethodSpec:
             )
 
 
+@dataclass
+class ImporterSpec:
+    """A registered importer of another codebase's checkpoints (``latent-residual import ID``)."""
+
+    id: str
+    entry_point: EntryPoint
+    description: str = ""
+    plugin: str = ""
+    package: str = ""
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not _METHOD_ID.match(self.id):
+            raise RegistrationError(
+                f"Importer id {self.id!r} is malformed: expected a lowercase name such as 'sheeprl'."
+            )
+
+
 backbones: dict[str, BackboneSpec] = {}
 envs: dict[str, EnvSpec] = {}
 methods: dict[str, MethodSpec] = {}
+importers: dict[str, ImporterSpec] = {}
 
 
 class Staging:
@@ -148,6 +167,10 @@ class Staging:
     def method(self, id: str, entry_point: EntryPoint, *, override: bool = False, **fields: Any) -> None:
         """The ``register`` callback of ``register_methods``."""
         self._stage(methods, MethodSpec(id, entry_point, **fields, **self._origin), override)
+
+    def importer(self, id: str, entry_point: EntryPoint, *, override: bool = False, **fields: Any) -> None:
+        """The ``register`` callback of ``register_importers``."""
+        self._stage(importers, ImporterSpec(id, entry_point, **fields, **self._origin), override)
 
     def _stage(self, table: dict[str, Any], spec: Any, override: bool) -> None:
         self._staged.append((table, spec, override))
@@ -192,3 +215,4 @@ def clear() -> None:
     backbones.clear()
     envs.clear()
     methods.clear()
+    importers.clear()

@@ -17,7 +17,7 @@ import click
 
 from latent_residual.errors import LatentResidualError
 from latent_residual.plugins import list_plugins, load_plugins, pm
-from latent_residual.registry import list_backbones, list_envs, list_methods
+from latent_residual.registry import list_backbones, list_envs, list_importers, list_methods
 from latent_residual.version import __version__
 from latent_residual.workflow import commands
 
@@ -48,9 +48,9 @@ _session = {"debug": False}
 @cli.command(name="plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def plugins_command(as_json: bool) -> None:
-    """List plugins, the backbones, environments and adaptation methods they provide, and broken plugins."""
+    """List plugins, the backbones, environments, adaptation methods and importers they provide, and broken plugins."""
     plugins = list_plugins()
-    tables = {"backbones": list_backbones(), "envs": list_envs(), "methods": list_methods()}
+    tables = {"backbones": list_backbones(), "envs": list_envs(), "methods": list_methods(), "importers": list_importers()}
     if as_json:
         fields = ("id", "plugin", "package", "version", "description")
         data = {"plugins": [dataclasses.asdict(p) for p in plugins]}
@@ -58,7 +58,9 @@ def plugins_command(as_json: bool) -> None:
         click.echo(json.dumps(data, indent=2))
         return
     width = max((len(spec.id) for specs in tables.values() for spec in specs), default=0) + 2
-    titles = {"backbones": "Backbones:", "envs": "Environments:", "methods": "Adaptation methods:"}
+    titles = {
+        "backbones": "Backbones:", "envs": "Environments:", "methods": "Adaptation methods:", "importers": "Checkpoint importers:"
+    }
     for name, specs in tables.items():
         click.echo(titles[name])
         for spec in specs:
