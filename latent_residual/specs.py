@@ -117,30 +117,23 @@ class MethodSpec:
     plugin: str = ""
     package: str = ""
     version: str = ""
+    #: What the id names and an example of one, for the malformed-id message.
+    _kind = ("Method", "redraw")
 
     def __post_init__(self) -> None:
         if not _METHOD_ID.match(self.id):
+            kind, example = self._kind
             raise RegistrationError(
-                f"Method id {self.id!r} is malformed: expected a lowercase name such as 'redraw'."
+                f"{kind} id {self.id!r} is malformed: expected a lowercase name such as {example!r}."
             )
 
 
 @dataclass
-class ImporterSpec:
-    """A registered importer of another codebase's checkpoints (``latent-residual import ID``)."""
+class ImporterSpec(MethodSpec):
+    """A registered importer of another codebase's checkpoints (``latent-residual import ID``); its fields
+    and id rule are a method's."""
 
-    id: str
-    entry_point: EntryPoint
-    description: str = ""
-    plugin: str = ""
-    package: str = ""
-    version: str = ""
-
-    def __post_init__(self) -> None:
-        if not _METHOD_ID.match(self.id):
-            raise RegistrationError(
-                f"Importer id {self.id!r} is malformed: expected a lowercase name such as 'sheeprl'."
-            )
+    _kind = ("Importer", "sheeprl")
 
 
 backbones: dict[str, BackboneSpec] = {}

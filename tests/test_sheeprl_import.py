@@ -236,6 +236,8 @@ def test_a_missing_config_points_at_the_option(tmp_path):
 
 
 def test_the_command_imports_and_names_unknown_importers(tmp_path, capsys):
+    assert main(["plugins"]) == 0
+    assert re.search(r"Checkpoint importers:\n  sheeprl ", capsys.readouterr().out)
     out = tmp_path / "imported"
     assert main(["import", "sheeprl", str(checkpoint_of("p2e")), "--out", str(out)]) == 0
     assert (out / "world_model" / "model.safetensors").is_file() and (out / "actor_critic.safetensors").is_file()
