@@ -188,8 +188,9 @@ def test_a_checkpoint_with_the_replay_buffer_is_refused_with_how_to_resave_it(tm
         (lambda s: s["actor"].update({"mlp_heads.1.weight": torch.zeros(2, 32)}), "actor holds tensors no rule maps"),
         (lambda s: s.update({"something_new": {}}), "entries \\['something_new'\\]"),
         (lambda s: s.pop("critic"), "lacks its 'critic' entry"),
+        (lambda s: s["critic"]["_model.3.bias"].fill_(float("nan")), r"critic\['_model.3.bias'\] holds NaN"),
     ],
-    ids=["unmapped", "missing", "shape", "unmapped-actor", "unknown-entry", "missing-critic"],
+    ids=["unmapped", "missing", "shape", "unmapped-actor", "unknown-entry", "missing-critic", "non-finite"],
 )
 def test_checkpoint_layout_problems_name_the_tensor(tmp_path, edit, pattern):
     refused(edited_run(tmp_path, state_edit=edit), tmp_path, CheckpointError, pattern)

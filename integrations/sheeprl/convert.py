@@ -180,7 +180,7 @@ _ACTIVATIONS = [
 ]
 
 
-def plan(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
+def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
     """Check every option the conversion depends on and work out the RSSM, the actor-critic and the spaces."""
     algo = _get(cfg, "algo.name")
     if algo not in PARTS:
@@ -304,7 +304,12 @@ def _columns(index: Tensor) -> Transform:
 
 def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | None, sequential: bool = False) -> Rules:
     """sheeprl's ``MLP`` (``_model.{3i}`` Linear, ``_model.{3i+1}`` LayerNorm, then the output Linear at
-    ``_model.{3L}``) onto our ``dense_blocks`` (``ours.{3i}``) or ``DenseHead`` (``ours.body.{3i}``, ``ours.out``)."""
+    ``_model.{3L}``) onto our ``dense_blocks`` (``ours.{3i}``) or ``DenseHead`` (``ours.body.{3i}``, ``ours.out``).
+
+    :param first: The transform of the first Linear's weight (its input columns reordered).
+    :param out: None: no output layer; ``""``: sheeprl's at ``_model.{3L}``; else the key prefix of
+        sheeprl's separate output Linear (the actor's ``mlp_heads.0``).
+    """
     body = ours if sequential else f"{ours}.body"
     rules: Rules = {}
     for i in range(layers):
@@ -317,12 +322,15 @@ def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | No
     return rules
 
 
+def _feature_columns(plan: Plan) -> Transform:
+    """sheeprl's features are [z, h], ours [h, z]: the first Linear of every head takes its columns swapped."""
+    SD, H = plan.rssm_kwargs["stoch"] * plan.rssm_kwargs["classes"], plan.rssm_kwargs["deter"]
+    return _columns(torch.cat([torch.arange(SD, SD + H), torch.arange(SD)]))
+
+
 def world_model_rules(plan: Plan) -> Rules:
     """Our RSSM's state-dict keys -> (sheeprl ``world_model`` key, transform)."""
-    kw = plan.rssm_kwargs
-    SD, H, L = kw["stoch"] * kw["classes"], kw["deter"], kw["mlp_layers"]
-    # sheeprl's features are [z, h], ours [h, z]: the first Linear of every head takes its columns swapped.
-    features = _columns(torch.cat([torch.arange(SD, SD + H), torch.arange(SD)]))
+    L, features = plan.rssm_kwargs["mlp_layers"], _feature_columns(plan)
     # Our encoder concatenates vector keys sorted, sheeprl in its own order.
     sorted_keys = sorted(plan.sheeprl_slices)
     inputs = _columns(torch.cat([torch.arange(o, o + n) for o, n in (plan.sheeprl_slices[key] for key in sorted_keys)]))
@@ -348,9 +356,7 @@ def world_model_rules(plan: Plan) -> Rules:
 
 def actor_critic_rules(plan: Plan, parts: Mapping[str, str]) -> dict[str, tuple[str, str, Transform]]:
     """Our ``ActorCritic``'s state-dict keys -> (checkpoint entry, key in it, transform)."""
-    kw, layers = plan.rssm_kwargs, plan.ac_config.layers
-    SD, H = kw["stoch"] * kw["classes"], kw["deter"]
-    features = _columns(torch.cat([torch.arange(SD, SD + H), torch.arange(SD)]))
+    layers, features = plan.ac_config.layers, _feature_columns(plan)
     rules: dict[str, tuple[str, str, Transform]] = {}
     heads = {"actor.net": ("actor", "model", "mlp_heads.0"), "critic.net": ("critic", "", ""), "slow_critic.net": ("target_critic", "", "")}
     for ours, (part, prefix, out) in heads.items():
@@ -380,6 +386,8 @@ def _apply(rules: Mapping[str, tuple[str, Transform]], tensors: Mapping[str, Ten
             value = transform(tensor.detach().to(torch.float32))
         except IndexError as exc:
             raise CheckpointError(f"{where}[{theirs!r}] has shape {tuple(tensor.shape)}, which does not fit our {key!r} ({exc}).") from exc
+        if not torch.isfinite(value).all():
+            raise CheckpointError(f"{where}[{theirs!r}] holds NaN or infinite values; the sheeprl run diverged, nothing was written.")
         if value.shape != expected[key].shape:
             raise CheckpointError(
                 f"{where}[{theirs!r}] has shape {tuple(tensor.shape)}; our {key!r} needs {tuple(expected[key].shape)} "
@@ -396,7 +404,7 @@ def _apply(rules: Mapping[str, tuple[str, Transform]], tensors: Mapping[str, Ten
 
 def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], env_id: str | None = None) -> tuple[Any, ActorCritic, Plan]:
     """Build our world model and actor-critic from a loaded checkpoint and its config (nothing written)."""
-    the_plan = plan(cfg, env_id)
+    the_plan = check_config(cfg, env_id)
     parts = PARTS[the_plan.algo]
     unknown = sorted(key for key in state if key not in ("world_model", *parts.values()) and not SKIPPED.match(key))
     if unknown:
@@ -412,13 +420,13 @@ def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], env_id: str | None
     actor_critic = ActorCritic(model.feature_size, A, the_plan.ac_config)
     expected = {k: v for k, v in actor_critic.state_dict().items() if k != "return_scale"}
     rules = actor_critic_rules(the_plan, parts)
+    if not set(expected) <= set(rules):
+        raise CheckpointError(f"no rule maps the actor-critic's {sorted(set(expected) - set(rules))[:5]}; nothing was written.")
     for entry in ("actor", "critic", "target_critic"):
         name = parts[entry]
         own = {key: (theirs, transform) for key, (part, theirs, transform) in rules.items() if part == name}
         mine = {key: value for key, value in expected.items() if key in own}
         actor_critic.load_state_dict(_apply(own, state[name], mine, name), strict=False)
-    if not set(expected) <= set(rules):
-        raise CheckpointError(f"no rule maps the actor-critic's {sorted(set(expected) - set(rules))[:5]}; nothing was written.")
     moments = state.get(parts["moments"])
     if isinstance(moments, Mapping) and {"low", "high"} <= set(moments):
         # sheeprl divides advantages by max(1, high - low); our return_scale holds high - low, clamped the same.
