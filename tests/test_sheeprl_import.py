@@ -225,10 +225,14 @@ def test_unsupported_options_are_named(tmp_path, edit, pattern):
     refused(edited_run(tmp_path, config_edit=edit), tmp_path, ConfigError, pattern)
 
 
-def test_a_missing_config_points_at_the_option(tmp_path):
+def test_a_missing_config_points_at_the_option_which_takes_it_from_elsewhere(tmp_path):
     checkpoint = copy_run("pendulum", tmp_path)
-    (checkpoint.parents[1] / "config.yaml").unlink()
+    config = (checkpoint.parents[1] / "config.yaml").rename(tmp_path / "elsewhere.yaml")
     refused(checkpoint, tmp_path, ConfigError, "pass --config")
+    written = import_checkpoint(checkpoint, tmp_path / "out", config=config, env_id="dmc/pendulum-swingup-reversed-v0")
+    provenance = json.loads(written["provenance"].read_text())
+    assert provenance["source_config"] == str(config.resolve())
+    assert provenance["env_id"] == "dmc/pendulum-swingup-reversed-v0"
 
 
 # ---------------------------------------------------------------------------
