@@ -69,6 +69,10 @@ _LAZY = {
     "load_world_model": "latent_residual.workflow.loading",
     "OnnxPolicy": "latent_residual.onnx_policy",
     "export_policy": "latent_residual.workflow.export",
+    "DiagnoseConfig": "latent_residual.workflow.diagnose",
+    "diagnose": "latent_residual.workflow.diagnose",
+    "DataCurveConfig": "latent_residual.workflow.data_curve",
+    "data_curve": "latent_residual.workflow.data_curve",
 }
 
 __all__ = [
@@ -124,7 +128,9 @@ if TYPE_CHECKING:
     from latent_residual.rollout import imagine, observe
     from latent_residual.serialization import fingerprint
     from latent_residual.workflow.collection import collect
+    from latent_residual.workflow.data_curve import DataCurveConfig, data_curve
     from latent_residual.workflow.datasets import Dataset, DatasetWriter, load_dataset
+    from latent_residual.workflow.diagnose import DiagnoseConfig, diagnose
     from latent_residual.workflow.evaluation import evaluate
     from latent_residual.workflow.export import export_policy
     from latent_residual.workflow.loading import load_world_model

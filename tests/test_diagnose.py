@@ -19,7 +19,7 @@ from latent_residual.residual import ResidualConfig
 from latent_residual.workflow import coverage
 from latent_residual.workflow.cli import main
 from latent_residual.workflow.collection import collect
-from latent_residual.workflow.data_curve import DataCurveConfig, data_curve
+from latent_residual.workflow.data_curve import DataCurveConfig, data_curve, overfitted, reading
 from latent_residual.workflow.datasets import load_dataset
 from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, open_loop, read_report
 from latent_residual.workflow.export import export_policy
@@ -158,3 +158,22 @@ def test_the_data_curve_fits_nested_subsets_and_reads_the_trend(pendulum):
     assert all(np.isfinite(row["held_out_kl"]).all() for rows in curve["methods"].values() for row in rows)
     assert len(curve["readings"]) == 2 and curve["readings"][0].startswith("redraw: ")
     assert curve["base_kl"] > 0
+
+
+def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pendulum, tmp_path):
+    pretrained = pendulum["pretrained"]
+    args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),
+            "--out", str(tmp_path / "onnx"), "--adapter", str(pendulum["root"] / "adapter")]
+    assert main(args) == 2  # a usage error, before any work
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_the_curve_s_reading_weighs_the_last_size_against_the_best_smaller_one_and_the_seeds_spread():
+    def rows(*means):
+        return [{"transitions": 1000 * 2**i, "held_out_kl": [m - 0.01, m + 0.01], "curves": [[1.0, 0.5, 0.4, 0.4]]} for i, m in enumerate(means)]
+
+    assert "still improving" in reading("redraw", rows(1.0, 0.8, 0.6), base_kl=5.0)
+    assert "flat" in reading("redraw", rows(1.0, 0.6, 0.61), base_kl=5.0)
+    assert "worse with more data" in reading("redraw", rows(1.0, 0.6, 0.9), base_kl=5.0)
+    assert "no better than the base" in reading("finetune", rows(6.0, 5.5), base_kl=5.0)
+    assert overfitted([1.0, 0.5, 0.5, 0.5, 0.8, 0.9]) and not overfitted([1.0, 0.6, 0.5, 0.5, 0.45, 0.5])

@@ -398,12 +398,20 @@ def _export_command(group: click.Group) -> None:
     @click.option("--out", type=_PATH, required=True, help="Directory for policy.onnx and policy.json.")
     @_overwrite_option("an export")
     @click.option("--env-id", default=None, help="Environment id recorded in policy.json.")
-    def export_command(world_model: Path, policy: Path, out: Path, overwrite: bool, env_id) -> None:
+    @click.option(
+        "--surprise-threshold",
+        type=click.FloatRange(min=0.0),
+        default=None,
+        help="Add the coverage alarm: a surprise output and this threshold (coverage.threshold in diagnose's report.json).",
+    )
+    @click.option("--adapter", type=_PATH, default=None, help="Adapter whose corrected prior the surprise output compares with.")
+    def export_command(world_model: Path, policy: Path, out: Path, overwrite: bool, env_id, surprise_threshold, adapter) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
 
         The directory is written whole (swapped into place), so a kill leaves the previous export
         or the new one. With --env-id the check also runs 200 steps of whole episodes there, torch
-        and ONNX Runtime side by side."""
+        and ONNX Runtime side by side. With --surprise-threshold (and --adapter) the graph also
+        returns the coverage alarm's per-step surprise (docs/diagnose.md)."""
         from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
         from latent_residual.workflow.export import (
             check_export_target,
@@ -416,8 +424,16 @@ def _export_command(group: click.Group) -> None:
 
         check_output_directory(out, finished=(ONNX_NAME, POLICY_CONFIG_NAME), overwrite=overwrite, beside=True)
         check_export_target(out)
+        if adapter is not None and surprise_threshold is None:
+            raise click.UsageError("--adapter only matters for the coverage alarm; give --surprise-threshold too.")
         loaded = load_policy(world_model, policy)
-        export_policy(loaded, out, env_id=env_id)
+        if adapter is not None:
+            from latent_residual.adapters import load_adapter
+            from latent_residual.workflow.policy import Policy
+
+            loaded = Policy(load_adapter(loaded.model, adapter, trainable=False), loaded.actor)
+        surprise = {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
+        export_policy(loaded, out, env_id=env_id, **surprise)
         difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
         click.echo(f"wrote {out / 'policy.onnx'}; max |onnx - torch| = {difference:.2e}")
         if env_id is not None:

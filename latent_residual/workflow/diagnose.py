@@ -49,7 +49,7 @@ class DiagnoseConfig:
     sensitivity_action: float = field(default=0.6, metadata={"help": "Size of the constant commands +a and -a the check imagines."})
     sensitivity_ratio: float = field(
         default=0.25,
-        metadata={"help": "Warn when the adapted model's response to an action is below this fraction of the base's."},
+        metadata={"help": "Warn when the adapted model's response to an action, on any observation key, is below this fraction of the base's."},
     )
     sensitivity_floor: float = field(
         default=0.02,
@@ -213,7 +213,8 @@ def action_sensitivity(
     """How far each model's predictions separate under opposite actions, in data standard deviations.
 
     :returns: ``pairs``: per pair and model the mean separation (averaged over keys), per key too;
-        ``warnings``: one sentence per action dimension the adapted model barely responds to.
+        ``warnings``: one sentence per action dimension the adapted model barely responds to, judged
+        key by key (a model can move the image and still predict the same speed for opposite commands).
     """
     scales = _scales(windows)
     first = next(iter(models.values()))
@@ -233,14 +234,16 @@ def action_sensitivity(
         for name, row in rows.items():
             if not name.startswith("action["):
                 continue
-            adapted, base = row["adapted"]["separation"], row["base"]["separation"]
-            if adapted < max(config.sensitivity_ratio * base, config.sensitivity_floor):
+            adapted, base = row["adapted"]["per_key"], row["base"]["per_key"]
+            blind = [key for key in adapted if adapted[key] < max(config.sensitivity_ratio * base[key], config.sensitivity_floor)]
+            if blind:
+                detail = ", ".join(f"{key!r} by {adapted[key]:.3f} (base {base[key]:.3f})" for key in blind)
                 warnings.append(
                     f"The adapted model barely responds to {name.split(' ')[0]}: after {config.sensitivity_horizon} imagined "
-                    f"steps of {name} its predictions separate by {adapted:.3f} data standard deviations, against "
-                    f"{base:.3f} for the base model. The target data probably never shows what this action does "
-                    "(for example a driver that always moves forward). Record data that varies it: manoeuvres, "
-                    "reversing, holding commands of both signs for several steps, or more action noise held over time."
+                    f"steps of {name} its predictions separate, in data standard deviations, {detail}. The target "
+                    "data probably never shows what this action does (for example a driver that always moves "
+                    "forward). Record data that varies it: manoeuvres, reversing, holding commands of both signs "
+                    "for several steps, or more action noise held over time; then fit again."
                 )
     return {"pairs": rows, "warnings": warnings, "horizon": config.sensitivity_horizon}
 
