@@ -85,7 +85,15 @@ def _rank_seed(step: int, rank: int) -> int:
     return 1000 * step + rank
 
 
-def _worker(rank: int, port: int, out: str) -> None:
+def _offline_config(updates: int):
+    from latent_residual.workflow.model_training import OfflinePretrainConfig
+
+    return OfflinePretrainConfig(
+        backbone_kwargs={"preset": "tiny"}, updates=updates, batch_size=2, seq_len=8, checkpoint_every=2, lr=1e-3
+    )
+
+
+def _worker(rank: int, port: int, out: str, data: str) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
@@ -112,6 +120,11 @@ def _worker(rank: int, port: int, out: str) -> None:
             _policy_loss(net, step, rank).backward()
             optimiser.step()
         tensors.update({f"policy/{key}": value for key, value in net.state_dict().items()})
+        from latent_residual.workflow.model_training import pretrain_offline
+
+        pretrain_offline(_offline_config(2), data, f"{out}/offline", quiet=True)
+        model = pretrain_offline(_offline_config(4), data, f"{out}/offline", quiet=True)  # resumed
+        tensors.update({f"offline/{key}": value for key, value in model.state_dict().items()})
         save_file({key: value.contiguous() for key, value in tensors.items()}, f"{out}/rank{rank}.safetensors")
 
 
@@ -135,7 +148,11 @@ def _reference(backbone: str) -> tuple[dict[str, torch.Tensor], float]:
 
 
 def test_two_processes_average_gradients_as_one_process_on_the_whole_batch(tmp_path, registry):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    from latent_residual import collect, load_world_model
+
+    data = tmp_path / "data"
+    collect("dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True)
+    mp.spawn(_worker, args=(_free_port(), str(tmp_path), str(data)), nprocs=2, join=True)
     ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(2)]
     assert ranks[0].keys() == ranks[1].keys()
     for key in ranks[0]:  # the copies stay equal
@@ -157,6 +174,32 @@ def test_two_processes_average_gradients_as_one_process_on_the_whole_batch(tmp_p
         optimiser.step()
     for key, value in net.state_dict().items():
         torch.testing.assert_close(ranks[0][f"policy/{key}"], value, rtol=1e-5, atol=1e-6, msg=key)
+    # Offline pretraining on 2 processes, resumed: rank 0 wrote the checkpoint the ranks ended equal on.
+    offline = tmp_path / "offline"
+    assert json.loads((offline / "progress.json").read_text()) == {"updates": 4, "done": True}
+    saved = load_world_model(offline / "world_model").state_dict()
+    for key, value in saved.items():
+        torch.testing.assert_close(ranks[0][f"offline/{key}"], value, rtol=0, atol=0, msg=key)
+    assert len(list((offline / "tensorboard").glob("events.*"))) == 2  # rank 0's, one per run
+
+
+def test_offline_pretraining_resumes_from_its_checkpoint(tmp_path, registry, capsys):
+    from latent_residual import collect
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    collect("dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True)
+    flags = ["pretrain-offline", "--data", str(data), "--out", str(out), "--backbone-kwargs", '{"preset": "tiny"}',
+             "--batch-size", "2", "--seq-len", "8", "--checkpoint-every", "2"]  # fmt: skip
+    assert main([*flags, "--updates", "3"]) == 0
+    assert json.loads((out / "progress.json").read_text()) == {"updates": 3, "done": True}
+    first = (out / "world_model" / "model.safetensors").read_bytes()
+    assert main([*flags, "--updates", "3"]) == 0  # finished: nothing more to do
+    assert (out / "world_model" / "model.safetensors").read_bytes() == first
+    assert main([*flags, "--updates", "5"]) == 0
+    assert json.loads((out / "progress.json").read_text()) == {"updates": 5, "done": True}
+    rows = [row.split(",") for row in (out / "metrics.csv").read_text().splitlines()[1:]]
+    assert sorted({int(row[0]) for row in rows if row[2] == "loss"}) == [1, 3, 5]
+    assert "5 updates; the world model is in" in capsys.readouterr().out
 
 
 PRETRAIN_FLAGS = [

@@ -218,6 +218,26 @@ def _pretrain_command(group: click.Group) -> None:
             click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
 
 
+def _pretrain_offline_command(group: click.Group) -> None:
+    from latent_residual.workflow.model_training import OfflinePretrainConfig
+
+    @group.command(name="pretrain-offline")
+    @click.option("--data", type=_PATH, required=True, help="Simulation dataset directory (from `collect`).")
+    @click.option("--out", type=_PATH, required=True, help="Run directory (re-run to resume).")
+    @config_options(OfflinePretrainConfig)
+    def pretrain_offline_command(data: Path, out: Path, **options: Any) -> None:
+        """Pretrain a world model offline on a simulation dataset (resumable; data-parallel under torchrun,
+        see docs/distributed.md)."""
+        from latent_residual.workflow.distributed import ranks_from_environment
+        from latent_residual.workflow.model_training import WORLD_MODEL_NAME, pretrain_offline
+
+        check_output_directory(out)
+        config = config_from_options(OfflinePretrainConfig, options)
+        pretrain_offline(config, data, out)
+        if ranks_from_environment().is_main:
+            click.echo(f"{config.updates} updates; the world model is in {out / WORLD_MODEL_NAME}")
+
+
 def _collect_command(group: click.Group) -> None:
     @group.command(name="collect")
     @click.argument("env_id")
@@ -577,6 +597,7 @@ def _recommended(source: str, options: dict[str, Any]) -> dict[str, Any]:
 def add_commands(group: click.Group) -> None:
     """Add the pipeline's subcommands to ``group`` (the ``latent-residual`` command)."""
     _pretrain_command(group)
+    _pretrain_offline_command(group)
     _collect_command(group)
     _adapt_command(group)
     _finetune_command(group)

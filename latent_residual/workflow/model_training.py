@@ -7,22 +7,46 @@ and collectives are ``distributed.py``.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from latent_residual.checkpoints import load_weights, read_world_model, save_world_model
 from latent_residual.contract import WorldModel
-from latent_residual.errors import ConfigError, TrainingDivergedError
+from latent_residual.errors import CheckpointError, ConfigError, TrainingDivergedError
 from latent_residual.progress import RunLogger
-from latent_residual.workflow.distributed import Ranks, average_scalars, data_parallel, process_group, rank_seed
+from latent_residual.registry import backbone_preset, make_backbone, source_backbone
+from latent_residual.serialization import (
+    load_optimizer_tensors,
+    optimizer_tensors,
+    read_json_object,
+    read_safetensors,
+    write_safetensors,
+    write_text,
+)
+from latent_residual.workflow.datasets import load_dataset
+from latent_residual.workflow.distributed import Ranks, average_scalars, barrier, data_parallel, process_group, rank_seed
 from latent_residual.workflow.replay import ReplayBuffer
 
+WORLD_MODEL_NAME = "world_model"
+OPTIMIZERS_NAME = "optimizers.safetensors"
+PROGRESS_NAME = "progress.json"
 #: Autocast dtype of each ``precision`` setting (None: no autocast, float32 throughout).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def resolve_backbone(env_id: str, backbone: str, preset: str, kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The backbone id (``backbone``, or the one environment ``env_id`` names) and its kwargs: the named
+    ``preset``'s, overridden by ``kwargs``."""
+    backbone = backbone or source_backbone(env_id)
+    return backbone, {**(backbone_preset(backbone, preset) if preset else {}), **kwargs}
 
 
 def check_step_options(precision: str, compile: bool, device: str | torch.device) -> None:
@@ -130,6 +154,8 @@ def train_world_model(
     quiet: bool = False,
     precision: str = "fp32",
     compile: bool = False,
+    out_dir: str | Path | None = None,
+    checkpoint_every: int = 1000,
 ) -> WorldModel:
     """Train ``model`` offline on recorded episodes (for example a dataset's), in place.
 
@@ -144,21 +170,117 @@ def train_world_model(
 
     :param precision: ``fp32``, or ``bf16`` for the loss in bfloat16 autocast.
     :param compile: Compile the loss's forward and backward with ``torch.compile``.
+    :param out_dir: Where rank 0 writes a checkpoint every ``checkpoint_every`` updates and at the
+        end (``world_model/``, ``optimizers.safetensors``, ``progress.json``); a directory that
+        holds one is resumed from it: its weights and optimiser moments are loaded into ``model``
+        and training continues up to ``updates``.
     :raises TrainingDivergedError: The loss became NaN or infinite.
     """
     with process_group(model.device().type) as (ranks, _):
         replay = ReplayBuffer(seq_len)
         for episode in episodes:
             replay.add(episode)
-        rng = np.random.default_rng(rank_seed(seed, ranks))
-        torch.manual_seed(rank_seed(seed, ranks))
         optimiser = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
+        out = Path(out_dir) if out_dir is not None else None
+        done = _resume(model, optimiser, out) if out is not None else 0
+        stream = rank_seed(seed, ranks)
+        if done:  # a resumed run draws fresh batches, not the first run's again
+            stream = int(np.random.SeedSequence([stream, done]).generate_state(1)[0])
+        rng = np.random.default_rng(stream)
+        torch.manual_seed(stream)
         trainer = WorldModelTrainer(model, optimiser, grad_clip, precision=precision, compile=compile, ranks=ranks)
         main = ranks.is_main
-        with RunLogger(log_dir if main else None, updates, "train world model", quiet=quiet or not main) as run:
-            for update in range(1, updates + 1):
+        log_dir = log_dir if main else None
+        with RunLogger(log_dir, updates, "train world model", quiet=quiet or not main, initial=min(done, updates)) as run:
+            for update in range(done + 1, updates + 1):
                 metrics = trainer.step(replay.sample(batch_size, rng, model.device()))
                 run.advance()
                 if update % 100 == 1 or update == updates:
                     run.log(update, **metrics)
+                if out is not None and update % checkpoint_every == 0 and update < updates:
+                    _checkpoint(model, optimiser, out, update, False, ranks)
+        if out is not None and updates > done:
+            _checkpoint(model, optimiser, out, updates, True, ranks)
     return model
+
+
+def _resume(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path) -> int:
+    """Load the checkpoint in ``out`` (if any) into ``model`` and ``optimiser``; returns its updates."""
+    progress_path = out / PROGRESS_NAME
+    if not progress_path.exists():
+        return 0
+    progress = read_json_object(progress_path, error=CheckpointError, hint="the run directory is corrupt")
+    _, tensors = read_world_model(out / WORLD_MODEL_NAME)
+    load_weights(model, {key: value.to(model.device()) for key, value in tensors.items()}, out / WORLD_MODEL_NAME)
+    moments, _ = read_safetensors(out / OPTIMIZERS_NAME, error=CheckpointError)
+    load_optimizer_tensors(optimiser, moments, "model_opt")
+    return int(progress["updates"])
+
+
+def _checkpoint(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path, updates: int, done: bool, ranks: Ranks) -> None:
+    """Rank 0 writes the model, its optimiser and the progress (each file atomically); the others wait."""
+    if ranks.is_main:
+        save_world_model(model, out / WORLD_MODEL_NAME, extra={"model_updates": updates})
+        write_safetensors(out / OPTIMIZERS_NAME, optimizer_tensors(optimiser, "model_opt"), {"format": "latent-residual-optimizers"})
+        write_text(out / PROGRESS_NAME, json.dumps({"updates": updates, "done": done}, indent=2) + "\n")
+    barrier(ranks)
+
+
+@dataclass
+class OfflinePretrainConfig:
+    """Offline world-model pretraining from a simulation dataset (``pretrain-offline``); defaults are the paper's."""
+
+    backbone: str = field(
+        default="", metadata={"help": "Backbone id (see `latent-residual plugins`); empty: the one the dataset's environment names."}
+    )
+    backbone_preset: str = field(
+        default="", metadata={"help": "A preset the backbone registers (such as 'cpu'); backbone_kwargs override it."}
+    )
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Backbone kwargs (JSON)."})
+    updates: int = field(default=10_000, metadata={"help": "Gradient steps in total (a resumed run continues up to it)."})
+    batch_size: int = field(default=16, metadata={"help": "Sequences per batch (under torchrun: per process)."})
+    seq_len: int = field(default=64, metadata={"help": "Steps per sequence."})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate."})
+    grad_clip: float = field(default=1000.0, metadata={"help": "Gradient norm clip."})
+    checkpoint_every: int = field(default=1000, metadata={"help": "Updates between checkpoints."})
+    seed: int = field(default=0, metadata={"help": "Seed for the networks and the batches (under torchrun, rank 0's)."})
+    device: str = field(default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."})
+    precision: str = field(
+        default="fp32", metadata={"help": "Loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
+    )
+    compile: bool = field(default=False, metadata={"help": "Compile the world model's loss and its backward (torch.compile)."})
+
+    def __post_init__(self) -> None:
+        for name in ("updates", "batch_size", "seq_len", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"OfflinePretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
+        if not self.lr > 0 or not self.grad_clip > 0:
+            raise ConfigError(f"OfflinePretrainConfig.lr and grad_clip must be > 0, got {self.lr!r} and {self.grad_clip!r}.")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"OfflinePretrainConfig.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+
+
+def pretrain_offline(config: OfflinePretrainConfig, data: str | Path, out_dir: str | Path, *, quiet: bool = False) -> WorldModel:
+    """Train a world model on the dataset at ``data`` into ``out_dir`` (``world_model/``, metrics, checkpoints);
+    re-running with the same ``out_dir`` resumes; data-parallel under torchrun (see :func:`train_world_model`)."""
+    dataset = load_dataset(data)
+    backbone, kwargs = resolve_backbone(str(dataset.info.get("env_id", "")), config.backbone, config.backbone_preset, config.backbone_kwargs)
+    with process_group(config.device) as (_, device):
+        torch.manual_seed(config.seed)
+        model = make_backbone(backbone, dataset.observation_space, dataset.action_space, **kwargs).to(device)
+        return train_world_model(
+            model,
+            dataset.episodes,
+            updates=config.updates,
+            batch_size=config.batch_size,
+            seq_len=config.seq_len,
+            lr=config.lr,
+            grad_clip=config.grad_clip,
+            seed=config.seed,
+            log_dir=out_dir,
+            quiet=quiet,
+            precision=config.precision,
+            compile=config.compile,
+            out_dir=out_dir,
+            checkpoint_every=config.checkpoint_every,
+        )

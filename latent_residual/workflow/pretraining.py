@@ -26,7 +26,7 @@ from latent_residual.config import config_to_dict
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.progress import RunLogger
-from latent_residual.registry import backbone_preset, demo_env, env_expert, make_backbone, make_env, source_backbone
+from latent_residual.registry import demo_env, env_expert, make_backbone, make_env
 from latent_residual.rollout import posterior_states, step, subsample_states
 from latent_residual.serialization import (
     load_optimizer_tensors,
@@ -51,15 +51,20 @@ from latent_residual.workflow.distributed import (
 )
 from latent_residual.workflow.exploration import Disagreement
 from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.model_training import PRECISIONS, WorldModelTrainer
+from latent_residual.workflow.model_training import (
+    OPTIMIZERS_NAME,
+    PRECISIONS,
+    PROGRESS_NAME,
+    WORLD_MODEL_NAME,
+    WorldModelTrainer,
+    resolve_backbone,
+)
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.replay import ReplayBuffer
 
 EXPLORATION = ("plan2explore", "reward", "random")
 ACTOR_CRITIC_NAME = "actor_critic.safetensors"
 EXPLORE_ACTOR_CRITIC_NAME = "explore_actor_critic.safetensors"
-OPTIMIZERS_NAME = "optimizers.safetensors"
-PROGRESS_NAME = "progress.json"
 REPLAY_NAME = "replay"
 
 
@@ -129,11 +134,8 @@ class PretrainConfig:
     def resolved(self) -> PretrainConfig:
         """This config with the registry's choices filled in: the environment, its backbone and the preset's kwargs."""
         env_id = self.env_id or demo_env().id
-        backbone = self.backbone or source_backbone(env_id)
-        preset = backbone_preset(backbone, self.backbone_preset) if self.backbone_preset else {}
-        return dataclasses.replace(
-            self, env_id=env_id, backbone=backbone, backbone_preset="", backbone_kwargs={**preset, **self.backbone_kwargs}
-        )
+        backbone, kwargs = resolve_backbone(env_id, self.backbone, self.backbone_preset, self.backbone_kwargs)
+        return dataclasses.replace(self, env_id=env_id, backbone=backbone, backbone_preset="", backbone_kwargs=kwargs)
 
 
 @dataclass
@@ -261,7 +263,7 @@ class _PretrainRun:
         config = self.config
         obs_space, act_space = self.env.observation_space, self.env.action_space
         if self.progress:
-            self.model = load_world_model(self.out / "world_model", device=config.device)
+            self.model = load_world_model(self.out / WORLD_MODEL_NAME, device=config.device)
         else:
             self.model = make_backbone(config.backbone, obs_space, act_space, **config.backbone_kwargs).to(config.device)
         F, A = self.model.feature_size, self.model.action_size
@@ -339,7 +341,7 @@ class _PretrainRun:
 
     def _write_checkpoint(self, done: bool, rank_episodes: list[int]) -> None:
         config = self.config
-        save_world_model(self.model, self.out / "world_model", extra={"env_steps": self.env_steps, "env_id": config.env_id})
+        save_world_model(self.model, self.out / WORLD_MODEL_NAME, extra={"env_steps": self.env_steps, "env_id": config.env_id})
         save_actor_critic(self.task, self.out / ACTOR_CRITIC_NAME, extra={"env_id": config.env_id})
         tensors = optimizer_tensors(self.model_opt, "model_opt")
         if self.explore is not None:
