@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, Normal, TanhTransform, TransformedDistribution
 
+from latent_residual import encodings
 from latent_residual.config import config_from_dict, config_to_dict
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import CheckpointError, ConfigError
@@ -88,23 +90,34 @@ class Actor(nn.Module):
         self.net = MLP(feature_size, 2 * action_size, config.hidden, config.layers, bias=config.dense_bias, eps=config.norm_eps)
         self.min_std, self.max_std = config.min_std, config.max_std
 
-    def _params(self, features: Tensor) -> tuple[Tensor, Tensor]:
+    def params(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """The pre-squash Normal's mean and std, each (..., action_size)."""
         mean, raw_std = self.net(features).chunk(2, -1)
         std = (self.max_std - self.min_std) * torch.sigmoid(raw_std + 2.0) + self.min_std
         return mean, std
 
     def dist(self, features: Tensor) -> TransformedDistribution:
-        mean, std = self._params(features)
+        mean, std = self.params(features)
         return TransformedDistribution(Independent(Normal(mean, std), 1), [TanhTransform(cache_size=1)])
 
     def forward(self, features: Tensor) -> Tensor:
         """The deterministic action tanh(mean), used for evaluation and export."""
-        return torch.tanh(self._params(features)[0])
+        return torch.tanh(self.params(features)[0])
 
     def entropy(self, features: Tensor) -> Tensor:
         """Entropy of the pre-squash Normal (the squashed one has no closed form)."""
-        mean, std = self._params(features)
-        return Normal(mean, std).entropy().sum(-1)
+        return normal_entropy(self.params(features)[1])
+
+
+def normal_entropy(std: Tensor) -> Tensor:
+    """Entropy of a diagonal Normal with ``std`` (..., A), summed over A (``Normal.entropy``'s formula)."""
+    return (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std)).sum(-1)
+
+
+def squashed_rsample(mean: Tensor, std: Tensor) -> Tensor:
+    """A reparameterised tanh(Normal(mean, std)) sample, as ``Actor.dist(...).rsample()`` draws it (the same
+    draw from the global generator), without building the distribution objects and their checks."""
+    return torch.tanh(mean + torch.empty_like(mean).normal_() * std)
 
 
 def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, lam: float) -> Tensor:
@@ -166,18 +179,34 @@ class ActorCritic(nn.Module):
         """
         imagined = self._imagine(model, start, reward_fn, generator)
         weight, scale, slow_value = self._normalisers(imagined)
-        states = imagined["features"][:, :-1]
-        entropy = self.actor.entropy(states)
-        actor_loss = self._update_actor(imagined, states, entropy, weight, scale)
-        critic_loss = self._update_critic(states.detach(), imagined["returns"].detach(), slow_value, weight)
-        return {
-            "actor_loss": actor_loss.item(),
-            "critic_loss": critic_loss.item(),
-            "imagined_reward": imagined["reward"].mean().item(),
-            "imagined_return": imagined["returns"].mean().item(),
-            "entropy": entropy.mean().item(),
-            "return_scale": self.return_scale.item(),
+        states = imagined["features"][:, :-1]  # (B, H, F)
+        if imagined["critic_logits"].requires_grad:
+            # Imagination ran the actor and the critic on these states with gradients: reuse both.
+            std, critic_logits = imagined["std"], imagined["critic_logits"]
+            log_prob = None
+        else:
+            # Imagination ran without gradients (REINFORCE): one actor and one critic pass here.
+            mean, std = self.actor.params(states)
+            base = Independent(Normal(mean, std), 1)
+            log_prob = TransformedDistribution(base, [TanhTransform(cache_size=1)]).log_prob(
+                imagined["actions"].clamp(-1 + 1e-6, 1 - 1e-6)
+            )
+            critic_logits = self.critic(imagined["features"].detach())
+        entropy = normal_entropy(std)  # (B, H)
+        # The critic's part of the graph is used again by its own update.
+        actor_loss = self._update_actor(imagined, log_prob, entropy, weight, scale, retain_graph=log_prob is None)
+        critic_loss = self._update_critic(critic_logits, imagined["returns"].detach(), slow_value, weight)
+        # One copy to the host for every metric instead of one each.
+        named = {
+            "actor_loss": actor_loss,
+            "critic_loss": critic_loss,
+            "imagined_reward": imagined["reward"].mean(),
+            "imagined_return": imagined["returns"].mean(),
+            "entropy": entropy.mean(),
+            "return_scale": self.return_scale,
         }
+        values = torch.stack([value.detach().float() for value in named.values()]).tolist()
+        return dict(zip(named, values, strict=True))
 
     def _imagine(
         self,
@@ -186,10 +215,17 @@ class ActorCritic(nn.Module):
         reward_fn: Callable[[Tensor, Tensor], Tensor] | None,
         generator: torch.Generator | None,
     ) -> dict[str, Tensor]:
-        """Roll out the actor from ``start``; returns features, actions, reward, cont, value and lambda-returns."""
+        """Roll out the actor from ``start``; returns features, actions, the actor's std at each step,
+        reward, cont, the critic's logits and value, and lambda-returns."""
         config = self.config
+        stds: list[Tensor] = []
         if config.actor_gradient == "dynamics":
-            policy = lambda f: self.actor.dist(f).rsample()  # noqa: E731
+
+            def policy(features: Tensor) -> Tensor:
+                mean, std = self.actor.params(features)
+                stds.append(std)  # the entropy bonus reads it later, gradients included
+                return squashed_rsample(mean, std)
+
             # Returns must be differentiable through the model, an adapted model's frozen base too.
             context = model.base_gradients()
         else:
@@ -201,55 +237,81 @@ class ActorCritic(nn.Module):
             features = rollout["features"]  # (B, H + 1, F)
             actions = rollout["actions"]  # (B, H, A)
             B, H1, F = features.shape
-            flat = features.reshape(B * H1, F)
+            arrived = features[:, 1:].reshape(B * (H1 - 1), F)  # the steps rewards and continuations are for
             if reward_fn is None:
-                reward = model.reward(flat).reshape(B, H1)[:, 1:]
+                reward = model.reward(arrived).reshape(B, H1 - 1)
             else:
                 reward = reward_fn(features, actions)
-            cont = model.continuation(flat).reshape(B, H1)[:, 1:]
-            value = self.critic.mean(features)
+            cont = model.continuation(arrived).reshape(B, H1 - 1)
+            critic_logits = self.critic(features)  # (B, H + 1, bins)
+            value = encodings.twohot_mean(critic_logits, self.critic.bins)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
-        return {"features": features, "actions": actions, "reward": reward, "cont": cont, "value": value, "returns": returns}
+        return {
+            "features": features,
+            "actions": actions,
+            "std": torch.stack(stds, 1) if stds else None,  # (B, H, A)
+            "reward": reward,
+            "cont": cont,
+            "critic_logits": critic_logits,
+            "value": value,
+            "returns": returns,
+        }
 
     @torch.no_grad()
     def _normalisers(self, imagined: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        """Step weights (B, H), the return scale (updated here) and the slow critic's values (B, H + 1)."""
+        """Step weights (B, H), the return scale (updated here) and the slow critic's values (B, H)."""
         cont, returns = imagined["cont"], imagined["returns"]
         # Steps after a predicted episode end count less, as in DreamerV3.
         weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
         low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
         decay = self.config.return_norm_decay
         self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
-        return weight, self.return_scale.clamp(min=1.0), self.slow_critic.mean(imagined["features"])
+        return weight, self.return_scale.clamp(min=1.0), self.slow_critic.mean(imagined["features"].detach()[:, :-1])
 
     def _update_actor(
-        self, imagined: dict[str, Tensor], states: Tensor, entropy: Tensor, weight: Tensor, scale: Tensor
+        self,
+        imagined: dict[str, Tensor],
+        log_prob: Tensor | None,
+        entropy: Tensor,
+        weight: Tensor,
+        scale: Tensor,
+        *,
+        retain_graph: bool,
     ) -> Tensor:
         config = self.config
         returns = imagined["returns"]
-        if config.actor_gradient == "dynamics":
+        if log_prob is None:
             objective = returns / scale
         else:
-            log_prob = self.actor.dist(states).log_prob(imagined["actions"].clamp(-1 + 1e-6, 1 - 1e-6))
             objective = log_prob * (returns - imagined["value"][:, :-1]) / scale
         actor_loss = -(weight * (objective + config.entropy * entropy)).mean()
         # Gradients for the actor alone: the world model and the critic receive none from it.
         params = list(self.actor.parameters())
         self.actor_opt.zero_grad(set_to_none=True)
-        for param, grad in zip(params, torch.autograd.grad(actor_loss, params, allow_unused=True)):
+        grads = torch.autograd.grad(actor_loss, params, allow_unused=True, retain_graph=retain_graph)
+        for param, grad in zip(params, grads):
             param.grad = grad
         nn.utils.clip_grad_norm_(params, config.grad_clip)
         self.actor_opt.step()
         return actor_loss
 
-    def _update_critic(self, states: Tensor, returns: Tensor, slow_value: Tensor, weight: Tensor) -> Tensor:
+    def _update_critic(self, logits: Tensor, returns: Tensor, slow_value: Tensor, weight: Tensor) -> Tensor:
+        """One critic step from its logits (B, H + 1, bins) on the imagined states (the last one unused)."""
         config = self.config
-        critic_loss = (
-            weight * (self.critic.loss(states, returns) + config.slow_critic_reg * self.critic.loss(states, slow_value[:, :-1]))
-        ).mean()
+        bins = self.critic.bins
+        # Two-hot cross-entropy against the returns and, pulling towards it, the slow critic's values:
+        # one log-softmax (over the contiguous logits) serves both targets.
+        log_prob = torch.log_softmax(logits, -1)[:, :-1]  # (B, H, bins)
+        target = encodings.twohot(encodings.symlog(returns), bins) + config.slow_critic_reg * encodings.twohot(
+            encodings.symlog(slow_value), bins
+        )
+        critic_loss = (weight * -(target * log_prob).sum(-1)).mean()
+        # Gradients for the critic alone: its logits may hang off the imagination graph.
+        params = list(self.critic.parameters())
         self.critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        nn.utils.clip_grad_norm_(self.critic.parameters(), config.grad_clip)
+        for param, grad in zip(params, torch.autograd.grad(critic_loss, params)):
+            param.grad = grad
+        nn.utils.clip_grad_norm_(params, config.grad_clip)
         self.critic_opt.step()
         with torch.no_grad():
             for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):

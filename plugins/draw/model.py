@@ -11,9 +11,9 @@ from typing import Any
 
 import gymnasium
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from latent_residual import distributions
 from latent_residual.contract import LatentSpec, State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.losses import world_model_loss
@@ -116,7 +116,7 @@ class DRAW(WorldModel):
         return self.post(embed).reshape(*embed.shape[:-1], self.latent.groups, self.latent.classes)
 
     def next_state(self, deter: State, prior_logits: Tensor, stoch: Tensor) -> State:
-        return {"stoch": stoch, "belief": F.softmax(prior_logits, -1)}
+        return {"stoch": stoch, "belief": distributions.softmax(prior_logits)}
 
     def features(self, state: State) -> Tensor:
         stoch = state["stoch"]
