@@ -60,6 +60,7 @@ class DiagnoseConfig:
         default=coverage.DEFAULT_CONSECUTIVE, metadata={"help": "Consecutive steps above the threshold before the alarm fires."}
     )
     strips: int = field(default=3, metadata={"help": "Held-out windows shown as decoded predictions beside the recordings."})
+    strip_samples: int = field(default=8, metadata={"help": "Imagined latent paths averaged into each shown prediction."})
     holdout: float = field(
         default=0.1,
         metadata={"help": "When --data is the adapter's own fit data, diagnose its last fraction of episodes (the fit's held-out split)."},
@@ -67,12 +68,10 @@ class DiagnoseConfig:
     seed: int = field(default=0, metadata={"help": "Seed of the imagined samples."})
 
     def __post_init__(self) -> None:
-        for name in ("horizon", "warmup", "max_windows", "sensitivity_horizon", "consecutive"):
+        for name in ("horizon", "warmup", "max_windows", "sensitivity_horizon", "consecutive", "strips", "strip_samples"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"DiagnoseConfig.{name} must be an integer >= 1, got {value!r}.")
-        if self.strips < 0:
-            raise ConfigError(f"DiagnoseConfig.strips must be >= 0, got {self.strips!r}.")
         if not 0.0 < self.sensitivity_action <= 1.0:
             raise ConfigError(f"DiagnoseConfig.sensitivity_action must be in (0, 1], got {self.sensitivity_action!r}.")
         if not 0.0 < self.quantile < 1.0 or not 0.0 < self.holdout < 1.0:
@@ -171,6 +170,18 @@ def decoded(model: WorldModel, features: Tensor) -> dict[str, np.ndarray] | None
             return {key: value.float().numpy() for key, value in model.decode(features).items()}
     except NotImplementedError:
         return None
+
+
+def mean_prediction(model: WorldModel, windows: Mapping[str, Tensor], start: State, config: DiagnoseConfig) -> dict[str, np.ndarray] | None:
+    """The first ``strips`` windows' decoded open-loop predictions (strips, H, *shape), averaged over
+    ``strip_samples`` imagined latent paths (one path alone is mostly sampling noise)."""
+    count, t0, repeat = config.strips, config.warmup - 1, config.strip_samples
+    starts = {key: value[:count].repeat_interleave(repeat, 0) for key, value in start.items()}
+    actions = windows["action"][:count, t0 : t0 + config.horizon].float().repeat_interleave(repeat, 0)
+    out = decoded(model, _imagine(model, starts, actions, config.seed)["features"][:, 1:])
+    if out is None:
+        return None
+    return {key: value.reshape(-1, repeat, *value.shape[1:]).mean(1) for key, value in out.items()}
 
 
 def recorded(windows: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
@@ -387,8 +398,8 @@ def diagnose(
     say(f"diagnosing on {windows['is_first'].shape[0]} windows of {config.window} steps from {source}")
     runs = {label: open_loop(model, windows, config) for label, model in models.items()}
     kl = {label: run["kl"] for label, run in runs.items()}
-    predictions = {label: decoded(model, runs[label]["features"][:, 1:]) for label, model in models.items()}
     starts = {label: _state_at(run["filtered"], config.warmup - 1) for label, run in runs.items()}
+    predictions = {label: mean_prediction(model, windows, starts[label], config) for label, model in models.items()}
     say("action sensitivity")
     sensitivity = action_sensitivity(models, windows, starts, config)
     say("coverage")
@@ -409,7 +420,7 @@ def diagnose(
     _check_finite(report)
     strips = {
         "recorded": {key: value[: config.strips, config.warmup :] for key, value in recorded(windows).items()},
-        **{label: {key: value[: config.strips] for key, value in pred.items()} for label, pred in predictions.items() if pred},
+        **{label: pred for label, pred in predictions.items() if pred},
     }
     report["seconds"] = time.monotonic() - started
     write_report(out, report, strips if predictions["base"] is not None else None)

@@ -35,6 +35,18 @@ def _pyplot() -> Any:
     return plt
 
 
+def _kl_axes(figure: Any, axis: Any, xlabel: str, *, log_x: bool = False) -> bytes:
+    """Finish a plot of KL (log scale) against ``xlabel`` and return it as PNG bytes."""
+    if log_x:
+        axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("KL [nats / step]")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _png(figure)
+
+
 def _png(figure: Any) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
@@ -52,12 +64,7 @@ def open_loop_figure(kl: Mapping[str, list[float]]) -> bytes:
     figure, axis = plt.subplots(figsize=(5, 3))
     for label, values in kl.items():
         axis.plot(range(1, len(values) + 1), values, marker="o", ms=3, color=_COLOURS.get(label), label=label)
-    axis.set_xlabel("open-loop horizon k (steps imagined with the recorded actions)")
-    axis.set_ylabel("KL(posterior || prior) [nats]")
-    axis.set_yscale("log")
-    axis.grid(alpha=0.3)
-    axis.legend()
-    return _png(figure)
+    return _kl_axes(figure, axis, "open-loop horizon k (steps imagined with the recorded actions)")
 
 
 def image_strip(strips: Mapping[str, Mapping[str, np.ndarray]], key: str, window: int = 0) -> np.ndarray:
@@ -92,7 +99,7 @@ def trajectory_figure(strips: Mapping[str, Mapping[str, np.ndarray]], key: str) 
     recorded = strips["recorded"][key]  # (windows, H, *shape)
     windows, horizon = recorded.shape[:2]
     dims = int(np.prod(recorded.shape[2:]))
-    figure, axes = plt.subplots(dims, windows, figsize=(2.6 * windows, 1.8 * dims), squeeze=False)
+    figure, axes = plt.subplots(dims, windows, figsize=(2.6 * windows, 2.1 * dims), squeeze=False, layout="constrained")
     for window in range(windows):
         for dim in range(dims):
             axis = axes[dim, window]
@@ -135,12 +142,7 @@ def fit_figure(curves: Mapping[str, list[list[float]]]) -> bytes:
                 axis.axhline(points[0, 1], color=colour, ls="--", label=label)
             else:
                 axis.plot(points[:, 0], points[:, 1], color=colour, label=label, lw=1)
-    axis.set_xlabel("fit step")
-    axis.set_ylabel("KL [nats / step]")
-    axis.set_yscale("log")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure)
+    return _kl_axes(figure, axis, "fit step")
 
 
 def surprise_figure(coverage: Mapping[str, Any]) -> bytes:
@@ -170,13 +172,7 @@ def data_curve_figure(curve: Mapping[str, Any]) -> bytes:
         for row in rows:
             axis.scatter([row["transitions"]] * len(row["held_out_kl"]), row["held_out_kl"], color=colour, s=8, alpha=0.5)
     axis.axhline(curve["base_kl"], color="tab:red", ls="--", label="base")
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("target transitions used for fitting")
-    axis.set_ylabel("held-out KL [nats / step]")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=8)
-    return _png(figure)
+    return _kl_axes(figure, axis, "target transitions used for fitting (scored on held-out episodes)", log_x=True)
 
 
 def figures(report: Mapping[str, Any], strips: Mapping[str, Mapping[str, np.ndarray]] | None) -> dict[str, tuple[str, bytes]]:
