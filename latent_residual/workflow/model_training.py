@@ -1,5 +1,5 @@
 """Training a world model on its own loss: the optimiser step (averaged over torchrun's processes, in
-bf16 autocast or compiled when asked), and offline training from recorded episodes.
+bf16 autocast or compiled when asked), and offline training from recorded episodes, resumable.
 
 Online pretraining with exploration, which takes the same steps, is ``pretraining.py``; process groups
 and collectives are ``distributed.py``.
