@@ -1,5 +1,5 @@
 """The pipeline's subcommands of ``latent-residual``: pretrain, collect, adapt, finetune, train-policy,
-evaluate, export, compare and demo. Each maps its flags one to one onto the config dataclasses.
+evaluate, export, import, compare and demo. Each maps its flags one to one onto the config dataclasses.
 """
 
 from __future__ import annotations
@@ -461,6 +461,25 @@ def _export_command(group: click.Group) -> None:
             click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {difference:.2e}")
 
 
+def _import_command(group: click.Group) -> None:
+    @group.command(name="import")
+    @click.argument("source")
+    @click.argument("checkpoint", type=_PATH)
+    @click.option("--out", type=_PATH, required=True, help="Directory for world_model/ and actor_critic.safetensors.")
+    @_overwrite_option("an import")
+    @click.option("--config", type=_PATH, default=None, help="The run's config, when the importer cannot find it.")
+    @click.option("--env", "env_id", default=None, help="Environment id the model is for, when the importer cannot tell.")
+    def import_command(source: str, checkpoint: Path, out: Path, overwrite: bool, config, env_id) -> None:
+        """Convert another codebase's checkpoint (SOURCE: a registered importer, see `plugins`) into a world
+        model and an actor-critic that load, evaluate, adapt and export like this library's own."""
+        from latent_residual.registry import importer_spec, load_entry_point
+
+        importer = load_entry_point(importer_spec(source).entry_point)
+        written = importer(checkpoint, out, config=config, env_id=env_id, overwrite=overwrite)
+        for name, path in written.items():
+            click.echo(f"{name}: {path}")
+
+
 def _diagnose_command(group: click.Group) -> None:
     from latent_residual.workflow.data_curve import DataCurveConfig
     from latent_residual.workflow.diagnose import DiagnoseConfig
@@ -605,6 +624,7 @@ def add_commands(group: click.Group) -> None:
     _evaluate_command(group)
     _export_command(group)
     _diagnose_command(group)
+    _import_command(group)
     _experiment_command(
         group,
         "compare",
