@@ -21,7 +21,7 @@ from latent_residual.workflow.cli import main
 from latent_residual.workflow.collection import collect
 from latent_residual.workflow.data_curve import DataCurveConfig, data_curve, overfitted, reading
 from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, open_loop, read_report
+from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
 from latent_residual.workflow.export import export_policy
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.policy import Policy
@@ -101,6 +101,28 @@ def _start(model, windows, config):
     """The filtered state each open-loop run starts from."""
     states = open_loop(model, windows, config)["filtered"]["states"]
     return {key: value[:, config.warmup - 1] for key, value in states.items()}
+
+
+def test_a_residual_ensemble_s_disagreement_is_zero_for_identical_members_and_reported(pendulum):
+    base = pendulum["adapted"].base
+    held = load_dataset(pendulum["root"] / "held")
+    episodes = held.episodes
+    torch.manual_seed(1)
+    ensemble = attach_residual(base, ResidualConfig(members=3, zero_init=False)).eval()
+    assert coverage.ensemble_members(ensemble) == 3 and coverage.ensemble_members(base) == 0
+    scores = coverage.per_episode(coverage.disagreement, ensemble, episodes[:2])
+    assert all(score[0] == 0.0 and (score[1:] > 0).all() and np.isfinite(score).all() for score in scores)
+    members = ensemble.residuals["default"].members
+    with torch.no_grad():  # identical members agree everywhere
+        for member in members[1:]:
+            member.load_state_dict(members[0].state_dict())
+    assert all(np.abs(score).max() < 1e-5 for score in coverage.per_episode(coverage.disagreement, ensemble, episodes[:2]))
+    with pytest.raises(ConfigError, match="2 or more members"):
+        coverage.disagreement(pendulum["adapted"], held.sequences(20))
+    torch.manual_seed(1)
+    ensemble = attach_residual(base, ResidualConfig(members=2, zero_init=False)).eval()
+    result = coverage_check(ensemble, held, {}, DiagnoseConfig())
+    assert 0 < result["disagreement"]["threshold"] and "disagreement" not in coverage_check(base, held, {}, DiagnoseConfig())
 
 
 def test_the_alarm_counts_consecutive_steps_and_the_threshold_is_a_quantile():

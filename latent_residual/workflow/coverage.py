@@ -7,7 +7,7 @@ The same score runs onboard in the exported ONNX graph (``export.py``, ``surpris
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from latent_residual import distributions
+from latent_residual.adapters import ResidualWorldModel
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.rollout import CHUNK, embed_sequences, observation_keys, observe, prev_actions
@@ -48,10 +49,55 @@ def surprise(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     return torch.cat(out).cpu()
 
 
+def ensemble_members(model: WorldModel) -> int:
+    """How many residual members the active adapter of ``model`` has (0: no active residual adapter)."""
+    if not isinstance(model, ResidualWorldModel) or model.active_adapter is None:
+        return 0
+    return model.adapter_configs[model.active_adapter].members
+
+
+def disagreement(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
+    """Per-step disagreement (N, T) of a residual ensemble: the mean over members of KL(member's corrected
+    prior || the ensemble's prior), filtered as :func:`surprise` filters; 0 at episode starts.
+
+    Members agree where their fit data pinned them down, so it rises where the data left them free.
+    """
+    if ensemble_members(model) < 2:
+        raise ConfigError("disagreement needs a ResidualWorldModel whose active adapter has 2 or more members.")
+    embed = embed_sequences(model, sequences)  # (N, T, E)
+    device = model.device()
+    out = []
+    with torch.no_grad():
+        for start in range(0, embed.shape[0], CHUNK):
+            action = prev_actions(sequences["action"][start : start + CHUNK].to(device).float())  # (B, T, A)
+            is_first = sequences["is_first"][start : start + CHUNK].to(device).bool()
+            filtered = observe(model, action, is_first, embed=embed[start : start + CHUNK], sample=False)
+            states = filtered["states"]  # each (B, T, ...): the state after each step
+            B, T = is_first.shape
+            previous = {key: value[:, :-1].flatten(0, 1) for key, value in states.items()}  # state at t - 1
+            offsets = model.corrections(previous, action[:, 1:].flatten(0, 1))  # (M, B * (T - 1), G, C)
+            ensemble = filtered["prior_logits"][:, 1:].flatten(0, 1)  # the prior with the members' mean offset
+            members = ensemble + offsets - offsets.mean(0)  # (M, B * (T - 1), G, C)
+            unimix = model.prior_unimix
+            kl = distributions.kl(distributions.log_probs(members, unimix), distributions.log_probs(ensemble, unimix))
+            score = torch.cat([torch.zeros(B, 1, device=device), kl.mean(0).reshape(B, T - 1)], 1)
+            out.append(torch.where(is_first, torch.zeros_like(score), score))
+    return torch.cat(out).cpu()
+
+
 def episode_surprise(model: WorldModel, episodes: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
     """Per-step surprise of whole episodes (each a dict of (T, ...) arrays, as ``Dataset.episodes``), one (T,) array each."""
+    return per_episode(surprise, model, episodes)
+
+
+def per_episode(
+    score: Callable[[WorldModel, Mapping[str, Tensor]], Tensor],
+    model: WorldModel,
+    episodes: Sequence[Mapping[str, np.ndarray]],
+) -> list[np.ndarray]:
+    """A per-step ``score`` (:func:`surprise` or :func:`disagreement`) of whole episodes, one (T,) array each."""
     if not episodes:
-        raise ConfigError("episode_surprise needs at least one episode.")
+        raise ConfigError("Scoring episodes needs at least one episode.")
     keys = [*observation_keys(episodes[0]), "action", "is_first"]
     by_length: dict[int, list[int]] = {}
     for index, episode in enumerate(episodes):
@@ -61,7 +107,7 @@ def episode_surprise(model: WorldModel, episodes: Sequence[Mapping[str, np.ndarr
         batch = {key: torch.from_numpy(np.stack([episodes[i][key] for i in indices])) for key in keys}
         batch["is_first"] = batch["is_first"].bool()
         batch["is_first"][:, 0] = True
-        for i, row in zip(indices, surprise(model, batch).numpy()):
+        for i, row in zip(indices, score(model, batch).numpy()):
             scores[i] = row
     return [score for score in scores if score is not None]
 

@@ -310,12 +310,23 @@ def coverage_check(
     model: WorldModel, held_out: Dataset, others: Mapping[str, Dataset], config: DiagnoseConfig
 ) -> dict[str, Any]:
     """Calibrate the surprise threshold on the first half of the held-out episodes, check it on the
-    second half (its false-alarm rate) and on each other dataset (the episodes it flags)."""
+    second half (its false-alarm rate) and on each other dataset (the episodes it flags); with a
+    residual ensemble, the same for the members' disagreement (under ``"disagreement"``)."""
+    result = _calibrated_check(coverage.surprise, model, held_out, others, config)
+    if coverage.ensemble_members(model) >= 2:  # the residual members' disagreement, alarmed the same way
+        result["disagreement"] = _calibrated_check(coverage.disagreement, model, held_out, others, config)
+    return result
+
+
+def _calibrated_check(
+    score: Any, model: WorldModel, held_out: Dataset, others: Mapping[str, Dataset], config: DiagnoseConfig
+) -> dict[str, Any]:
+    """Calibrate ``score``'s threshold on the first half of the held-out episodes and check it on the rest and on ``others``."""
     episodes = held_out.episodes
     if len(episodes) < 2:
         raise DatasetError(f"The coverage check needs at least 2 held-out episodes (half to calibrate, half to check); got {len(episodes)}.")
     half = len(episodes) // 2
-    scores = coverage.episode_surprise(model, episodes)
+    scores = coverage.per_episode(score, model, episodes)
     threshold = coverage.calibrate_threshold(scores[:half], config.quantile)
     _, own = coverage.coverage(scores[half:], threshold, config.consecutive)
     result: dict[str, Any] = {
@@ -328,7 +339,7 @@ def coverage_check(
         "others": {},
     }
     for name, dataset in others.items():
-        other_scores = coverage.episode_surprise(model, dataset.episodes)
+        other_scores = coverage.per_episode(score, model, dataset.episodes)
         rows, totals = coverage.coverage(other_scores, threshold, config.consecutive)
         result["others"][name] = {
             **totals,
