@@ -129,10 +129,13 @@ def lambda_returns(reward: Tensor, cont: Tensor, value: Tensor, gamma: float, la
     :returns: (B, H) returns for steps 0..H-1.
     """
     H = reward.shape[1]
+    # R_t = r_t + gamma c_t ((1 - lam) v_{t+1} + lam R_{t+1}): the part without R_{t+1} for every step at once.
+    direct = reward + gamma * (1 - lam) * cont * value[:, 1:]  # (B, H)
+    carried = gamma * lam * cont  # (B, H)
     returns = []
     last = value[:, -1]
     for t in reversed(range(H)):
-        last = reward[:, t] + gamma * cont[:, t] * ((1 - lam) * value[:, t + 1] + lam * last)
+        last = direct[:, t] + carried[:, t] * last
         returns.append(last)
     return torch.stack(returns[::-1], 1)
 
@@ -237,12 +240,14 @@ class ActorCritic(nn.Module):
             features = rollout["features"]  # (B, H + 1, F)
             actions = rollout["actions"]  # (B, H, A)
             B, H1, F = features.shape
-            arrived = features[:, 1:].reshape(B * (H1 - 1), F)  # the steps rewards and continuations are for
+            # The heads run on every step and the first is dropped from their outputs: slicing the
+            # features instead would copy them, and their gradient, whole.
+            flat = features.reshape(B * H1, F)
             if reward_fn is None:
-                reward = model.reward(arrived).reshape(B, H1 - 1)
+                reward = model.reward(flat).reshape(B, H1)[:, 1:]
             else:
                 reward = reward_fn(features, actions)
-            cont = model.continuation(arrived).reshape(B, H1 - 1)
+            cont = model.continuation(flat).reshape(B, H1)[:, 1:]
             critic_logits = self.critic(features)  # (B, H + 1, bins)
             value = encodings.twohot_mean(critic_logits, self.critic.bins)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
@@ -266,7 +271,7 @@ class ActorCritic(nn.Module):
         low, high = torch.quantile(returns.flatten(), torch.tensor([0.05, 0.95], device=returns.device))
         decay = self.config.return_norm_decay
         self.return_scale.mul_(decay).add_((1 - decay) * (high - low))
-        return weight, self.return_scale.clamp(min=1.0), self.slow_critic.mean(imagined["features"].detach()[:, :-1])
+        return weight, self.return_scale.clamp(min=1.0), self.slow_critic.mean(imagined["features"].detach())[:, :-1]
 
     def _update_actor(
         self,

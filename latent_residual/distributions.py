@@ -67,8 +67,21 @@ def sample_one_hot(prob: Tensor, generator: torch.Generator | None = None) -> Te
     # u in [0, total): the class is the first whose cdf exceeds u, never a class of probability 0.
     u = torch.rand(total.shape, generator=generator, dtype=flat.dtype, device=flat.device) * total
     index = (cdf <= u).sum(-1, keepdim=True).clamp(max=flat.shape[-1] - 1)  # (N, 1)
-    one_hot = torch.zeros_like(flat).scatter_(-1, index, 1.0).reshape(prob.shape)
-    return one_hot + prob - prob.detach()
+    return _StraightThrough.apply(prob, index)
+
+
+class _StraightThrough(torch.autograd.Function):
+    """The one-hot of ``index`` (N, 1) shaped as ``prob``, with ``prob``'s gradient passed through unchanged
+    (``one_hot + prob - prob.detach()`` in one step)."""
+
+    @staticmethod
+    def forward(ctx: object, prob: Tensor, index: Tensor) -> Tensor:
+        flat = torch.zeros(index.shape[0], prob.shape[-1], dtype=prob.dtype, device=prob.device)
+        return flat.scatter_(-1, index, 1.0).reshape(prob.shape)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
 
 
 def mode_one_hot(prob: Tensor) -> Tensor:

@@ -58,4 +58,6 @@ def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
 
 def twohot_mean(logits: Tensor, bins: Tensor) -> Tensor:
     """The predicted scalar: symexp of the expected bin under softmax(logits)."""
-    return symexp((F.softmax(logits, dim=-1) * bins).sum(-1))
+    # A matrix-vector product (no (..., K) product tensor), kept in float32 under autocast.
+    with torch.autocast(logits.device.type, enabled=False):
+        return symexp(F.softmax(logits.float(), dim=-1) @ bins.float())

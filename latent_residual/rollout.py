@@ -100,9 +100,14 @@ def observe(
 
     # With history-free posteriors every sample can be drawn at once, outside the time loop.
     stochs = pick(post_logits) if post_logits is not None else None  # (B, T, G, C)
+    # Steps where no sequence starts an episode skip the resets (one host copy for all T steps).
+    any_first = is_first.any(0).tolist()
     priors, posts, states = [], [], []
     for t in range(T):
-        prior, deter = step(model, state, prev_action[:, t], is_first[:, t], initial)
+        if any_first[t]:
+            prior, deter = step(model, state, prev_action[:, t], is_first[:, t], initial)
+        else:
+            prior, deter = model.dynamics(state, prev_action[:, t], is_first[:, t])
         if stochs is not None:
             post, stoch = post_logits[:, t], stochs[:, t]
         else:

@@ -73,3 +73,27 @@ def test_balanced_kl_gradients_go_to_the_right_side():
     loss.backward()
     assert post_logits.grad is None or torch.all(post_logits.grad == 0)
     assert prior_logits.grad.abs().sum() > 0
+
+
+def test_sampling_never_draws_a_class_of_probability_zero():
+    prob = torch.tensor([[0.0, 0.5, 0.0, 0.5], [0.0, 0.0, 0.0, 1.0]]).expand(5000, 2, 4)
+    sample = distributions.sample_one_hot(prob, torch.Generator().manual_seed(2))
+    assert sample[:, :, 0].sum() == 0 and sample[:, :, 2].sum() == 0 and sample[:, 1, 3].sum() == 5000
+    assert abs(sample[:, 0, 1].mean().item() - 0.5) < 0.03
+
+
+def test_sampling_refuses_non_finite_probabilities():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        distributions.sample_one_hot(torch.tensor([[[0.5, float("nan")]]]))
+
+
+@pytest.mark.parametrize("classes", [2, 4, 32])
+def test_softmax_over_few_or_many_classes_matches_torch(classes):
+    logits = torch.randn(8, 16, classes, requires_grad=True)
+    ours, theirs = distributions.softmax(logits), torch.softmax(logits, -1)
+    assert ours.is_contiguous() and torch.allclose(ours, theirs, atol=1e-7)
+    assert torch.allclose(distributions.log_probs(logits), torch.log_softmax(logits, -1), atol=1e-6)
+    weights = torch.randn_like(ours)
+    (grad,) = torch.autograd.grad((ours * weights).sum(), logits)
+    (expected,) = torch.autograd.grad((theirs * weights).sum(), logits)
+    assert torch.allclose(grad, expected, atol=1e-6)
