@@ -7,8 +7,9 @@ The same score runs onboard in the exported ONNX graph (``export.py``, ``surpris
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,18 +35,26 @@ def step_surprise(model: WorldModel, prior_logits: Tensor, post_logits: Tensor, 
     return torch.where(is_first, torch.zeros_like(is_first, dtype=post_log.dtype), distributions.kl(post_log, prior_log))
 
 
+def _filtered_chunks(model: WorldModel, sequences: Mapping[str, Tensor]) -> Iterator[tuple[Tensor, Tensor, dict[str, Any]]]:
+    """Posterior-mode filtering of (N, T) sequences chunk by chunk, as the deployed policy filters:
+    per chunk the previous actions (B, T, A), ``is_first`` (B, T) bool and ``observe``'s output.
+    Callers iterate it under ``torch.no_grad()`` (a generator cannot hold the grad mode across its yields)."""
+    embed = embed_sequences(model, sequences)  # (N, T, E)
+    device = model.device()
+    for start in range(0, embed.shape[0], CHUNK):
+        action = prev_actions(sequences["action"][start : start + CHUNK].to(device).float())  # (B, T, A)
+        is_first = sequences["is_first"][start : start + CHUNK].to(device).bool()
+        yield action, is_first, observe(model, action, is_first, embed=embed[start : start + CHUNK], sample=False)
+
+
 def surprise(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     """Per-step surprise (N, T) of (N, T) sequences, filtered with posterior modes as the deployed policy
     filters (so the ONNX graph's ``surprise`` output reproduces it); 0 at episode starts."""
-    embed = embed_sequences(model, sequences)  # (N, T, E)
-    device = model.device()
-    out = []
     with torch.no_grad():
-        for start in range(0, embed.shape[0], CHUNK):
-            action = sequences["action"][start : start + CHUNK].to(device).float()
-            is_first = sequences["is_first"][start : start + CHUNK].to(device).bool()
-            filtered = observe(model, prev_actions(action), is_first, embed=embed[start : start + CHUNK], sample=False)
-            out.append(step_surprise(model, filtered["prior_logits"], filtered["post_logits"], is_first))
+        out = [
+            step_surprise(model, filtered["prior_logits"], filtered["post_logits"], is_first)
+            for _, is_first, filtered in _filtered_chunks(model, sequences)
+        ]
     return torch.cat(out).cpu()
 
 
@@ -64,14 +73,10 @@ def disagreement(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     """
     if ensemble_members(model) < 2:
         raise ConfigError("disagreement needs a ResidualWorldModel whose active adapter has 2 or more members.")
-    embed = embed_sequences(model, sequences)  # (N, T, E)
     device = model.device()
     out = []
     with torch.no_grad():
-        for start in range(0, embed.shape[0], CHUNK):
-            action = prev_actions(sequences["action"][start : start + CHUNK].to(device).float())  # (B, T, A)
-            is_first = sequences["is_first"][start : start + CHUNK].to(device).bool()
-            filtered = observe(model, action, is_first, embed=embed[start : start + CHUNK], sample=False)
+        for action, is_first, filtered in _filtered_chunks(model, sequences):
             states = filtered["states"]  # each (B, T, ...): the state after each step
             B, T = is_first.shape
             previous = {key: value[:, :-1].flatten(0, 1) for key, value in states.items()}  # state at t - 1
