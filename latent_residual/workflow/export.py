@@ -239,6 +239,17 @@ def _quiet_exporter() -> Iterator[None]:
             item.setLevel(level)
 
 
+@contextlib.contextmanager
+def _evaluating(policy: Policy) -> Iterator[None]:
+    """``policy`` in eval mode for the block, then back in the mode it was in."""
+    was_training = policy.training
+    policy.eval()
+    try:
+        yield
+    finally:
+        policy.train(was_training)
+
+
 def _names(specs: list[Spec]) -> list[str]:
     return [name for name, _, _ in specs]
 
@@ -495,12 +506,8 @@ def export_policy(
     check_export_target(directory)
     module = ExportablePolicy(policy, surprise=surprise)
     _, action_space = _check_spaces(policy)
-    was_training = policy.training
-    policy.eval()
-    try:
+    with _evaluating(policy):
         data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
-    finally:
-        policy.train(was_training)
     text = _description(module, data, proto, used, env_id, action_space, float(surprise_threshold) if surprise else None)
 
     def write(tmp: Path) -> None:
@@ -587,16 +594,6 @@ class TorchRunner:
             self.last_surprise = float(outputs.pop()[0])
         self._carried = (outputs, action)
         return action[0].cpu().numpy()
-
-
-@contextlib.contextmanager
-def _evaluating(policy: Policy) -> Iterator[None]:
-    was_training = policy.training
-    policy.eval()
-    try:
-        yield
-    finally:
-        policy.train(was_training)
 
 
 def _runner(directory: str | Path, providers: Sequence[str] | None) -> OnnxPolicy:
