@@ -384,8 +384,8 @@ def diagnose(
 ) -> dict[str, Any]:
     """Compare ``base`` and ``adapted`` on held-out target ``data`` and write the report to ``out_dir``.
 
-    ``out_dir`` gets ``report.html`` (self-contained: the pictures are PNGs beside it, linked
-    relatively), the PNGs, ``report.json`` (every number and warning) and TensorBoard event files
+    ``out_dir`` gets ``report.html`` (self-contained: the pictures inlined as PNG data URIs), the
+    same PNGs as files, ``report.json`` (every number and warning) and TensorBoard event files
     in ``tensorboard/``.
 
     :param adapted: The adapted model (a ``ResidualWorldModel``, or a finetuned checkpoint); None
