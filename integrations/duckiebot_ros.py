@@ -14,7 +14,6 @@ Run on the robot (in a container with ROS, numpy, pillow and onnxruntime)::
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import threading
 import time
@@ -35,6 +34,7 @@ from latent_residual_integrations.safety import (
     Command,
     ControlLoop,
     LaneFollowingController,
+    LogForwarder,
     StopReason,
     action_to_wheels,
     decode_frame,
@@ -122,22 +122,6 @@ def stamp_seconds(seconds: float) -> float | None:
     return seconds or None
 
 
-class _RospyHandler(logging.Handler):
-    """Forwards the safety layer's log records to rospy's log (and so to /rosout)."""
-
-    def __init__(self, rospy: Any) -> None:
-        super().__init__()
-        self.rospy = rospy
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno >= logging.ERROR:
-            self.rospy.logerr(self.format(record))
-        elif record.levelno >= logging.WARNING:
-            self.rospy.logwarn(self.format(record))
-        else:
-            self.rospy.loginfo(self.format(record))
-
-
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs a ROS master
     """Start the node: subscribe to the camera (and encoders), publish wheel commands at ``--rate``; SIGTERM stops the wheels."""
     import rospy
@@ -146,9 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs 
 
     args = parse_args(rospy.myargv(argv if argv is not None else sys.argv)[1:])
     rospy.init_node("latent_residual_policy", disable_signals=True)  # our handlers publish a stop first
-    package_logger = logging.getLogger("latent_residual_integrations")
-    package_logger.addHandler(_RospyHandler(rospy))
-    package_logger.setLevel(logging.INFO)
+    LogForwarder(rospy.logerr, rospy.logwarn, rospy.loginfo).attach()
     try:
         controller = build_controller(args, clock=rospy.get_time)
     except (OSError, ValueError, TypeError) as exc:

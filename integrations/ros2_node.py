@@ -10,7 +10,6 @@ The controller and its safety checks live in ``latent_residual_integrations.safe
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from latent_residual_integrations.safety import (
     Command,
     ControlLoop,
     LaneFollowingController,
+    LogForwarder,
     load_calibration,
     stop_on_signals,
 )
@@ -222,23 +222,6 @@ class PolicyNode:
             pass
 
 
-class _RclpyHandler(logging.Handler):
-    """Forwards the safety layer's log records to the node's ROS logger."""
-
-    def __init__(self, ros_logger: Any) -> None:
-        super().__init__()
-        self.ros_logger = ros_logger
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = self.format(record)
-        if record.levelno >= logging.ERROR:
-            self.ros_logger.error(message)
-        elif record.levelno >= logging.WARNING:
-            self.ros_logger.warning(message)
-        else:
-            self.ros_logger.info(message)
-
-
 def run(
     argv: Sequence[str] | None = None,
     *,
@@ -264,10 +247,8 @@ def run(
     # Our own handlers: a signal must publish a stop while the context can still publish.
     rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node(NODE_NAME, context=context)
-    handler = _RclpyHandler(node.get_logger())
-    package_logger = logging.getLogger("latent_residual_integrations")
-    package_logger.addHandler(handler)
-    package_logger.setLevel(logging.INFO)
+    ros_logger = node.get_logger()
+    forwarder = LogForwarder(ros_logger.error, ros_logger.warning, ros_logger.info).attach()
     try:
         try:
             shell = PolicyNode(node, make_policy)
@@ -294,7 +275,7 @@ def run(
             executor.shutdown()
         return 0
     finally:
-        package_logger.removeHandler(handler)
+        forwarder.detach()
         node.destroy_node()
         if context.ok():
             rclpy.shutdown(context=context)

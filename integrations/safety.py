@@ -5,7 +5,8 @@ No ROS and no torch here: the ROS shells are duckiebot_ros.py (ROS 1) and ros2_n
 # load_calibration); InferenceWorker (the policy on its own thread, with a deadline);
 # LaneFollowingController (the checks, one Command per step(), stops logged and counted, a policy
 # reset() on every resume); ControlLoop (a thread that publishes step() every period and a stop at
-# once when a fault arrives between periods); stop_on_signals (SIGINT/SIGTERM -> publish a stop).
+# once when a fault arrives between periods); LogForwarder (this package's log into a ROS logger);
+# stop_on_signals (SIGINT/SIGTERM -> publish a stop).
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ from latent_residual import onnx_policy as _runtime
 from latent_residual.onnx_policy import OnnxPolicy
 
 logger = logging.getLogger(__name__)
+#: The integrations' logger, which the ROS nodes forward to their own log (``LogForwarder``).
+PACKAGE_LOGGER = "latent_residual_integrations"
 #: What the runner raises for a NaN/infinite observation (when it has that check): a stop for that reason.
 _NON_FINITE_ERRORS: tuple[type[BaseException], ...] = tuple(
     error for error in (getattr(_runtime, "NonFiniteObservationError", None),) if error is not None
@@ -833,6 +836,33 @@ class ControlLoop:
                     command = self._failed(exc)
                 if command is not None:
                     self._send(command)
+
+
+class LogForwarder(logging.Handler):
+    """Forwards the safety layer's log records to a ROS logger's ``error``/``warning``/``info`` functions."""
+
+    def __init__(self, error: Callable[[str], Any], warning: Callable[[str], Any], info: Callable[[str], Any]) -> None:
+        super().__init__()
+        self.error, self.warning, self.info = error, warning, info
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.error(message)
+        elif record.levelno >= logging.WARNING:
+            self.warning(message)
+        else:
+            self.info(message)
+
+    def attach(self) -> LogForwarder:
+        """Forward this package's INFO and above from now on (``detach`` ends it)."""
+        package_logger = logging.getLogger(PACKAGE_LOGGER)
+        package_logger.addHandler(self)
+        package_logger.setLevel(logging.INFO)
+        return self
+
+    def detach(self) -> None:
+        logging.getLogger(PACKAGE_LOGGER).removeHandler(self)
 
 
 def stop_on_signals(event: threading.Event, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:

@@ -23,6 +23,7 @@ from latent_residual_integrations.safety import (
     InferenceTimeout,
     InferenceWorker,
     LaneFollowingController,
+    LogForwarder,
     StopReason,
     action_to_wheels,
     stop_on_signals,
@@ -327,6 +328,23 @@ def test_every_stop_is_counted_by_reason_and_shutdown_stops_for_good(export, fra
         StopReason.INFERENCE_ERROR: 2, StopReason.NON_FINITE_ACTION: 1, StopReason.SHUTDOWN: 1
     }
     assert "stops while running: inference_error 2, non_finite_action 1, shutdown 1" in caplog.text
+
+
+def test_the_log_forwarder_routes_each_level_to_the_ros_logger_until_detached(export, frames, clock):
+    controller = ros1_controller(export, clock, "--velocity-source", "zero")
+    routed = {"error": [], "warning": [], "info": []}
+    forwarder = LogForwarder(routed["error"].append, routed["warning"].append, routed["info"].append).attach()
+    try:
+        drive(controller, clock, frames)
+        controller.policy.inject("raise")
+        drive(controller, clock, frames)
+        logging.getLogger("latent_residual_integrations.safety").error("publishing failed")
+    finally:
+        forwarder.detach()
+    controller.shutdown()
+    assert routed["error"] == ["publishing failed"]
+    assert routed["warning"] == ["stop (inference_error): RuntimeError: injected inference fault"]
+    assert routed["info"] == ["driving again after no_frame (policy reset)"]  # the shutdown came after detach
 
 
 def test_bad_bounds_are_one_line_errors(export):
