@@ -132,14 +132,6 @@ class WorldModelTrainer:
         return values
 
 
-def world_model_step(
-    model: WorldModel, optimiser: torch.optim.Optimizer, batch: Mapping[str, Tensor], grad_clip: float
-) -> dict[str, float]:
-    """One fp32 gradient step on the backbone's own loss in this process alone; returns its metrics
-    (``loss`` included). See :class:`WorldModelTrainer` for many steps, torchrun, bf16 or compilation."""
-    return WorldModelTrainer(model, optimiser, grad_clip).step(batch)
-
-
 def train_world_model(
     model: WorldModel,
     episodes: list[Mapping[str, np.ndarray]],
@@ -204,25 +196,51 @@ def train_world_model(
     return model
 
 
+def read_progress(out: Path) -> dict[str, Any]:
+    """The ``progress.json`` of the run directory ``out``; empty when no checkpoint was written yet.
+
+    :raises CheckpointError: The file is not a JSON object.
+    """
+    path = out / PROGRESS_NAME
+    if not path.exists():
+        return {}
+    return read_json_object(path, error=CheckpointError, hint="the run directory is corrupt")
+
+
+def read_optimiser_state(out: Path) -> dict[str, Tensor]:
+    """The tensors :func:`write_run_state` wrote to ``out``'s optimiser file (moments, and any extra state).
+
+    :raises CheckpointError: The file is missing, truncated or no safetensors file.
+    """
+    tensors, _ = read_safetensors(out / OPTIMIZERS_NAME, error=CheckpointError)
+    return tensors
+
+
+def write_run_state(
+    out: Path, model: WorldModel, model_extra: Mapping[str, Any], optimiser_state: dict[str, Tensor], progress: Mapping[str, Any]
+) -> None:
+    """Write a training run's checkpoint into ``out``: the world model, the optimiser state and, last
+    (its presence marks a checkpoint to resume from), ``progress.json``; each file atomically."""
+    save_world_model(model, out / WORLD_MODEL_NAME, extra=dict(model_extra))
+    write_safetensors(out / OPTIMIZERS_NAME, optimiser_state, {"format": "latent-residual-optimizers"})
+    write_text(out / PROGRESS_NAME, json.dumps(progress, indent=2) + "\n")
+
+
 def _resume(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path) -> int:
     """Load the checkpoint in ``out`` (if any) into ``model`` and ``optimiser``; returns its updates."""
-    progress_path = out / PROGRESS_NAME
-    if not progress_path.exists():
+    progress = read_progress(out)
+    if not progress:
         return 0
-    progress = read_json_object(progress_path, error=CheckpointError, hint="the run directory is corrupt")
     _, tensors = read_world_model(out / WORLD_MODEL_NAME)
     load_weights(model, {key: value.to(model.device()) for key, value in tensors.items()}, out / WORLD_MODEL_NAME)
-    moments, _ = read_safetensors(out / OPTIMIZERS_NAME, error=CheckpointError)
-    load_optimizer_tensors(optimiser, moments, "model_opt")
+    load_optimizer_tensors(optimiser, read_optimiser_state(out), "model_opt")
     return int(progress["updates"])
 
 
 def _checkpoint(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path, updates: int, done: bool, ranks: Ranks) -> None:
-    """Rank 0 writes the model, its optimiser and the progress (each file atomically); the others wait."""
+    """Rank 0 writes the model, its optimiser and the progress; the others wait."""
     if ranks.is_main:
-        save_world_model(model, out / WORLD_MODEL_NAME, extra={"model_updates": updates})
-        write_safetensors(out / OPTIMIZERS_NAME, optimizer_tensors(optimiser, "model_opt"), {"format": "latent-residual-optimizers"})
-        write_text(out / PROGRESS_NAME, json.dumps({"updates": updates, "done": done}, indent=2) + "\n")
+        write_run_state(out, model, {"model_updates": updates}, optimizer_tensors(optimiser, "model_opt"), {"updates": updates, "done": done})
     barrier(ranks)
 
 

@@ -8,7 +8,6 @@ groups and collectives are ``distributed.py``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,21 +20,13 @@ from torch import Tensor
 
 from latent_residual import distributions
 from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, load_actor_critic, save_actor_critic
-from latent_residual.checkpoints import save_world_model
 from latent_residual.config import config_to_dict
 from latent_residual.contract import State, WorldModel
-from latent_residual.errors import CheckpointError, ConfigError
+from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
 from latent_residual.registry import demo_env, env_expert, make_backbone, make_env
 from latent_residual.rollout import posterior_states, step, subsample_states
-from latent_residual.serialization import (
-    load_optimizer_tensors,
-    optimizer_tensors,
-    read_json_object,
-    read_safetensors,
-    write_safetensors,
-    write_text,
-)
+from latent_residual.serialization import load_optimizer_tensors, optimizer_tensors
 from latent_residual.workflow.collection import EpisodeCollector, begin_episode
 from latent_residual.workflow.datasets import DatasetWriter, load_dataset
 from latent_residual.workflow.distributed import (
@@ -52,12 +43,14 @@ from latent_residual.workflow.distributed import (
 from latent_residual.workflow.exploration import Disagreement
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.model_training import (
-    OPTIMIZERS_NAME,
     PRECISIONS,
     PROGRESS_NAME,
     WORLD_MODEL_NAME,
     WorldModelTrainer,
+    read_optimiser_state,
+    read_progress,
     resolve_backbone,
+    write_run_state,
 )
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.replay import ReplayBuffer
@@ -227,9 +220,7 @@ class _PretrainRun:
         self.rng = np.random.default_rng(self.seed)
         self.generator = torch.Generator().manual_seed(self.seed)
         self.env = make_env(config.env_id, **config.env_kwargs)
-        progress_path = out / PROGRESS_NAME
-        corrupt = "the run directory is corrupt"
-        self.progress = read_json_object(progress_path, error=CheckpointError, hint=corrupt) if progress_path.exists() else {}
+        self.progress = read_progress(out)
         self._check_world_size()
         self._build_networks(ac_config)
         if self.progress:
@@ -324,7 +315,7 @@ class _PretrainRun:
 
     def _load_checkpoint(self) -> None:
         self.task = load_actor_critic(self.out / ACTOR_CRITIC_NAME, device=self.config.device)
-        tensors, _ = read_safetensors(self.out / OPTIMIZERS_NAME)
+        tensors = read_optimiser_state(self.out)
         load_optimizer_tensors(self.model_opt, tensors, "model_opt")
         if self.explore is not None:
             self.explore = load_actor_critic(self.out / EXPLORE_ACTOR_CRITIC_NAME, device=self.config.device)
@@ -341,14 +332,12 @@ class _PretrainRun:
 
     def _write_checkpoint(self, done: bool, rank_episodes: list[int]) -> None:
         config = self.config
-        save_world_model(self.model, self.out / WORLD_MODEL_NAME, extra={"env_steps": self.env_steps, "env_id": config.env_id})
         save_actor_critic(self.task, self.out / ACTOR_CRITIC_NAME, extra={"env_id": config.env_id})
         tensors = optimizer_tensors(self.model_opt, "model_opt")
         if self.explore is not None:
             save_actor_critic(self.explore, self.out / EXPLORE_ACTOR_CRITIC_NAME)
             tensors.update({f"disagreement.{k}": v for k, v in self.disagreement.state_dict().items()})
             tensors.update(optimizer_tensors(self.disagreement_opt, "disagreement_opt"))
-        write_safetensors(self.out / OPTIMIZERS_NAME, tensors, {"format": "latent-residual-optimizers"})
         progress = {
             "env_steps": self.env_steps,
             "updates": self.updates,
@@ -358,7 +347,7 @@ class _PretrainRun:
         }
         if self.ranks.parallel:
             progress.update(world_size=self.ranks.world_size, rank_episodes=rank_episodes)
-        write_text(self.out / PROGRESS_NAME, json.dumps(progress, indent=2) + "\n")
+        write_run_state(self.out, self.model, {"env_steps": self.env_steps, "env_id": config.env_id}, tensors, progress)
 
     def update(self) -> dict[str, float]:
         """One world-model step, then one step of each actor-critic (and the disagreement ensemble).
