@@ -19,11 +19,11 @@ from latent_residual.errors import ConfigError
 from latent_residual.losses import world_model_loss
 from latent_residual_plugins.rssm.config import RSSMConfig
 from latent_residual_plugins.rssm.nets import (
-    DenseHead,
     MultiDecoder,
     MultiEncoder,
     ObservationLayout,
     RecurrentModel,
+    dense_head,
     init_weights,
     uniform_init,
 )
@@ -66,14 +66,14 @@ class RSSM(WorldModel):
         S = self.latent.size
         self.encoder = MultiEncoder(self.layout, config.cnn_multiplier, config.units, config.mlp_layers)
         self.recurrent = RecurrentModel(S + self.action_size, config.units, config.deter)
-        self.prior = DenseHead(config.deter, S, config.hidden, 1)
+        self.prior = dense_head(config.deter, S, config.hidden, 1)
         post_in = self.encoder.out_size + (0 if config.decoupled else config.deter)
-        self.post = DenseHead(post_in, S, config.hidden, 1)
+        self.post = dense_head(post_in, S, config.hidden, 1)
         self.decoder = MultiDecoder(
             self.layout, self.feature_size, config.cnn_multiplier, config.units, config.mlp_layers
         )
-        self.reward_head = DenseHead(self.feature_size, config.reward_bins, config.units, config.mlp_layers)
-        self.cont_head = DenseHead(self.feature_size, 1, config.units, config.mlp_layers)
+        self.reward_head = dense_head(self.feature_size, config.reward_bins, config.units, config.mlp_layers)
+        self.cont_head = dense_head(self.feature_size, 1, config.units, config.mlp_layers)
         self.register_buffer("bins", encodings.twohot_bins(config.reward_bins), persistent=False)
         self.apply(init_weights)
         for head, scale in ((self.prior, 1.0), (self.post, 1.0), (self.reward_head, 0.0), (self.cont_head, 1.0)):

@@ -31,16 +31,10 @@ def dense_blocks(in_size: int, units: int, layers: int) -> nn.Sequential:
     return nets.dense_blocks(in_size, units, layers, bias=False, eps=NORM_EPS)
 
 
-class DenseHead(nn.Module):
-    """``dense_blocks`` then a biased Linear output: the prior, posterior, reward and continuation nets."""
-
-    def __init__(self, in_size: int, out_size: int, units: int, layers: int) -> None:
-        super().__init__()
-        self.body = dense_blocks(in_size, units, layers)
-        self.out = nn.Linear(units if layers else in_size, out_size)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.out(self.body(x))
+def dense_head(in_size: int, out_size: int, units: int, layers: int) -> nets.MLP:
+    """``dense_blocks`` then a biased Linear output (the core's ``MLP``, bias-free with eps 1e-3): the
+    prior, posterior, reward and continuation nets."""
+    return nets.MLP(in_size, out_size, units, layers, bias=False, eps=NORM_EPS)
 
 
 class LayerNormGRUCell(nn.Module):
