@@ -46,7 +46,7 @@ from latent_residual.registry import make_env
 from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
 from latent_residual.workflow.coverage import step_surprise
-from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.policy import Policy, filter_state_shapes
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class ExportablePolicy(nn.Module):
         self.surprise = surprise
         #: Whether the graph takes and returns the filter's state (a recurrent policy, or any with surprise).
         self.carries_state = policy.stateful or surprise
-        with torch.no_grad():
-            initial = policy.model.initial_state(1)
-        self.state_shapes = {key: tuple(initial[key].shape[1:]) for key in sorted(initial)} if self.carries_state else {}
+        self.state_shapes = filter_state_shapes(policy.model) if self.carries_state else {}
         self.state_keys = list(self.state_shapes)
         self.action_shape = tuple(int(size) for size in action_space.shape)
         low = np.asarray(action_space.low, dtype=np.float64).reshape(-1)
@@ -142,9 +140,7 @@ class ExportablePolicy(nn.Module):
 
     def blank_state(self, batch_size: int) -> tuple[State, Tensor]:
         """A (state, previous action) pair for an episode's first step; its values are not read there."""
-        device = next(self.parameters()).device
-        state = {key: torch.zeros(batch_size, *shape, device=device) for key, shape in self.state_shapes.items()}
-        return state, torch.zeros(batch_size, self.policy.model.action_size, device=device)
+        return self.policy.blank_state(batch_size, self.state_shapes)
 
     def example_inputs(self, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
         """Inputs for ``batch_size`` steps: observations inside the space, zero state and action, and

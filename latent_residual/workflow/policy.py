@@ -19,6 +19,13 @@ from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError, NonFiniteObservationError
 
 
+def filter_state_shapes(model: WorldModel) -> dict[str, tuple[int, ...]]:
+    """Each tensor of ``model``'s filter state, its shape per step without the batch axis, keys sorted."""
+    with torch.no_grad():
+        initial = model.initial_state(1)
+    return {key: tuple(initial[key].shape[1:]) for key in sorted(initial)}
+
+
 class Policy(nn.Module):
     """Maps raw observations (one tensor per key, batch first) to deterministic actions.
 
@@ -46,10 +53,8 @@ class Policy(nn.Module):
         self.actor = actor
         self.keys = list(model.observation_space.spaces)
         self.stateful = not model.memoryless
-        with torch.no_grad():
-            initial = model.initial_state(1)
         #: The state's keys (sorted) and per-step shapes: what a stateful policy carries.
-        self.state_shapes = {key: tuple(initial[key].shape[1:]) for key in sorted(initial)} if self.stateful else {}
+        self.state_shapes = filter_state_shapes(model) if self.stateful else {}
         self._carried: tuple[State, Tensor] | None = None
 
     def _embed(self, obs: Mapping[str, Tensor]) -> Tensor:
@@ -91,10 +96,12 @@ class Policy(nn.Module):
         state = self.model.next_state(deter, prior, self._mode(post))
         return self.actor(self.model.features(state)), state, prior, post
 
-    def blank_state(self, batch_size: int) -> tuple[State, Tensor]:
-        """A (state, previous action) pair for the first step of an episode; its values are not read there."""
+    def blank_state(self, batch_size: int, shapes: Mapping[str, tuple[int, ...]] | None = None) -> tuple[State, Tensor]:
+        """A (state, previous action) pair for the first step of an episode; its values are not read there.
+        ``shapes`` replaces :attr:`state_shapes` (the ONNX graph carries the state of a memoryless filter too)."""
         device = next(self.parameters()).device
-        state = {key: torch.zeros(batch_size, *shape, device=device) for key, shape in self.state_shapes.items()}
+        shapes = self.state_shapes if shapes is None else shapes
+        state = {key: torch.zeros(batch_size, *shape, device=device) for key, shape in shapes.items()}
         return state, torch.zeros(batch_size, self.model.action_size, device=device)
 
     def reset(self, seed: int | None = None) -> None:
