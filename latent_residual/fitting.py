@@ -77,7 +77,9 @@ class FitResult:
     history: list[dict[str, float]]
 
 
-def _check_sequences(sequences: Mapping[str, Tensor]) -> tuple[int, int]:
+def _check_sequences(sequences: Mapping[str, Tensor]) -> None:
+    """Raise ``DatasetError`` naming the key unless ``sequences`` hold ``action`` and ``is_first``, share
+    their (N, T) leading axes, and every floating-point value is finite."""
     for key in ("action", "is_first"):
         if key not in sequences:
             raise DatasetError(f"sequences lack key {key!r}; they have {sorted(sequences)}.")
@@ -95,7 +97,6 @@ def _check_sequences(sequences: Mapping[str, Tensor]) -> tuple[int, int]:
                 f"sequences[{key!r}] holds non-finite values (the first at sequence {where[0]}, step {where[1]}: "
                 f"{value[tuple(where)].item()}); remove or repair those sequences before fitting."
             )
-    return N, T
 
 
 class _Cache:
@@ -103,7 +104,7 @@ class _Cache:
     when the posterior reads only the observation."""
 
     def __init__(self, model: WorldModel, sequences: Mapping[str, Tensor]) -> None:
-        N, T = _check_sequences(sequences)
+        N, T = sequences["is_first"].shape[:2]  # checked by the caller (_check_sequences)
         device = model.device()
         cached = embed_sequences(model, sequences)  # (N, T, E)
         with torch.no_grad():
@@ -172,6 +173,7 @@ def _fit(
 ) -> tuple[FitResult, dict[str, Any]]:
     """The shared loop: Adam on ``params``, held-out evaluation, early stopping, best weights of
     ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base.
+    ``sequences`` have passed :func:`_check_sequences`.
     ``train_loss(indices, generator)`` replaces the target KL as what the steps minimise; the
     held-out KL still chooses the best weights."""
     start = time.monotonic()  # the clock includes caching the frozen encoder's outputs
