@@ -89,6 +89,15 @@ class Process:
             self.seen.append(self.lines.get_nowait())
         return [float(words[2]) for words in self.seen if words[:2] == ["event", kind]]
 
+    def trigger(self, line: str, kind: str, timeout: float = 3.0) -> float:
+        """Send ``line`` and return the time of the ``event <kind>`` it causes (the newest one after ``timeout``)."""
+        count = len(self.events(kind))
+        self.send(line)
+        deadline = time.monotonic() + timeout
+        while len(self.events(kind)) == count and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self.events(kind)[-1]
+
     def event_between(self, kind: str, start: float, end: float, timeout: float = 2.0) -> bool:
         """Whether an ``event <kind>`` stamped in (start, end] arrives within ``timeout``.
 
@@ -306,28 +315,12 @@ def test_zero_within_one_period_after_frames_stop(rig):
 
 
 def test_zero_within_one_period_after_an_inference_exception(rig):
-    def inject() -> float:
-        count = len(rig.node.events("raise"))
-        rig.node.send("raise")
-        deadline = time.monotonic() + 3
-        while len(rig.node.events("raise")) == count and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return rig.node.events("raise")[-1]
-
-    _trials(rig, "inference exception", inject)
+    _trials(rig, "inference exception", lambda: rig.node.trigger("raise", "raise"))
     assert rig.node.log_count("stop (inference_error): RuntimeError: injected inference fault") >= TRIALS
 
 
 def test_zero_within_one_period_after_an_inference_hang(rig):
-    def inject() -> float:
-        count = len(rig.node.events("hang"))
-        rig.node.send(f"hang {HANG}")
-        deadline = time.monotonic() + 3
-        while len(rig.node.events("hang")) == count and time.monotonic() < deadline:
-            time.sleep(0.002)
-        return rig.node.events("hang")[-1]
-
-    _trials(rig, "inference hang", inject)
+    _trials(rig, "inference hang", lambda: rig.node.trigger(f"hang {HANG}", "hang"))
     assert rig.node.log_count("stop (inference_deadline): no action within 50 ms") >= TRIALS
 
 
