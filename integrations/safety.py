@@ -412,6 +412,7 @@ class LaneFollowingController:
         self.stop_counts: collections.Counter[StopReason] = collections.Counter()
         #: How often the wheel-speed source went silent and the fallback took over.
         self.fallback_count = 0
+        #: How often it started driving (the first time, and after each stop), each time after a policy reset().
         self.resumes = 0
         #: How often the coverage alarm slowed the robot down (response "slow").
         self.slowdowns = 0

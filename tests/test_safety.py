@@ -122,6 +122,7 @@ def test_controller_starts_an_episode_at_the_first_drive_and_after_every_stop(ex
     assert_stopped(controller.step(), StopReason.STALE_FRAME)
     assert not drive(controller, clock, frames).stopped
     assert policy.resets == 2  # driving again starts a new episode
+    assert controller.resumes == 2  # the first drive and the one after the stop
 
 
 # ----------------------------------------------------------------------------------------------
