@@ -188,6 +188,9 @@ def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pend
             "--out", str(tmp_path / "onnx"), "--adapter", str(pendulum["root"] / "adapter")]
     assert main(args) == 2  # a usage error, before any work
     assert not (tmp_path / "onnx").exists()
+    assert main([*args, "--surprise-threshold", "0.5"]) == 0
+    description = json.loads((tmp_path / "onnx" / "policy.json").read_text())
+    assert description["surprise"]["threshold"] == 0.5 and description["recurrent"]["state"]
 
 
 def test_the_curve_s_reading_weighs_the_last_size_against_the_best_smaller_one_and_the_seeds_spread():
