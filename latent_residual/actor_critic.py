@@ -97,20 +97,21 @@ class Actor(nn.Module):
         return mean, std
 
     def dist(self, features: Tensor) -> TransformedDistribution:
-        mean, std = self.params(features)
-        return TransformedDistribution(Independent(Normal(mean, std), 1), [TanhTransform(cache_size=1)])
+        return squashed_normal(*self.params(features))
 
     def forward(self, features: Tensor) -> Tensor:
         """The deterministic action tanh(mean), used for evaluation and export."""
         return torch.tanh(self.params(features)[0])
 
-    def entropy(self, features: Tensor) -> Tensor:
-        """Entropy of the pre-squash Normal (the squashed one has no closed form)."""
-        return normal_entropy(self.params(features)[1])
+
+def squashed_normal(mean: Tensor, std: Tensor) -> TransformedDistribution:
+    """tanh(Normal(mean, std)) over the last axis of ``mean`` and ``std`` (..., A): the actor's distribution."""
+    return TransformedDistribution(Independent(Normal(mean, std), 1), [TanhTransform(cache_size=1)])
 
 
 def normal_entropy(std: Tensor) -> Tensor:
-    """Entropy of a diagonal Normal with ``std`` (..., A), summed over A (``Normal.entropy``'s formula)."""
+    """Entropy of a diagonal Normal with ``std`` (..., A), summed over A (``Normal.entropy``'s formula): the
+    actor's bonus uses its pre-squash Normal, as the squashed one has no closed form."""
     return (0.5 + 0.5 * math.log(2 * math.pi) + torch.log(std)).sum(-1)
 
 
@@ -190,10 +191,7 @@ class ActorCritic(nn.Module):
         else:
             # Imagination ran without gradients (REINFORCE): one actor and one critic pass here.
             mean, std = self.actor.params(states)
-            base = Independent(Normal(mean, std), 1)
-            log_prob = TransformedDistribution(base, [TanhTransform(cache_size=1)]).log_prob(
-                imagined["actions"].clamp(-1 + 1e-6, 1 - 1e-6)
-            )
+            log_prob = squashed_normal(mean, std).log_prob(imagined["actions"].clamp(-1 + 1e-6, 1 - 1e-6))
             critic_logits = self.critic(imagined["features"].detach())
         entropy = normal_entropy(std)  # (B, H)
         # The critic's part of the graph is used again by its own update.
