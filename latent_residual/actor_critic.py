@@ -28,6 +28,8 @@ from latent_residual.rollout import imagine
 from latent_residual.serialization import (
     fingerprint,
     load_optimizer_tensors,
+    metadata_int,
+    metadata_json,
     optimizer_tensors,
     read_checked,
     strict_load,
@@ -353,15 +355,10 @@ def load_actor_critic(path: str | Path, *, device: str | torch.device = "cpu") -
     values, the recorded fingerprint when the file has one; no pickle)."""
     path = Path(path)
     tensors, metadata = read_checked(path, **_CHECKS)
-    try:
-        stored_config = json.loads(metadata["config"])
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata key 'config' is not valid JSON ({exc}); the file is corrupt.") from exc
-    for key in ("feature_size", "action_size"):
-        if not metadata[key].isdigit():
-            raise CheckpointError(f"{path}: metadata key {key!r} is {metadata[key]!r}, expected an integer.")
+    stored_config = metadata_json(path, metadata, "config", CheckpointError)
+    feature_size, action_size = (metadata_int(path, metadata, key, CheckpointError) for key in ("feature_size", "action_size"))
     config = config_from_dict(ActorCriticConfig, stored_config, source=f"{path} metadata 'config'")
-    actor_critic = ActorCritic(int(metadata["feature_size"]), int(metadata["action_size"]), config)
+    actor_critic = ActorCritic(feature_size, action_size, config)
     weights = {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}
     # Files written before fingerprints were recorded have none; they load as they are.
     strict_load(actor_critic, weights, path, CheckpointError, expected_fingerprint=metadata.get("fingerprint"))

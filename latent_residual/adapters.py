@@ -23,6 +23,8 @@ from latent_residual.residual import ResidualConfig, ResidualNet
 from latent_residual.serialization import (
     check_metadata,
     fingerprint,
+    metadata_int,
+    metadata_json,
     read_checked,
     read_safetensors_header,
     strict_load,
@@ -336,16 +338,16 @@ class ResidualWorldModel(WorldModel):
                 f"{self.base_fingerprint} (backbone {self.backbone_id or 'unnamed'}). Load the base "
                 "checkpoint the adapter was trained on."
             )
-        latent_spec = _json_field(file, meta, "latent_spec")
-        if not meta["action_size"].isdigit():
-            raise AdapterFileError(f"{file}: metadata key 'action_size' is {meta['action_size']!r}, expected an integer.")
-        if latent_spec != self.latent.to_dict() or int(meta["action_size"]) != self.action_size:
+        latent_spec = metadata_json(file, meta, "latent_spec", AdapterFileError)
+        action_size = metadata_int(file, meta, "action_size", AdapterFileError)
+        if latent_spec != self.latent.to_dict() or action_size != self.action_size:
             raise IncompatibleAdapterError(
                 f"{file}: adapter expects latent {latent_spec} and action size {meta['action_size']}; "
                 f"this model has {self.latent.to_dict()} and {self.action_size}."
             )
-        config = config_from_dict(ResidualConfig, _json_field(file, meta, "config"), source=f"{file} metadata 'config'")
-        summary = _json_field(file, meta, "data_summary") if meta["data_summary"] else {}
+        stored_config = metadata_json(file, meta, "config", AdapterFileError)
+        config = config_from_dict(ResidualConfig, stored_config, source=f"{file} metadata 'config'")
+        summary = metadata_json(file, meta, "data_summary", AdapterFileError) if meta["data_summary"] else {}
         name = adapter_name or meta["adapter_name"]
         self.add_adapter(name, config, trainable=trainable)
         try:
@@ -365,14 +367,6 @@ class ResidualWorldModel(WorldModel):
         model = cls(base)
         model.load_adapter(path, trainable=trainable, adapter_name=adapter_name)
         return model
-
-
-def _json_field(file: Path, meta: Mapping[str, str], key: str) -> Any:
-    """A metadata value that must be JSON, or AdapterFileError naming the file and the key."""
-    try:
-        return json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{file}: metadata key {key!r} is not valid JSON ({exc}); the file is corrupt.") from exc
 
 
 def _maybe_json(value: str) -> Any:

@@ -267,6 +267,21 @@ def read_json_object(path: Path, *, error: type[FileFormatError], hint: str = ""
     return data
 
 
+def metadata_json(path: Path, metadata: Mapping[str, str], key: str, error: type[FileFormatError]) -> Any:
+    """Safetensors metadata value ``key`` decoded as JSON; ``error`` names the file and the key when it is not."""
+    try:
+        return json.loads(metadata[key])
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: metadata key {key!r} is not valid JSON ({exc}); the file is corrupt.") from exc
+
+
+def metadata_int(path: Path, metadata: Mapping[str, str], key: str, error: type[FileFormatError]) -> int:
+    """Safetensors metadata value ``key`` as a non-negative integer; ``error`` names the file and the key otherwise."""
+    if not metadata[key].isdigit():
+        raise error(f"{path}: metadata key {key!r} is {metadata[key]!r}, expected an integer.")
+    return int(metadata[key])
+
+
 def check_metadata(
     path: Path,
     metadata: Mapping[str, Any],

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
-from latent_residual import ActorCritic, ActorCriticConfig, ConfigError
-from latent_residual.actor_critic import lambda_returns
+from latent_residual import ActorCritic, ActorCriticConfig, CheckpointError, ConfigError
+from latent_residual.actor_critic import lambda_returns, load_actor_critic, save_actor_critic
 
 
 def test_lambda_returns_match_hand_computation():
@@ -80,3 +82,21 @@ def test_dynamics_gradient_reaches_the_actor_through_an_adapted_model_but_not_th
     assert all(p.grad is None for p in gru_model.parameters())
     assert all(torch.equal(before[k], v) for k, v in gru_model.state_dict().items())
     assert all(p.grad is None for p in adapted.trainable_parameters())
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("config", "{x", "metadata key 'config' is not valid JSON"),
+        ("feature_size", "8a", "metadata key 'feature_size' is '8a', expected an integer"),
+        ("action_size", "-2", "metadata key 'action_size' is '-2', expected an integer"),
+    ],
+)
+def test_corrupt_metadata_is_refused_naming_the_file_and_key(tmp_path, key, value, message):
+    path = tmp_path / "ac.safetensors"
+    save_actor_critic(ActorCritic(8, 2, ActorCriticConfig(hidden=8, layers=1)), path)
+    with safe_open(str(path), "pt") as handle:
+        metadata = {**handle.metadata(), key: value}
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match=f"ac.safetensors: {message}"):
+        load_actor_critic(path)
