@@ -447,6 +447,9 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch)
         (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "a_file")], "is a file"),
         (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "{gain: 1"], "--env-kwargs"),
         (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "[1]"], "JSON object"),
+        # A config's dict option is checked the same way, before any work.
+        (["pretrain", "--out", str(tmp_path / "p"), "--backbone-kwargs", "[1]"], "--backbone-kwargs: expected a JSON object"),
+        (["pretrain", "--out", str(tmp_path / "p"), "--env-kwargs", "{gain: 1"], "--env-kwargs: expected a JSON object"),
     ]
     for args, message in cases:
         assert main(args) == 2, args

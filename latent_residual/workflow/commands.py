@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from latent_residual.workflow.options import config_from_options, config_options
+from latent_residual.workflow.options import config_from_options, config_options, json_object
 
 _PATH = click.Path(path_type=Path)
 _COUNT = click.IntRange(min=1)
@@ -120,17 +120,6 @@ def check_output_file(path: Path, *, option: str = "--out", overwrite: bool = Fa
             f"{path} already exists; choose another file, delete it, or pass --overwrite.", param_hint=option
         )
     _check_writable(path, option)
-
-
-def _json_object(value: str, option: str) -> dict[str, Any]:
-    """A JSON object given on the command line, or a usage error naming the option."""
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"expected a JSON object, got {value!r} ({exc}).", param_hint=option) from exc
-    if not isinstance(parsed, dict):
-        raise click.BadParameter(f"expected a JSON object, got {value!r}.", param_hint=option)
-    return parsed
 
 
 @contextmanager
@@ -259,7 +248,7 @@ def _collect_command(group: click.Group) -> None:
         from latent_residual.workflow.collection import collect
         from latent_residual.workflow.loading import load_policy
 
-        kwargs = _json_object(env_kwargs, "--env-kwargs")
+        kwargs = json_object(env_kwargs, "--env-kwargs")
         check_output_directory(out)
         actor: Any = behaviour
         if behaviour == "policy":

@@ -18,6 +18,17 @@ def _option_name(prefix: str, name: str) -> tuple[str, str]:
     return f"{prefix}{name}".replace("_", "-"), f"{prefix}{name}".replace("-", "_")
 
 
+def json_object(value: str, option: str) -> dict[str, Any]:
+    """A JSON object given on the command line (a dict option, ``--env-kwargs``), or a usage error naming ``option``."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"expected a JSON object, got {value!r} ({exc}).", param_hint=option) from exc
+    if not isinstance(parsed, dict):
+        raise click.BadParameter(f"expected a JSON object, got {value!r}.", param_hint=option)
+    return parsed
+
+
 def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()) -> Callable:
     """Decorate a click command with one option per field of ``config_cls``.
 
@@ -61,10 +72,7 @@ def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: st
             continue
         value = options[dest]
         if typing.get_origin(hints[field.name]) is dict:
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError as exc:
-                raise click.BadParameter(f"expected JSON, got {value!r} ({exc})", param_hint=f"--{flag}") from exc
+            value = json_object(value, f"--{flag}")
         elif isinstance(value, (list, tuple)):
             value = tuple(item for item in value if item != "")
         values[field.name] = value
