@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from latent_residual import hookimpl
+from latent_residual_plugins.rssm.config import CPU_OVERRIDES
 
 
 @hookimpl
@@ -20,5 +21,5 @@ def register_backbones(register: Callable[..., Any]) -> None:
         kwargs={"preset": "S"},
         # What fits a 2-core CPU (RSSMConfig's "cpu" preset, spelled out so checkpoints carry the sizes):
         # `demo` and `compare` pretrain with it.
-        presets={"cpu": {"preset": "XS", "hidden": 128, "units": 128, "stoch": 16, "classes": 16}},
+        presets={"cpu": {"preset": "XS", **CPU_OVERRIDES}},
     )
