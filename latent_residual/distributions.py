@@ -37,8 +37,7 @@ def log_probs(logits: Tensor, unimix: float = 0.0) -> Tensor:
     """
     if unimix == 0.0:
         return _over_classes(F.log_softmax, logits)
-    classes = logits.shape[-1]
-    return torch.log((1.0 - unimix) * softmax(logits) + unimix / classes)
+    return torch.log(probs(logits, unimix))
 
 
 def probs(logits: Tensor, unimix: float = 0.0) -> Tensor:
