@@ -202,3 +202,14 @@ def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretra
     assert results["onnx_episode_max_abs_diff"] <= 1e-4
     assert "recurrent" in json.loads((tmp_path / "onnx" / "policy.json").read_text())
     assert (tmp_path / "runs" / "dreamer-finetune-300-seed0" / "world_model" / "model.safetensors").exists()
+    # Dreamer finetune trains the simulation policy further (its Adam moments included); ReDRAW a fresh one.
+    from latent_residual.actor_critic import load_actor_critic
+    from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+
+    def actor_steps(path):
+        return int(load_actor_critic(path).actor_opt.state_dict()["state"][0]["step"])
+
+    sim_steps = actor_steps(rssm_pretrained / ACTOR_CRITIC_NAME)
+    assert sim_steps > 0
+    assert actor_steps(tmp_path / "runs" / "dreamer-finetune-300-seed0" / ACTOR_CRITIC_NAME) == sim_steps + 2
+    assert actor_steps(tmp_path / "runs" / "redraw-300-seed0" / ACTOR_CRITIC_NAME) == 2
