@@ -358,25 +358,17 @@ def test_sigterm_publishes_a_stop_before_the_node_exits(rig):
 
 
 def test_a_missing_policy_is_a_one_line_error(ros_env, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args",
-         "-p", f"policy:={tmp_path / 'nowhere'}", "-p", "command_type:=twist", "-p", "velocity_source:=zero"],
-        capture_output=True, text=True, env=ros_env, timeout=120,
+    cases = (
+        ((f"policy:={tmp_path / 'nowhere'}", "command_type:=twist", "velocity_source:=zero"),
+         f"latent_residual_policy: error: {tmp_path / 'nowhere'}: no such export directory"),
+        ((f"policy:={tmp_path}", "velocity_source:=sonar"), "velocity_source must be one of"),
+        ((f"policy:={tmp_path}", "rate:=10"), "parameter rate must be a float like 10.0"),
     )
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert f"latent_residual_policy: error: {tmp_path / 'nowhere'}: no such export directory" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args",
-         "-p", f"policy:={tmp_path}", "-p", "velocity_source:=sonar"],
-        capture_output=True, text=True, env=ros_env, timeout=120,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "velocity_source must be one of" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args",
-         "-p", f"policy:={tmp_path}", "-p", "rate:=10"],
-        capture_output=True, text=True, env=ros_env, timeout=120,
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "parameter rate must be a float like 10.0" in result.stderr
+    for parameters, message in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args",
+             *(word for parameter in parameters for word in ("-p", parameter))],
+            capture_output=True, text=True, env=ros_env, timeout=120,
+        )
+        assert result.returncode == 2 and "Traceback" not in result.stderr, (parameters, result.stderr)
+        assert message in result.stderr, (parameters, result.stderr)
