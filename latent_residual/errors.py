@@ -69,6 +69,17 @@ class ExportError(LatentResidualError):
     """A policy could not be exported to ONNX, or the exported file breaks the contract."""
 
 
+class OutputPathError(ConfigError):
+    """An output path cannot be written, or would replace a finished artefact; raised before any work.
+
+    ``option`` names the flag or argument that gave the path; ``detail`` says what is wrong with it.
+    """
+
+    def __init__(self, option: str, detail: str) -> None:
+        super().__init__(f"{option}: {detail}")
+        self.option, self.detail = option, detail
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

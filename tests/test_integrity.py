@@ -39,7 +39,7 @@ from latent_residual.errors import ExportError, NonFiniteObservationError
 from latent_residual.fitting import finetune_dynamics
 from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy, PolicyFileError
 from latent_residual.serialization import atomic_write_directory, clean_orphans, write_text
-from latent_residual.workflow import commands
+from latent_residual.workflow import paths
 from latent_residual.workflow.cli import main
 from latent_residual.workflow.collection import collect
 from latent_residual.workflow.datasets import EPISODES_DIR_NAME, DatasetWriter, episode_file_name, load_dataset
@@ -455,7 +455,7 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch)
         assert main(args) == 2, args
         line = one_line_error(capsys)
         assert message in line, (args, line)
-    monkeypatch.setattr(commands.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(paths.os, "access", lambda path, mode: False)
     assert main(["adapt", *model, *data, "--out", str(tmp_path / "new" / "adapter")]) == 2
     assert "is not writable" in one_line_error(capsys)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a_directory", "a_file", "done"]

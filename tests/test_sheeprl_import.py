@@ -294,3 +294,12 @@ def _sheeprl_available() -> bool:
 def test_the_tutorial_runs_with_sheeprl_training_first(tmp_path):
     """The optional extra: sheeprl trains the tutorial's run, and what it writes imports and deploys."""
     check_tutorial_output(run_tutorial(tmp_path, with_sheeprl=True))
+
+
+def test_the_python_api_refuses_a_finished_output_with_a_library_error(tmp_path):
+    from latent_residual.errors import OutputPathError
+
+    out = tmp_path / "out"
+    import_checkpoint(checkpoint_of("pendulum"), out)
+    with pytest.raises(OutputPathError, match=r"^--out: .* already holds provenance.json"):
+        import_checkpoint(checkpoint_of("pendulum"), out)

@@ -26,7 +26,7 @@ from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_ac
 from latent_residual.checkpoints import save_world_model
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.serialization import atomic_write_directory, write_text
-from latent_residual.workflow.commands import check_output_directory
+from latent_residual.workflow.paths import check_output_directory
 
 BACKBONE = "rssm-v0"
 WORLD_MODEL_DIR = "world_model"
@@ -304,7 +304,7 @@ def _columns(index: Tensor) -> Transform:
 
 def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | None, sequential: bool = False) -> Rules:
     """sheeprl's ``MLP`` (``_model.{3i}`` Linear, ``_model.{3i+1}`` LayerNorm, then the output Linear at
-    ``_model.{3L}``) onto our ``dense_blocks`` (``ours.{3i}``) or ``DenseHead`` (``ours.body.{3i}``, ``ours.out``).
+    ``_model.{3L}``) onto our ``dense_blocks`` (``ours.{3i}``) or ``dense_head`` (``ours.body.{3i}``, ``ours.out``).
 
     :param first: The transform of the first Linear's weight (its input columns reordered).
     :param out: None: no output layer; ``""``: sheeprl's at ``_model.{3L}``; else the key prefix of
@@ -453,7 +453,7 @@ def import_checkpoint(
     :returns: What was written: ``{"world_model": dir, "actor_critic": file, "provenance": file}``.
     """
     checkpoint, out = Path(checkpoint), Path(out)
-    check_output_directory(out, finished=(PROVENANCE_NAME,), overwrite=overwrite, beside=True)
+    check_output_directory(out, option="--out", finished=(PROVENANCE_NAME,), overwrite=overwrite, beside=True)
     config_path, cfg = find_config(checkpoint, Path(config) if config is not None else None)
     state, digest = read_checkpoint(checkpoint)
     model, actor_critic, the_plan = convert(state, cfg, env_id)

@@ -5,7 +5,6 @@ evaluate, export, import, compare and demo. Each maps its flags one to one onto 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +13,8 @@ from typing import Any
 
 import click
 
+from latent_residual.errors import OutputPathError
+from latent_residual.workflow import paths
 from latent_residual.workflow.options import config_from_options, config_options, json_object
 
 _PATH = click.Path(path_type=Path)
@@ -56,70 +57,25 @@ QUICK_OVERRIDES: dict[str, Any] = {
 # -- checks made before any work ------------------------------------------------------------
 
 
-def _existing_ancestor(path: Path) -> Path:
-    """The nearest ancestor of ``path`` that exists (what creating it would write into)."""
-    ancestor = path.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    return ancestor
+@contextmanager
+def _usage_error() -> Iterator[None]:
+    """An unusable output path, found before any work, as a usage error naming its flag (exit code 2)."""
+    try:
+        yield
+    except OutputPathError as exc:
+        raise click.BadParameter(exc.detail, param_hint=exc.option) from exc
 
 
-def _check_writable(path: Path, option: str) -> None:
-    """``path`` (missing) can be created: its nearest existing ancestor is a writable directory."""
-    ancestor = _existing_ancestor(path)
-    if not ancestor.is_dir():
-        raise click.BadParameter(f"{ancestor} is a file, so {path} cannot be created under it.", param_hint=option)
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise click.BadParameter(f"{ancestor} is not writable, so {path} cannot be created.", param_hint=option)
+def check_output_directory(path: Path, **options: Any) -> None:
+    """:func:`latent_residual.workflow.paths.check_output_directory` as a usage error (exit code 2)."""
+    with _usage_error():
+        paths.check_output_directory(path, **options)
 
 
-def check_output_directory(
-    path: Path,
-    *,
-    option: str = "--out",
-    finished: tuple[str, ...] = (),
-    overwrite: bool = False,
-    beside: bool = False,
-) -> None:
-    """Check, before any work, that a command can write the directory ``path``.
-
-    :param finished: Files whose presence in ``path`` means a finished artefact is there; it is
-        refused unless ``overwrite`` (resumable commands give none).
-    :param beside: The directory is replaced whole (a temporary directory beside it is swapped
-        in), so its parent must be writable too.
-    :raises click.BadParameter: Naming the option and the path (a usage error: exit code 2).
-    """
-    if path.exists() and not path.is_dir():
-        raise click.BadParameter(f"{path} is a file; a directory is written here.", param_hint=option)
-    if path.is_dir():
-        present = [name for name in finished if (path / name).exists()]
-        if present and not overwrite:
-            raise click.BadParameter(
-                f"{path} already holds {present[0]} from a finished run; choose another directory, delete it, "
-                "or pass --overwrite.",
-                param_hint=option,
-            )
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise click.BadParameter(f"{path} is not writable.", param_hint=option)
-        if beside:
-            _check_writable(path, option)
-    else:
-        _check_writable(path, option)
-
-
-def check_output_file(path: Path, *, option: str = "--out", overwrite: bool = False) -> None:
-    """Check, before any work, that a command can write the file ``path`` (and would not replace
-    an existing one unless ``overwrite``).
-
-    :raises click.BadParameter: Naming the option and the path (a usage error: exit code 2).
-    """
-    if path.is_dir():
-        raise click.BadParameter(f"{path} is a directory; {option} names the file to write.", param_hint=option)
-    if path.exists() and not overwrite:
-        raise click.BadParameter(
-            f"{path} already exists; choose another file, delete it, or pass --overwrite.", param_hint=option
-        )
-    _check_writable(path, option)
+def check_output_file(path: Path, **options: Any) -> None:
+    """:func:`latent_residual.workflow.paths.check_output_file` as a usage error (exit code 2)."""
+    with _usage_error():
+        paths.check_output_file(path, **options)
 
 
 @contextmanager
@@ -464,7 +420,8 @@ def _import_command(group: click.Group) -> None:
         from latent_residual.registry import importer_spec, load_entry_point
 
         importer = load_entry_point(importer_spec(source).entry_point)
-        written = importer(checkpoint, out, config=config, env_id=env_id, overwrite=overwrite)
+        with _usage_error():  # importers check --out themselves: only they know their finished artefacts
+            written = importer(checkpoint, out, config=config, env_id=env_id, overwrite=overwrite)
         for name, path in written.items():
             click.echo(f"{name}: {path}")
 
