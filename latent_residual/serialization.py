@@ -431,13 +431,13 @@ def space_to_json(space: Any) -> dict[str, Any]:
             "type": "Box",
             "shape": list(space.shape),
             "dtype": str(space.dtype),
-            "low": _bound(np.asarray(space.low)),
-            "high": _bound(np.asarray(space.high)),
+            "low": compact_bound(np.asarray(space.low)),
+            "high": compact_bound(np.asarray(space.high)),
         }
     raise ConfigError(f"Only Dict and Box spaces can be stored, got {type(space).__name__}.")
 
 
-def _bound(values: np.ndarray) -> Any:
+def compact_bound(values: np.ndarray) -> Any:
     """A Box bound as one number when every element is the same (a 64x64x3 image's bounds would
     otherwise take 12,288 numbers each), else as nested lists."""
     flat = values.reshape(-1)

@@ -20,7 +20,15 @@ import torch
 
 from latent_residual.errors import ConfigError, DatasetError, LatentResidualError
 from latent_residual.rollout import NON_OBSERVATION_KEYS
-from latent_residual.serialization import check_metadata, read_json_object, read_checked, space_to_json, write_safetensors, write_text
+from latent_residual.serialization import (
+    check_metadata,
+    compact_bound,
+    read_checked,
+    read_json_object,
+    space_to_json,
+    write_safetensors,
+    write_text,
+)
 from latent_residual.version import __version__
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.spaces import space_from_json
@@ -143,13 +151,8 @@ def _check_values(
     step = int(np.argmax(outside.reshape(len(taken), -1).any(axis=1)))
     raise DatasetError(
         f"{source}: key 'action' at step {step} is {_short(taken[step].tolist())}, outside the action space "
-        f"[{_short(_bound_text(low))}, {_short(_bound_text(high))}]; fix the data, or clip it with {how_to_clip}."
+        f"[{_short(compact_bound(low))}, {_short(compact_bound(high))}]; fix the data, or clip it with {how_to_clip}."
     )
-
-
-def _bound_text(bound: np.ndarray) -> Any:
-    flat = bound.reshape(-1)
-    return flat[0].item() if flat.size and (flat == flat[0]).all() else bound.tolist()
 
 
 def _check_spaces(
