@@ -72,6 +72,20 @@ class ActorCriticConfig:
             "2023 DreamerV3 does for continuous actions) or reinforce (score function, as its later version does)."
         },
     )
+    continuation: str = field(
+        default="probability",
+        metadata={
+            "help": "How imagined steps continue in the returns: probability (the continuation head's, "
+            "differentiable) or mode (0 or 1, no gradient through the head, as DreamerV3 and sheeprl)."
+        },
+    )
+    detach_actor_input: bool = field(
+        default=False,
+        metadata={
+            "help": "The actor reads sg(features) in imagination, as DreamerV3 and sheeprl: returns reach it "
+            "through its actions and the dynamics, not through the states it read."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not (0 < self.gamma <= 1 and 0 <= self.lam <= 1):
@@ -80,6 +94,8 @@ class ActorCriticConfig:
             raise ConfigError(f"ActorCriticConfig: need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}.")
         if self.actor_gradient not in ("reinforce", "dynamics"):
             raise ConfigError(f"ActorCriticConfig.actor_gradient must be reinforce or dynamics, got {self.actor_gradient!r}.")
+        if self.continuation not in ("probability", "mode"):
+            raise ConfigError(f"ActorCriticConfig.continuation must be probability or mode, got {self.continuation!r}.")
         if self.horizon < 1 or self.hidden < 1 or self.layers < 0:
             raise ConfigError("ActorCriticConfig: horizon and hidden must be >= 1, layers >= 0.")
 
@@ -225,7 +241,7 @@ class ActorCritic(nn.Module):
         if config.actor_gradient == "dynamics":
 
             def policy(features: Tensor) -> Tensor:
-                mean, std = self.actor.params(features)
+                mean, std = self.actor.params(features.detach() if config.detach_actor_input else features)
                 stds.append(std)  # the entropy bonus reads it later, gradients included
                 return squashed_rsample(mean, std)
 
@@ -247,8 +263,8 @@ class ActorCritic(nn.Module):
                 reward = model.reward(flat).reshape(B, H1)[:, 1:]
             else:
                 reward = reward_fn(features, actions)
-            cont = model.continuation(flat).reshape(B, H1)[:, 1:]
-            critic_logits = self.critic(features)  # (B, H + 1, bins)
+            cont = self._continuation(model, flat).reshape(B, H1)[:, 1:]
+            critic_logits = self.critic(flat).reshape(B, H1, -1)  # (B, H + 1, bins)
             value = encodings.twohot_mean(critic_logits, self.critic.bins)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
         return {
@@ -261,6 +277,13 @@ class ActorCritic(nn.Module):
             "value": value,
             "returns": returns,
         }
+
+    def _continuation(self, model: WorldModel, features: Tensor) -> Tensor:
+        """The continuation of (N, F) imagined features, (N,): the head's probability, or its mode."""
+        if self.config.continuation == "probability":
+            return model.continuation(features)
+        with torch.no_grad():
+            return (model.continuation(features) > 0.5).to(features.dtype)
 
     @torch.no_grad()
     def _normalisers(self, imagined: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:

@@ -64,6 +64,41 @@ def test_config_validation_names_the_field():
         ActorCriticConfig(min_std=2.0, max_std=1.0)
     with pytest.raises(ConfigError, match="actor_gradient"):
         ActorCriticConfig(actor_gradient="backprop")
+    with pytest.raises(ConfigError, match="continuation"):
+        ActorCriticConfig(continuation="sample")
+
+
+@pytest.mark.parametrize("continuation", ["probability", "mode"])
+def test_continuation_is_the_heads_probability_or_its_mode(gru_model, continuation):
+    """mode: 0 or 1 with no gradient into the head (DreamerV3, sheeprl); probability: differentiable."""
+    torch.manual_seed(0)
+    actor_critic = ActorCritic(gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1, horizon=4, continuation=continuation))
+    imagined = actor_critic._imagine(gru_model, gru_model.initial_state(32), None, None)
+    cont = imagined["cont"]
+    probability = gru_model.continuation(imagined["features"][:, 1:].detach())
+    if continuation == "mode":
+        assert not cont.requires_grad
+        assert torch.equal(cont, (probability > 0.5).float())
+    else:
+        assert cont.requires_grad
+        torch.testing.assert_close(cont.detach(), probability)
+    metrics = actor_critic.train_step(gru_model, gru_model.initial_state(32))
+    assert all(torch.isfinite(torch.tensor(value)) for value in metrics.values())
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_actor_reads_detached_features_only_when_asked(gru_model, detach):
+    """detach_actor_input cuts the path through the states the actor read, not the one through its actions."""
+    torch.manual_seed(0)
+    config = ActorCriticConfig(hidden=16, layers=1, horizon=4, detach_actor_input=detach)
+    actor_critic = ActorCritic(gru_model.feature_size, 2, config)
+    inputs = []
+    actor_critic.actor.net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    imagined = actor_critic._imagine(gru_model, gru_model.initial_state(8), None, None)
+    # The start is detached either way; the later states carry the earlier actions' gradient.
+    assert [x.requires_grad for x in inputs[1:]] == [not detach] * (len(inputs) - 1)
+    grads = torch.autograd.grad(imagined["returns"].sum(), list(actor_critic.actor.parameters()), allow_unused=True)
+    assert any(grad is not None and grad.abs().sum() > 0 for grad in grads)
 
 
 def test_dynamics_gradient_reaches_the_actor_through_an_adapted_model_but_not_the_base(gru_model):

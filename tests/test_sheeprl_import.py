@@ -126,6 +126,8 @@ def test_imported_model_reproduces_sheeprl(name, tmp_path):
     found = differences(model, actor_critic, plan, load_file(FIXTURES / name / "reference.safetensors"))
     print(name, {key: f"{value:.1e}" for key, value in found.items()})
     assert max(found.values()) <= TOLERANCE, found
+    # Trained further, the imported actor-critic imagines as sheeprl does.
+    assert (actor_critic.config.continuation, actor_critic.config.detach_actor_input) == ("mode", True)
 
 
 def test_the_fixtures_record_their_sheeprl_version():

@@ -258,6 +258,9 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         max_std=_get(cfg, "algo.actor.max_std"),
         dense_bias=False,
         norm_eps=NORM_EPS,
+        # How sheeprl's DreamerV3 imagines: the continuation's mode, the actor on detached states.
+        continuation="mode",
+        detach_actor_input=True,
     )
     return Plan(algo, env_id, rssm_kwargs, ac_config, observation_space, action_space, slices)
 
