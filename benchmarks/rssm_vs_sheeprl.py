@@ -13,14 +13,12 @@ Usage::
 
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 2 --precision fp32 bf16
-    SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1 --semantics sheeprl
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --profile   # ours only, with a profile
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import re
 import subprocess
@@ -46,9 +44,6 @@ ENV_ID = "dmc/pendulum-swingup-v0"
 XS_ACTOR_CRITIC = ActorCriticConfig(
     hidden=256, layers=1, horizon=15, actor_lr=3e-5, critic_lr=3e-5, dense_bias=False, norm_eps=1e-3
 )
-#: Where sheeprl's DreamerV3 computes differently from our defaults, its choice (``--semantics sheeprl``): the
-#: imagined continuation is the Bernoulli mode, and the actor reads detached states.
-SHEEPRL_SEMANTICS = {"continuation": "mode", "detach_actor_input": True}
 #: One core's fp32 matmul throughput on this CPU (docs/results.md; REFERENCE.md).
 PEAK_GFLOPS_PER_CORE = 89.0
 SHEEPRL_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "sheeprl_dreamerv3.sh"
@@ -57,9 +52,7 @@ SHEEPRL_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "she
 class Trainer:
     """Our side: the world model, its optimiser, the actor-critic and a replay of real pendulum episodes."""
 
-    def __init__(
-        self, batch_size: int, seq_len: int, seed: int, *, bf16: bool = False, actor_critic: ActorCriticConfig = XS_ACTOR_CRITIC
-    ) -> None:
+    def __init__(self, batch_size: int, seq_len: int, seed: int, *, bf16: bool = False) -> None:
         env = make_env(ENV_ID)
         collector = EpisodeCollector(env, "random", seed=seed)
         self.replay = ReplayBuffer(seq_len)
@@ -69,7 +62,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.model = make_backbone("rssm-v0", env.observation_space, env.action_space, preset="XS")
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
-        self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, actor_critic)
+        self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, XS_ACTOR_CRITIC)
         self.batch_size = batch_size
         self.bf16 = bf16
         self.rng = np.random.default_rng(seed)
@@ -115,9 +108,7 @@ def loadavg() -> str:
 
 def ours(args: argparse.Namespace, precision: str) -> tuple[float, float, float]:
     """Our gradient steps/s (wall clock and per CPU second of this process) and FLOPs per step."""
-    semantics = SHEEPRL_SEMANTICS if args.semantics == "sheeprl" else {}
-    config = dataclasses.replace(XS_ACTOR_CRITIC, **semantics)
-    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", actor_critic=config)
+    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16")
     for _ in range(args.warmup):
         trainer.step()
     with FlopCounterMode(display=False) as counter:
@@ -162,11 +153,6 @@ def main() -> None:
         help="fp32, and/or bf16: our step under CPU bf16 autocast (bfloat16 matmuls, on AMX where the CPU has "
         "it) against sheeprl with fabric.precision=bf16-mixed.",
     )
-    parser.add_argument(
-        "--semantics", choices=("ours", "sheeprl"), default="ours",
-        help="ours: the actor-critic's defaults (a differentiable continuation, the actor's inputs attached); "
-        "sheeprl: its choices there (the continuation's mode, detached actor inputs).",
-    )
     parser.add_argument("--no-sheeprl", action="store_true", help="Time ours only.")
     parser.add_argument("--profile", action="store_true", help="Print a torch.profiler table of one step.")
     args = parser.parse_args()
@@ -180,7 +166,7 @@ def main() -> None:
         rate, cpu_rate, flops = ours(args, precision)
         rates[precision] = rate
         achieved = flops * rate / 1e9
-        print(f"ours {precision} ({args.semantics} semantics): {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
+        print(f"ours {precision}: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
               f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)")
         print(f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
               f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "

@@ -73,17 +73,17 @@ class ActorCriticConfig:
         },
     )
     continuation: str = field(
-        default="probability",
+        default="mode",
         metadata={
-            "help": "How imagined steps continue in the returns: probability (the continuation head's, "
-            "differentiable) or mode (0 or 1, no gradient through the head, as DreamerV3 and sheeprl)."
+            "help": "How imagined steps continue in the returns: mode (0 or 1 from the continuation head, "
+            "no gradient through it; DreamerV3's and sheeprl's) or probability (the head's, differentiable)."
         },
     )
     detach_actor_input: bool = field(
-        default=False,
+        default=True,
         metadata={
-            "help": "The actor reads sg(features) in imagination, as DreamerV3 and sheeprl: returns reach it "
-            "through its actions and the dynamics, not through the states it read."
+            "help": "The actor reads sg(features) in imagination (DreamerV3's and sheeprl's policy(sg(s))): "
+            "returns reach it through its actions and the dynamics, not through the states it read."
         },
     )
 

@@ -211,7 +211,8 @@ class ResidualWorldModel(WorldModel):
         name = self._active
         if name is None:
             return logits, deter
-        offset = self.corrections(state, action).mean(0)  # (B, groups, classes)
+        members = self.corrections(state, action)  # (members, B, groups, classes)
+        offset = members[0] if members.shape[0] == 1 else members.mean(0)  # (B, groups, classes)
         corrected = offset if self.adapter_configs[name].mode == "replacement" else logits + offset
         # Episode starts come from the base's initial distribution; the residual is never
         # trained there (the KL is masked), so it must not act there either.
