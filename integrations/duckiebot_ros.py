@@ -23,20 +23,18 @@ from typing import Any
 
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual_integrations.safety import (
+    CONTROLLER_SETTINGS,
     DEFAULT_RATE_HZ,
     ENCODER_RESOLUTION,
     MAX_FRAME_AGE,
-    MAX_FUTURE,
-    SURPRISE_RESPONSES,
-    VELOCITY_FALLBACKS,
     VELOCITY_KEY,
-    VELOCITY_TIMEOUT,
     Command,
     ControlLoop,
     LaneFollowingController,
     LogForwarder,
     StopReason,
     action_to_wheels,
+    controller_keywords,
     decode_frame,
     load_calibration,
     stop_on_signals,
@@ -51,6 +49,8 @@ __all__ = [
 
 #: The ROS 1 node reads wheel speeds from the encoders, or uses the last command's velocity, or zeros.
 VELOCITY_SOURCES = ("encoders", "command", "zero")
+#: Shared settings whose choices this node narrows (it subscribes to no odometry).
+NARROWED_CHOICES = {"velocity_source": VELOCITY_SOURCES}
 CAMERA_TOPIC = "/{robot}/camera_node/image/compressed"
 WHEELS_TOPIC = "/{robot}/wheels_driver_node/wheels_cmd"
 ENCODER_TOPIC = "/{robot}/{side}_wheel_encoder_node/tick"
@@ -65,30 +65,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--robot", required=True, help="the robot's name, the first part of its ROS topics")
     parser.add_argument("--policy", required=True, type=Path, help="directory with policy.onnx and policy.json")
-    parser.add_argument("--rate", type=float, default=DEFAULT_RATE_HZ, help="policy steps per second (the twin: 10)")
-    parser.add_argument("--velocity-source", choices=VELOCITY_SOURCES, default="encoders")
-    parser.add_argument(
-        "--velocity-fallback", choices=VELOCITY_FALLBACKS, default="stop",
-        help="when the encoders go silent: stop, or use the last command's velocity, or zeros",
-    )
-    parser.add_argument("--crop-square", action="store_true", help="crop the frame's centre square before resizing")
     parser.add_argument("--calibration", type=Path, help="kinematics calibration YAML (gain, trim, ...)")
     parser.add_argument("--providers", nargs="*", help="onnxruntime execution providers, in order")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (leave cores to ROS)")
-    parser.add_argument("--max-frame-age", type=float, default=MAX_FRAME_AGE, help="stop when the newest frame is older (s)")
-    parser.add_argument("--max-future", type=float, default=MAX_FUTURE, help="refuse frames stamped further ahead (s)")
-    parser.add_argument(
-        "--inference-deadline", type=float, default=None, help="seconds the policy may take (default: half a period)"
-    )
-    parser.add_argument(
-        "--velocity-timeout", type=float, default=VELOCITY_TIMEOUT, help="encoders silent after this long (s)"
-    )
-    parser.add_argument(
-        "--surprise-steps", type=int, default=0,
-        help="coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)",
-    )
-    parser.add_argument("--surprise-response", choices=SURPRISE_RESPONSES, default="stop", help="stop, or slow down")
-    parser.add_argument("--surprise-slow", type=float, default=0.3, help="action scale while slowed down")
+    for setting in CONTROLLER_SETTINGS:
+        flag = "--" + setting.name.replace("_", "-")
+        if isinstance(setting.default, bool):
+            parser.add_argument(flag, action="store_true", help=setting.help)
+        else:
+            choices = NARROWED_CHOICES.get(setting.name, setting.choices) or None
+            parser.add_argument(flag, type=type(setting.default), default=setting.default, choices=choices, help=setting.help)
     # rospy.myargv drops ROS remappings (name:=value) before we parse.
     return parser.parse_args(argv)
 
@@ -99,22 +85,7 @@ def build_controller(args: argparse.Namespace, *, policy: OnnxPolicy | None = No
         policy = OnnxPolicy(args.policy, providers=args.providers, threads=args.threads)
     calibration = load_calibration(args.calibration) if args.calibration else None
     options = {} if clock is None else {"clock": clock}
-    return LaneFollowingController(
-        policy,
-        calibration,
-        velocity_source=args.velocity_source,
-        velocity_fallback=args.velocity_fallback,
-        crop_square=args.crop_square,
-        rate_hz=args.rate,
-        max_frame_age=args.max_frame_age,
-        max_future=args.max_future,
-        inference_deadline=args.inference_deadline,
-        velocity_timeout=args.velocity_timeout,
-        surprise_steps=args.surprise_steps,
-        surprise_response=args.surprise_response,
-        surprise_slow=args.surprise_slow,
-        **options,
-    )
+    return LaneFollowingController(policy, calibration, **controller_keywords(vars(args)), **options)
 
 
 def stamp_seconds(seconds: float) -> float | None:

@@ -17,19 +17,14 @@ from typing import Any
 
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual_integrations.safety import (
-    DEFAULT_RATE_HZ,
+    CONTROLLER_SETTINGS,
     ENCODER_RESOLUTION,
-    MAX_FRAME_AGE,
-    MAX_FUTURE,
-    SURPRISE_RESPONSES,
-    VELOCITY_FALLBACKS,
-    VELOCITY_SOURCES,
-    VELOCITY_TIMEOUT,
     Command,
     ControlLoop,
     LaneFollowingController,
     LogForwarder,
     load_calibration,
+    controller_keywords,
     stop_on_signals,
 )
 
@@ -46,22 +41,12 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "twist_topic": ("/{robot}/cmd_vel", "geometry_msgs/Twist out (command_type twist)"),
     "max_speed": (0.5, "twist: m/s for a forward action of 1 (the twin's)"),
     "max_yaw_rate": (5.0, "twist: rad/s for a turn action of 1 (the twin's)"),
-    "rate": (DEFAULT_RATE_HZ, "commands per second (the twin: 10)"),
-    "max_frame_age": (MAX_FRAME_AGE, "stop when the newest frame is older than this (s)"),
-    "max_future": (MAX_FUTURE, "refuse inputs stamped further ahead of the node's clock (s)"),
-    "inference_deadline": (0.0, "seconds the policy may take; 0: half a period"),
-    "velocity_source": ("encoders", "the velocity observation: encoders, odometry, command or zero"),
-    "velocity_fallback": ("stop", "encoders/odometry silent: stop, command or zero"),
-    "velocity_timeout": (VELOCITY_TIMEOUT, "encoders/odometry silent after this long (s)"),
     "encoder_topic": ("/{robot}/{side}_wheel_encoder_node/tick", "duckietown_msgs/WheelEncoderStamped, {side} left/right"),
     "odometry_topic": ("/{robot}/velocity", "geometry_msgs/TwistStamped measured velocity (velocity_source odometry)"),
-    "crop_square": (False, "crop the frame's centre square before resizing"),
     "calibration": ("", "kinematics calibration YAML (gain, trim, ...)"),
     "providers": ([""], "onnxruntime execution providers, in order (empty: CUDA if available, else CPU)"),
     "threads": (1, "onnxruntime intra-op threads (leave cores to ROS)"),
-    "surprise_steps": (0, "coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)"),
-    "surprise_response": ("stop", "coverage alarm: stop, or slow down"),
-    "surprise_slow": (0.3, "coverage alarm: action scale while slowed down"),
+    **{setting.name: (setting.default, setting.help) for setting in CONTROLLER_SETTINGS},
 }
 
 
@@ -97,14 +82,10 @@ def read_parameters(node: Any) -> dict[str, Any]:
         raise NodeError("the policy parameter is required: --ros-args -p policy:=/path/to/export")
     if values["command_type"] not in COMMAND_TYPES:
         raise NodeError(f"command_type must be one of {COMMAND_TYPES}, got {values['command_type']!r}")
-    if values["velocity_source"] not in VELOCITY_SOURCES:
-        raise NodeError(f"velocity_source must be one of {VELOCITY_SOURCES}, got {values['velocity_source']!r}")
-    if values["velocity_fallback"] not in VELOCITY_FALLBACKS:
-        raise NodeError(f"velocity_fallback must be one of {VELOCITY_FALLBACKS}, got {values['velocity_fallback']!r}")
-    if values["surprise_response"] not in SURPRISE_RESPONSES:
-        raise NodeError(f"surprise_response must be one of {SURPRISE_RESPONSES}, got {values['surprise_response']!r}")
+    for setting in CONTROLLER_SETTINGS:
+        if setting.choices and values[setting.name] not in setting.choices:
+            raise NodeError(f"{setting.name} must be one of {setting.choices}, got {values[setting.name]!r}")
     values["providers"] = [name for name in values["providers"] if name] or None
-    values["inference_deadline"] = values["inference_deadline"] or None
     return values
 
 
@@ -145,17 +126,7 @@ class PolicyNode:
         self.controller = LaneFollowingController(
             policy,
             calibration,
-            velocity_source=params["velocity_source"],
-            velocity_fallback=params["velocity_fallback"],
-            crop_square=params["crop_square"],
-            rate_hz=params["rate"],
-            max_frame_age=params["max_frame_age"],
-            max_future=params["max_future"],
-            inference_deadline=params["inference_deadline"],
-            velocity_timeout=params["velocity_timeout"],
-            surprise_steps=params["surprise_steps"],
-            surprise_response=params["surprise_response"],
-            surprise_slow=params["surprise_slow"],
+            **controller_keywords(params),
             clock=lambda: node.get_clock().now().nanoseconds * 1e-9,
         )
         command_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)

@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,51 @@ VELOCITY_SOURCES = ("encoders", "odometry", "command", "zero")
 VELOCITY_FALLBACKS = ("stop", "command", "zero")
 #: What to do when the coverage alarm fires (an export with ``surprise``): stop, or drive on slowed down.
 SURPRISE_RESPONSES = ("stop", "slow")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """A controller setting both robot nodes expose: ``name`` is the ROS 2 parameter (and, dashed, the
+    ROS 1 flag), ``keyword`` the ``LaneFollowingController`` argument it sets."""
+
+    name: str
+    keyword: str
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+#: The controller's settings, declared once for both nodes (ROS 1 ``--max-frame-age``, ROS 2
+#: ``max_frame_age``). An ``inference_deadline`` of 0 means half a period: a ROS 2 parameter has no None.
+CONTROLLER_SETTINGS = (
+    Setting("rate", "rate_hz", DEFAULT_RATE_HZ, "commands per second (the twin: 10)"),
+    Setting("max_frame_age", "max_frame_age", MAX_FRAME_AGE, "stop when the newest frame is older than this (s)"),
+    Setting("max_future", "max_future", MAX_FUTURE, "refuse inputs stamped further ahead of the node's clock (s)"),
+    Setting("inference_deadline", "inference_deadline", 0.0, "seconds the policy may take; 0: half a period"),
+    Setting(
+        "velocity_source", "velocity_source", "encoders",
+        "the velocity observation: encoders, odometry, command or zero", VELOCITY_SOURCES,
+    ),
+    Setting(
+        "velocity_fallback", "velocity_fallback", "stop",
+        "encoders/odometry silent: stop, or the last command's velocity, or zeros", VELOCITY_FALLBACKS,
+    ),
+    Setting("velocity_timeout", "velocity_timeout", VELOCITY_TIMEOUT, "encoders/odometry silent after this long (s)"),
+    Setting("crop_square", "crop_square", False, "crop the frame's centre square before resizing"),
+    Setting(
+        "surprise_steps", "surprise_steps", 0,
+        "coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)",
+    ),
+    Setting("surprise_response", "surprise_response", "stop", "coverage alarm: stop, or slow down", SURPRISE_RESPONSES),
+    Setting("surprise_slow", "surprise_slow", 0.3, "coverage alarm: action scale while slowed down"),
+)
+
+
+def controller_keywords(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``LaneFollowingController`` keywords from a node's setting values, keyed by ``Setting.name``."""
+    keywords = {setting.keyword: values[setting.name] for setting in CONTROLLER_SETTINGS}
+    keywords["inference_deadline"] = keywords["inference_deadline"] or None
+    return keywords
 
 
 class StopReason(str, enum.Enum):

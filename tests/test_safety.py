@@ -17,6 +17,7 @@ from fault_injection import FakeClock, FaultyPolicy, camera_frames, export_lane_
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual_integrations.duckiebot_ros import build_controller, parse_args
 from latent_residual_integrations.safety import (
+    CONTROLLER_SETTINGS,
     Command,
     ControlLoop,
     InferenceBusy,
@@ -26,6 +27,7 @@ from latent_residual_integrations.safety import (
     LogForwarder,
     StopReason,
     action_to_wheels,
+    controller_keywords,
     stop_on_signals,
 )
 
@@ -369,7 +371,22 @@ def test_node_arguments_parse_without_ros():
         "db21", "/data/policy", 10.0, "encoders", 1
     )
     assert args.crop_square and args.calibration is None
-    assert (args.max_frame_age, args.max_future, args.inference_deadline, args.velocity_fallback) == (0.5, 0.05, None, "stop")
+    assert (args.max_frame_age, args.max_future, args.inference_deadline, args.velocity_fallback) == (0.5, 0.05, 0.0, "stop")
+    # 0 is the default deadline, half a period, as for the ROS 2 parameter.
+    assert controller_keywords(vars(args))["inference_deadline"] is None
+
+
+def test_both_nodes_expose_every_controller_setting():
+    """One table declares the settings: the ROS 1 flags and the ROS 2 parameters follow it."""
+    from latent_residual_integrations.ros2_node import PARAMETERS
+
+    args = vars(parse_args(["--robot", "db21", "--policy", "/data/policy"]))
+    for setting in CONTROLLER_SETTINGS:
+        assert args[setting.name] == setting.default == PARAMETERS[setting.name][0]
+    assert set(controller_keywords(args)) == {setting.keyword for setting in CONTROLLER_SETTINGS}
+    # The ROS 1 node has no odometry subscription, so it narrows the velocity source's choices.
+    with pytest.raises(SystemExit):
+        parse_args(["--robot", "db21", "--policy", "/data/policy", "--velocity-source", "odometry"])
 
 
 # ----------------------------------------------------------------------------------------------
