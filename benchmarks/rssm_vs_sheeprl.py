@@ -40,9 +40,11 @@ from latent_residual.workflow.replay import ReplayBuffer
 
 ENV_ID = "dmc/pendulum-swingup-v0"
 #: sheeprl's dreamer_v3_XS actor and critic (``dense_units: 256``, ``mlp_layers: 1``, bias-free hidden Linears,
-#: LayerNorm eps 1e-3, lr 3e-5) and ``exp=dreamer_v3``'s horizon; the rest are the defaults, DreamerV3's as sheeprl's.
+#: LayerNorm eps 1e-3, lr 3e-5), ``exp=dreamer_v3``'s horizon, and its imagination (the continuation's mode, the
+#: actor on detached states, as the sheeprl importer sets them); the rest are the defaults, DreamerV3's as sheeprl's.
 XS_ACTOR_CRITIC = ActorCriticConfig(
-    hidden=256, layers=1, horizon=15, actor_lr=3e-5, critic_lr=3e-5, dense_bias=False, norm_eps=1e-3
+    hidden=256, layers=1, horizon=15, actor_lr=3e-5, critic_lr=3e-5, dense_bias=False, norm_eps=1e-3,
+    continuation="mode", detach_actor_input=True,
 )
 #: One core's fp32 matmul throughput on this CPU (docs/results.md; REFERENCE.md).
 PEAK_GFLOPS_PER_CORE = 89.0

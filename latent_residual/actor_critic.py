@@ -73,14 +73,14 @@ class ActorCriticConfig:
         },
     )
     continuation: str = field(
-        default="mode",
+        default="probability",
         metadata={
-            "help": "How imagined steps continue in the returns: mode (0 or 1 from the continuation head, "
-            "no gradient through it; DreamerV3's and sheeprl's) or probability (the head's, differentiable)."
+            "help": "How imagined steps continue in the returns: probability (the continuation head's, "
+            "differentiable) or mode (0 or 1, no gradient through the head; DreamerV3's and sheeprl's)."
         },
     )
     detach_actor_input: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "The actor reads sg(features) in imagination (DreamerV3's and sheeprl's policy(sg(s))): "
             "returns reach it through its actions and the dynamics, not through the states it read."
