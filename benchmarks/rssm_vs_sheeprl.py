@@ -1,8 +1,9 @@
 """Benchmark: our DreamerV3 gradient step against sheeprl's, side by side, at sheeprl's ``dreamer_v3_XS`` sizes.
 
 Ours: the RSSM preset ``XS`` (dense 256, one MLP layer, GRU 256, prior/posterior hidden 256, 32 x 32 latent,
-255 reward bins) and an actor-critic of sheeprl's XS actor and critic (256 units, one layer), on DMC pendulum
-swing-up from state. One gradient step is what pretraining does (``workflow/pretraining.py``): a replay batch of
+255 reward bins) and an actor-critic of sheeprl's XS actor and critic (256 units, one layer) that imagines as
+sheeprl does, on DMC pendulum swing-up from state. One gradient step is what pretraining does
+(``workflow/pretraining.py``, with ``--ac-continuation mode --ac-detach-actor-input``): a replay batch of
 16 x 64, the world-model update (Adam, clip 1000), then one actor and one critic update over horizon 15
 imagined from every posterior state of the batch. Right after, sheeprl's own training at the same config and
 thread count (``../shared/peers/sheeprl_dreamerv3.sh``, which installs sheeprl into ``$SHEEPRL_VENV`` on first
@@ -14,11 +15,13 @@ Usage::
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 2 --precision fp32 bf16
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --profile   # ours only, with a profile
+    python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --library-imagination   # ours, the library's imagination
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -54,7 +57,9 @@ SHEEPRL_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "peers" / "she
 class Trainer:
     """Our side: the world model, its optimiser, the actor-critic and a replay of real pendulum episodes."""
 
-    def __init__(self, batch_size: int, seq_len: int, seed: int, *, bf16: bool = False) -> None:
+    def __init__(
+        self, batch_size: int, seq_len: int, seed: int, *, bf16: bool = False, actor_critic: ActorCriticConfig = XS_ACTOR_CRITIC
+    ) -> None:
         env = make_env(ENV_ID)
         collector = EpisodeCollector(env, "random", seed=seed)
         self.replay = ReplayBuffer(seq_len)
@@ -64,7 +69,7 @@ class Trainer:
         torch.manual_seed(seed)
         self.model = make_backbone("rssm-v0", env.observation_space, env.action_space, preset="XS")
         self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
-        self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, XS_ACTOR_CRITIC)
+        self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, actor_critic)
         self.batch_size = batch_size
         self.bf16 = bf16
         self.rng = np.random.default_rng(seed)
@@ -110,7 +115,11 @@ def loadavg() -> str:
 
 def ours(args: argparse.Namespace, precision: str) -> tuple[float, float, float]:
     """Our gradient steps/s (wall clock and per CPU second of this process) and FLOPs per step."""
-    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16")
+    config = XS_ACTOR_CRITIC
+    if args.library_imagination:
+        defaults = ActorCriticConfig()
+        config = dataclasses.replace(config, continuation=defaults.continuation, detach_actor_input=defaults.detach_actor_input)
+    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", actor_critic=config)
     for _ in range(args.warmup):
         trainer.step()
     with FlopCounterMode(display=False) as counter:
@@ -155,6 +164,11 @@ def main() -> None:
         help="fp32, and/or bf16: our step under CPU bf16 autocast (bfloat16 matmuls, on AMX where the CPU has "
         "it) against sheeprl with fabric.precision=bf16-mixed.",
     )
+    parser.add_argument(
+        "--library-imagination", action="store_true",
+        help="Imagine with this library's defaults (a differentiable continuation, the actor's inputs attached) "
+        "instead of sheeprl's choices: what they cost.",
+    )
     parser.add_argument("--no-sheeprl", action="store_true", help="Time ours only.")
     parser.add_argument("--profile", action="store_true", help="Print a torch.profiler table of one step.")
     args = parser.parse_args()
@@ -168,7 +182,8 @@ def main() -> None:
         rate, cpu_rate, flops = ours(args, precision)
         rates[precision] = rate
         achieved = flops * rate / 1e9
-        print(f"ours {precision}: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
+        imagination = "library defaults" if args.library_imagination else "sheeprl's"
+        print(f"ours {precision}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
               f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)")
         print(f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
               f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "
