@@ -264,7 +264,7 @@ class ActorCritic(nn.Module):
             else:
                 reward = reward_fn(features, actions)
             cont = self._continuation(model, flat).reshape(B, H1)[:, 1:]
-            critic_logits = self.critic(flat).reshape(B, H1, -1)  # (B, H + 1, bins)
+            critic_logits = self.critic(features)  # (B, H + 1, bins)
             value = encodings.twohot_mean(critic_logits, self.critic.bins)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
         return {
