@@ -701,7 +701,7 @@ class LaneFollowingController:
             return action, ""
         threshold, surprise = self.policy.surprise_threshold, self.policy.last_surprise
         was_alarmed = not reset and self._surprised >= self.surprise_steps
-        over = surprise is not None and (not math.isfinite(surprise) or surprise > threshold)
+        over = self.policy.surprised  # a non-finite surprise counts as over
         self._surprised = (0 if reset else self._surprised) + 1 if over else 0
         if self._surprised < self.surprise_steps:
             if was_alarmed and self.surprise_response == "slow":

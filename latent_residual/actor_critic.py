@@ -202,7 +202,7 @@ class ActorCritic(nn.Module):
         imagined = self._imagine(model, start, reward_fn, generator)
         weight, scale, slow_value = self._normalisers(imagined)
         states = imagined["features"][:, :-1]  # (B, H, F)
-        if imagined["critic_logits"].requires_grad:
+        if self.config.actor_gradient == "dynamics":
             # Imagination ran the actor and the critic on these states with gradients: reuse both.
             std, critic_logits = imagined["std"], imagined["critic_logits"]
             log_prob = None

@@ -205,14 +205,18 @@ class ResidualWorldModel(WorldModel):
         parts += [state[key].flatten(1) for key in config.extra_inputs]
         return self.residuals[name](torch.cat(parts, -1))
 
+    def mean_correction(self, state: State, action: Tensor) -> Tensor:
+        """The active adapter's logit offset (B, groups, classes): its members' mean (one member's own)."""
+        members = self.corrections(state, action)
+        return members[0] if members.shape[0] == 1 else members.mean(0)
+
     def dynamics(self, state: State, action: Tensor, is_first: Tensor) -> tuple[Tensor, State]:
         with self._frozen():
             logits, deter = self.base.dynamics(state, action, is_first)
         name = self._active
         if name is None:
             return logits, deter
-        members = self.corrections(state, action)  # (members, B, groups, classes)
-        offset = members[0] if members.shape[0] == 1 else members.mean(0)  # (B, groups, classes)
+        offset = self.mean_correction(state, action)  # (B, groups, classes)
         corrected = offset if self.adapter_configs[name].mode == "replacement" else logits + offset
         # Episode starts come from the base's initial distribution; the residual is never
         # trained there (the KL is masked), so it must not act there either.

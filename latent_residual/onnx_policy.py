@@ -158,6 +158,9 @@ class OnnxPolicy:
         #: The latest step's surprise (with the alarm): a float after :meth:`act`, (B,) after :meth:`step_batch`.
         self.last_surprise: float | np.ndarray | None = None
         self.session = _session(data, providers, threads)
+        # What every step asks the graph for: the action, the next state, the surprise (with the alarm).
+        self._outputs = [self.output_name, *(output for _, output, _ in self.state.values())]
+        self._outputs += [self.surprise_output] if self.surprise_output else []
         graph_inputs = [item.name for item in self.session.get_inputs()]
         extra = [name for name, _, _ in self.state.values()] + ([PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else [])
         if sorted(graph_inputs) != sorted([*self.inputs, *extra]):
@@ -276,18 +279,19 @@ class OnnxPolicy:
             feeds[name] = np.ascontiguousarray(np.asarray(state[key], np.float32).reshape(batch_size, *shape))
         feeds[PREV_ACTION_NAME] = np.asarray(prev_action, np.float32).reshape(batch_size, *self.action_shape)
         feeds[IS_FIRST_NAME] = np.asarray(is_first, bool).reshape(batch_size)
-        names = [self.output_name, *(output for _, output, _ in self.state.values())]
-        outputs = self.session.run(names + ([self.surprise_output] if self.surprise_output else []), feeds)
+        outputs = self.session.run(self._outputs, feeds)
         if self.surprise_output:
             self.last_surprise = outputs.pop()
         return outputs[0], dict(zip(self.state, outputs[1:]))
 
     @property
     def surprised(self) -> bool:
-        """Whether the latest :meth:`act`'s surprise exceeded the stored threshold (False without the alarm)."""
+        """Whether the latest :meth:`act`'s surprise exceeded the stored threshold or is not finite (False
+        without the alarm)."""
         if self.surprise_threshold is None or self.last_surprise is None:
             return False
-        return bool(np.max(self.last_surprise) > self.surprise_threshold)
+        surprise = np.asarray(self.last_surprise)
+        return bool(not np.isfinite(surprise).all() or surprise.max() > self.surprise_threshold)
 
     def reset(self) -> None:
         """Start an episode: the next :meth:`act` forgets the carried state (a no-op for a memoryless policy)."""

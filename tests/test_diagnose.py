@@ -161,6 +161,9 @@ def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_p
     runner.reset()
     runner.act({key: episodes[0][key][0] for key in keys})
     assert runner.last_surprise == 0.0 and not runner.surprised  # nothing to compare at an episode start
+    for value, surprised in ((threshold * 2 + 1.0, True), (float("nan"), True), (threshold / 2, False)):
+        runner.last_surprise = value  # a NaN from the graph must read as surprised, not as in coverage
+        assert runner.surprised == surprised
 
 
 def test_surprise_needs_a_calibrated_threshold(pendulum, tmp_path):

@@ -3,6 +3,7 @@ Over real ROS 2 middleware the same faults are measured in test_ros2_node.py; no
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import signal
@@ -384,6 +385,7 @@ def test_both_nodes_expose_every_controller_setting():
     for setting in CONTROLLER_SETTINGS:
         assert args[setting.name] == setting.default == PARAMETERS[setting.name][0]
     assert set(controller_keywords(args)) == {setting.keyword for setting in CONTROLLER_SETTINGS}
+    assert {setting.keyword for setting in CONTROLLER_SETTINGS} <= set(inspect.signature(LaneFollowingController).parameters)
     # The ROS 1 node has no odometry subscription, so it narrows the velocity source's choices.
     with pytest.raises(SystemExit):
         parse_args(["--robot", "db21", "--policy", "/data/policy", "--velocity-source", "odometry"])

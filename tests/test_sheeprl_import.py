@@ -26,7 +26,7 @@ from latent_residual import distributions, rollout
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.workflow.cli import main
 from latent_residual_integrations.sheeprl import import_checkpoint
-from latent_residual_integrations.sheeprl.convert import convert, find_config, read_checkpoint
+from latent_residual_integrations.sheeprl.convert import check_config, find_config
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "sheeprl"
@@ -120,9 +120,7 @@ def test_imported_model_reproduces_sheeprl(name, tmp_path):
     written = import_checkpoint(checkpoint, tmp_path / "out")
     model = lr.load_world_model(written["world_model"])
     actor_critic = load_actor_critic(written["actor_critic"])
-    _, cfg = find_config(checkpoint, None)
-    state, _ = read_checkpoint(checkpoint)
-    _, _, plan = convert(state, cfg)
+    plan = check_config(find_config(checkpoint, None)[1], None)
     found = differences(model, actor_critic, plan, load_file(FIXTURES / name / "reference.safetensors"))
     print(name, {key: f"{value:.1e}" for key, value in found.items()})
     assert max(found.values()) <= TOLERANCE, found

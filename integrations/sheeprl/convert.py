@@ -305,15 +305,15 @@ def _columns(index: Tensor) -> Transform:
     return lambda weight: weight[:, index]
 
 
-def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | None, sequential: bool = False) -> Rules:
+def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | None) -> Rules:
     """sheeprl's ``MLP`` (``_model.{3i}`` Linear, ``_model.{3i+1}`` LayerNorm, then the output Linear at
     ``_model.{3L}``) onto our ``dense_blocks`` (``ours.{3i}``) or ``dense_head`` (``ours.body.{3i}``, ``ours.out``).
 
     :param first: The transform of the first Linear's weight (its input columns reordered).
-    :param out: None: no output layer; ``""``: sheeprl's at ``_model.{3L}``; else the key prefix of
-        sheeprl's separate output Linear (the actor's ``mlp_heads.0``).
+    :param out: None: no output layer (our ``dense_blocks``); ``""``: sheeprl's at ``_model.{3L}``; else
+        the key prefix of sheeprl's separate output Linear (the actor's ``mlp_heads.0``).
     """
-    body = ours if sequential else f"{ours}.body"
+    body = ours if out is None else f"{ours}.body"
     rules: Rules = {}
     for i in range(layers):
         rules[f"{body}.{3 * i}.weight"] = (f"{theirs}._model.{3 * i}.weight", first if i == 0 else _keep)
@@ -338,8 +338,8 @@ def world_model_rules(plan: Plan) -> Rules:
     sorted_keys = sorted(plan.sheeprl_slices)
     inputs = _columns(torch.cat([torch.arange(o, o + n) for o, n in (plan.sheeprl_slices[key] for key in sorted_keys)]))
     rules: Rules = {"initial_deter": ("rssm.initial_recurrent_state", _keep)}
-    rules |= _mlp("encoder.vectors", "encoder.mlp_encoder.model", L, first=inputs, out=None, sequential=True)
-    rules |= _mlp("recurrent.inputs", "rssm.recurrent_model.mlp", 1, first=_keep, out=None, sequential=True)
+    rules |= _mlp("encoder.vectors", "encoder.mlp_encoder.model", L, first=inputs, out=None)
+    rules |= _mlp("recurrent.inputs", "rssm.recurrent_model.mlp", 1, first=_keep, out=None)
     rules |= {
         "recurrent.cell.linear.weight": ("rssm.recurrent_model.rnn.linear.weight", _keep),
         "recurrent.cell.norm.weight": ("rssm.recurrent_model.rnn.layer_norm.weight", _keep),
@@ -347,7 +347,7 @@ def world_model_rules(plan: Plan) -> Rules:
     }
     rules |= _mlp("prior", "rssm.transition_model", 1, first=_keep, out="")
     rules |= _mlp("post", "rssm.representation_model", 1, first=_keep, out="")
-    rules |= _mlp("decoder.vectors", "observation_model.mlp_decoder.model", L, first=features, out=None, sequential=True)
+    rules |= _mlp("decoder.vectors", "observation_model.mlp_decoder.model", L, first=features, out=None)
     for key, (offset, size) in plan.sheeprl_slices.items():
         rows = slice(offset, offset + size)  # sheeprl's one head per sheeprl key, split into ours per env key
         rules[f"decoder.heads.{key}.weight"] = ("observation_model.mlp_decoder.heads.0.weight", lambda w, rows=rows: w[rows])

@@ -107,14 +107,14 @@ def per_episode(
     by_length: dict[int, list[int]] = {}
     for index, episode in enumerate(episodes):
         by_length.setdefault(len(episode["is_first"]), []).append(index)
-    scores: list[np.ndarray | None] = [None] * len(episodes)
+    scores: dict[int, np.ndarray] = {}
     for indices in by_length.values():  # equal lengths batch together
         batch = {key: torch.from_numpy(np.stack([episodes[i][key] for i in indices])) for key in keys}
         batch["is_first"] = batch["is_first"].bool()
         batch["is_first"][:, 0] = True
         for i, row in zip(indices, score(model, batch).numpy()):
             scores[i] = row
-    return [score for score in scores if score is not None]
+    return [scores[index] for index in range(len(episodes))]
 
 
 def calibrate_threshold(scores: Sequence[np.ndarray], quantile: float = DEFAULT_QUANTILE) -> float:

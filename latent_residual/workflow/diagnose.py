@@ -276,7 +276,7 @@ def residual_size(adapted: WorldModel, windows: Mapping[str, Tensor], filtered: 
     with torch.no_grad(), adapted.disable_adapters():
         logits, _ = adapted.dynamics(previous, action, no_reset)
     with torch.no_grad():
-        offset = adapted.corrections(previous, action).mean(0)
+        offset = adapted.mean_correction(previous, action)
 
     def rms(value: Tensor) -> float:
         return float((value - value.mean(-1, keepdim=True)).pow(2).mean().sqrt())
