@@ -23,6 +23,7 @@ import latent_residual as lr
 from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.registry import demo_env, env_pretrained, source_target
 from latent_residual.workflow.commands import CPU_DEFAULTS
+from latent_residual.workflow.options import config_from_options
 from latent_residual.workflow.evaluation import evaluate
 from latent_residual.workflow.experiments import EVAL_SEED
 from latent_residual.workflow.policy import Policy
@@ -30,9 +31,8 @@ from latent_residual.workflow.policy_training import PolicyTrainConfig, train_po
 
 
 def demo_ac_config() -> ActorCriticConfig:
-    """The actor-critic settings the demo passes (its ``ac_*`` options)."""
-    prefix = "ac_"
-    return ActorCriticConfig(**{key[len(prefix) :]: value for key, value in CPU_DEFAULTS.items() if key.startswith(prefix)})
+    """The actor-critic settings the demo passes (its ``ac_*`` options), built as the demo builds them."""
+    return config_from_options(ActorCriticConfig, CPU_DEFAULTS, prefix="ac-")
 
 
 def main() -> None:

@@ -39,6 +39,7 @@ from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
 from latent_residual.registry import make_env
 from latent_residual.rollout import posterior_states
 from latent_residual.workflow.collection import EpisodeCollector
+from latent_residual.workflow.model_training import WorldModelTrainer
 from latent_residual.workflow.replay import ReplayBuffer
 
 ENV_ID = "dmc/pendulum-swingup-v0"
@@ -68,7 +69,9 @@ class Trainer:
         env.close()
         torch.manual_seed(seed)
         self.model = make_backbone("rssm-v0", env.observation_space, env.action_space, preset="XS")
-        self.optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
+        optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
+        # Pretraining's own step (the world model's loss under the same autocast as the rest of the step).
+        self.trainer = WorldModelTrainer(self.model, optimiser, 1000.0, precision="bf16" if bf16 else "fp32")
         self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, actor_critic)
         self.batch_size = batch_size
         self.bf16 = bf16
@@ -82,13 +85,7 @@ class Trainer:
             return self._step(batch)
 
     def _step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        self.model.train()
-        loss, metrics = self.model.loss(batch)
-        self.optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1000.0)
-        self.optimiser.step()
-        self.model.eval()
+        metrics = dict(self.trainer.step(batch))
         states = posterior_states(self.model, batch)["states"]
         starts = {key: value.flatten(0, 1) for key, value in states.items()}  # (B*T, ...)
         metrics.update(self.actor_critic.train_step(self.model, starts, generator=self.generator))

@@ -19,9 +19,11 @@ import click
 from safetensors.torch import load_file, save_file
 
 from latent_residual import ConfigError, TrainingDivergedError, make_backbone
+from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.workflow.cli import main
 from latent_residual.workflow.distributed import Ranks, average_gradients_at_step, process_group, rank_device, ranks_from_environment
 from latent_residual.workflow.model_training import WorldModelTrainer
+from latent_residual.workflow.pretraining import _PretrainRun
 
 OBSERVATIONS = gymnasium.spaces.Dict(
     {
@@ -272,6 +274,10 @@ def test_a_cpu_bf16_step_gives_a_finite_loss(registry):
         assert np.isfinite(metrics["loss"]) and metrics["loss"] > 0
         assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: the weights stay fp32
         assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        # The same model and batch in fp32: the loss differs, so the step did run in bfloat16.
+        reference = _model(backbone)
+        fp32 = WorldModelTrainer(reference, torch.optim.Adam(reference.parameters(), lr=1e-3), 1000.0).step(_batch(0))
+        assert fp32["loss"] != metrics["loss"]
 
 
 def test_a_non_finite_loss_stops_training_before_the_step(registry):
@@ -291,13 +297,13 @@ def test_precision_and_compile_flags_reach_the_training_step(registry, tmp_path,
 
     group = click.Group()
     add_commands(group)
-    options = group.commands["pretrain"].make_context("pretrain", ["--out", str(tmp_path), "--precision", "bf16", "--compile"]).params
+    arguments = ["--out", str(tmp_path), "--precision", "bf16", "--compile", "--env-id", "dmc/pendulum-swingup-v0",
+                 "--backbone-kwargs", '{"preset": "tiny"}']
+    options = group.commands["pretrain"].make_context("pretrain", arguments).params
     config, _ = _pretrain_configs(options)
     assert config.precision == "bf16" and config.compile is True
-    model = _model("draw-v0")
-    trainer = WorldModelTrainer(
-        model, torch.optim.Adam(model.parameters()), 1000.0, precision=config.precision, compile=config.compile
-    )
+    # The trainer the pretraining run builds from them, not one built here.
+    trainer = _PretrainRun(config.resolved(), ActorCriticConfig(hidden=16, layers=1), tmp_path / "run", Ranks()).trainer
     assert isinstance(trainer.loss, torch._dynamo.eval_frame.OptimizedModule)  # compiled lazily, at the first step
     assert trainer.autocast_dtype == torch.bfloat16
     assert main(["pretrain", "--out", str(tmp_path), "--precision", "fp16"]) == 1

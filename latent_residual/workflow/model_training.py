@@ -49,13 +49,18 @@ def resolve_backbone(env_id: str, backbone: str, preset: str, kwargs: Mapping[st
     return backbone, {**(backbone_preset(backbone, preset) if preset else {}), **kwargs}
 
 
+def check_precision(precision: str, owner: str = "") -> None:
+    """Refuse a ``precision`` that is not one of ``PRECISIONS``; ``owner`` prefixes the field's name."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{owner}precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+
+
 def check_step_options(precision: str, compile: bool, device: str | torch.device) -> None:
     """Refuse, before any work, a precision or compilation that ``device`` cannot run.
 
     :raises ConfigError: Naming the setting, what is allowed and why it cannot run here.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}.")
+    check_precision(precision)
     device = torch.device(device)
     if precision == "bf16":
         if not torch.amp.is_autocast_available(device.type):
@@ -274,8 +279,7 @@ class OfflinePretrainConfig:
                 raise ConfigError(f"OfflinePretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
         if not self.lr > 0 or not self.grad_clip > 0:
             raise ConfigError(f"OfflinePretrainConfig.lr and grad_clip must be > 0, got {self.lr!r} and {self.grad_clip!r}.")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"OfflinePretrainConfig.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        check_precision(self.precision, "OfflinePretrainConfig.")
 
 
 def pretrain_offline(config: OfflinePretrainConfig, data: str | Path, out_dir: str | Path, *, quiet: bool = False) -> WorldModel:

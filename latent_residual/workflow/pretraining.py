@@ -43,10 +43,10 @@ from latent_residual.workflow.distributed import (
 from latent_residual.workflow.exploration import Disagreement
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.model_training import (
-    PRECISIONS,
     PROGRESS_NAME,
     WORLD_MODEL_NAME,
     WorldModelTrainer,
+    check_precision,
     read_optimiser_state,
     read_progress,
     resolve_backbone,
@@ -112,8 +112,7 @@ class PretrainConfig:
             raise ConfigError(
                 f"PretrainConfig.exploration must be one of {', '.join(EXPLORATION)}; got {self.exploration!r}."
             )
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"PretrainConfig.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}.")
+        check_precision(self.precision, "PretrainConfig.")
         for name in ("env_steps", "batch_size", "seq_len", "checkpoint_every", "disagreement_members"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
