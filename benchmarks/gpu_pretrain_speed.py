@@ -29,20 +29,23 @@ from latent_residual.workflow.model_training import WorldModelTrainer
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "bf16+compile": ("bf16", True)}
 
 
-def measure(backbone: str, preset: str, variant: str, device: str, ranks: Ranks, args: argparse.Namespace) -> tuple[float, float]:
-    """(steps/s, final loss) over ``args.steps`` timed steps after ``args.warmup`` untimed ones."""
+def measure(backbone: str, preset: str, variant: str, device: str, ranks: Ranks, args: argparse.Namespace) -> tuple[float, float, float]:
+    """(steps/s, final loss, warm-up seconds) over ``args.steps`` timed steps after ``args.warmup`` untimed ones;
+    the warm-up time holds compilation, so it says what ``--compile`` costs before it pays."""
     precision, compile_step = VARIANTS[variant]
     torch.manual_seed(0)
     model = make_backbone(backbone, OBS_SPACES["pixels"], ACTION_SPACE, preset=preset).to(device)
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
     trainer = WorldModelTrainer(model, optimiser, 1000.0, precision=precision, compile=compile_step, ranks=ranks)
     batch = make_batch(OBS_SPACES["pixels"], args.batch, args.length, torch.device(device))
+    start = time.perf_counter()
     for _ in range(args.warmup):
         trainer.step(batch)
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.steps):
         metrics = trainer.step(batch)  # returns floats: every step ends synchronised with the device
-    return args.steps / (time.perf_counter() - start), metrics["loss"]
+    return args.steps / (time.perf_counter() - start), metrics["loss"], warmup_s
 
 
 def main() -> None:
@@ -71,12 +74,12 @@ def main() -> None:
             f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; batch {args.batch} x {args.length} "
             f"per process, 64x64 RGB + velocity; {args.steps} timed steps after {args.warmup} warm-up"
         )
-        say(f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10}")
+        say(f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10} {'warm-up s':>10}")
         for backbone, preset in (("draw-v0", args.draw_preset), ("rssm-v0", args.rssm_preset)):
             for variant in variants:
-                steps_per_s, loss = measure(backbone, preset, variant, device, ranks, args)
+                steps_per_s, loss, warmup_s = measure(backbone, preset, variant, device, ranks, args)
                 states = steps_per_s * args.batch * args.length * ranks.world_size
-                say(f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} {states:10.0f} {loss:10.2f}")
+                say(f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} {states:10.0f} {loss:10.2f} {warmup_s:10.1f}")
 
 
 if __name__ == "__main__":
