@@ -256,14 +256,13 @@ class ActorCritic(nn.Module):
             features = rollout["features"]  # (B, H + 1, F)
             actions = rollout["actions"]  # (B, H, A)
             B, H1, F = features.shape
-            # The heads run on every step and the first is dropped from their outputs: slicing the
-            # features instead would copy them, and their gradient, whole.
-            flat = features.reshape(B * H1, F)
+            # Rewards and continuations are those of arriving at steps 1..H: the start state needs none.
+            arrived = features[:, 1:].reshape(B * (H1 - 1), F)
             if reward_fn is None:
-                reward = model.reward(flat).reshape(B, H1)[:, 1:]
+                reward = model.reward(arrived).reshape(B, H1 - 1)
             else:
                 reward = reward_fn(features, actions)
-            cont = self._continuation(model, flat).reshape(B, H1)[:, 1:]
+            cont = self._continuation(model, arrived).reshape(B, H1 - 1)
             critic_logits = self.critic(features)  # (B, H + 1, bins)
             value = encodings.twohot_mean(critic_logits, self.critic.bins)
             returns = lambda_returns(reward, cont, value, config.gamma, config.lam)  # (B, H)
@@ -328,12 +327,16 @@ class ActorCritic(nn.Module):
         config = self.config
         bins = self.critic.bins
         # Two-hot cross-entropy against the returns and, pulling towards it, the slow critic's values:
-        # one log-softmax (over the contiguous logits) serves both targets.
-        log_prob = torch.log_softmax(logits, -1)[:, :-1]  # (B, H, bins)
-        target = encodings.twohot(encodings.symlog(returns), bins) + config.slow_critic_reg * encodings.twohot(
-            encodings.symlog(slow_value), bins
-        )
-        critic_loss = (weight * -(target * log_prob).sum(-1)).mean()
+        # one log-softmax and one gather serve both targets.
+        log_prob = torch.log_softmax(logits, -1)  # (B, H + 1, bins)
+        return_bins, return_weights = encodings.twohot_indices(encodings.symlog(returns), bins)  # (B, H, 2) each
+        slow_bins, slow_weights = encodings.twohot_indices(encodings.symlog(slow_value), bins)
+        # The last step has no return: it gets weight 0, so the gather reads the logits whole and
+        # their gradient needs no copy into a larger tensor.
+        index = nn.functional.pad(torch.cat([return_bins, slow_bins], -1), (0, 0, 0, 1))  # (B, H + 1, 4)
+        target_weights = nn.functional.pad(torch.cat([return_weights, config.slow_critic_reg * slow_weights], -1), (0, 0, 0, 1))
+        cross_entropy = encodings.twohot_cross_entropy(log_prob, index, target_weights)[:, :-1]  # (B, H)
+        critic_loss = (weight * cross_entropy).mean()
         # Gradients for the critic alone: its logits may hang off the imagination graph.
         params = list(self.critic.parameters())
         self.critic_opt.zero_grad(set_to_none=True)

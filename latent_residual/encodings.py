@@ -25,25 +25,44 @@ def twohot_bins(num: int = 255, low: float = -20.0, high: float = 20.0) -> Tenso
     return torch.linspace(low, high, num)
 
 
-def twohot(target: Tensor, bins: Tensor) -> Tensor:
-    """Encode scalars as two-hot vectors over sorted ``bins``.
+def twohot_indices(target: Tensor, bins: Tensor) -> tuple[Tensor, Tensor]:
+    """The two nearest of sorted ``bins`` for each scalar, and their weights.
 
-    The weight is split between the two nearest bins in proportion to closeness, so the
-    expectation over bins equals the target (clipped to the bin range).
+    The weight is split between the two bins in proportion to closeness, so the weighted bins
+    equal the target (clipped to the bin range).
 
     :param target: (...) scalars in the bins' space (apply :func:`symlog` first for symlog bins).
     :param bins: (K,) sorted bin centres.
-    :returns: (..., K) two-hot weights summing to 1.
+    :returns: bin indices (..., 2), below then above, and their weights (..., 2), summing to 1.
     """
     target = target.clamp(bins[0], bins[-1])
     above = torch.searchsorted(bins, target.contiguous(), right=False).clamp(1, len(bins) - 1)
     below = above - 1
     low, high = bins[below], bins[above]
     weight_high = (target - low) / (high - low)
-    encoded = torch.zeros(*target.shape, len(bins), dtype=target.dtype, device=target.device)
-    encoded.scatter_(-1, below.unsqueeze(-1), (1.0 - weight_high).unsqueeze(-1))
-    encoded.scatter_add_(-1, above.unsqueeze(-1), weight_high.unsqueeze(-1))
-    return encoded
+    return torch.stack([below, above], -1), torch.stack([1.0 - weight_high, weight_high], -1)
+
+
+def twohot(target: Tensor, bins: Tensor) -> Tensor:
+    """Encode scalars (...) as two-hot vectors (..., K) over sorted ``bins`` (see :func:`twohot_indices`)."""
+    index, weight = twohot_indices(target, bins)
+    encoded = torch.zeros(*target.shape, len(bins), dtype=weight.dtype, device=target.device)
+    return encoded.scatter_add_(-1, index, weight)
+
+
+def twohot_cross_entropy(log_prob: Tensor, index: Tensor, weight: Tensor) -> Tensor:
+    """Cross-entropy -sum_k target_k log_prob_k against targets given as bin indices and weights.
+
+    It gathers the few bins a target names instead of multiplying a dense (..., K) target, which
+    saves two (..., K) tensors forward and backward.
+
+    :param log_prob: (..., K) bin log-probabilities.
+    :param index: (..., n) bins of the target, as :func:`twohot_indices` gives them (several
+        targets concatenated along the last axis add up).
+    :param weight: (..., n) their weights.
+    :returns: (...) the cross-entropy per element.
+    """
+    return -(log_prob.gather(-1, index) * weight).sum(-1)
 
 
 def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
@@ -53,7 +72,7 @@ def twohot_loss(logits: Tensor, target: Tensor, bins: Tensor) -> Tensor:
     :param target: (...) raw scalar targets.
     :returns: (...) the loss per element.
     """
-    return -(twohot(symlog(target), bins) * F.log_softmax(logits, dim=-1)).sum(-1)
+    return twohot_cross_entropy(F.log_softmax(logits, dim=-1), *twohot_indices(symlog(target), bins))
 
 
 def twohot_mean(logits: Tensor, bins: Tensor) -> Tensor:
