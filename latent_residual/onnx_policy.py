@@ -168,6 +168,14 @@ class OnnxPolicy:
                 f"{onnx_path} has inputs {graph_inputs} but {config_path.name} lists {list(self.inputs)}; "
                 "copy both files from the same export."
             )
+        # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
+        graph_outputs = [item.name for item in self.session.get_outputs()]
+        missing = [name for name in self._outputs if name not in graph_outputs]
+        if missing:
+            raise ValueError(
+                f"{onnx_path} has outputs {graph_outputs} but {config_path.name} also names {missing}; "
+                "copy both files from the same export."
+            )
 
     # -- description -------------------------------------------------------------------------
 

@@ -26,12 +26,8 @@ from latent_residual.errors import LatentResidualError
 from latent_residual.fitting import FitConfig, fit_residual
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import fingerprint
-from latent_residual.workflow.export import example_observations, export_policy, verify_export
+from latent_residual.workflow.export import PARITY_TOLERANCE, example_observations, export_policy, verify_export
 from latent_residual.workflow.policy import Policy
-
-#: Largest action difference between torch and ONNX Runtime that counts as a faithful export.
-EXPORT_TOLERANCE = 1e-4
-
 
 class ContractError(LatentResidualError, AssertionError):
     """A world model breaks the contract; the message names the method and what was expected."""
@@ -179,7 +175,7 @@ def _check_export(model: WorldModel, batch: Mapping[str, Tensor], directory: Pat
     keys = rollout.observation_keys(batch)
     steps = [{key: batch[key][0, t].cpu().numpy() for key in keys} for t in range(batch["is_first"].shape[1])]
     difference = verify_export(directory / "onnx", policy, steps)
-    _require(difference <= EXPORT_TOLERANCE, "export_policy", f"ONNX Runtime within {EXPORT_TOLERANCE} of torch", difference)
+    _require(difference <= PARITY_TOLERANCE, "export_policy", f"ONNX Runtime within {PARITY_TOLERANCE} of torch", difference)
 
 
 def check_world_model(model: WorldModel, *, seed: int = 0, export: bool = True) -> None:

@@ -22,7 +22,8 @@ from latent_residual.workflow.collection import collect
 from latent_residual.workflow.data_curve import DataCurveConfig, data_curve, overfitted, reading
 from latent_residual.workflow.datasets import load_dataset
 from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
-from latent_residual.workflow.export import export_policy
+from latent_residual.errors import ExportError
+from latent_residual.workflow.export import export_policy, verify_export
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.policy import Policy
 
@@ -166,6 +167,35 @@ def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_p
         assert runner.surprised == surprised
 
 
+
+def test_the_export_check_compares_the_surprise_and_refuses_non_finite_steps(pendulum, tmp_path, monkeypatch):
+    actor = load_actor_critic(pendulum["pretrained"] / "actor_critic.safetensors").actor
+    policy = Policy(pendulum["adapted"], actor)
+    export_policy(policy, tmp_path / "onnx", surprise=True, surprise_threshold=1.0, exporter="torchscript")
+    episode = load_dataset(pendulum["root"] / "held").episodes[0]
+    steps = [{key: episode[key][t] for key in OnnxPolicy(tmp_path / "onnx").observation_keys} for t in range(12)]
+    assert verify_export(tmp_path / "onnx", policy, steps) <= 1e-4
+    act = OnnxPolicy.act
+    # A graph whose surprise drifts from torch's fails the check even where the actions agree.
+    def drifting(self, obs):
+        action = act(self, obs)
+        self.last_surprise += 0.01
+        return action
+    monkeypatch.setattr(OnnxPolicy, "act", drifting)
+    assert verify_export(tmp_path / "onnx", policy, steps) == pytest.approx(0.01, abs=1e-4)  # surprises < 1 here
+    # NaN would compare as within any tolerance: a non-finite surprise or action is an error instead.
+    def broken(self, obs, what):
+        action = act(self, obs)
+        if what == "surprise":
+            self.last_surprise = float("nan")
+            return action
+        return np.full_like(action, np.nan)
+    for what in ("surprise", "action"):
+        monkeypatch.setattr(OnnxPolicy, "act", lambda self, obs, what=what: broken(self, obs, what))
+        with pytest.raises(ExportError, match="non-finite" if what == "action" else "surprise is not finite"):
+            verify_export(tmp_path / "onnx", policy, steps)
+
+
 def test_surprise_needs_a_calibrated_threshold(pendulum, tmp_path):
     actor = load_actor_critic(pendulum["pretrained"] / "actor_critic.safetensors").actor
     policy = Policy(pendulum["adapted"], actor)
@@ -194,6 +224,19 @@ def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pend
     assert main([*args, "--surprise-threshold", "0.5"]) == 0
     description = json.loads((tmp_path / "onnx" / "policy.json").read_text())
     assert description["surprise"]["threshold"] == 0.5 and description["recurrent"]["state"]
+
+
+
+def test_export_fails_when_the_graph_is_not_faithful(pendulum, tmp_path, monkeypatch, capsys):
+    from latent_residual.workflow import export
+
+    pretrained = pendulum["pretrained"]
+    args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),
+            "--out", str(tmp_path / "onnx")]
+    # Stands in for a graph that drifted from torch (an exporter bug): the command must not report success.
+    monkeypatch.setattr(export, "verify_export", lambda *_, **__: 2e-4)
+    assert main(args) == 1
+    assert "differs from torch by 2.00e-04, more than 0.0001" in capsys.readouterr().err
 
 
 def test_the_curve_s_reading_weighs_the_last_size_against_the_best_smaller_one_and_the_seeds_spread():

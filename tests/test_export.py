@@ -284,6 +284,17 @@ def test_onnx_policy_refuses_mismatched_files(tmp_path, state_export, pixel_expo
         OnnxPolicy(tmp_path / "nowhere")
 
 
+def test_onnx_policy_refuses_a_description_naming_an_output_the_graph_lacks(tmp_path, state_export):
+    # A policy.json that promises the coverage alarm beside a graph without it: refused at load, not at the first step.
+    shutil.copytree(state_export[1], tmp_path / "promised")
+    config_path = tmp_path / "promised" / POLICY_CONFIG_NAME
+    description = json.loads(config_path.read_text())
+    description["surprise"] = {"output": "surprise", "dtype": "float32", "shape": [], "threshold": 1.0}
+    config_path.write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=r"also names \['surprise'\]; copy both files from the same export"):
+        OnnxPolicy(tmp_path / "promised")
+
+
 def test_onnx_policy_runs_without_torch(state_export, tmp_path):
     """The runner imports no torch, and its one file works copied onto a robot without the library."""
     import shutil

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from latent_residual.errors import OutputPathError
+from latent_residual.errors import ExportError, OutputPathError
 from latent_residual.workflow import paths
 from latent_residual.workflow.options import config_from_options, config_options, json_object
 
@@ -379,6 +379,7 @@ def _export_command(group: click.Group) -> None:
         returns the coverage alarm's per-step surprise (docs/diagnose.md)."""
         from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
         from latent_residual.workflow.export import (
+            PARITY_TOLERANCE,
             check_export_target,
             example_observations,
             export_policy,
@@ -402,8 +403,14 @@ def _export_command(group: click.Group) -> None:
         difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
         click.echo(f"wrote {out / 'policy.onnx'}; max |onnx - torch| = {difference:.2e}")
         if env_id is not None:
-            difference = verify_episodes(out, loaded, env_id, steps=200)
-            click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {difference:.2e}")
+            in_episodes = verify_episodes(out, loaded, env_id, steps=200)
+            click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {in_episodes:.2e}")
+            difference = max(difference, in_episodes)
+        if difference > PARITY_TOLERANCE:
+            raise ExportError(
+                f"{out}: ONNX Runtime differs from torch by {difference:.2e}, more than {PARITY_TOLERANCE}; the export is "
+                "not faithful to the policy: do not deploy it."
+            )
 
 
 def _import_command(group: click.Group) -> None:

@@ -56,6 +56,8 @@ BATCH_AXIS_NAME = "batch"
 EXPORTERS = ("auto", "dynamo", "torchscript")
 #: The oldest opset the dynamo exporter writes natively; older ones go through a version converter.
 DYNAMO_MIN_OPSET = 18
+#: Largest difference between torch and ONNX Runtime (:func:`verify_export`) that counts as a faithful export.
+PARITY_TOLERANCE = 1e-4
 #: Opset the TorchScript exporter uses when none is requested.
 TORCHSCRIPT_DEFAULT_OPSET = 17
 #: Observation dtypes an ONNX input may have (numpy name -> ONNX TensorProto element type).
@@ -599,7 +601,25 @@ def _runner(directory: str | Path, providers: Sequence[str] | None) -> OnnxPolic
 def _difference(torch_action: np.ndarray, onnx_action: np.ndarray) -> float:
     if torch_action.shape != onnx_action.shape:
         raise ExportError(f"Torch returns actions {torch_action.shape} but the ONNX graph {onnx_action.shape}.")
+    # A NaN difference would compare as "within tolerance" and be dropped by max(): refuse it instead.
+    for side, action in (("the torch policy", torch_action), ("the ONNX graph", onnx_action)):
+        if not np.isfinite(action).all():
+            raise ExportError(f"{side} returned a non-finite action {action.tolist()}; the parity check cannot pass.")
     return float(np.max(np.abs(torch_action.astype(np.float64) - onnx_action.astype(np.float64))))
+
+
+def _step_difference(twin: TorchRunner, runner: OnnxPolicy, obs: Mapping[str, Any]) -> tuple[np.ndarray, float]:
+    """One step of both sides on ``obs``: the torch action, and the larger of the action difference and,
+    with the coverage alarm, the surprise's (relative to the surprise where it exceeds 1, as it is a
+    KL that can reach tens of nats)."""
+    action = twin.act(obs)
+    worst = _difference(action, runner.act(obs))
+    if twin.last_surprise is not None:
+        surprises = np.array([twin.last_surprise, runner.last_surprise], dtype=np.float64)
+        if not np.isfinite(surprises).all():
+            raise ExportError(f"the surprise is not finite (torch {surprises[0]}, ONNX {surprises[1]}); the parity check cannot pass.")
+        worst = max(worst, abs(surprises[0] - surprises[1]) / max(1.0, abs(surprises[0])))
+    return action, worst
 
 
 def verify_export(
@@ -614,7 +634,9 @@ def verify_export(
     Both sides see the same observations and return actions in the action space's units (the
     torch side goes through the same rescaling as the graph). A memoryless policy takes them as
     one batch; a recurrent one as the steps of one episode, in order, each side carrying its own
-    state. A few 1e-7 is typical; more than 1e-4 means the export is not faithful.
+    state. A few 1e-7 is typical; more than :data:`PARITY_TOLERANCE` (1e-4) means the export is not faithful. With the coverage
+    alarm, each step's surprise is compared too (relative above 1), and the larger difference is
+    returned. A non-finite action or surprise on either side is an :class:`ExportError`.
 
     :param directory: The export directory (or the ``policy.onnx`` path).
     :param policy: The torch policy that was exported.
@@ -630,7 +652,7 @@ def verify_export(
             return _difference(twin.act_batch(batch), onnx_action)
         runner.reset()
         steps = [{key: value[t] for key, value in batch.items()} for t in range(len(next(iter(batch.values()))))]
-        return max(_difference(twin.act(obs), runner.act(obs)) for obs in steps)
+        return max(_step_difference(twin, runner, obs)[1] for obs in steps)
 
 
 def verify_episodes(
@@ -644,7 +666,8 @@ def verify_episodes(
     providers: Sequence[str] | None = None,
 ) -> float:
     """Drive ``env_id`` with the torch policy for at least ``steps`` steps (whole episodes), feed the
-    ONNX runner the same observations, and return the largest action difference at any step."""
+    ONNX runner the same observations, and return the largest action (or surprise, as in
+    :func:`verify_export`) difference at any step."""
     runner = _runner(directory, providers)
     twin = TorchRunner(policy, surprise=runner.surprise_threshold is not None)
     env = make_env(env_id, **(env_kwargs or {}))
@@ -657,8 +680,8 @@ def verify_episodes(
                 twin.reset()
                 done = False
                 while not done:
-                    action = twin.act(obs)
-                    worst = max(worst, _difference(action, runner.act(obs)))
+                    action, difference = _step_difference(twin, runner, obs)
+                    worst = max(worst, difference)
                     obs, _, terminated, truncated, _ = env.step(action)
                     done, taken = terminated or truncated, taken + 1
                 episode += 1
