@@ -7,6 +7,7 @@ import json
 import pytest
 
 from latent_residual.workflow.cli import main
+from latent_residual.workflow.diagnose import fit_curves
 from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
 from latent_residual.workflow.experiments import ExperimentConfig, run_experiment
@@ -52,6 +53,8 @@ def test_every_stage_runs_and_a_rerun_resumes(pretrained, tmp_path):
     assert (tmp_path / "onnx" / "policy.onnx").exists()
     assert (tmp_path / "runs" / "redraw-600-seed0" / "adapter" / "adapter.safetensors").exists()
     assert (tmp_path / "runs" / "finetune-600-seed0" / "world_model" / "model.safetensors").exists()
+    # diagnose --adapter on a run's adapter finds the fit's curves beside it.
+    assert fit_curves(tmp_path / "runs" / "redraw-600-seed0" / "adapter")["held_out_kl"]
     info = json.loads((tmp_path / "target_data" / "dataset.json").read_text())
     assert info["transitions"] == 600 and info["provenance"]["reward_used"] is False
     table = (tmp_path / "results.md").read_text()

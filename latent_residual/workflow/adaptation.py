@@ -22,6 +22,12 @@ from latent_residual.fitting import FitConfig, FitResult, finetune_dynamics, fit
 from latent_residual.residual import ResidualConfig
 from latent_residual.workflow.loading import load_world_model
 
+#: Where ``latent-residual adapt`` leaves the fit's metrics, inside the adapter directory.
+FIT_LOG_DIR_NAME = "logs"
+#: An experiment run's layout: a residual method's adapter, and the fit's metrics beside it.
+ADAPTER_DIR_NAME = "adapter"
+RUN_FIT_LOG_DIR_NAME = "fit_logs"
+
 
 @dataclass
 class MethodSettings:
@@ -81,10 +87,10 @@ class ResidualMethod(AdaptationMethod):
         return adapted, result
 
     def save(self, model, directory):
-        model.save_pretrained(directory / "adapter")
+        model.save_pretrained(directory / ADAPTER_DIR_NAME)
 
     def load(self, base, directory):
-        return load_adapter(base, directory / "adapter", trainable=False)
+        return load_adapter(base, directory / ADAPTER_DIR_NAME, trainable=False)
 
 
 class ReplacementMethod(ResidualMethod):

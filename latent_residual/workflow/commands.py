@@ -233,8 +233,9 @@ def _adapt_command(group: click.Group) -> None:
 
         A fit whose best held-out KL is worse than the base model's writes nothing and fails."""
         from latent_residual.adapters import ADAPTER_WEIGHTS_NAME, attach_residual
-        from latent_residual.workflow.loading import load_world_model
         from latent_residual.fitting import fit_residual
+        from latent_residual.workflow.adaptation import FIT_LOG_DIR_NAME
+        from latent_residual.workflow.loading import load_world_model
 
         check_output_directory(out, finished=(ADAPTER_WEIGHTS_NAME,), overwrite=overwrite)
         residual_config = config_from_options(ResidualConfig, options)
@@ -247,7 +248,7 @@ def _adapt_command(group: click.Group) -> None:
                 adapted,
                 sequences,
                 fit_config,
-                log_dir=out / "logs",
+                log_dir=out / FIT_LOG_DIR_NAME,
                 data_summary={"dataset": str(data), "world_model": str(world_model)},
             )
             adapted.save_pretrained(out)

@@ -29,11 +29,10 @@ from latent_residual.progress import METRICS_CSV_NAME
 from latent_residual.rollout import embed_sequences, imagine, observation_keys, observe, prev_actions
 from latent_residual.serialization import read_json_object
 from latent_residual.workflow import coverage
+from latent_residual.workflow.adaptation import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_LOG_DIR_NAME
 from latent_residual.workflow.datasets import Dataset
 from latent_residual.workflow.report_html import REPORT_JSON_NAME, write_report
 
-#: Where ``adapt`` leaves the fit's metrics, relative to the adapter directory.
-FIT_LOG_DIR_NAME = "logs"
 #: The models a report compares, in this order.
 MODELS = ("base", "adapted")
 
@@ -285,11 +284,16 @@ def residual_size(adapted: WorldModel, windows: Mapping[str, Tensor], filtered: 
 
 
 def fit_curves(adapter_dir: Path | None) -> dict[str, list[list[float]]] | None:
-    """The fit's logged curves (metric -> [[step, value], ...]) from ``adapt``'s metrics CSV, if it is there."""
+    """The fit's logged curves (metric -> [[step, value], ...]) from its metrics CSV, if it is there:
+    inside the adapter directory as ``adapt`` leaves it, or beside it as an experiment run does."""
     if adapter_dir is None:
         return None
-    path = Path(adapter_dir) / FIT_LOG_DIR_NAME / METRICS_CSV_NAME
-    if not path.is_file():
+    adapter_dir = Path(adapter_dir)
+    candidates = [adapter_dir / FIT_LOG_DIR_NAME / METRICS_CSV_NAME]
+    if adapter_dir.name == ADAPTER_DIR_NAME:
+        candidates.append(adapter_dir.parent / RUN_FIT_LOG_DIR_NAME / METRICS_CSV_NAME)
+    path = next((candidate for candidate in candidates if candidate.is_file()), None)
+    if path is None:
         return None
     curves: dict[str, list[list[float]]] = {}
     with path.open(newline="", encoding="utf-8") as handle:

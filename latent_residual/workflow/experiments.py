@@ -25,7 +25,7 @@ from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
 from latent_residual.registry import demo_env, env_pretrained, make_method, method_spec, source_target
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import write_text
-from latent_residual.workflow.adaptation import AdaptationMethod, MethodSettings
+from latent_residual.workflow.adaptation import RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
 from latent_residual.workflow.collection import collect
 from latent_residual.workflow.datasets import load_dataset
 from latent_residual.workflow.evaluation import EvalResult, evaluate
@@ -234,7 +234,7 @@ def _adapted(
     if info_path.exists():
         return method.load(run.base, run_dir), json.loads(info_path.read_text())
     model, result = method.adapt(
-        run.base, sequences, seed=seed, settings=run.settings, log_dir=run_dir / "fit_logs", quiet=run.quiet
+        run.base, sequences, seed=seed, settings=run.settings, log_dir=run_dir / RUN_FIT_LOG_DIR_NAME, quiet=run.quiet
     )
     method.save(model, run_dir)
     info = {
