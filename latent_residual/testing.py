@@ -22,12 +22,13 @@ from latent_residual.actor_critic import Actor, ActorCriticConfig
 from latent_residual.adapters import attach_residual
 from latent_residual.checkpoints import load_weights, read_world_model, save_world_model
 from latent_residual.contract import LatentSpec, WorldModel
-from latent_residual.errors import LatentResidualError
+from latent_residual.errors import ExportError, LatentResidualError
 from latent_residual.fitting import FitConfig, fit_residual
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import fingerprint
 from latent_residual.workflow.export import PARITY_TOLERANCE, example_observations, export_policy, verify_export
 from latent_residual.workflow.policy import Policy
+
 
 class ContractError(LatentResidualError, AssertionError):
     """A world model breaks the contract; the message names the method and what was expected."""
@@ -174,8 +175,11 @@ def _check_export(model: WorldModel, batch: Mapping[str, Tensor], directory: Pat
     export_policy(policy, directory / "onnx")
     keys = rollout.observation_keys(batch)
     steps = [{key: batch[key][0, t].cpu().numpy() for key in keys} for t in range(batch["is_first"].shape[1])]
-    difference = verify_export(directory / "onnx", policy, steps)
-    _require(difference <= PARITY_TOLERANCE, "export_policy", f"ONNX Runtime within {PARITY_TOLERANCE} of torch", difference)
+    try:
+        difference: float | str = verify_export(directory / "onnx", policy, steps)
+    except ExportError as exc:  # a non-finite action: the contract's failure, reported as one
+        difference = str(exc)
+    _require(isinstance(difference, float) and difference <= PARITY_TOLERANCE, "export_policy", f"ONNX Runtime within {PARITY_TOLERANCE} of torch", difference)
 
 
 def check_world_model(model: WorldModel, *, seed: int = 0, export: bool = True) -> None:

@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from latent_residual import ActorCritic, ActorCriticConfig, CheckpointError, ConfigError
+from latent_residual import ActorCritic, ActorCriticConfig, CheckpointError, ConfigError, encodings
 from latent_residual.actor_critic import lambda_returns, load_actor_critic, save_actor_critic
 
 
@@ -28,6 +28,20 @@ def test_lambda_one_is_monte_carlo_and_zero_is_td():
     value = torch.tensor([[0.0, 5.0, 5.0, 7.0]])
     assert torch.allclose(lambda_returns(reward, cont, value, 1.0, 1.0)[0, 0], torch.tensor(10.0))
     assert torch.allclose(lambda_returns(reward, cont, value, 1.0, 0.0)[0], torch.tensor([6.0, 6.0, 8.0]))
+
+
+def test_the_critic_loss_is_the_two_hot_cross_entropy_of_both_targets_on_steps_0_to_h_minus_1():
+    torch.manual_seed(0)
+    actor_critic = ActorCritic(6, 1, ActorCriticConfig(hidden=16, layers=1, slow_critic_reg=0.7))
+    B, H = 5, 4
+    logits = actor_critic.critic(torch.randn(B, H + 1, 6)) + torch.randn(B, H + 1, 255)  # (B, H + 1, bins)
+    returns, slow_value, weight = torch.randn(B, H) * 40, torch.randn(B, H) * 3, torch.rand(B, H)
+    bins = actor_critic.critic.bins
+    target = encodings.twohot(encodings.symlog(returns), bins) + 0.7 * encodings.twohot(encodings.symlog(slow_value), bins)
+    # The dense formula: steps 0..H-1 only (the last state has no return).
+    expected = (weight * -(target * torch.log_softmax(logits.detach(), -1)[:, :-1]).sum(-1)).mean()
+    loss = actor_critic._update_critic(logits, returns, slow_value, weight)
+    assert torch.allclose(loss, expected, rtol=1e-6)
 
 
 def test_actions_are_bounded_and_log_probs_finite():

@@ -12,6 +12,7 @@ import torch
 
 from latent_residual import ConfigError, attach_residual, fit_residual
 from latent_residual.actor_critic import load_actor_critic
+from latent_residual.errors import ExportError
 from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual.registry import env_pretrained
@@ -22,7 +23,6 @@ from latent_residual.workflow.collection import collect
 from latent_residual.workflow.data_curve import DataCurveConfig, data_curve, overfitted, reading
 from latent_residual.workflow.datasets import load_dataset
 from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
-from latent_residual.errors import ExportError
 from latent_residual.workflow.export import export_policy, verify_export
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.policy import Policy
@@ -167,7 +167,6 @@ def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_p
         assert runner.surprised == surprised
 
 
-
 def test_the_export_check_compares_the_surprise_and_refuses_non_finite_steps(pendulum, tmp_path, monkeypatch):
     actor = load_actor_critic(pendulum["pretrained"] / "actor_critic.safetensors").actor
     policy = Policy(pendulum["adapted"], actor)
@@ -226,17 +225,22 @@ def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pend
     assert description["surprise"]["threshold"] == 0.5 and description["recurrent"]["state"]
 
 
-
 def test_export_fails_when_the_graph_is_not_faithful(pendulum, tmp_path, monkeypatch, capsys):
     from latent_residual.workflow import export
 
     pretrained = pendulum["pretrained"]
     args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),
             "--out", str(tmp_path / "onnx")]
-    # Stands in for a graph that drifted from torch (an exporter bug): the command must not report success.
+    assert main(args) == 0
+    previous = (tmp_path / "onnx" / "policy.json").read_bytes()
+    # Stands in for a graph that drifted from torch (an exporter bug): the command fails, and the
+    # export that was there stays, untouched, for the robot.
     monkeypatch.setattr(export, "verify_export", lambda *_, **__: 2e-4)
-    assert main(args) == 1
+    assert main([*args, "--overwrite"]) == 1
     assert "differs from torch by 2.00e-04, more than 0.0001" in capsys.readouterr().err
+    assert (tmp_path / "onnx" / "policy.json").read_bytes() == previous
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["onnx"]  # no temporary left beside it
+    assert main([*args[:-1], str(tmp_path / "fresh")]) == 1 and not (tmp_path / "fresh").exists()
 
 
 def test_the_curve_s_reading_weighs_the_last_size_against_the_best_smaller_one_and_the_seeds_spread():

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from latent_residual import encodings
@@ -51,3 +52,12 @@ def test_twohot_cross_entropy_equals_the_dense_product_for_summed_targets():
     assert torch.allclose(
         encodings.twohot_loss(logits, first, bins), -(encodings.twohot(encodings.symlog(first), bins) * log_prob).sum(-1), rtol=1e-6
     )
+
+
+def test_twohot_cross_entropy_refuses_targets_shaped_unlike_the_predictions():
+    # gather would read only a corner of the predictions instead of broadcasting.
+    index, weight = encodings.twohot_indices(torch.zeros(1, 3), encodings.twohot_bins())
+    with pytest.raises(ValueError, match=r"index \(1, 3, 2\) .* log_prob \(4, 3, 255\)"):
+        encodings.twohot_cross_entropy(torch.zeros(4, 3, 255), index, weight)
+    with pytest.raises(ValueError, match="twohot_cross_entropy"):
+        encodings.twohot_loss(torch.zeros(4, 3, 255), torch.zeros(1, 3), encodings.twohot_bins())

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from latent_residual.workflow.cli import main
-from latent_residual.workflow.diagnose import fit_curves
 from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
+from latent_residual.workflow.diagnose import fit_curves
 from latent_residual.workflow.experiments import ExperimentConfig, run_experiment
 from latent_residual.workflow.reports import comparison_table
 from latent_residual.residual import ResidualConfig

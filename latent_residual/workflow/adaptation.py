@@ -24,9 +24,10 @@ from latent_residual.workflow.loading import load_world_model
 
 #: Where ``latent-residual adapt`` leaves the fit's metrics, inside the adapter directory.
 FIT_LOG_DIR_NAME = "logs"
-#: An experiment run's layout: a residual method's adapter, and the fit's metrics beside it.
+#: An experiment run's layout: a residual method's adapter, the fit's metrics and its summary beside it.
 ADAPTER_DIR_NAME = "adapter"
 RUN_FIT_LOG_DIR_NAME = "fit_logs"
+RUN_FIT_INFO_NAME = "fit.json"
 
 
 @dataclass

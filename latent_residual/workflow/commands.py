@@ -375,9 +375,10 @@ def _export_command(group: click.Group) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
 
         The directory is written whole (swapped into place), so a kill leaves the previous export
-        or the new one. With --env-id the check also runs 200 steps of whole episodes there, torch
-        and ONNX Runtime side by side. With --surprise-threshold (and --adapter) the graph also
-        returns the coverage alarm's per-step surprise (docs/diagnose.md)."""
+        or the new one. The new one is checked against torch before the swap: above 1e-4 the command
+        fails and OUT keeps what it held. With --env-id the check also runs 200 steps of whole episodes
+        there, torch and ONNX Runtime side by side. With --surprise-threshold (and --adapter) the graph
+        also returns the coverage alarm's per-step surprise, which the check compares too (docs/diagnose.md)."""
         from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
         from latent_residual.workflow.export import (
             PARITY_TOLERANCE,
@@ -400,18 +401,22 @@ def _export_command(group: click.Group) -> None:
 
             loaded = Policy(load_adapter(loaded.model, adapter, trainable=False), loaded.actor)
         surprise = {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
-        export_policy(loaded, out, env_id=env_id, **surprise)
-        difference = verify_export(out, loaded, example_observations(loaded.model.observation_space, 64))
-        click.echo(f"wrote {out / 'policy.onnx'}; max |onnx - torch| = {difference:.2e}")
-        if env_id is not None:
-            in_episodes = verify_episodes(out, loaded, env_id, steps=200)
-            click.echo(f"over 200 steps of {env_id} episodes: max |onnx - torch| = {in_episodes:.2e}")
-            difference = max(difference, in_episodes)
-        if difference > PARITY_TOLERANCE:
-            raise ExportError(
-                f"{out}: ONNX Runtime differs from torch by {difference:.2e}, more than {PARITY_TOLERANCE}; the export is "
-                "not faithful to the policy: do not deploy it."
-            )
+        label = "max difference (action, surprise)" if surprise else "max |onnx - torch|"
+
+        def check(written: Path) -> None:
+            difference = verify_export(written, loaded, example_observations(loaded.model.observation_space, 64))
+            click.echo(f"checked the export: {label} = {difference:.2e}")
+            if env_id is not None:
+                in_episodes = verify_episodes(written, loaded, env_id, steps=200)
+                click.echo(f"over 200 steps of {env_id} episodes: {label} = {in_episodes:.2e}")
+                difference = max(difference, in_episodes)
+            if difference > PARITY_TOLERANCE:
+                raise ExportError(
+                    f"{out}: ONNX Runtime differs from torch by {difference:.2e}, more than {PARITY_TOLERANCE}; the export "
+                    "is not faithful to the policy, so it was not written."
+                )
+
+        click.echo(f"wrote {export_policy(loaded, out, env_id=env_id, check=check, **surprise)}")
 
 
 def _import_command(group: click.Group) -> None:

@@ -29,7 +29,7 @@ from latent_residual.progress import METRICS_CSV_NAME
 from latent_residual.rollout import embed_sequences, imagine, observation_keys, observe, prev_actions
 from latent_residual.serialization import read_json_object
 from latent_residual.workflow import coverage
-from latent_residual.workflow.adaptation import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_LOG_DIR_NAME
+from latent_residual.workflow.adaptation import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME
 from latent_residual.workflow.datasets import Dataset
 from latent_residual.workflow.report_html import REPORT_JSON_NAME, write_report
 
@@ -290,7 +290,7 @@ def fit_curves(adapter_dir: Path | None) -> dict[str, list[list[float]]] | None:
         return None
     adapter_dir = Path(adapter_dir)
     candidates = [adapter_dir / FIT_LOG_DIR_NAME / METRICS_CSV_NAME]
-    if adapter_dir.name == ADAPTER_DIR_NAME:
+    if adapter_dir.name == ADAPTER_DIR_NAME and (adapter_dir.parent / RUN_FIT_INFO_NAME).is_file():
         candidates.append(adapter_dir.parent / RUN_FIT_LOG_DIR_NAME / METRICS_CSV_NAME)
     path = next((candidate for candidate in candidates if candidate.is_file()), None)
     if path is None:

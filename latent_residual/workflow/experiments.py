@@ -25,7 +25,7 @@ from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
 from latent_residual.registry import demo_env, env_pretrained, make_method, method_spec, source_target
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import write_text
-from latent_residual.workflow.adaptation import RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
+from latent_residual.workflow.adaptation import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
 from latent_residual.workflow.collection import collect
 from latent_residual.workflow.datasets import load_dataset
 from latent_residual.workflow.evaluation import EvalResult, evaluate
@@ -230,7 +230,7 @@ def _adapted(
     run: _Run, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
 ) -> tuple[WorldModel, dict[str, Any]]:
     """A method's corrected world model, fitted once and reloaded on a re-run."""
-    info_path = run_dir / "fit.json"
+    info_path = run_dir / RUN_FIT_INFO_NAME
     if info_path.exists():
         return method.load(run.base, run_dir), json.loads(info_path.read_text())
     model, result = method.adapt(

@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -461,6 +461,7 @@ def export_policy(
     exporter: str = "auto",
     surprise: bool = False,
     surprise_threshold: float | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Export ``policy`` to ``directory/policy.onnx`` and describe it in ``directory/policy.json``.
 
@@ -490,6 +491,9 @@ def export_policy(
     :param surprise_threshold: Required with ``surprise``: the threshold stored in ``policy.json``
         (calibrated on held-out target data by ``latent-residual diagnose``, ``coverage.threshold``
         in its report.json).
+    :param check: Called with the temporary directory once both files are in it, before the swap: if
+        it raises (a parity check above :data:`PARITY_TOLERANCE`, say), ``directory`` keeps what it
+        held and the error propagates.
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
@@ -511,6 +515,8 @@ def export_policy(
     def write(tmp: Path) -> None:
         (tmp / ONNX_NAME).write_bytes(data)
         (tmp / POLICY_CONFIG_NAME).write_text(text, encoding="utf-8")
+        if check is not None:
+            check(tmp)
 
     atomic_write_directory(directory, write)
     onnx_path = directory / ONNX_NAME
@@ -602,9 +608,13 @@ def _difference(torch_action: np.ndarray, onnx_action: np.ndarray) -> float:
     if torch_action.shape != onnx_action.shape:
         raise ExportError(f"Torch returns actions {torch_action.shape} but the ONNX graph {onnx_action.shape}.")
     # A NaN difference would compare as "within tolerance" and be dropped by max(): refuse it instead.
-    for side, action in (("the torch policy", torch_action), ("the ONNX graph", onnx_action)):
-        if not np.isfinite(action).all():
-            raise ExportError(f"{side} returned a non-finite action {action.tolist()}; the parity check cannot pass.")
+    for side, action in (("The torch policy", torch_action), ("The ONNX graph", onnx_action)):
+        bad = ~np.isfinite(action)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ExportError(
+                f"{side} returned {int(bad.sum())} non-finite action value(s), the first at index {first}; the parity check cannot pass."
+            )
     return float(np.max(np.abs(torch_action.astype(np.float64) - onnx_action.astype(np.float64))))
 
 
@@ -617,7 +627,7 @@ def _step_difference(twin: TorchRunner, runner: OnnxPolicy, obs: Mapping[str, An
     if twin.last_surprise is not None:
         surprises = np.array([twin.last_surprise, runner.last_surprise], dtype=np.float64)
         if not np.isfinite(surprises).all():
-            raise ExportError(f"the surprise is not finite (torch {surprises[0]}, ONNX {surprises[1]}); the parity check cannot pass.")
+            raise ExportError(f"The surprise is not finite (torch {surprises[0]}, ONNX {surprises[1]}); the parity check cannot pass.")
         worst = max(worst, abs(surprises[0] - surprises[1]) / max(1.0, abs(surprises[0])))
     return action, worst
 
