@@ -51,6 +51,8 @@ def measure(backbone: str, preset: str, variant: str, device: str, ranks: Ranks,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device (default: cuda if present).")
+    parser.add_argument("--backbones", nargs="+", choices=("draw-v0", "rssm-v0"), default=("draw-v0", "rssm-v0"),
+                        help="Which backbones to time (default: both).")  # fmt: skip
     parser.add_argument("--draw-preset", default="paper", help="DRAW preset (default: the paper's sizes).")
     parser.add_argument("--rssm-preset", default="S", help="RSSM preset (default: S, the RSSM's default).")
     parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
@@ -75,7 +77,9 @@ def main() -> None:
             f"per process, 64x64 RGB + velocity; {args.steps} timed steps after {args.warmup} warm-up"
         )
         say(f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10} {'warm-up s':>10}")
-        for backbone, preset in (("draw-v0", args.draw_preset), ("rssm-v0", args.rssm_preset)):
+        presets = {"draw-v0": args.draw_preset, "rssm-v0": args.rssm_preset}
+        for backbone in args.backbones:
+            preset = presets[backbone]
             for variant in variants:
                 steps_per_s, loss, warmup_s = measure(backbone, preset, variant, device, ranks, args)
                 states = steps_per_s * args.batch * args.length * ranks.world_size

@@ -56,12 +56,13 @@ def sample_one_hot(prob: Tensor, generator: torch.Generator | None = None) -> Te
 
     :param prob: Probabilities, classes on the last axis, e.g. (B, groups, classes).
     :returns: One-hot tensor of the same shape; its gradient flows to ``prob`` as identity.
-    :raises ValueError: If ``prob`` holds NaN or infinite values.
+    :raises ValueError: If ``prob`` holds NaN or infinite values. A compiled graph cannot branch on
+        them without leaving the graph, so there they reach the loss instead, whose trainer refuses it.
     """
     flat = prob.detach().reshape(-1, prob.shape[-1])  # (N, C)
     cdf = flat.cumsum(-1)  # (N, C)
     total = cdf[:, -1:]  # (N, 1); 1 up to rounding
-    if not torch.isfinite(total.sum()):  # one reduction: NaN and inf anywhere reach the sum
+    if not torch.compiler.is_compiling() and not torch.isfinite(total.sum()):  # one reduction: NaN and inf anywhere reach the sum
         raise ValueError(f"sample_one_hot: the probabilities {tuple(prob.shape)} hold NaN or infinite values.")
     # u in [0, total): the class is the first whose cdf exceeds u, never a class of probability 0.
     u = torch.rand(total.shape, generator=generator, dtype=flat.dtype, device=flat.device) * total

@@ -100,8 +100,9 @@ def observe(
 
     # With history-free posteriors every sample can be drawn at once, outside the time loop.
     stochs = pick(post_logits) if post_logits is not None else None  # (B, T, G, C)
-    # Steps where no sequence starts an episode skip the resets (one host copy for all T steps).
-    any_first = is_first.any(0).tolist()
+    # Steps where no sequence starts an episode skip the resets (one host copy for all T steps);
+    # a compiled graph resets at every step instead, as a host copy would break it.
+    any_first = [True] * T if torch.compiler.is_compiling() else is_first.any(0).tolist()
     priors, posts, states = [], [], []
     for t in range(T):
         if any_first[t]:
