@@ -21,8 +21,15 @@ from safetensors.torch import load_file, save_file
 from latent_residual import ConfigError, TrainingDivergedError, make_backbone
 from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.workflow.cli import main
-from latent_residual.workflow.distributed import Ranks, average_gradients_at_step, process_group, rank_device, ranks_from_environment
-from latent_residual.workflow.model_training import WorldModelLoss, WorldModelTrainer
+from latent_residual.workflow.distributed import (
+    Ranks,
+    average_gradients_at_step,
+    check_model_device,
+    process_group,
+    rank_device,
+    ranks_from_environment,
+)
+from latent_residual.workflow.model_training import WorldModelLoss, WorldModelTrainer, train_world_model
 from latent_residual.workflow.pretraining import _PretrainRun
 
 OBSERVATIONS = gymnasium.spaces.Dict(
@@ -263,6 +270,18 @@ def test_torchrun_variables_are_read_and_checked():
     assert rank_device("cuda", Ranks(1, 2, 1)) == "cuda:1" and rank_device("cpu", Ranks(1, 2, 1)) == "cpu"
     with pytest.raises(ConfigError, match="names one GPU"):
         rank_device("cuda:0", Ranks(1, 2, 1))
+
+
+def test_a_cuda_model_on_another_ranks_gpu_is_refused_before_the_group_starts(registry, monkeypatch):
+    check_model_device(torch.device("cuda:1"), Ranks(1, 2, 1))
+    check_model_device(torch.device("cuda:0"), Ranks())  # one process may use any GPU
+    check_model_device(torch.device("cpu"), Ranks(1, 2, 1))
+    # The Python API's run, as rank 1 of 2, with a model every rank left on GPU 0 (only its device is asked).
+    model = _model("draw-v0")
+    monkeypatch.setattr(model, "device", lambda: torch.device("cuda:0"))
+    monkeypatch.setenv("RANK", "1"), monkeypatch.setenv("WORLD_SIZE", "2"), monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"sits on cuda:0, but this process \(LOCAL_RANK=1\) trains on cuda:1"):
+        train_world_model(model, [], updates=1)
 
 
 def test_a_cpu_bf16_step_gives_a_finite_loss(registry):

@@ -84,6 +84,20 @@ def rank_device(device: str, ranks: Ranks) -> str:
     return f"cuda:{ranks.local_rank}"
 
 
+def check_model_device(device: torch.device, ranks: Ranks) -> None:
+    """Refuse a CUDA model that sits on another process's GPU under torchrun (every rank would train
+    on that one GPU, and NCCL fails or hangs on the duplicate).
+
+    :raises ConfigError: Naming the model's device and the one this rank trains on.
+    """
+    own = rank_device("cuda", ranks)
+    if ranks.parallel and device.type == "cuda" and device != torch.device(own):
+        raise ConfigError(
+            f"the model sits on {device}, but this process (LOCAL_RANK={ranks.local_rank}) trains on {own}; "
+            f"move it there first (model.to({own!r}))."
+        )
+
+
 @contextmanager
 def process_group(device: str) -> Iterator[tuple[Ranks, str]]:
     """Join torchrun's process group for the block; yields the ranks and the device this rank trains on.

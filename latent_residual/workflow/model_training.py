@@ -32,7 +32,16 @@ from latent_residual.serialization import (
     write_text,
 )
 from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.distributed import Ranks, average_scalars, barrier, data_parallel, process_group, rank_seed
+from latent_residual.workflow.distributed import (
+    Ranks,
+    average_scalars,
+    barrier,
+    check_model_device,
+    data_parallel,
+    process_group,
+    rank_seed,
+    ranks_from_environment,
+)
 from latent_residual.workflow.replay import ReplayBuffer
 
 WORLD_MODEL_NAME = "world_model"
@@ -171,8 +180,10 @@ def train_world_model(
         end (``world_model/``, ``optimizers.safetensors``, ``progress.json``); a directory that
         holds one is resumed from it: its weights and optimiser moments are loaded into ``model``
         and training continues up to ``updates``.
+    :raises ConfigError: A CUDA model on another process's GPU under torchrun.
     :raises TrainingDivergedError: The loss became NaN or infinite.
     """
+    check_model_device(model.device(), ranks_from_environment())
     with process_group(model.device().type) as (ranks, _):
         replay = ReplayBuffer(seq_len)
         for episode in episodes:
