@@ -16,6 +16,7 @@ Usage::
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 2 --precision fp32 bf16
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --profile   # ours only, with a profile
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --library-imagination   # ours, the library's imagination
+    python benchmarks/rssm_vs_sheeprl.py --threads 1 --compile   # ours with the world-model loss compiled
 """
 
 from __future__ import annotations
@@ -59,7 +60,14 @@ class Trainer:
     """Our side: the world model, its optimiser, the actor-critic and a replay of real pendulum episodes."""
 
     def __init__(
-        self, batch_size: int, seq_len: int, seed: int, *, bf16: bool = False, actor_critic: ActorCriticConfig = XS_ACTOR_CRITIC
+        self,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        *,
+        bf16: bool = False,
+        compile: bool = False,
+        actor_critic: ActorCriticConfig = XS_ACTOR_CRITIC,
     ) -> None:
         env = make_env(ENV_ID)
         collector = EpisodeCollector(env, "random", seed=seed)
@@ -71,7 +79,7 @@ class Trainer:
         self.model = make_backbone("rssm-v0", env.observation_space, env.action_space, preset="XS")
         optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
         # Pretraining's own step (the world model's loss under the same autocast as the rest of the step).
-        self.trainer = WorldModelTrainer(self.model, optimiser, 1000.0, precision="bf16" if bf16 else "fp32")
+        self.trainer = WorldModelTrainer(self.model, optimiser, 1000.0, precision="bf16" if bf16 else "fp32", compile=compile)
         self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, actor_critic)
         self.batch_size = batch_size
         self.bf16 = bf16
@@ -116,7 +124,7 @@ def ours(args: argparse.Namespace, precision: str) -> tuple[float, float, float]
     if args.library_imagination:
         defaults = ActorCriticConfig()
         config = dataclasses.replace(config, continuation=defaults.continuation, detach_actor_input=defaults.detach_actor_input)
-    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", actor_critic=config)
+    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", compile=args.compile, actor_critic=config)
     for _ in range(args.warmup):
         trainer.step()
     with FlopCounterMode(display=False) as counter:
@@ -166,6 +174,10 @@ def main() -> None:
         help="Imagine with this library's defaults (a differentiable continuation, the actor's inputs attached) "
         "instead of sheeprl's choices: what they cost.",
     )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="Compile our world-model loss, as pretrain --compile does (the warm-up then takes minutes: it compiles).",
+    )
     parser.add_argument("--no-sheeprl", action="store_true", help="Time ours only.")
     parser.add_argument("--profile", action="store_true", help="Print a torch.profiler table of one step.")
     args = parser.parse_args()
@@ -180,7 +192,8 @@ def main() -> None:
         rates[precision] = rate
         achieved = flops * rate / 1e9
         imagination = "library defaults" if args.library_imagination else "sheeprl's"
-        print(f"ours {precision}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
+        compiled = ", compiled world-model loss" if args.compile else ""
+        print(f"ours {precision}{compiled}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
               f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)")
         print(f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
               f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "
