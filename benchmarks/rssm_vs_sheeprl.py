@@ -16,7 +16,7 @@ Usage::
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 2 --precision fp32 bf16
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --profile   # ours only, with a profile
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --library-imagination   # ours, the library's imagination
-    python benchmarks/rssm_vs_sheeprl.py --threads 1 --compile   # ours with the world-model loss compiled
+    SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1 --compile   # our world-model loss compiled
 """
 
 from __future__ import annotations

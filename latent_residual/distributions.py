@@ -56,8 +56,9 @@ def sample_one_hot(prob: Tensor, generator: torch.Generator | None = None) -> Te
 
     :param prob: Probabilities, classes on the last axis, e.g. (B, groups, classes).
     :returns: One-hot tensor of the same shape; its gradient flows to ``prob`` as identity.
-    :raises ValueError: If ``prob`` holds NaN or infinite values. A compiled graph cannot branch on
-        them without leaving the graph, so there they reach the loss instead, whose trainer refuses it.
+    :raises ValueError: If ``prob`` holds NaN or infinite values. Not checked while ``torch.compile``
+        traces (the branch would split the graph): NaN then draws class 0, so the caller checks its
+        own output (the world-model loss does, through the KL of the same logits).
     """
     flat = prob.detach().reshape(-1, prob.shape[-1])  # (N, C)
     cdf = flat.cumsum(-1)  # (N, C)
