@@ -49,6 +49,11 @@ OPTIMIZERS_NAME = "optimizers.safetensors"
 PROGRESS_NAME = "progress.json"
 #: Autocast dtype of each ``precision`` setting (None: no autocast, float32 throughout).
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+#: The ``compile`` flag's help, shared by the offline and the online pretraining configs.
+COMPILE_HELP = (
+    "Compile the world model's loss and its backward (torch.compile). The first step takes minutes (the "
+    "filter's steps are unrolled into one graph); it pays after a few thousand steps (docs/distributed.md)."
+)
 
 
 def resolve_backbone(env_id: str, backbone: str, preset: str, kwargs: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -282,7 +287,7 @@ class OfflinePretrainConfig:
     precision: str = field(
         default="fp32", metadata={"help": "Loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
     )
-    compile: bool = field(default=False, metadata={"help": "Compile the world model's loss and its backward (torch.compile)."})
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
 
     def __post_init__(self) -> None:
         for name in ("updates", "batch_size", "seq_len", "checkpoint_every"):

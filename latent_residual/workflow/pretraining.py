@@ -43,6 +43,7 @@ from latent_residual.workflow.distributed import (
 from latent_residual.workflow.exploration import Disagreement
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.model_training import (
+    COMPILE_HELP,
     PROGRESS_NAME,
     WORLD_MODEL_NAME,
     WorldModelTrainer,
@@ -105,7 +106,7 @@ class PretrainConfig:
     precision: str = field(
         default="fp32", metadata={"help": "World-model loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
     )
-    compile: bool = field(default=False, metadata={"help": "Compile the world model's loss and its backward (torch.compile)."})
+    compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
 
     def __post_init__(self) -> None:
         if self.exploration not in EXPLORATION:
