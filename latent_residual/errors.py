@@ -84,3 +84,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' Did you mean "x"?' for the closest choice, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f' Did you mean "{close[0]}"?' if close else ""
+
+
+class CellError(LatentResidualError):
+    """One cell of a comparison (a method, data size and seed) failed in a worker process; the message
+    names the cell and the worker's own error."""

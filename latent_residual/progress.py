@@ -17,7 +17,8 @@ METRICS_CSV_NAME = "metrics.csv"
 _INTERVAL_TTY, _INTERVAL_LOG = 0.5, 10.0
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
+    """Seconds as mm:ss, or h:mm:ss from an hour on; "?" when not finite (an ETA before any rate)."""
     if not math.isfinite(seconds):
         return "?"
     minutes, seconds = divmod(int(seconds), 60)
@@ -78,7 +79,7 @@ class RunLogger:
         scalars = " ".join(f"{key}={value:.4g}" for key, value in self._postfix.items())
         return (
             f"{self.desc}: {self._done}/{self.total} ({percent:.0f}%) {rate:.3g} steps/s, "
-            f"{_clock(elapsed)} elapsed, ETA {_clock(eta)}" + (f" | {scalars}" if scalars else "")
+            f"{clock(elapsed)} elapsed, ETA {clock(eta)}" + (f" | {scalars}" if scalars else "")
         )
 
     def _show(self, now: float, *, final: bool = False) -> None:

@@ -25,9 +25,9 @@ TINY = dict(
 )
 
 
-def _run(pretrained_dir, out, lines, residual_config=None):
+def _run(pretrained_dir, out, lines, residual_config=None, **config):
     return run_experiment(
-        ExperimentConfig(pretrained=str(pretrained_dir), **TINY),
+        ExperimentConfig(pretrained=str(pretrained_dir), **{**TINY, **config}),
         out,
         residual_config=residual_config or ResidualConfig(hidden=16),
         fit_config=FitConfig(steps=10, eval_every=5),
@@ -70,6 +70,73 @@ def test_every_stage_runs_and_a_rerun_resumes(pretrained, tmp_path):
     with pytest.raises(ConfigError, match=r"residual.extra_inputs \(\[\] -> \['belief'\]\).*new --out"):
         _run(pretrained_dir, tmp_path, [], ResidualConfig(hidden=16, extra_inputs=("belief",)))
     assert (tmp_path / "runs" / "redraw-300-seed0" / "fit.json").stat().st_mtime_ns == stamp
+
+
+def _without_seconds(row):
+    return {**row, "fit": {key: value for key, value in row["fit"].items() if key != "seconds"}}
+
+
+def _tensors(path):
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def test_cells_in_two_workers_give_what_one_process_gives_cell_by_cell(pretrained, tmp_path):
+    """--jobs 2 runs the (method, size, seed) cells in worker processes: the same rows, the same weights."""
+    pretrained_dir, _ = pretrained
+    cells = dict(methods=("redraw", "finetune"), transitions=(300,), seeds=2, export=False)
+    lines: list[str] = []
+    one = _run(pretrained_dir, tmp_path / "one", [], jobs=1, **cells)
+    two = _run(pretrained_dir, tmp_path / "two", lines, jobs=2, **cells)
+    keys = [f"{method}@300/seed{seed}" for method in ("redraw", "finetune") for seed in (0, 1)]
+    for key in keys:
+        assert _without_seconds(two[key]) == _without_seconds(one[key]), key
+    for run in ("redraw-300-seed1/adapter/adapter.safetensors", "finetune-300-seed0/world_model/model.safetensors",
+                "redraw-300-seed0/actor_critic.safetensors", "finetune-300-seed1/actor_critic.safetensors"):
+        a, b = _tensors(tmp_path / "one" / "runs" / run), _tensors(tmp_path / "two" / "runs" / run)
+        assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), run
+    assert any("4 cells, 2 at a time" in line for line in lines)
+    assert any("[4/4 cells," in line and "ETA" in line for line in lines)
+
+    # A run stopped part-way resumes cell by cell: only the missing cell runs again.
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    del results["finetune@300/seed1"]
+    (tmp_path / "two" / "results.json").write_text(json.dumps(results))
+    stamps = {key: (tmp_path / "two" / "runs" / f"{key}" / "fit.json").stat().st_mtime_ns for key in ("redraw-300-seed0", "finetune-300-seed1")}
+    again = _run(pretrained_dir, tmp_path / "two", [], jobs=2, **cells)
+    assert _without_seconds(again["finetune@300/seed1"]) == _without_seconds(one["finetune@300/seed1"])
+    for key, stamp in stamps.items():  # the fit is reloaded, not redone
+        assert (tmp_path / "two" / "runs" / key / "fit.json").stat().st_mtime_ns == stamp
+
+
+def test_a_cell_failing_in_a_worker_is_one_error_naming_the_cell(pretrained, tmp_path):
+    from latent_residual.errors import CellError
+
+    pretrained_dir, _ = pretrained
+    broken = tmp_path / "runs" / "redraw-300-seed1"
+    broken.mkdir(parents=True)
+    (broken / "fit.json").write_text("{not json")  # a kept fit whose adapter is gone
+    with pytest.raises(CellError, match=r"^redraw@300/seed1 failed in a worker process: \w+") as caught:
+        _run(pretrained_dir, tmp_path, [], jobs=2, methods=("redraw",), transitions=(300,), seeds=2, export=False)
+    assert "\n" not in str(caught.value)
+
+
+def test_jobs_zero_is_one_per_core_capped_by_memory(tmp_path):
+    import os
+
+    from latent_residual.workflow.experiments import resolve_jobs
+
+    assert resolve_jobs(3) == 3
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= resolve_jobs(0, tmp_path) <= cores
+    # Target data larger than the memory available leaves room for one worker only.
+    huge = tmp_path / "data.bin"
+    with huge.open("wb") as file:
+        file.truncate(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    assert resolve_jobs(0, tmp_path) == 1
+    with pytest.raises(ConfigError, match="jobs must be >= 0"):
+        ExperimentConfig(jobs=-1)
 
 
 def test_comparison_table_averages_seeds_and_divides_by_the_sim_reference():

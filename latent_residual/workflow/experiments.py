@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,16 +22,17 @@ import torch
 from latent_residual.actor_critic import ActorCriticConfig, load_actor_critic, save_actor_critic
 from latent_residual.config import config_to_dict
 from latent_residual.contract import WorldModel
-from latent_residual.errors import ConfigError
+from latent_residual.errors import CellError, ConfigError
 from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
+from latent_residual.progress import clock
 from latent_residual.registry import demo_env, env_pretrained, make_method, method_spec, source_target
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import write_text
 from latent_residual.workflow.adaptation import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
 from latent_residual.workflow.collection import collect
 from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.evaluation import EvalResult, evaluate
+from latent_residual.workflow.evaluation import evaluate
 from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
 from latent_residual.workflow.loading import load_world_model
 from latent_residual.workflow.policy import Policy
@@ -83,6 +87,13 @@ class ExperimentConfig:
         default=0, metadata={"help": "Cap on episode length in collection and evaluation; 0 keeps the environment's."}
     )
     export: bool = field(default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."})
+    jobs: int = field(
+        default=0,
+        metadata={
+            "help": "Worker processes for the (method, data size, seed) cells, each with 1 torch thread; 0: one per "
+            "core, capped by memory. Every cell is seeded on its own, so any value gives the same results."
+        },
+    )
 
     def __post_init__(self) -> None:
         for method in self.methods:
@@ -93,6 +104,8 @@ class ExperimentConfig:
             raise ConfigError(f"ExperimentConfig.transitions must be positive sizes, got {self.transitions!r}.")
         if self.seeds < 1 or self.eval_episodes < 1:
             raise ConfigError("ExperimentConfig: seeds and eval_episodes must be >= 1.")
+        if self.jobs < 0:
+            raise ConfigError(f"ExperimentConfig.jobs must be >= 0 (0: one per core), got {self.jobs}.")
         if self.pretrained and len(self.backbones) > 1:
             raise ConfigError("ExperimentConfig: a --pretrained directory holds one backbone; give at most one --backbones.")
 
@@ -120,8 +133,9 @@ class _Results:
         write_text(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")
 
 
-# Settings a re-run may change: each only adds or skips runs that are kept under their own names.
-_EXTENDABLE = {"experiment": ("seeds", "methods", "export")}
+# Settings a re-run may change: each only adds or skips runs that are kept under their own names, or
+# (jobs) changes how many run at once, not what they give.
+_EXTENDABLE = {"experiment": ("seeds", "methods", "export", "jobs")}
 
 
 def _check_settings(results: _Results, settings: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> None:
@@ -165,18 +179,22 @@ class _Run:
     def env_kwargs(self) -> dict[str, Any]:
         return {"max_episode_steps": self.config.episode_steps} if self.config.episode_steps else {}
 
-    def evaluated(self, key: str, policy: Any, env_id: str, **extra: Any) -> dict[str, Any]:
+    def evaluation(self, policy: Any, env_id: str, **extra: Any) -> dict[str, Any]:
+        """``policy``'s results row in ``env_id``: the run's evaluation episodes, always the same seeds."""
+        result = evaluate(policy, env_id, episodes=self.config.eval_episodes, seed=EVAL_SEED, env_kwargs=self.env_kwargs)
+        return {**result.to_dict(), **extra}
+
+    def evaluated(self, key: str, policy: Any, env_id: str) -> dict[str, Any]:
         """Evaluate ``policy`` once (a re-run reuses the stored result) and print its line."""
         if key not in self.results:
-            result = evaluate(policy, env_id, episodes=self.config.eval_episodes, seed=EVAL_SEED, env_kwargs=self.env_kwargs)
-            self.results.put(key, _evaluation(result, **extra))
+            self.results.put(key, self.evaluation(policy, env_id))
         row = self.results[key]
-        self.say(f"      {key:<32} return {row['return_mean']:8.1f} ± {row['return_std']:.1f}")
+        self.say(_row_line(key, row))
         return row
 
 
-def _evaluation(result: EvalResult, **extra: Any) -> dict[str, Any]:
-    return {**result.to_dict(), **extra}
+def _row_line(key: str, row: dict[str, Any]) -> str:
+    return f"      {key:<32} return {row['return_mean']:8.1f} ± {row['return_std']:.1f}"
 
 
 def _pretrained(run: _Run, pretrain_config: PretrainConfig | None) -> Path:
@@ -226,6 +244,23 @@ def _target_data(run: _Run) -> Path:
     return data_dir
 
 
+@dataclass(frozen=True)
+class _Cell:
+    """One (method, data size, seed) of stages 4-5: its own seeds, directory and results key, so cells
+    run in any order, in any process, and give the same files."""
+
+    method: str
+    size: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}@{self.size}/seed{self.seed}"
+
+    def directory(self, out: Path) -> Path:
+        return out / "runs" / f"{self.method}-{self.size}-seed{self.seed}"
+
+
 def _adapted(
     run: _Run, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
 ) -> tuple[WorldModel, dict[str, Any]]:
@@ -270,28 +305,155 @@ def _target_policy(
     return Policy(run.base, load_actor_critic(policy_path).actor)
 
 
+def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Adapt, train a policy in imagination and evaluate it in the target, for one cell; returns its results row."""
+    method, run_dir = make_method(cell.method), cell.directory(run.out)
+    model, fit_info = _adapted(run, method, sequences, run_dir, cell.seed)
+    policy = _target_policy(run, cell.method, model, sequences, run_dir, cell.seed, cell.size) if method.trains_policy else run.sim_policy
+    return run.evaluation(policy, run.config.target, fit=fit_info)
+
+
+def _cells(config: ExperimentConfig) -> list[_Cell]:
+    """Every cell of stages 4-5, in the order a single process runs them."""
+    uses_data = [name for name in config.methods if make_method(name).uses_target_data]
+    return [_Cell(name, size, seed) for size in sorted(config.transitions) for name in uses_data for seed in range(config.seeds)]
+
+
 def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
     """Stages 4-5: adapt and train a policy in imagination, per method, data size and seed.
 
     :returns: The first ReDRAW policy, the one that is exported.
     """
-    run.say("[4/6] adapting the world model and training policies in imagination")
-    config, first_redraw = run.config, None
-    for size in sorted(config.transitions):
-        sequences = load_dataset(data_dir, max_transitions=size).sequences(config.sequence_length)
-        sequences.pop("reward", None)  # ReDRAW never uses target rewards
-        for name in config.methods:
-            method = make_method(name)
-            if not method.uses_target_data:
-                continue
-            for seed in range(config.seeds):
-                run_dir = run.out / "runs" / f"{name}-{size}-seed{seed}"
-                model, fit_info = _adapted(run, method, sequences, run_dir, seed)
-                policy = _target_policy(run, name, model, sequences, run_dir, seed, size) if method.trains_policy else run.sim_policy
-                run.evaluated(f"{name}@{size}/seed{seed}", policy, config.target, fit=fit_info)
-                if name == "redraw" and first_redraw is None:
-                    first_redraw = policy
-    return first_redraw
+    cells = _cells(run.config)
+    todo = [cell for cell in cells if cell.key not in run.results]
+    jobs = min(resolve_jobs(run.config.jobs, data_dir), len(todo)) or 1
+    run.say(f"[4/6] adapting the world model and training policies in imagination: {len(cells)} cells, {jobs} at a time")
+    progress = _CellProgress(run.say, total=len(cells), done=len(cells) - len(todo))
+    for cell in cells:
+        if cell not in todo:
+            progress.show(cell, run.results[cell.key], ran=False)
+    rows = _rows_in_workers(run, data_dir, todo, jobs) if jobs > 1 else _rows_here(run, data_dir, todo)
+    for cell, row in rows:
+        run.results.put(cell.key, row)
+        progress.show(cell, row)
+    first = next((cell for cell in cells if cell.method == "redraw"), None)
+    if first is None:
+        return None
+    return Policy(run.base, load_actor_critic(first.directory(run.out) / ACTOR_CRITIC_NAME).actor)
+
+
+def _rows_here(run: _Run, data_dir: Path, todo: list[_Cell]) -> Iterator[tuple[_Cell, dict[str, Any]]]:
+    """Each cell's row, run one after the other in this process."""
+    sequences: dict[int, dict[str, torch.Tensor]] = {}
+    for cell in todo:
+        if cell.size not in sequences:
+            sequences = {cell.size: _target_sequences(data_dir, cell.size, run.config.sequence_length)}
+        yield cell, _cell_row(run, cell, sequences[cell.size])
+
+
+def _target_sequences(data_dir: Path, size: int, length: int) -> dict[str, torch.Tensor]:
+    sequences = load_dataset(data_dir, max_transitions=size).sequences(length)
+    sequences.pop("reward", None)  # ReDRAW never uses target rewards
+    return sequences
+
+
+# -- cells in worker processes ------------------------------------------------------------------
+
+#: What one worker of a comparison holds in memory, besides the target data: the interpreter, torch, the
+#: plugins and a CPU-sized model (measured at about 0.6 GiB resident on the pendulum; doubled for margin).
+_WORKER_MEMORY = 1.2 * 2**30
+
+
+def resolve_jobs(jobs: int, data_dir: Path | None = None) -> int:
+    """``jobs`` itself, or for 0 the cores this process may use, capped so that every worker fits in
+    the memory available now (each holds its own copy of the target data in ``data_dir``)."""
+    if jobs > 0:
+        return jobs
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    data = sum(path.stat().st_size for path in data_dir.rglob("*") if path.is_file()) if data_dir else 0
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # no sysconf (Windows): cores alone
+        return max(1, cores)
+    return max(1, min(cores, int(available // (_WORKER_MEMORY + 2 * data))))
+
+
+@dataclass(frozen=True)
+class _WorkerSpec:
+    """What a worker needs to rebuild the run's shared state from disk (paths and configs, no tensors)."""
+
+    config: ExperimentConfig
+    out: Path
+    data_dir: Path
+    pretrained: Path
+    settings: MethodSettings
+    policy_config: PolicyTrainConfig
+    ac_config: ActorCriticConfig
+
+
+# One worker process's run and target sequences, loaded on its first cell and kept for the next.
+_worker_state: dict[str, Any] = {}
+
+
+def _worker_start() -> None:
+    # Several workers share the cores: one thread each, as the command's default.
+    torch.set_num_threads(1)
+
+
+def _worker_cell(spec: _WorkerSpec, cell: _Cell) -> dict[str, Any]:
+    """Run one cell in a worker process; any error comes back as one line naming the cell."""
+    try:
+        if _worker_state.get("spec") != spec:
+            base = load_world_model(spec.pretrained / "world_model")
+            # No results.json here: the worker returns rows and the parent alone writes them.
+            run = _Run(spec.config, spec.out, None, spec.settings, spec.policy_config, spec.ac_config, True, lambda _: None)
+            run.pretrained, run.base = spec.pretrained, base
+            run.sim_policy = Policy(base, load_actor_critic(spec.pretrained / ACTOR_CRITIC_NAME).actor)
+            _worker_state.clear()
+            _worker_state.update(spec=spec, run=run, sequences={})
+        sequences = _worker_state["sequences"]
+        if cell.size not in sequences:
+            sequences.clear()
+            sequences[cell.size] = _target_sequences(spec.data_dir, cell.size, spec.config.sequence_length)
+        return _cell_row(_worker_state["run"], cell, sequences[cell.size])
+    except Exception as exc:  # noqa: BLE001 - the parent re-raises it; not every error class survives pickling
+        raise CellError(f"{cell.key} failed in a worker process: {type(exc).__name__}: {exc}") from None
+
+
+def _rows_in_workers(run: _Run, data_dir: Path, todo: list[_Cell], jobs: int) -> Iterator[tuple[_Cell, dict[str, Any]]]:
+    """Each cell's row as its worker finishes it; the first failure cancels the cells not yet started."""
+    spec = _WorkerSpec(run.config, run.out, data_dir, run.pretrained, run.settings, run.policy_config, run.ac_config)
+    # spawn, not fork: a forked child inherits torch's thread pools and locks mid-use.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_start) as pool:
+        futures = {pool.submit(_worker_cell, spec, cell): cell for cell in todo}
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:
+            # Stop at once rather than wait minutes for the cells in flight; a re-run resumes them.
+            # (Python 3.14 has pool.terminate_workers(); before it, the processes themselves.)
+            pool.shutdown(wait=False, cancel_futures=True)
+            for process in list((pool._processes or {}).values()):
+                process.terminate()
+            raise
+
+
+class _CellProgress:
+    """One line per finished cell: its return, cells done / total, the time spent and the ETA."""
+
+    def __init__(self, say: Callable[[str], Any], *, total: int, done: int) -> None:
+        self.say, self.total, self.done, self.skipped = say, total, done, done
+        self.started = time.monotonic()
+
+    def show(self, cell: _Cell, row: dict[str, Any], *, ran: bool = True) -> None:
+        line = _row_line(cell.key, row)
+        if ran:
+            self.done += 1
+            spent = time.monotonic() - self.started
+            eta = spent / (self.done - self.skipped) * (self.total - self.done)
+            line += f"   [{self.done}/{self.total} cells, {clock(spent)} spent, ETA {clock(eta)}]"
+        self.say(line)
 
 
 def _export(run: _Run, policy: Policy) -> None:
