@@ -56,7 +56,7 @@ def register_envs(register: Callable[..., Any]) -> None:
 
     :param register: Call as ``register(id, entry_point, *, description="", kwargs=None,
         max_episode_steps=None, metrics=None, expert=None, target=None, pretrained=None,
-        backbone=None, recommended=None, demo=False)``. ``id`` has the form ``namespace/name-vN``;
+        backbone=None, recommended=None, recipe=None, demo=False)``. ``id`` has the form ``namespace/name-vN``;
         the environment is also registered with Gymnasium under that id, so ``gymnasium.make(id)``
         works. ``entry_point`` is a callable or a ``"module:attr"`` string imported only at make
         time. ``metrics`` (optional, same forms) maps a list of episodes, each the list of its
@@ -68,7 +68,10 @@ def register_envs(register: Callable[..., Any]) -> None:
         dict from backbone id to one, a default per backbone);
         ``backbone`` the backbone id pretraining uses by default; ``recommended`` experiment
         settings (flag destinations of ``latent-residual demo``, such as
-        ``residual_extra_inputs``) that ``demo`` applies; ``demo`` marks the source that
+        ``residual_extra_inputs``) that ``demo`` applies; ``recipe`` the fields of a
+        :class:`latent_residual.workflow.recipes.SourceRecipe` (a data plan from the expert and
+        random actions, sizes, updates) that ``latent-residual build-source`` follows to build the
+        source's world model and policy offline; ``demo`` marks the source that
         ``demo`` and ``compare`` run when none is given.
 
     Every implementation is called, each on its own: one that raises is reported as broken
@@ -77,6 +80,8 @@ def register_envs(register: Callable[..., Any]) -> None:
     .. versionadded:: 0.1
     .. versionchanged:: 0.2
         ``target``, ``pretrained``, ``backbone``, ``recommended`` and ``demo``.
+    .. versionchanged:: 0.3
+        ``recipe``.
     """
 
 

@@ -53,8 +53,8 @@ class EnvSpec:
     The fields after ``expert`` describe a simulation (source) environment's place in an
     experiment: its usual ``target``, a shipped ``pretrained`` directory, the ``backbone`` that
     pretraining uses by default, ``recommended`` experiment settings (for every backbone, or under a
-    backbone id for that backbone only), and whether it is the
-    ``demo`` source.
+    backbone id for that backbone only), the source ``recipe`` that builds its model offline (fields of
+    ``latent_residual.workflow.recipes.SourceRecipe``), and whether it is the ``demo`` source.
     """
 
     id: str
@@ -68,6 +68,7 @@ class EnvSpec:
     pretrained: str | dict[str, str] | None = None
     backbone: str | None = None
     recommended: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
     plugin: str = ""
     package: str = ""
@@ -95,6 +96,10 @@ class EnvSpec:
                     f"Environment {self.id!r}: recommended[{key!r}] must be a dict of settings for backbone {key!r}, "
                     f"got {value!r}."
                 )
+        if not isinstance(self.recipe, dict) or (self.recipe and "data_plan" not in self.recipe):
+            raise RegistrationError(
+                f"Environment {self.id!r}: recipe={self.recipe!r} must be a dict of SourceRecipe fields with a 'data_plan'."
+            )
         self.namespace = match["namespace"]
         self.name = match["name"]
         self.id_version = int(match["version"])

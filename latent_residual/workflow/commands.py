@@ -183,6 +183,34 @@ def _pretrain_offline_command(group: click.Group) -> None:
             click.echo(f"{config.updates} updates; the world model is in {out / WORLD_MODEL_NAME}")
 
 
+def _build_source_command(group: click.Group) -> None:
+    @group.command(name="build-source")
+    @click.argument("env_id")
+    @click.option("--out", type=_PATH, required=True, help="Directory for world_model/, the policy and provenance.json.")
+    @click.option("--data", type=_PATH, default=None, help="Simulation dataset directory (re-run to resume)  [default: OUT/sim_data]")
+    @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of collection, model and policy.")
+    @click.option("--model-updates", type=_COUNT, default=None, help="World-model updates  [default: the recipe's]")
+    @click.option("--policy-updates", type=_COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]")
+    def build_source_command(env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates) -> None:
+        """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
+        the recipe's data plan, train the world model, train the policy in its imagination, score it."""
+        from latent_residual.workflow.recipes import build_source, source_recipe
+
+        given = {"model_updates": model_updates, "policy_updates": policy_updates}
+        recipe = source_recipe(env_id, **{key: value for key, value in given.items() if value is not None})
+        check_output_directory(out)
+        flags = {"--data": data, "--seed": seed, **{f"--{key.replace('_', '-')}": value for key, value in given.items()}}
+        command = f"latent-residual build-source {env_id} --out {out}" + "".join(
+            f" {flag} {value}" for flag, value in flags.items() if value is not None
+        )
+        provenance = build_source(env_id, out, recipe=recipe, data_dir=data, seed=seed, command=command, say=click.echo)
+        score = provenance["simulation_policy_in_simulation"]
+        click.echo(
+            f"{out}: simulation policy {score['return_mean']:.1f} ± {score['return_std']:.1f} over {score['episodes']} "
+            f"episodes in {env_id}; built in {provenance['seconds']} s"
+        )
+
+
 def _collect_command(group: click.Group) -> None:
     @group.command(name="collect")
     @click.argument("env_id")
@@ -576,6 +604,7 @@ def add_commands(group: click.Group) -> None:
     """Add the pipeline's subcommands to ``group`` (the ``latent-residual`` command)."""
     _pretrain_command(group)
     _pretrain_offline_command(group)
+    _build_source_command(group)
     _collect_command(group)
     _adapt_command(group)
     _finetune_command(group)

@@ -12,11 +12,26 @@ from latent_residual import hookimpl
 
 ENTRY_POINT = "latent_residual_plugins.dmc.env:DMCEnv"
 # Scripted experts by domain (see experts.py); the others have none.
-_EXPERTS = {"pendulum": "latent_residual_plugins.dmc.experts:PendulumSwingUp"}
+_EXPERTS = {
+    "pendulum": "latent_residual_plugins.dmc.experts:PendulumSwingUp",
+    "reacher": "latent_residual_plugins.dmc.experts:ReacherReach",
+}
 # dm_control's 1000 control steps at the default action repeat of 2.
 MAX_EPISODE_STEPS = 500
 # The paper's world model; every source pretrains it unless told otherwise.
 BACKBONE = "draw-v0"
+# How `latent-residual build-source` builds a source that has an expert: the expert at two noise levels
+# plus random actions (diverse data, as the paper advises), DRAW at CPU sizes, trained offline.
+_EXPERT_RECIPE: dict[str, Any] = {
+    "data_plan": (("expert", 0.3, 30_000), ("expert", 1.0, 45_000), ("random", 0.0, 55_000)),
+    "backbone": BACKBONE,
+    "backbone_kwargs": {"preset": "small", "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128},
+    "actor_critic": {"hidden": 128, "layers": 2, "horizon": 15, "actor_lr": 3e-4, "critic_lr": 3e-4},
+    "batch_size": 32,
+    "seq_len": 16,
+    "model_updates": 14_000,
+    "policy_updates": 1500,
+}
 # What a source ships and recommends, beyond its target (see register_envs' hookspec).
 _SOURCES: dict[str, dict[str, Any]] = {
     "dmc/pendulum-swingup-v0": {
@@ -26,6 +41,8 @@ _SOURCES: dict[str, dict[str, Any]] = {
             "rssm-v0": "latent_residual_plugins.dmc:pretrained/pendulum-swingup-rssm",
         },
         "demo": True,
+        # examples/pretrain_pendulum.py's recipe, which built the shipped DRAW default.
+        "recipe": _EXPERT_RECIPE,
         # Measured on the shipped models' 40k reversed-action transitions (docs/results.md): DRAW's
         # belief as a residual input lowered the held-out KL from 0.40-0.43 to 0.32-0.36 and every
         # one of 5 seeds swung up; the RSSM's h (deter) took ReDRAW from 1.5 to 472.1 over 3 seeds
@@ -35,6 +52,7 @@ _SOURCES: dict[str, dict[str, Any]] = {
             "rssm-v0": {"residual_extra_inputs": ["deter"]},
         },
     },
+    "dmc/reacher-easy-v0": {"recipe": _EXPERT_RECIPE},
 }
 
 # (id, domain, task, target, description); the target changes are defined in targets.py.

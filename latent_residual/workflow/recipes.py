@@ -1,0 +1,164 @@
+"""Source recipes: how a simulation's world model and policy are built offline from a data plan, and the
+one function that builds them (collect the plan, train the world model, train the policy in imagination).
+
+A recipe is registered by the environment's plugin (``register(..., recipe={...})``); online pretraining
+with exploration is in ``pretraining.py``, the offline training loop itself in ``model_training.py``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from latent_residual.actor_critic import ActorCriticConfig, save_actor_critic
+from latent_residual.checkpoints import save_world_model
+from latent_residual.config import config_to_dict
+from latent_residual.errors import ConfigError, NameNotFound, RegistrationError
+from latent_residual.registry import env_spec, make_backbone, make_env
+from latent_residual.serialization import write_text
+from latent_residual.version import __version__
+from latent_residual.workflow.collection import collect
+from latent_residual.workflow.evaluation import evaluate
+from latent_residual.workflow.model_training import train_world_model
+from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+
+PROVENANCE_NAME = "provenance.json"
+#: Where the simulation policy is scored after building: the seeds every comparison evaluates on.
+EVAL_EPISODES, EVAL_SEED = 10, 10_000
+
+
+@dataclass(frozen=True)
+class DataStep:
+    """One step of a data plan: ``behaviour`` ("expert" or "random") with Gaussian action ``noise``
+    until the dataset holds ``until`` transitions."""
+
+    behaviour: str
+    noise: float
+    until: int
+
+
+@dataclass(frozen=True)
+class SourceRecipe:
+    """What to collect in the simulation and how long to train on it; the defaults fit a 2-core CPU.
+
+    Diverse data (an expert at two noise levels plus random actions) is the paper's advice for a
+    model that must later be corrected on another robot's data.
+    """
+
+    data_plan: tuple[DataStep, ...]
+    backbone: str = "draw-v0"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    actor_critic: dict[str, Any] = field(default_factory=dict)  # ActorCriticConfig fields
+    batch_size: int = 32
+    seq_len: int = 16
+    model_lr: float = 3e-4
+    model_updates: int = 14_000
+    policy_updates: int = 1500
+    policy_starts: int = 256
+    policy_seq_len: int = 16
+
+    def __post_init__(self) -> None:
+        plan = tuple(step if isinstance(step, DataStep) else DataStep(*step) for step in self.data_plan)
+        object.__setattr__(self, "data_plan", plan)
+        if not plan or any(step.behaviour not in ("expert", "random") or step.noise < 0 for step in plan):
+            raise ConfigError(f"SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, got {plan!r}.")
+        if any(later.until <= earlier.until for earlier, later in zip(plan, plan[1:])) or plan[0].until < 1:
+            raise ConfigError(f"SourceRecipe.data_plan: each step's 'until' must exceed the one before, got {plan!r}.")
+        if min(self.batch_size, self.seq_len, self.model_updates, self.policy_updates, self.policy_starts) < 1:
+            raise ConfigError("SourceRecipe: batch_size, seq_len, model_updates, policy_updates and policy_starts must be >= 1.")
+        ActorCriticConfig(**self.actor_critic)  # an unknown or bad field fails here, not after the data is collected
+
+
+def source_recipe(env_id: str, **overrides: Any) -> SourceRecipe:
+    """The recipe ``env_id``'s plugin registered, with ``overrides`` (recipe fields) on top."""
+    spec = env_spec(env_id)
+    if not spec.recipe:
+        raise NameNotFound(
+            f"Environment {env_id!r} has no source recipe (plugin {spec.plugin!r} registered none); register one with "
+            "register(..., recipe={...}) (see docs/plugins.md), or pretrain online with `latent-residual pretrain`."
+        )
+    try:
+        return SourceRecipe(**{**spec.recipe, **overrides})
+    except TypeError as exc:
+        raise RegistrationError(f"Environment {env_id!r} (plugin {spec.plugin!r}): recipe is malformed: {exc}.") from None
+
+
+def _commit() -> str | None:
+    """The git commit of the library's checkout, when it runs from one."""
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
+
+
+def build_source(
+    env_id: str,
+    out: str | Path,
+    *,
+    recipe: SourceRecipe | None = None,
+    data_dir: str | Path | None = None,
+    seed: int = 0,
+    command: str = "",
+    quiet: bool = False,
+    say=print,
+) -> dict[str, Any]:
+    """Build ``env_id``'s source model by its recipe into ``out`` (``world_model/``, the simulation policy
+    and ``provenance.json``) and return the provenance, with the policy's return in the simulation.
+
+    The data plan is collected into ``data_dir`` (default ``out/sim_data``), resumably; collection, the
+    world model and the policy are all seeded by ``seed``.
+    """
+    recipe = recipe or source_recipe(env_id)
+    out = Path(out)
+    data_dir = Path(data_dir) if data_dir is not None else out / "sim_data"
+    started = time.monotonic()
+    for step in recipe.data_plan:
+        say(f"collecting {step.behaviour} (noise {step.noise}) until {step.until} transitions -> {data_dir}")
+        dataset = collect(env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+    env = make_env(env_id)
+    torch.manual_seed(seed)
+    model = make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
+    env.close()
+    say(f"training the world model: {recipe.model_updates} updates")
+    train_world_model(
+        model, dataset.episodes, updates=recipe.model_updates, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
+        lr=recipe.model_lr, seed=seed, log_dir=out / "logs" / "world_model", quiet=quiet,
+    )  # fmt: skip
+    save_world_model(model, out / "world_model", extra={"model_updates": recipe.model_updates})
+    sequences = dataset.sequences(recipe.policy_seq_len)
+    sequences.pop("reward")  # the policy's rewards come from the model's reward head
+    say(f"training the simulation policy in imagination: {recipe.policy_updates} updates")
+    actor_critic = train_policy(
+        model, sequences, PolicyTrainConfig(steps=recipe.policy_updates, starts=recipe.policy_starts, seed=seed),
+        ac_config=ActorCriticConfig(**recipe.actor_critic), log_dir=out / "logs" / "policy", quiet=quiet,
+    )  # fmt: skip
+    save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
+    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED)
+    provenance = {
+        "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
+        "command": command,
+        "version": __version__,
+        "commit": _commit(),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "seed": seed,
+        "recipe": config_to_dict(recipe),
+        "seconds": round(time.monotonic() - started),
+        "simulation_policy_in_simulation": {"seed": EVAL_SEED, **result.to_dict()},
+    }
+    write_text(out / PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
+    return provenance

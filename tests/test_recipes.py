@@ -1,0 +1,66 @@
+"""Source recipes: a registered recipe builds a source model with the library's own command, and bad recipes
+are refused before any data is collected."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_AC
+
+from latent_residual.errors import ConfigError, NameNotFound
+from latent_residual.workflow.cli import main
+from latent_residual.workflow.recipes import DataStep, SourceRecipe, build_source, source_recipe
+
+TINY_RECIPE = dict(
+    data_plan=(("expert", 0.3, 150), ("random", 0.0, 250)),
+    backbone_kwargs={"preset": "tiny"},
+    actor_critic={"hidden": TINY_AC.hidden, "layers": TINY_AC.layers, "horizon": TINY_AC.horizon},
+    batch_size=4,
+    seq_len=8,
+    model_updates=3,
+    policy_updates=2,
+    policy_starts=16,
+    policy_seq_len=8,
+)
+
+
+def test_the_registered_recipes_of_the_sources_with_an_expert(registry):
+    for source in ("dmc/pendulum-swingup-v0", "dmc/reacher-easy-v0"):
+        recipe = source_recipe(source)
+        assert recipe.data_plan[0] == DataStep("expert", 0.3, 30_000) and recipe.backbone == "draw-v0"
+    assert source_recipe("dmc/reacher-easy-v0", model_updates=7).model_updates == 7
+    with pytest.raises(NameNotFound, match="'dmc/cup-catch-v0' has no source recipe"):
+        source_recipe("dmc/cup-catch-v0")
+
+
+def test_a_bad_recipe_is_refused_before_any_work():
+    with pytest.raises(ConfigError, match="data_plan"):
+        SourceRecipe(data_plan=(("scripted", 0.3, 100),))
+    with pytest.raises(ConfigError, match="must exceed"):
+        SourceRecipe(data_plan=(("expert", 0.3, 100), ("random", 0.0, 100)))
+    with pytest.raises(TypeError, match="hiddn"):
+        SourceRecipe(data_plan=(("expert", 0.3, 100),), actor_critic={"hiddn": 3})
+
+
+def test_build_source_collects_the_plan_trains_and_records_provenance(registry, tmp_path):
+    provenance = build_source("dmc/reacher-easy-v0", tmp_path / "src", recipe=SourceRecipe(**TINY_RECIPE), quiet=True, say=lambda _: None)
+    assert (tmp_path / "src" / "world_model" / "model.safetensors").exists()
+    assert (tmp_path / "src" / "actor_critic.safetensors").exists()
+    data = json.loads((tmp_path / "src" / "sim_data" / "dataset.json").read_text())
+    assert data["transitions"] == 250
+    written = json.loads((tmp_path / "src" / "provenance.json").read_text())
+    assert written == provenance
+    assert written["recipe"]["model_updates"] == 3 and written["simulation_policy_in_simulation"]["episodes"] == 10
+    # The built directory is a source a comparison starts from.
+    from latent_residual import load_world_model
+
+    assert load_world_model(tmp_path / "src" / "world_model").action_space.shape == (2,)
+
+
+def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):
+    assert main(["build-source", "dmc/finger-turn-hard-v0", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "has no source recipe" in err
+    assert not (tmp_path / "x").exists()
