@@ -8,20 +8,13 @@ the RSSM's registered ``cpu`` preset: the two backbones differ only in the world
 
 from __future__ import annotations
 
-import dataclasses
-
 from offline_pretraining import main
-from pretrain_pendulum import RECIPE as DRAW_RECIPE
 
 import latent_residual as lr
+from latent_residual.workflow.recipes import source_recipe
 
-RECIPE = dataclasses.replace(
-    DRAW_RECIPE,
-    script="pretrain_pendulum_rssm.py",
-    what="DreamerV3 RSSM world model and policy pretrained in dmc/pendulum-swingup-v0; the RSSM's embedded default",
-    backbone="rssm-v0",
-    backbone_kwargs=lr.backbone_spec("rssm-v0").presets["cpu"],
-)
+SOURCE = "dmc/pendulum-swingup-v0"
 
 if __name__ == "__main__":
-    main(RECIPE, __doc__)
+    recipe = source_recipe(SOURCE, backbone="rssm-v0", backbone_kwargs=lr.backbone_spec("rssm-v0").presets["cpu"])
+    main(SOURCE, recipe, "pretrain_pendulum_rssm.py", "runs/pendulum-sim-data", __doc__)
