@@ -49,7 +49,67 @@ def _export_paths(path: Path) -> tuple[Path, Path]:
 
 
 class PolicyFileError(ValueError):
-    """``policy.json`` is not valid JSON, or lacks what the runner reads (a ValueError naming the file)."""
+    """An export the runner cannot use, in one line naming the file (a ValueError): ``policy.json`` is not
+    valid JSON or one of its fields is malformed (the message names the key), ``policy.onnx`` does not
+    load, or the two files disagree."""
+
+
+_MISSING = object()
+#: ONNX tensor element types whose NumPy name differs (onnxruntime reports ``tensor(float)``).
+_ONNX_DTYPES = {"float": "float32", "double": "float64"}
+
+
+class _Fields:
+    """Reads ``policy.json``'s fields; each malformed one raises a PolicyFileError naming the file and the key."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+
+    def error(self, key: str, value: Any, expected: str) -> PolicyFileError:
+        if value is _MISSING:
+            received = "missing"
+        else:
+            received = json.dumps(value, sort_keys=True, default=repr)
+            received = f"{received[:60]}..." if len(received) > 63 else received
+        return PolicyFileError(
+            f"{self.config_path}: malformed policy description: {key} is {received}, expected {expected}; "
+            "copy both files again from the same export."
+        )
+
+    def section(self, value: Any, key: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.error(key, value, "a JSON object")
+        return value
+
+    def sections(self, value: Any, key: str) -> list[dict[str, Any]]:
+        if not isinstance(value, list):
+            raise self.error(key, value, "a list of JSON objects")
+        return [self.section(item, f"{key}[{index}]") for index, item in enumerate(value)]
+
+    def name(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.error(key, value, "a non-empty string")
+        return value
+
+    def dtype(self, value: Any, key: str) -> np.dtype:
+        try:
+            dtype = np.dtype(value) if isinstance(value, str) else None
+        except TypeError:
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf":
+            raise self.error(key, value, "a NumPy dtype name such as \"float32\" or \"uint8\"")
+        return dtype
+
+    def shape(self, value: Any, key: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not all(type(size) is int and size > 0 for size in value):
+            raise self.error(key, value, "a list of positive integers (without the batch axis)")
+        return tuple(value)
+
+    def numbers(self, value: Any, key: str, count: int) -> np.ndarray:
+        numbers = isinstance(value, list) and all(type(item) in (int, float) for item in value)
+        if not numbers or len(value) != count or not np.isfinite(np.asarray(value, np.float64)).all():
+            raise self.error(key, value, f"a list of {count} finite numbers (one per action component)")
+        return np.asarray(value, dtype=np.float32)
 
 
 def _read_description(config_path: Path) -> dict[str, Any]:
@@ -62,8 +122,10 @@ def _read_description(config_path: Path) -> dict[str, Any]:
         raise PolicyFileError(f"{config_path}: expected a JSON object, got {type(config).__name__}.")
     if config.get("format") != FILE_FORMAT:
         raise PolicyFileError(f"{config_path}: format is {config.get('format')!r}, expected {FILE_FORMAT!r}.")
-    version = config.get("format_version")
-    if not isinstance(version, int) or version > FILE_FORMAT_VERSION:
+    version = config.get("format_version", _MISSING)
+    if type(version) is not int or version < 1:
+        raise _Fields(config_path).error("format_version", version, f"an integer from 1 to {FILE_FORMAT_VERSION}")
+    if version > FILE_FORMAT_VERSION:
         raise PolicyFileError(
             f"{config_path}: format_version {version!r} is newer than this reader's {FILE_FORMAT_VERSION}; "
             "upgrade latent-residual on this machine."
@@ -71,9 +133,10 @@ def _read_description(config_path: Path) -> dict[str, Any]:
     return config
 
 
-def _session(data: bytes, providers: Sequence[str] | None, threads: int | None) -> Any:
-    """An onnxruntime session on ``data``: CUDA when available unless ``providers`` are given."""
+def _session(onnx_path: Path, data: bytes, providers: Sequence[str] | None, threads: int | None) -> Any:
+    """An onnxruntime session on ``data`` (read from ``onnx_path``): CUDA when available unless ``providers`` are given."""
     import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state
 
     if providers is None:
         available = onnxruntime.get_available_providers()
@@ -83,7 +146,18 @@ def _session(data: bytes, providers: Sequence[str] | None, threads: int | None) 
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"threads must be a positive integer or None, got {threads!r}.")
         options.intra_op_num_threads = threads
-    return onnxruntime.InferenceSession(data, options, providers=list(providers))
+    # onnxruntime's own exception classes (InvalidProtobuf, InvalidGraph, Fail, ...): what a corrupt
+    # or foreign file raises. A bad argument of ours (threads, providers) stays what it is.
+    load_errors = tuple(
+        value for value in vars(onnxruntime_pybind11_state).values() if isinstance(value, type) and issubclass(value, Exception)
+    )
+    try:
+        return onnxruntime.InferenceSession(data, options, providers=list(providers))
+    except load_errors as exc:
+        reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise PolicyFileError(
+            f"{onnx_path}: onnxruntime cannot load it ({reason}); copy both files again from the same export."
+        ) from None  # onnxruntime's own traceback adds nothing to its message
 
 
 class NonFiniteObservationError(ValueError):
@@ -121,61 +195,117 @@ class OnnxPolicy:
     ) -> None:
         onnx_path, config_path = _export_paths(Path(path))
         self.config: dict[str, Any] = _read_description(config_path)
+        fields = _Fields(config_path)
         data = onnx_path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
-        if check_hash and self.config.get("onnx_sha256") not in (None, digest):
-            raise ValueError(
-                f"{onnx_path} (sha256 {digest[:12]}...) is not the file {config_path.name} describes "
-                f"(sha256 {str(self.config['onnx_sha256'])[:12]}...); copy both files from the same export."
-            )
-        try:
-            #: key -> (dtype, shape without the batch axis), in the graph's input order.
-            self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {
-                item["name"]: (np.dtype(item["dtype"]), tuple(int(size) for size in item["shape"]))
-                for item in self.config["inputs"]
-            }
-            output = self.config["output"]
-            self.output_name: str = output["name"]
-            self.action_shape: tuple[int, ...] = tuple(int(size) for size in output["shape"])
-            self.action_low = np.asarray(self.config["action_low"], dtype=np.float32).reshape(self.action_shape)
-            self.action_high = np.asarray(self.config["action_high"], dtype=np.float32).reshape(self.action_shape)
-            recurrent = self.config.get("recurrent") or {}
-            #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
-            self.state: dict[str, tuple[str, str, tuple[int, ...]]] = {
-                item["key"]: (item["input"], item["output"], tuple(int(size) for size in item["shape"]))
-                for item in recurrent.get("state", [])
-            }
-            surprise = self.config.get("surprise") or {}
-            #: The graph's surprise output, and the threshold calibrated for it; ``None`` without the alarm.
-            self.surprise_output: str | None = surprise.get("output")
-            self.surprise_threshold: float | None = float(surprise["threshold"]) if surprise else None
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        recorded = self.config.get("onnx_sha256")
+        if recorded is not None and (not isinstance(recorded, str) or len(recorded) != 64):
+            raise fields.error("onnx_sha256", recorded, "the SHA-256 of policy.onnx, 64 hexadecimal digits")
+        if check_hash and recorded not in (None, digest):
             raise PolicyFileError(
-                f"{config_path}: malformed policy description ({type(exc).__name__}: {exc}); copy both files again "
-                "from the same export."
-            ) from exc
+                f"{onnx_path} (sha256 {digest[:12]}...) is not the file {config_path.name} describes "
+                f"(sha256 {recorded[:12]}...); copy both files from the same export."
+            )
+        #: key -> (dtype, shape without the batch axis), in the graph's input order.
+        self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
+        for index, item in enumerate(fields.sections(self.config.get("inputs", _MISSING), "inputs")):
+            key = f"inputs[{index}]"
+            name = fields.name(item.get("name", _MISSING), f"{key}.name")
+            if name in self.inputs:
+                raise fields.error(f"{key}.name", name, "a name no earlier input has")
+            self.inputs[name] = (fields.dtype(item.get("dtype", _MISSING), f"{key}.dtype"), fields.shape(item.get("shape", _MISSING), f"{key}.shape"))
+        if not self.inputs:
+            raise fields.error("inputs", [], "at least one input")
+        output = fields.section(self.config.get("output", _MISSING), "output")
+        self.output_name: str = fields.name(output.get("name", _MISSING), "output.name")
+        if fields.dtype(output.get("dtype", _MISSING), "output.dtype") != np.float32:
+            raise fields.error("output.dtype", output["dtype"], '"float32" (actions are float32)')
+        self.action_shape: tuple[int, ...] = fields.shape(output.get("shape", _MISSING), "output.shape")
+        size = int(np.prod(self.action_shape))
+        self.action_low = fields.numbers(self.config.get("action_low", _MISSING), "action_low", size).reshape(self.action_shape)
+        self.action_high = fields.numbers(self.config.get("action_high", _MISSING), "action_high", size).reshape(self.action_shape)
+        if (self.action_low > self.action_high).any():
+            raise fields.error("action_high", self.config["action_high"], f"bounds no lower than action_low {self.config['action_low']}")
+        env_id = self.config.get("env_id")
+        if env_id is not None and not isinstance(env_id, str):
+            raise fields.error("env_id", env_id, "a string or null")
+        recurrent = self.config.get("recurrent")
+        recurrent = {} if recurrent is None else fields.section(recurrent, "recurrent")
+        #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
+        self.state: dict[str, tuple[str, str, tuple[int, ...]]] = {}
+        for index, item in enumerate(fields.sections(recurrent.get("state", []), "recurrent.state")):
+            key = f"recurrent.state[{index}]"
+            self.state[fields.name(item.get("key", _MISSING), f"{key}.key")] = (
+                fields.name(item.get("input", _MISSING), f"{key}.input"),
+                fields.name(item.get("output", _MISSING), f"{key}.output"),
+                fields.shape(item.get("shape", _MISSING), f"{key}.shape"),
+            )
+        surprise = self.config.get("surprise")
+        surprise = None if surprise is None else fields.section(surprise, "surprise")
+        #: The graph's surprise output, and the threshold calibrated for it; ``None`` without the alarm.
+        self.surprise_output: str | None = None if surprise is None else fields.name(surprise.get("output", _MISSING), "surprise.output")
+        self.surprise_threshold: float | None = None
+        if surprise is not None:
+            threshold = surprise.get("threshold", _MISSING)
+            if type(threshold) not in (int, float) or not np.isfinite(threshold) or threshold < 0:
+                raise fields.error("surprise.threshold", threshold, "a finite number >= 0")
+            self.surprise_threshold = float(threshold)
         self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
         #: The latest step's surprise (with the alarm): a float after :meth:`act`, (B,) after :meth:`step_batch`.
         self.last_surprise: float | np.ndarray | None = None
-        self.session = _session(data, providers, threads)
+        self.session = _session(onnx_path, data, providers, threads)
         # What every step asks the graph for: the action, the next state, the surprise (with the alarm).
         self._outputs = [self.output_name, *(output for _, output, _ in self.state.values())]
         self._outputs += [self.surprise_output] if self.surprise_output else []
+        # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
+        self._check_graph(onnx_path, config_path)
+
+    def _check_graph(self, onnx_path: Path, config_path: Path) -> None:
+        """Refuse a graph whose inputs and outputs (names, dtypes, shapes) are not the ones ``policy.json`` describes."""
         graph_inputs = [item.name for item in self.session.get_inputs()]
         extra = [name for name, _, _ in self.state.values()] + ([PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else [])
         if sorted(graph_inputs) != sorted([*self.inputs, *extra]):
-            raise ValueError(
+            raise PolicyFileError(
                 f"{onnx_path} has inputs {graph_inputs} but {config_path.name} lists {list(self.inputs)}; "
                 "copy both files from the same export."
             )
-        # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
         graph_outputs = [item.name for item in self.session.get_outputs()]
         missing = [name for name in self._outputs if name not in graph_outputs]
         if missing:
-            raise ValueError(
+            raise PolicyFileError(
                 f"{onnx_path} has outputs {graph_outputs} but {config_path.name} also names {missing}; "
                 "copy both files from the same export."
             )
+        # (where policy.json describes it, dtype, shape without the batch axis) of every graph tensor the runner touches.
+        float32 = np.dtype(np.float32)
+        described = {
+            **{name: (f"inputs[{index}]", dtype, shape) for index, (name, (dtype, shape)) in enumerate(self.inputs.items())},
+            self.output_name: ("output", float32, self.action_shape),
+        }
+        for index, (name_in, name_out, shape) in enumerate(self.state.values()):
+            described[name_in] = described[name_out] = (f"recurrent.state[{index}]", float32, shape)
+        if self.recurrent:
+            described[PREV_ACTION_NAME] = (f"output.shape (as {PREV_ACTION_NAME})", float32, self.action_shape)
+            described[IS_FIRST_NAME] = ("recurrent", np.dtype(bool), ())
+        if self.surprise_output:
+            described[self.surprise_output] = ("surprise", float32, ())
+        for item in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            if item.name not in described:
+                continue
+            key, dtype, shape = described[item.name]
+            element = str(item.type).removeprefix("tensor(").removesuffix(")")
+            graph_dtype = _ONNX_DTYPES.get(element, element)
+            dims = list(item.shape or [])
+            # The batch axis, and any axis the exporter left symbolic, match every size.
+            fits = len(dims) == len(shape) + 1 and all(
+                not isinstance(dim, int) or dim == size for dim, size in zip(dims[1:], shape)
+            )
+            if graph_dtype != dtype.name or not fits:
+                graph = ", ".join(str(dim) for dim in dims)
+                raise PolicyFileError(
+                    f"{onnx_path}: {item.name!r} is {graph_dtype}[{graph}] in the graph but {config_path.name}'s {key} "
+                    f"says {dtype.name}{list(shape)} after the batch axis; copy both files from the same export."
+                )
 
     # -- description -------------------------------------------------------------------------
 
