@@ -383,7 +383,7 @@ def load_actor_critic(path: str | Path, *, device: str | torch.device = "cpu") -
     tensors, metadata = read_checked(path, **_CHECKS)
     stored_config = metadata_json(path, metadata, "config", CheckpointError)
     feature_size, action_size = (metadata_int(path, metadata, key, CheckpointError) for key in ("feature_size", "action_size"))
-    config = config_from_dict(ActorCriticConfig, stored_config, source=f"{path} metadata 'config'")
+    config = config_from_dict(ActorCriticConfig, stored_config, source=f"{path}: key 'config'", error=CheckpointError)
     actor_critic = ActorCritic(feature_size, action_size, config)
     weights = {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}
     # Files written before fingerprints were recorded have none; they load as they are.

@@ -17,12 +17,14 @@ import torch
 from torch import Tensor, nn
 
 from latent_residual.config import config_from_dict, config_to_dict
-from latent_residual.contract import State, WorldModel
+from latent_residual.contract import LatentSpec, State, WorldModel
 from latent_residual.errors import AdapterFileError, ConfigError, IncompatibleAdapterError, NameNotFound, did_you_mean
 from latent_residual.residual import ResidualConfig, ResidualNet
 from latent_residual.serialization import (
+    check_fingerprint_value,
     check_metadata,
     fingerprint,
+    json_or_text,
     metadata_int,
     metadata_json,
     read_checked,
@@ -92,13 +94,13 @@ class ResidualWorldModel(WorldModel):
         config = config or ResidualConfig()
         if name in self.residuals:
             raise ConfigError(f"An adapter named {name!r} is already attached; delete_adapter() it first.")
-        if not name or "/" in name or name.startswith("."):
-            raise ConfigError(f"Adapter name {name!r} must be non-empty, without '/', not starting with '.'.")
-        missing = [key for key in config.extra_inputs if key not in self._state_sizes]
+        if not _valid_name(name):
+            raise ConfigError(f"Adapter name {name!r} {_NAME_RULE}.")
+        missing = self._unknown_inputs(config)
         if missing:
             raise ConfigError(
                 f"ResidualConfig.extra_inputs names {missing}, not in this model's state; "
-                f"available: {sorted(k for k in self._state_sizes if k != 'stoch')}."
+                f"available: {self._inputs_available()}."
             )
         in_size = self.latent.size + self.action_size + sum(self._state_sizes[k] for k in config.extra_inputs)
         net = ResidualNet(config, in_size, self.latent.groups, self.latent.classes).to(self.base.device())
@@ -173,6 +175,12 @@ class ResidualWorldModel(WorldModel):
         self.training = mode
         self.residuals.train(mode)
         return self
+
+    def _unknown_inputs(self, config: ResidualConfig) -> list[str]:
+        return [key for key in config.extra_inputs if key not in self._state_sizes]
+
+    def _inputs_available(self) -> list[str]:
+        return sorted(key for key in self._state_sizes if key != "stoch")
 
     def _check_name(self, name: str) -> None:
         if name not in self.residuals:
@@ -302,7 +310,7 @@ class ResidualWorldModel(WorldModel):
             target = directory if len(names) == 1 else directory / name
             metadata = self._metadata(name, data_summary)
             write_safetensors(target / ADAPTER_WEIGHTS_NAME, self.residuals[name].state_dict(), metadata)
-            readable = {key: _maybe_json(value) for key, value in metadata.items()}
+            readable = {key: json_or_text(value) for key, value in metadata.items()}
             write_text(target / ADAPTER_CONFIG_NAME, json.dumps(readable, indent=2, sort_keys=True) + "\n")
             written.append(target)
         return written
@@ -336,28 +344,36 @@ class ResidualWorldModel(WorldModel):
 
     def _load_one(self, file: Path, *, trainable: bool, adapter_name: str | None) -> str:
         tensors, meta = _read_adapter(file)
-        if meta["base_fingerprint"] != self.base_fingerprint:
+        stored = _parse_metadata(file, meta)
+        if stored["base_fingerprint"] != self.base_fingerprint:
             raise IncompatibleAdapterError(
-                f"{file}: adapter was made for a base with fingerprint {meta['base_fingerprint']} "
+                f"{file}: adapter was made for a base with fingerprint {stored['base_fingerprint']} "
                 f"(backbone {meta['backbone_id'] or 'unnamed'}), but this base's fingerprint is "
                 f"{self.base_fingerprint} (backbone {self.backbone_id or 'unnamed'}). Load the base "
                 "checkpoint the adapter was trained on."
             )
-        latent_spec = metadata_json(file, meta, "latent_spec", AdapterFileError)
-        action_size = metadata_int(file, meta, "action_size", AdapterFileError)
-        if latent_spec != self.latent.to_dict() or action_size != self.action_size:
+        if stored["latent_spec"] != self.latent.to_dict() or stored["action_size"] != self.action_size:
             raise IncompatibleAdapterError(
-                f"{file}: adapter expects latent {latent_spec} and action size {meta['action_size']}; "
-                f"this model has {self.latent.to_dict()} and {self.action_size}."
+                f"{file}: adapter expects latent {stored['latent_spec']} (key 'latent_spec') and action size "
+                f"{stored['action_size']} (key 'action_size'); this model has {self.latent.to_dict()} and {self.action_size}."
             )
-        stored_config = metadata_json(file, meta, "config", AdapterFileError)
-        config = config_from_dict(ResidualConfig, stored_config, source=f"{file} metadata 'config'")
-        summary = metadata_json(file, meta, "data_summary", AdapterFileError) if meta["data_summary"] else {}
-        name = adapter_name or meta["adapter_name"]
+        config = stored["config"]
+        # The base's fingerprint matched, so inputs this base lacks mean the stored config is wrong.
+        missing = self._unknown_inputs(config)
+        if missing:
+            raise AdapterFileError(
+                f"{file}: key 'config' names extra_inputs {missing}, not in the state of the base it was made for "
+                f"(available: {self._inputs_available()}); the file is corrupt."
+            )
+        summary = stored["data_summary"]
+        name = adapter_name or stored["adapter_name"]
         self.add_adapter(name, config, trainable=trainable)
         try:
             # Files written before adapter fingerprints were recorded have none; they load as they are.
-            strict_load(self.residuals[name], tensors, file, AdapterFileError, expected_fingerprint=meta.get("fingerprint"))
+            strict_load(
+                self.residuals[name], tensors, file, AdapterFileError, expected_fingerprint=meta.get("fingerprint"),
+                hint="; the network was built from key 'config', which does not describe these weights",
+            )
         except AdapterFileError:
             self.delete_adapter(name)
             raise
@@ -372,13 +388,6 @@ class ResidualWorldModel(WorldModel):
         model = cls(base)
         model.load_adapter(path, trainable=trainable, adapter_name=adapter_name)
         return model
-
-
-def _maybe_json(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError:
-        return value
 
 
 _REQUIRED_METADATA = (
@@ -403,8 +412,49 @@ _CHECKS = {
 }
 
 
+_NAME_RULE = "must be non-empty, without '/', not starting with '.'"
+
+
+def _valid_name(name: str) -> bool:
+    return bool(name) and "/" not in name and not name.startswith(".")
+
+
 def _read_adapter(file: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     return read_checked(file, **_CHECKS)
+
+
+def _parse_metadata(file: Path, meta: dict[str, str]) -> dict[str, Any]:
+    """An adapter file's metadata decoded and checked key by key; ``AdapterFileError`` names the file and
+    the first malformed key. The keys describing provenance only (backbone id, dates) are free text."""
+    if not _valid_name(meta["adapter_name"]):
+        raise AdapterFileError(f"{file}: key 'adapter_name' is {meta['adapter_name']!r}; an adapter name {_NAME_RULE}.")
+    stored_config = metadata_json(file, meta, "config", AdapterFileError, dict)
+    config = config_from_dict(ResidualConfig, stored_config, source=f"{file}: key 'config'", error=AdapterFileError)
+    if meta.get("adapter_type", config.adapter_type) != config.adapter_type:
+        raise AdapterFileError(
+            f"{file}: key 'adapter_type' is {meta['adapter_type']!r} but key 'config' says {config.adapter_type!r}; "
+            "the file is corrupt."
+        )
+    latent_spec = metadata_json(file, meta, "latent_spec", AdapterFileError, dict)
+    try:
+        if sorted(latent_spec) != ["classes", "groups"]:
+            raise ConfigError(f"expected the keys 'groups' and 'classes', got {sorted(latent_spec)}")
+        LatentSpec(**latent_spec)
+    except ConfigError as exc:
+        raise AdapterFileError(f"{file}: key 'latent_spec' is {latent_spec}: {exc}") from exc
+    if "backbone_kwargs" in meta:
+        metadata_json(file, meta, "backbone_kwargs", AdapterFileError, dict)
+    if "fingerprint" in meta:  # files written before adapter fingerprints were recorded have none
+        check_fingerprint_value(file, "fingerprint", meta["fingerprint"], AdapterFileError)
+    return {
+        "adapter_name": meta["adapter_name"],
+        "config": config,
+        "latent_spec": latent_spec,
+        "action_size": metadata_int(file, meta, "action_size", AdapterFileError),
+        "base_fingerprint": check_fingerprint_value(file, "base_fingerprint", meta["base_fingerprint"], AdapterFileError),
+        # An empty value means no summary was recorded.
+        "data_summary": metadata_json(file, meta, "data_summary", AdapterFileError, dict) if meta["data_summary"] else {},
+    }
 
 
 def _adapter_files(path: Path) -> list[Path]:
@@ -427,7 +477,8 @@ def read_adapter_info(path: str | Path) -> list[dict[str, Any]]:
     for file in _adapter_files(Path(path)):
         header, meta = read_safetensors_header(file, error=AdapterFileError)
         check_metadata(file, meta, **_CHECKS)
-        info = {key: _maybe_json(value) for key, value in meta.items()}
+        _parse_metadata(file, meta)
+        info = {key: json_or_text(value) for key, value in meta.items()}
         info["path"] = str(file)
         info["parameters"] = sum(_numel(entry["shape"]) for entry in header.values())
         infos.append(info)

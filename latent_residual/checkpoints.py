@@ -14,8 +14,11 @@ from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.serialization import (
     check_fingerprint,
+    check_fingerprint_value,
     check_metadata,
     fingerprint,
+    json_or_text,
+    metadata_json,
     read_safetensors,
     read_safetensors_header,
     space_to_json,
@@ -36,6 +39,20 @@ _CHECKS = {
     "kind": "latent-residual world-model checkpoint",
     "required": ("backbone_id", "backbone_kwargs", "observation_space", "action_space"),
 }
+#: The JSON type of every key a checkpoint's metadata may hold (beyond its format and version).
+_TYPES = {
+    "backbone_id": str,
+    "backbone_kwargs": dict,
+    "observation_space": dict,
+    "action_space": dict,
+    "library_version": str,
+    "extra": dict,
+}
+#: Appended when the weights do not fit the model the metadata describes (their fingerprint held).
+BUILT_FROM = (
+    "; the model was built from keys 'backbone_id', 'backbone_kwargs', 'observation_space' and 'action_space', "
+    "so one of them does not describe these weights"
+)
 
 
 def save_world_model(
@@ -72,12 +89,12 @@ def save_world_model(
 
 
 def _parse(path: Path, metadata: dict[str, str]) -> dict[str, Any]:
-    """Checkpoint metadata values are JSON; decode them, then check format and version."""
-    try:
-        config = {key: json.loads(value) for key, value in metadata.items()}
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: checkpoint metadata is not JSON: {exc}") from exc
-    check_metadata(path, config, **_CHECKS)
+    """Checkpoint metadata values are JSON; decode them, then check format, version and each key's type."""
+    # The format first, so that another kind of file is named as such rather than by its first non-JSON value.
+    check_metadata(path, {key: json_or_text(value) for key, value in metadata.items()}, **_CHECKS)
+    config = {key: metadata_json(path, metadata, key, CheckpointError, _TYPES.get(key)) for key in metadata}
+    if "fingerprint" in config:
+        check_fingerprint_value(path, "fingerprint", config["fingerprint"], CheckpointError)
     return config
 
 
@@ -103,8 +120,9 @@ def read_world_model(directory: str | Path) -> tuple[dict[str, Any], dict[str, A
     return config, tensors
 
 
-def load_weights(model: WorldModel, tensors: dict[str, Any], directory: str | Path) -> WorldModel:
+def load_weights(model: WorldModel, tensors: dict[str, Any], directory: str | Path, *, hint: str = "") -> WorldModel:
     """Load a checkpoint's ``tensors`` into an already built ``model``, checking keys, shapes and dtypes
-    strictly and refusing non-finite values (``serialization.strict_load``)."""
-    strict_load(model, tensors, Path(directory) / MODEL_WEIGHTS_NAME, CheckpointError)
+    strictly and refusing non-finite values (``serialization.strict_load``, which appends ``hint`` to a
+    mismatch's message)."""
+    strict_load(model, tensors, Path(directory) / MODEL_WEIGHTS_NAME, CheckpointError, hint=hint)
     return model

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
-from latent_residual.errors import ConfigError, did_you_mean
+from latent_residual.errors import ConfigError, LatentResidualError, did_you_mean
 
 T = TypeVar("T")
 P = TypeVar("P", bound="PresetConfig")
@@ -24,13 +24,17 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
-def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str) -> T:
+def config_from_dict(
+    cls: type[T], data: dict[str, Any], *, source: str, error: type[LatentResidualError] = ConfigError
+) -> T:
     """Build ``cls`` from ``data``; keys this version does not know are dropped with a warning.
 
     :param source: Where ``data`` came from, named in messages (a file path, "metadata", ...).
+    :param error: Raised, naming ``source``, when ``data`` does not build ``cls`` (a file's own
+        error class, so that a bad stored config reads as a bad file).
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}.")
+        raise error(f"{source}: expected a JSON object for {cls.__name__}, got {type(data).__name__}.")
     known = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(known))
     if unknown:
@@ -45,8 +49,8 @@ def config_from_dict(cls: type[T], data: dict[str, Any], *, source: str) -> T:
             values[key] = tuple(value) if isinstance(value, list) else value
     try:
         return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{source}: cannot build {cls.__name__}: {exc}") from exc
+    except (TypeError, ConfigError) as exc:  # a field of the wrong type, or a value __post_init__ refuses
+        raise error(f"{source}: cannot build {cls.__name__}: {exc}") from exc
 
 
 

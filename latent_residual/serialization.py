@@ -267,12 +267,50 @@ def read_json_object(path: Path, *, error: type[FileFormatError], hint: str = ""
     return data
 
 
-def metadata_json(path: Path, metadata: Mapping[str, str], key: str, error: type[FileFormatError]) -> Any:
-    """Safetensors metadata value ``key`` decoded as JSON; ``error`` names the file and the key when it is not."""
+#: What each JSON type is called in messages.
+_JSON_TYPES = {dict: "a JSON object", list: "a JSON list", str: "a string", int: "an integer"}
+_FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def _quoted(value: Any) -> str:
+    """``repr(value)``, cut to fit a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def json_or_text(value: str) -> Any:
+    """A metadata value decoded as JSON, or the text itself where it is not JSON (free-text keys)."""
     try:
-        return json.loads(metadata[key])
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+def check_json_type(path: Path, key: str, value: Any, expected: type, error: type[FileFormatError]) -> Any:
+    """``value`` (stored under ``key``) if it has the JSON type ``expected`` (``dict``, ``list``, ``str`` or
+    ``int``); else ``error`` naming the file, the key and what it holds."""
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise error(f"{path}: key {key!r} is {_quoted(value)}, expected {_JSON_TYPES[expected]}; the file is corrupt.")
+    return value
+
+
+def metadata_json(
+    path: Path, metadata: Mapping[str, str], key: str, error: type[FileFormatError], expected: type | None = None
+) -> Any:
+    """Safetensors metadata value ``key`` decoded as JSON, of JSON type ``expected`` when given
+    (:func:`check_json_type`); ``error`` names the file and the key when it is not."""
+    try:
+        value = json.loads(metadata[key])
     except json.JSONDecodeError as exc:
         raise error(f"{path}: metadata key {key!r} is not valid JSON ({exc}); the file is corrupt.") from exc
+    return value if expected is None else check_json_type(path, key, value, expected, error)
+
+
+def check_fingerprint_value(path: Path, key: str, value: Any, error: type[FileFormatError]) -> str:
+    """``value`` (stored under ``key``) if it has the form of a :func:`fingerprint`; else ``error`` naming both."""
+    if not isinstance(value, str) or not _FINGERPRINT.match(value):
+        raise error(f"{path}: key {key!r} is {_quoted(value)}, expected 'sha256:' and 64 hex digits; the metadata is corrupt.")
+    return value
 
 
 def metadata_int(path: Path, metadata: Mapping[str, str], key: str, error: type[FileFormatError]) -> int:
@@ -335,8 +373,12 @@ def strict_load(
     error: type[FileFormatError],
     *,
     expected_fingerprint: str | None = None,
+    hint: str = "",
 ) -> None:
     """Load ``tensors`` into ``module`` only if they fit it exactly; else raise ``error`` naming the file.
+
+    :param hint: Appended to the message when keys, shapes or dtypes differ: where the module's
+        layout came from ("the keys that built it ...").
 
     Keys, shapes and dtypes must match the module's state dict (nothing is cast: int32 or bool
     tensors never load into float parameters), every floating-point value must be finite, and,
@@ -365,7 +407,7 @@ def strict_load(
                 "dtype mismatch "
                 + ", ".join(f"{k}: file {_dtype_name(tensors[k])} vs {_dtype_name(expected[k])}" for k in casts)
             )
-        raise error(f"{path}: weights do not fit {type(module).__name__}: {'; '.join(details)}.")
+        raise error(f"{path}: weights do not fit {type(module).__name__}: {'; '.join(details)}{hint}.")
     for key in common:
         value = tensors[key]
         if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
@@ -383,8 +425,7 @@ def check_fingerprint(
     path: Path, tensors: Mapping[str, torch.Tensor], expected: Any, error: type[FileFormatError]
 ) -> None:
     """Raise ``error`` naming the file and both fingerprints unless ``tensors`` have the recorded one."""
-    if not isinstance(expected, str) or not expected.startswith("sha256:"):
-        raise error(f"{path}: the recorded fingerprint is {expected!r}, expected 'sha256:<hex>'; the metadata is corrupt.")
+    check_fingerprint_value(path, "fingerprint", expected, error)
     found = tensors_fingerprint(tensors)
     if found != expected:
         raise error(

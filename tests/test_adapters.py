@@ -115,11 +115,12 @@ def test_adapter_for_a_different_base_is_refused_with_both_fingerprints(gru_mode
 
 
 def test_different_latent_layout_is_refused(gru_model, drift_spaces, tmp_path):
+    same = "sha256:" + "0" * 64  # one made-up base fingerprint for both, so only the layouts differ
     adapted = attach_residual(gru_model)
-    adapted.base_fingerprint = "sha256:same"
+    adapted.base_fingerprint = same
     adapted.save_pretrained(tmp_path)
     other = ResidualWorldModel(make_backbone("gru-v0", *drift_spaces, groups=5))
-    other.base_fingerprint = "sha256:same"
+    other.base_fingerprint = same
     with pytest.raises(IncompatibleAdapterError, match="latent"):
         other.load_adapter(tmp_path, trainable=False)
 

@@ -30,6 +30,7 @@ from latent_residual import (
     fit_residual,
     load_adapter,
     make_backbone,
+    read_adapter_info,
 )
 from latent_residual import onnx_policy as runner
 from latent_residual.actor_critic import Actor, ActorCritic, ActorCriticConfig, load_actor_critic, save_actor_critic
@@ -183,6 +184,119 @@ def test_malformed_adapter_metadata_names_the_file_and_key(gru_model, tmp_path):
     rewrite(tmp_path / ADAPTER_WEIGHTS_NAME, lambda tensors, metadata: metadata.update(latent_spec="{not json"))
     with pytest.raises(AdapterFileError, match=r"adapter.safetensors: metadata key 'latent_spec' is not valid JSON"):
         load_adapter(gru_model, tmp_path, trainable=False)
+
+
+BOX = {"type": "Box", "shape": [2], "dtype": "float32", "low": -1.0, "high": 1.0}
+
+
+def one_line_naming(error: pytest.ExceptionInfo, path: Path, key: str) -> str:
+    message = str(error.value)
+    assert str(path) in message and f"'{key}'" in message and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "key, value, pattern",
+    [
+        # Each malformed space used to leak a bare KeyError, AttributeError or TypeError from Gymnasium.
+        ("observation_space", {"type": "Dict"}, r"key 'observation_space' is a Dict whose 'spaces' is None"),
+        ("observation_space", 3, r"key 'observation_space' is 3, expected a JSON object"),
+        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "dtype": "nonsense"}}},
+         r"key 'observation_space'\['position'\] is not a valid Box: data type 'nonsense' not understood"),
+        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "shape": "2"}}},
+         r"key 'observation_space'\['position'\] has shape '2', expected a list of integers"),
+        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "shape": [3]}}},
+         r"weights do not fit .* built from keys .*'observation_space'"),
+        ("observation_space", {"type": "Discrete", "n": 3}, r"key 'observation_space' is type 'Discrete'"),
+        ("action_space", {k: v for k, v in BOX.items() if k != "dtype"}, r"key 'action_space' is a Box without 'dtype'"),
+        ("action_space", {**BOX, "low": "a"}, r"key 'action_space' is not a valid Box: could not convert"),
+        ("action_space", {**BOX, "low": 2.0}, r"key 'action_space' is not a valid Box: .*low values must be less"),
+        ("backbone_id", None, r"key 'backbone_id' is None, expected a string"),
+        ("backbone_id", "nosuch-v0", r"key 'backbone_id': No backbone registered as 'nosuch-v0'"),
+        ("backbone_kwargs", [1], r"key 'backbone_kwargs' is \[1\], expected a JSON object"),
+        ("backbone_kwargs", {"bogus": 1}, r"keys 'backbone_kwargs', .* do not build backbone 'gru-v0': .*bogus"),
+        ("backbone_kwargs", {"groups": -1}, r"keys 'backbone_kwargs', .* do not build backbone 'gru-v0': .*groups"),
+        ("extra", [1], r"key 'extra' is \[1\], expected a JSON object"),
+        ("fingerprint", "sha256:00", r"key 'fingerprint' is 'sha256:00', expected 'sha256:' and 64 hex digits"),
+    ],
+)
+def test_malformed_world_model_metadata_names_the_file_and_key(gru_model, tmp_path, key, value, pattern):
+    save_world_model(gru_model, tmp_path)
+    path = tmp_path / MODEL_WEIGHTS_NAME
+    rewrite(path, lambda tensors, metadata: metadata.update({key: json.dumps(value)}))
+    with pytest.raises(CheckpointError, match=pattern) as error:
+        load_world_model(tmp_path)
+    one_line_naming(error, path, key)
+
+
+@pytest.mark.parametrize("key", ["backbone_id", "backbone_kwargs", "observation_space", "extra"])
+def test_inspect_names_a_world_model_key_of_the_wrong_type(gru_model, tmp_path, capsys, key):
+    save_world_model(gru_model, tmp_path)
+    rewrite(tmp_path / MODEL_WEIGHTS_NAME, lambda tensors, metadata: metadata.update({key: "[1]"}))
+    assert main(["inspect", str(tmp_path)]) == 1
+    line = one_line_error(capsys)
+    assert str(tmp_path / MODEL_WEIGHTS_NAME) in line and f"key {key!r} is [1]" in line
+
+
+def test_a_checkpoint_value_that_is_not_json_names_its_key(gru_model, tmp_path):
+    save_world_model(gru_model, tmp_path)
+    rewrite(tmp_path / MODEL_WEIGHTS_NAME, lambda tensors, metadata: metadata.update(backbone_kwargs="{not json"))
+    with pytest.raises(CheckpointError, match=r"metadata key 'backbone_kwargs' is not valid JSON") as error:
+        read_world_model(tmp_path)
+    one_line_naming(error, tmp_path / MODEL_WEIGHTS_NAME, "backbone_kwargs")
+
+
+@pytest.mark.parametrize(
+    "key, value, pattern",
+    [
+        ("adapter_name", "", r"key 'adapter_name' is ''; an adapter name must be non-empty"),
+        ("adapter_name", "a/b", r"key 'adapter_name' is 'a/b'"),
+        ("config", "[1]", r"key 'config' is \[1\], expected a JSON object"),
+        ("config", '{"hidden": -1}', r"key 'config': cannot build ResidualConfig: ResidualConfig.hidden must be"),
+        ("config", '{"hidden": 8, "extra_inputs": 3}', r"key 'config': cannot build ResidualConfig"),
+        ("latent_spec", "3", r"key 'latent_spec' is 3, expected a JSON object"),
+        ("latent_spec", '{"groups": 4}', r"key 'latent_spec' is \{'groups': 4\}: expected the keys 'groups' and 'classes'"),
+        ("latent_spec", '{"groups": 4, "classes": 0}', r"key 'latent_spec' .*LatentSpec.classes must be"),
+        ("base_fingerprint", "abc", r"key 'base_fingerprint' is 'abc', expected 'sha256:'"),
+        ("fingerprint", "3", r"key 'fingerprint' is '3', expected 'sha256:'"),
+        ("adapter_type", "lora", r"key 'adapter_type' is 'lora' but key 'config' says"),
+        ("data_summary", "[1]", r"key 'data_summary' is \[1\], expected a JSON object"),
+        ("backbone_kwargs", "3", r"key 'backbone_kwargs' is 3, expected a JSON object"),
+    ],
+)
+def test_malformed_adapter_metadata_is_refused_by_load_and_inspect(gru_model, tmp_path, capsys, key, value, pattern):
+    attach_residual(gru_model, ResidualConfig(hidden=8)).save_pretrained(tmp_path)
+    path = tmp_path / ADAPTER_WEIGHTS_NAME
+    rewrite(path, lambda tensors, metadata: metadata.update({key: value}))
+    with pytest.raises(AdapterFileError, match=pattern) as error:
+        load_adapter(gru_model, tmp_path, trainable=False)
+    one_line_naming(error, path, key)
+    with pytest.raises(AdapterFileError, match=pattern):
+        read_adapter_info(tmp_path)
+    assert main(["inspect", str(tmp_path)]) == 1
+    assert f"{path}: " in one_line_error(capsys)
+
+
+def test_an_adapter_config_naming_inputs_its_base_lacks_names_the_key(gru_model, tmp_path):
+    attach_residual(gru_model, ResidualConfig(hidden=8)).save_pretrained(tmp_path)
+    path = tmp_path / ADAPTER_WEIGHTS_NAME
+    rewrite(path, lambda tensors, metadata: metadata.update(
+        config=json.dumps({**json.loads(metadata["config"]), "extra_inputs": ["nope"]})
+    ))
+    with pytest.raises(AdapterFileError, match=r"key 'config' names extra_inputs \['nope'\], not in the state") as error:
+        load_adapter(gru_model, tmp_path, trainable=False)
+    one_line_naming(error, path, "config")
+
+
+def test_an_adapter_config_that_builds_another_network_names_the_key(gru_model, tmp_path):
+    attach_residual(gru_model, ResidualConfig(hidden=8)).save_pretrained(tmp_path)
+    path = tmp_path / ADAPTER_WEIGHTS_NAME
+    rewrite(path, lambda tensors, metadata: metadata.update(
+        config=json.dumps({**json.loads(metadata["config"]), "hidden": 16})
+    ))
+    with pytest.raises(AdapterFileError, match=r"weights do not fit ResidualNet: .* built from key 'config'") as error:
+        load_adapter(gru_model, tmp_path, trainable=False)
+    one_line_naming(error, path, "config")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -355,6 +469,39 @@ def test_a_malformed_dataset_json_is_named(tmp_path, drift_spaces):
     with pytest.raises(DatasetError, match=r"dataset.json: not JSON") as error:
         load_dataset(tmp_path)
     assert str(tmp_path / "dataset.json") in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "key, value, pattern",
+    [
+        ("observation_space", {"type": "Dict"}, r"key 'observation_space' is a Dict whose 'spaces' is None"),
+        ("action_space", {"type": "Box"}, r"key 'action_space' is a Box without 'shape'"),
+        ("env_id", 3, r"key 'env_id' is 3, expected a string"),
+        ("env_kwargs", [], r"key 'env_kwargs' is \[\], expected a JSON object"),
+        ("provenance", "x", r"key 'provenance' is 'x', expected a JSON object"),
+        ("resumes", 3, r"key 'resumes' is 3, expected a JSON list"),  # the writer's append used to fail on it
+        ("episodes", 2, r"key 'episodes' is 2 but .*episode-000001.safetensors does not exist"),
+    ],
+)
+def test_a_malformed_dataset_json_key_is_named_by_loader_and_writer(tmp_path, drift_spaces, key, value, pattern):
+    drift_writer(tmp_path, drift_spaces).add_episode(drift_episode())
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), key: value}))
+    with pytest.raises(DatasetError, match=pattern) as error:
+        load_dataset(tmp_path)
+    one_line_naming(error, path, key)
+    with pytest.raises(DatasetError, match=pattern):
+        drift_writer(tmp_path, drift_spaces).add_episode(drift_episode())
+
+
+@pytest.mark.parametrize("transitions", [0, 7])
+def test_a_writer_continuing_a_dataset_checks_its_counts_against_the_files(tmp_path, drift_spaces, transitions):
+    drift_writer(tmp_path, drift_spaces).add_episode(drift_episode())
+    path = tmp_path / "dataset.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "transitions": transitions}))
+    # Appending to a count that no file holds would carry the error into every later load.
+    with pytest.raises(DatasetError, match=rf"key 'transitions' is {transitions} but the episode files hold 6 steps"):
+        drift_writer(tmp_path, drift_spaces)
 
 
 # ----------------------------------------------------------------------------------------------

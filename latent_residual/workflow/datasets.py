@@ -18,20 +18,22 @@ import gymnasium
 import numpy as np
 import torch
 
-from latent_residual.errors import ConfigError, DatasetError, LatentResidualError
+from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.rollout import NON_OBSERVATION_KEYS
 from latent_residual.serialization import (
+    check_json_type,
     check_metadata,
     compact_bound,
     read_checked,
     read_json_object,
+    read_safetensors_header,
     space_to_json,
     write_safetensors,
     write_text,
 )
 from latent_residual.version import __version__
 from latent_residual.workflow.recording import Episode
-from latent_residual.workflow.spaces import space_from_json
+from latent_residual.workflow.spaces import stored_space
 
 DATASET_INFO_NAME = "dataset.json"
 EPISODES_DIR_NAME = "episodes"
@@ -50,6 +52,15 @@ _INFO_KEYS = (
     "transitions",
     "has_reward",
 )
+#: The JSON type of each key of dataset.json that is not checked further down.
+_INFO_TYPES = {
+    "env_id": str,
+    "env_kwargs": dict,
+    "provenance": dict,
+    "resumes": list,
+    "episodes": int,
+    "transitions": int,
+}
 
 
 def episode_file_name(index: int) -> str:
@@ -194,20 +205,45 @@ def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, 
     check_metadata(
         path, info, file_format=FILE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset", required=_INFO_KEYS
     )
+    for key, expected in _INFO_TYPES.items():
+        check_json_type(path, key, info[key], expected, DatasetError)
     for key in ("episodes", "transitions"):
-        if not isinstance(info[key], int) or isinstance(info[key], bool) or info[key] < 0:
+        if info[key] < 0:
             raise DatasetError(f"{path}: key {key!r} is {info[key]!r}, expected an integer >= 0.")
     if not isinstance(info["has_reward"], bool):
         raise DatasetError(f"{path}: key 'has_reward' is {info['has_reward']!r}, expected true or false.")
-    spaces = []
-    for key in ("observation_space", "action_space"):
-        try:
-            spaces.append(space_from_json(info[key]))
-        except (LatentResidualError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise DatasetError(f"{path}: key {key!r} is not a space description: {exc}") from exc
-    observation_space, action_space = spaces
+    absent = next((index for index in range(info["episodes"]) if not _episode_path(directory, index).is_file()), None)
+    if absent is not None:
+        raise DatasetError(
+            f"{path}: key 'episodes' is {info['episodes']} but {_episode_path(directory, absent)} does not exist; "
+            "an episode file was removed or the dataset is corrupt."
+        )
+    observation_space, action_space = (
+        stored_space(path, key, info[key], DatasetError) for key in ("observation_space", "action_space")
+    )
     _check_spaces(observation_space, action_space, str(path))
     return info, observation_space, action_space
+
+
+def _episode_path(directory: Path, index: int) -> Path:
+    return directory / EPISODES_DIR_NAME / episode_file_name(index)
+
+
+def _stored_steps(path: Path) -> int:
+    """The steps of an episode file, from its header alone (``is_first`` is (T,))."""
+    header, _ = read_safetensors_header(path, error=DatasetError)
+    shape = header.get("is_first", {}).get("shape")
+    if not isinstance(shape, list) or len(shape) != 1:
+        raise DatasetError(f"{path}: key 'is_first' is missing or has shape {shape}, expected (T,).")
+    return shape[0]
+
+
+def _check_transitions(directory: Path, info: dict[str, Any], held: int) -> None:
+    if held != info["transitions"]:
+        raise DatasetError(
+            f"{directory / DATASET_INFO_NAME}: key 'transitions' is {info['transitions']} but the episode files "
+            f"hold {held} steps; an episode file was replaced or the dataset is corrupt."
+        )
 
 
 def _write_info(directory: Path, info: dict[str, Any]) -> None:
@@ -304,6 +340,9 @@ class DatasetWriter:
     ) -> None:
         """Open an existing dataset after checking it holds the same kind of data."""
         self.info, stored_observation, stored_action = _read_info(self.directory)
+        # Counts that disagree with the files would make the next episode overwrite one, or leave a gap.
+        held = sum(_stored_steps(_episode_path(self.directory, index)) for index in range(self.info["episodes"]))
+        _check_transitions(self.directory, self.info, held)
         # Spaces compare as spaces (their JSON spelling changed: earlier versions wrote a
         # uniform bound out element by element); the rest as stored.
         stored = {**self.info, "observation_space": stored_observation, "action_space": stored_action}
@@ -350,7 +389,7 @@ class DatasetWriter:
         key and step) unless the writer clips actions; ``episode`` itself is never modified.
         """
         index = self.info["episodes"]
-        path = self.directory / EPISODES_DIR_NAME / episode_file_name(index)
+        path = _episode_path(self.directory, index)
         arrays = {key: np.asarray(value) for key, value in episode.items()}
         if "reward" not in self._layout:
             arrays.pop("reward", None)
@@ -455,7 +494,7 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None, c
     for index in range(info["episodes"]):
         if max_transitions is not None and stored >= max_transitions:
             break
-        episode = _read_episode(directory / EPISODES_DIR_NAME / episode_file_name(index), layout, bounds, clip_actions)
+        episode = _read_episode(_episode_path(directory, index), layout, bounds, clip_actions)
         T = len(episode["is_first"])
         if max_transitions is not None and stored + T > max_transitions:
             keep = max_transitions - stored
@@ -465,11 +504,8 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None, c
             T = keep
         episodes.append(episode)
         stored += T
-    if max_transitions is None and stored != info["transitions"]:
-        raise DatasetError(
-            f"{directory / DATASET_INFO_NAME}: key 'transitions' is {info['transitions']} but the episode files "
-            f"hold {stored} steps; an episode file was replaced or the dataset is corrupt."
-        )
+    if max_transitions is None:
+        _check_transitions(directory, info, stored)
     return Dataset(episodes, observation_space, action_space, info)
 
 

@@ -11,23 +11,35 @@ from pathlib import Path
 import torch
 
 from latent_residual.actor_critic import load_actor_critic
-from latent_residual.checkpoints import load_weights, read_world_model
+from latent_residual.checkpoints import BUILT_FROM, MODEL_WEIGHTS_NAME, load_weights, read_world_model
 from latent_residual.contract import WorldModel
+from latent_residual.errors import CheckpointError, ConfigError, NameNotFound
 from latent_residual.registry import make_backbone
 from latent_residual.workflow.policy import Policy
-from latent_residual.workflow.spaces import space_from_json
+from latent_residual.workflow.spaces import stored_space
 
 
 def load_world_model(directory: str | Path, *, device: str | torch.device = "cpu") -> WorldModel:
-    """Rebuild a world model through the registry and load its weights, checking keys strictly."""
+    """Rebuild a world model through the registry and load its weights, checking keys strictly.
+
+    :raises CheckpointError: Naming the file and the key, for metadata that does not build a model
+        (an unregistered backbone, kwargs or spaces it refuses) or does not fit the weights.
+    """
     config, tensors = read_world_model(directory)
-    model = make_backbone(
-        config["backbone_id"],
-        space_from_json(config["observation_space"]),
-        space_from_json(config["action_space"]),
-        **config["backbone_kwargs"],
-    )
-    return load_weights(model, tensors, directory).to(device)
+    path = Path(directory) / MODEL_WEIGHTS_NAME
+    spaces = [stored_space(path, key, config[key], CheckpointError) for key in ("observation_space", "action_space")]
+    backbone = config["backbone_id"]
+    try:
+        model = make_backbone(backbone, *spaces, **config["backbone_kwargs"])
+    except NameNotFound as exc:
+        raise CheckpointError(f"{path}: key 'backbone_id': {exc}") from exc
+    except (ConfigError, TypeError, ValueError) as exc:
+        # The backbone's constructor refused the stored kwargs or spaces (a wrong field, preset or type).
+        raise CheckpointError(
+            f"{path}: keys 'backbone_kwargs', 'observation_space' and 'action_space' do not build backbone "
+            f"{backbone!r}: {exc}"
+        ) from exc
+    return load_weights(model, tensors, directory, hint=BUILT_FROM).to(device)
 
 
 def load_policy(world_model: str | Path, actor_critic: str | Path) -> Policy:
