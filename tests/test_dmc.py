@@ -67,6 +67,43 @@ def test_ids_are_listed_and_made():
     assert gymnasium.make("dmc/cup-catch-windy-v0").spec.kwargs["target"] == "windy"
 
 
+def test_every_suite_task_is_registered_under_its_gymnasium_name():
+    from dm_control import suite
+
+    from latent_residual_plugins.dmc import SUITE_TASKS
+
+    assert SUITE_TASKS == tuple(suite.ALL_TASKS)  # the written-out list follows the installed suite
+    listed = {spec.id: spec for spec in latent_residual.list_envs()}
+    for domain, task in SUITE_TASKS:
+        spec = listed[f"dmc/{domain}-{task}-v0"]
+        assert spec.kwargs == {"domain": domain, "task": task, "target": None} and spec.plugin == "dmc"
+    # The paper's ids keep their registration (and the cup's and finger's paper names stay beside the suite's).
+    assert listed["dmc/pendulum-swingup-v0"].target == "dmc/pendulum-swingup-reversed-v0"
+    assert listed["dmc/ball_in_cup-catch-v0"].target is None and listed["dmc/cup-catch-v0"].target is not None
+
+
+@pytest.mark.parametrize(("action_repeat", "steps"), [(1, 1000), (4, 250)])
+def test_the_action_repeat_is_a_keyword_and_episodes_keep_dm_controls_length(action_repeat, steps):
+    env = latent_residual.make_env("dmc/cartpole-swingup-v0", action_repeat=action_repeat)
+    env.reset(seed=0)
+    action = np.zeros(env.action_space.shape, np.float32)
+    for step in range(1, steps + 1):
+        _, _, terminated, truncated, _ = env.step(action)
+        assert not terminated and truncated == (step == steps)
+    env.close()
+
+
+def test_tasks_with_other_action_bounds_get_actions_rescaled_into_them():
+    env = make("dmc/quadruped-walk-v0")  # actuator bounds from [-1, 1] to [-0.8, 0.8] and [-1, 1.1]
+    spec = env._env.action_spec()
+    assert env.action_space.low.tolist() == [-1.0] * 12 and env.action_space.high.tolist() == [1.0] * 12
+    env.reset(seed=0)
+    for value, bound in ((1.0, spec.maximum), (-1.0, spec.minimum), (0.0, (spec.minimum + spec.maximum) / 2)):
+        env.step(np.full(12, value, np.float32))
+        np.testing.assert_allclose(env.physics.data.ctrl, bound, rtol=0, atol=1e-12)
+    env.close()
+
+
 def test_plugin_module_is_light_and_env_defaults_to_egl():
     # Importing the plugin before latent_residual must still register its ids.
     code = (

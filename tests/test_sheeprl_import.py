@@ -113,7 +113,7 @@ def differences(model, actor_critic, plan, ref: dict[str, torch.Tensor]) -> dict
     return found
 
 
-@pytest.mark.parametrize("name", ["pendulum", "reacher", "p2e"])
+@pytest.mark.parametrize("name", ["pendulum", "reacher", "p2e", "cartpole"])
 def test_imported_model_reproduces_sheeprl(name, tmp_path):
     """The written files, loaded back, give sheeprl's numbers on its recorded inputs (<= 1e-5)."""
     checkpoint = checkpoint_of(name)
@@ -216,13 +216,23 @@ def _set(path: str, value):
         (_set("distribution.type", "tanh_normal"), "distribution.type='tanh_normal'"),
         (_set("algo.world_model.reward_model.mlp_layers", 3), "one mlp_layers"),
         (_set("algo.name", "dreamer_v2"), "algo.name='dreamer_v2'"),
-        (_set("env.action_repeat", 1), "env.action_repeat=1"),
         (_set("env.wrapper.domain_name", "walker"), "no environment is registered .*--env"),
     ],
-    ids=["images", "gru-norm", "eps", "actor-distribution", "head-depth", "algo", "action-repeat", "unknown-env"],
+    ids=["images", "gru-norm", "eps", "actor-distribution", "head-depth", "algo", "unknown-env"],
 )
 def test_unsupported_options_are_named(tmp_path, edit, pattern):
     refused(edited_run(tmp_path, config_edit=edit), tmp_path, ConfigError, pattern)
+
+
+def test_any_suite_task_imports_without_a_flag_at_its_own_action_repeat(tmp_path, capsys):
+    """cartpole swingup (not one of the paper's tasks) at action repeat 1: the suite's id, the repeat from sheeprl's config."""
+    out = tmp_path / "imported"
+    assert main(["import", "sheeprl", str(checkpoint_of("cartpole")), "--out", str(out)]) == 0
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["env_id"] == "dmc/cartpole-swingup-v0" and provenance["env_kwargs"] == {"action_repeat": 1}
+    env = lr.make_env(provenance["env_id"], **provenance["env_kwargs"])
+    assert env.unwrapped.metadata["render_fps"] == 100  # 0.01 s control steps, one per agent step
+    env.close()
 
 
 def test_a_missing_config_points_at_the_option_which_takes_it_from_elsewhere(tmp_path):
@@ -286,11 +296,24 @@ def test_the_tutorial_runs(tmp_path):
     check_tutorial_output(run_tutorial(tmp_path, with_sheeprl=False))
 
 
+def test_the_docs_install_this_package_from_a_clone():
+    """latent-residual is not on the package index: an install line naming it there (with extras or --no-deps)
+    fails; the docs install the clone (`pip install -e .`, `./latent-residual`)."""
+    from_index = re.compile(r"pip install[^`\n]*?(?<![./\w-])latent-residual(?![\w/-])")
+    found = [
+        f"{path.relative_to(ROOT)}: {line.strip()}"
+        for path in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if from_index.search(line)
+    ]
+    assert found == []
+
+
 def _sheeprl_available() -> bool:
     return shutil.which("sheeprl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}") is not None
 
 
-@pytest.mark.skipif(not _sheeprl_available(), reason="sheeprl is not installed (pip install 'latent-residual[sheeprl]')")
+@pytest.mark.skipif(not _sheeprl_available(), reason="sheeprl is not installed (pip install -e '.[sheeprl]' in the clone)")
 def test_the_tutorial_runs_with_sheeprl_training_first(tmp_path):
     """The optional extra: sheeprl trains the tutorial's run, and what it writes imports and deploys."""
     check_tutorial_output(run_tutorial(tmp_path, with_sheeprl=True))

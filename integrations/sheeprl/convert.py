@@ -40,8 +40,6 @@ ACTIVATION = "torch.nn.SiLU"
 ACTOR_INIT_STD = 2.0
 #: The two-hot bins of our critic (``TwoHotHead``'s default).
 CRITIC_BINS = 255
-#: Agent steps per DMC control steps of this project's ``dmc`` environments (DMCEnv's default).
-DMC_ACTION_REPEAT = 2
 DMC_WRAPPER = "sheeprl.envs.dmc.DMCWrapper"
 #: Algorithm -> the checkpoint entries holding the actor, critic and slow (target) critic we import.
 PARTS = {
@@ -157,6 +155,8 @@ class Plan:
 
     algo: str
     env_id: str
+    #: What the environment is made with to match sheeprl's run (a DMC run's action repeat).
+    env_kwargs: dict[str, Any]
     rssm_kwargs: dict[str, Any]
     ac_config: ActorCriticConfig
     observation_space: Any
@@ -214,7 +214,9 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         _require(cfg, f"algo.critic.{key}", _get(cfg, f"algo.actor.{key}"), "one size for actor and critic")
 
     env_id, dmc_order = _environment(cfg, env_id)
-    env = lr.make_env(env_id)
+    # sheeprl repeats each action env.action_repeat times around its DMC wrapper; DMCEnv takes it as a keyword.
+    env_kwargs = {"action_repeat": _get(cfg, "env.action_repeat")} if dmc_order else {}
+    env = lr.make_env(env_id, **env_kwargs)
     try:
         observation, _ = env.reset(seed=0)
         observation_space, action_space = env.observation_space, env.action_space
@@ -262,7 +264,7 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         continuation="mode",
         detach_actor_input=True,
     )
-    return Plan(algo, env_id, rssm_kwargs, ac_config, observation_space, action_space, slices)
+    return Plan(algo, env_id, env_kwargs, rssm_kwargs, ac_config, observation_space, action_space, slices)
 
 
 def _environment(cfg: Mapping[str, Any], env_id: str | None) -> tuple[str, bool]:
@@ -279,14 +281,15 @@ def _environment(cfg: Mapping[str, Any], env_id: str | None) -> tuple[str, bool]
             "environment here is unknown; pass --env ID (`latent-residual plugins` lists them)."
         )
     domain, task = _get(cfg, "env.wrapper.domain_name"), _get(cfg, "env.wrapper.task_name")
-    sources = [spec.id for spec in lr.list_envs() if spec.kwargs == {"domain": domain, "task": task, "target": None}]
+    sources = sorted(spec.id for spec in lr.list_envs() if spec.kwargs == {"domain": domain, "task": task, "target": None})
     if not sources:
         raise ConfigError(
             f"no environment is registered for sheeprl's DMC {domain}/{task}; pass --env ID "
             "(`latent-residual plugins` lists them)."
         )
-    _require(cfg, "env.action_repeat", DMC_ACTION_REPEAT, f"{sources[0]} repeats each action twice; train with env.action_repeat=2")
-    return sources[0], True
+    # The suite's own id (as Gymnasium's DMC bridges name it) before a paper variant of the same task.
+    suite_id = f"dmc/{domain}-{task}-v0"
+    return (suite_id if suite_id in sources else sources[0]), True
 
 
 # ---------------------------------------------------------------------------
@@ -452,7 +455,8 @@ def import_checkpoint(
     :param checkpoint: ``<run>/version_0/checkpoint/ckpt_<step>_<rank>.ckpt``.
     :param config: sheeprl's resolved config; ``config.yaml`` two folders above the checkpoint by default.
     :param env_id: The environment the model is for; by default the registered DMC source of sheeprl's
-        ``env.wrapper.domain_name`` and ``task_name``.
+        ``env.wrapper.domain_name`` and ``task_name``. A DMC run's ``env.action_repeat`` is recorded as the
+        environment's ``action_repeat`` keyword (``env_kwargs`` in ``provenance.json``).
     :returns: What was written: ``{"world_model": dir, "actor_critic": file, "provenance": file}``.
     """
     checkpoint, out = Path(checkpoint), Path(out)
@@ -467,6 +471,7 @@ def import_checkpoint(
         "source_config": str(config_path.resolve()),
         "sheeprl_algo": the_plan.algo,
         "env_id": the_plan.env_id,
+        "env_kwargs": the_plan.env_kwargs,
         "sheeprl_config": cfg,
     }
 

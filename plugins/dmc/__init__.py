@@ -1,4 +1,5 @@
-"""The DeepMind Control plugin: registers the paper's four DMC sources and their targets.
+"""The DeepMind Control plugin: registers every dm_control suite task, and the paper's four DMC sources and
+their targets.
 
 Only registration lives here, kept light (no dm_control or numpy import); the env is in ``env.py``.
 """
@@ -92,9 +93,48 @@ _ENVS: tuple[tuple[str, str, str, str | None, str], ...] = (
 )
 
 
+#: dm_control 1.0's ``suite.ALL_TASKS`` (domain, task), written out so that listing plugins imports no
+#: dm_control; tests/test_dmc.py checks it against the installed suite.
+SUITE_TASKS: tuple[tuple[str, str], ...] = (
+    ("acrobot", "swingup"), ("acrobot", "swingup_sparse"), ("ball_in_cup", "catch"), ("cartpole", "balance"),
+    ("cartpole", "balance_sparse"), ("cartpole", "swingup"), ("cartpole", "swingup_sparse"),
+    ("cartpole", "two_poles"), ("cartpole", "three_poles"), ("cheetah", "run"), ("dog", "stand"), ("dog", "walk"),
+    ("dog", "trot"), ("dog", "run"), ("dog", "fetch"), ("finger", "spin"), ("finger", "turn_easy"),
+    ("finger", "turn_hard"), ("fish", "upright"), ("fish", "swim"), ("hopper", "stand"), ("hopper", "hop"),
+    ("humanoid", "stand"), ("humanoid", "walk"), ("humanoid", "run"), ("humanoid", "run_pure_state"),
+    ("humanoid_CMU", "stand"), ("humanoid_CMU", "walk"), ("humanoid_CMU", "run"), ("lqr", "lqr_2_1"),
+    ("lqr", "lqr_6_2"), ("manipulator", "bring_ball"), ("manipulator", "bring_peg"), ("manipulator", "insert_ball"),
+    ("manipulator", "insert_peg"), ("pendulum", "swingup"), ("point_mass", "easy"), ("point_mass", "hard"),
+    ("quadruped", "walk"), ("quadruped", "run"), ("quadruped", "escape"), ("quadruped", "fetch"),
+    ("reacher", "easy"), ("reacher", "hard"), ("stacker", "stack_2"), ("stacker", "stack_4"),
+    ("swimmer", "swimmer6"), ("swimmer", "swimmer15"), ("walker", "stand"), ("walker", "walk"), ("walker", "run"),
+)
+
+
+def suite_env_id(domain: str, task: str) -> str:
+    """The id of suite task ``domain``/``task``: ``dmc/<domain>-<task>-v0``, the names of Gymnasium's DMC
+    bridges (shimmy's ``dm_control/<domain>-<task>-v0``) under this plugin's namespace."""
+    return f"dmc/{domain}-{task}-v0"
+
+
 @hookimpl
 def register_envs(register: Callable[..., Any]) -> None:
-    """Register the DMC sources and targets of the ReDRAW paper."""
+    """Register every suite task, then the DMC sources and targets of the ReDRAW paper (two of whose ids,
+    pendulum swingup and reacher easy, are suite ids too: the paper's registration is the one kept)."""
+    paper = {env_id for env_id, *_ in _ENVS}
+    for domain, task in SUITE_TASKS:
+        env_id = suite_env_id(domain, task)
+        if env_id in paper:
+            continue
+        # No max_episode_steps: DMCEnv ends an episode at dm_control's own time limit, which a fixed
+        # step count would contradict at any action repeat but the one it was counted for.
+        register(
+            env_id,
+            ENTRY_POINT,
+            description=f"dm_control suite {domain} {task}.",
+            kwargs={"domain": domain, "task": task, "target": None},
+            expert=_EXPERTS.get(domain),
+        )
     targets = {(domain, task): env_id for env_id, domain, task, target, _ in _ENVS if target is not None}
     for env_id, domain, task, target, description in _ENVS:
         source = {"target": targets[domain, task], "backbone": BACKBONE, **_SOURCES.get(env_id, {})} if target is None else {}

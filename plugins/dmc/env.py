@@ -52,7 +52,9 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
     Each agent step repeats the action for ``action_repeat`` control steps and returns the sum of
     their rewards (the standard 0-1000 DMC episode scale); ``info["last_substep_reward"]`` holds
     the last one alone, the convention of the ReDRAW authors. Episodes never terminate; they are
-    truncated at dm_control's time limit (1000 control steps: 500 agent steps at repeat 2).
+    truncated at dm_control's time limit (1000 control steps: 500 agent steps at repeat 2, 1000 at
+    repeat 1). Actions lie in [-1, 1]; a task whose actuators have other bounds receives them
+    rescaled linearly into those bounds (as sheeprl's DMC wrapper does).
 
     :param domain: The dm_control suite domain, for example ``"ball_in_cup"``.
     :param task: The task in that domain, for example ``"catch"``.
@@ -100,11 +102,10 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._target.check(physics, domain)
 
         action_spec = self._env.action_spec()
-        if not (np.all(action_spec.minimum == -1.0) and np.all(action_spec.maximum == 1.0)):
-            raise ConfigError(
-                f"{domain}/{task} has actions in [{action_spec.minimum}, {action_spec.maximum}]; "
-                "DMCEnv supports tasks whose actions lie in [-1, 1]."
-            )
+        # Agents act in [-1, 1]; a task with other bounds (quadruped, lqr) gets them rescaled linearly,
+        # as sheeprl's DMC wrapper does, so that a policy imported from sheeprl acts the same here.
+        unit = np.all(action_spec.minimum == -1.0) and np.all(action_spec.maximum == 1.0)
+        self._action_bounds = None if unit else (action_spec.minimum, action_spec.maximum)
         self.action_space = spaces.Box(-1.0, 1.0, action_spec.shape, np.float32)
         state_space = {
             key: spaces.Box(-np.inf, np.inf, spec.shape, np.float32)
@@ -176,6 +177,9 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
                 "The episode has ended (or never started); call reset() before step()."
             )
         control = self._target.control(np.asarray(action, dtype=np.float64))
+        if self._action_bounds is not None:
+            low, high = self._action_bounds
+            control = low + (control + 1.0) / 2.0 * (high - low)
         total_reward = 0.0
         for _ in range(self._action_repeat):
             # mj_resetData zeroes xfrc_applied at reset; setting it before every control step
