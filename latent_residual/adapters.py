@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from latent_residual.checkpoints import MODEL_WEIGHTS_NAME
 from latent_residual.config import config_from_dict, config_to_dict
 from latent_residual.contract import LatentSpec, State, WorldModel
 from latent_residual.errors import AdapterFileError, ConfigError, IncompatibleAdapterError, NameNotFound, did_you_mean
@@ -464,9 +465,12 @@ def _adapter_files(path: Path) -> list[Path]:
         return [path / ADAPTER_WEIGHTS_NAME]
     nested = sorted(path.glob(f"*/{ADAPTER_WEIGHTS_NAME}")) if path.is_dir() else []
     if not nested:
+        # The likeliest mix-up: the base's checkpoint given where its adapter was meant.
+        seen = f"this looks like a world_model directory (it holds {MODEL_WEIGHTS_NAME})" if (path / MODEL_WEIGHTS_NAME).is_file() else (
+            f"there is no {ADAPTER_WEIGHTS_NAME} here or in its subdirectories" if path.is_dir() else "it does not exist"
+        )
         raise AdapterFileError(
-            f"{path}: no {ADAPTER_WEIGHTS_NAME} here or in its subdirectories; expected a directory "
-            "written by save_pretrained()."
+            f"{path}: expected an adapter directory holding {ADAPTER_WEIGHTS_NAME} (written by save_pretrained()); {seen}."
         )
     return nested
 

@@ -430,9 +430,9 @@ def rewrite_episode(directory: Path, change) -> Path:
 
 def test_missing_dataset_json(tmp_path, small_dir):
     (small_dir / DATASET_INFO_NAME).unlink()
-    with pytest.raises(DatasetError, match=f"{DATASET_INFO_NAME}: no such file"):
+    with pytest.raises(DatasetError, match=f"expected a dataset directory holding {DATASET_INFO_NAME}; it holds none of"):
         load_dataset(small_dir)
-    with pytest.raises(DatasetError, match="no such file"):
+    with pytest.raises(DatasetError, match="nowhere: expected a dataset directory .*; it does not exist"):
         load_dataset(tmp_path / "nowhere")
 
 

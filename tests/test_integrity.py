@@ -614,7 +614,28 @@ def test_overwrite_lets_a_finished_artefact_be_replaced(capsys, tmp_path):
     assert main(args) == 2
     capsys.readouterr()
     assert main([*args, "--overwrite"]) == 1  # past the output check, to the missing checkpoint
-    assert "model.safetensors: no such file" in one_line_error(capsys)
+    assert "missing: expected a world_model directory holding model.safetensors; it does not exist" in one_line_error(capsys)
+
+
+def test_a_directory_of_the_wrong_kind_says_what_was_expected_and_what_it_looks_like(drift_files, capsys, tmp_path):
+    model, data = drift_files / "world_model", drift_files / "data"
+    out = ["--out", str(tmp_path / "adapter")]
+    cases = [
+        (["--world-model", str(data), "--data", str(data)], f"{data}: expected a world_model directory holding "
+         "model.safetensors; this looks like a dataset directory (it holds dataset.json)"),
+        (["--world-model", str(drift_files), "--data", str(data)], f"{drift_files}: expected a world_model directory "
+         "holding model.safetensors; it holds data/ (a dataset directory), world_model/ (a world_model directory); "
+         "name that directory instead"),
+        (["--world-model", str(model), "--data", str(model)], f"{model}: expected a dataset directory holding "
+         "dataset.json; this looks like a world_model directory (it holds model.safetensors)"),
+    ]
+    for args, message in cases:
+        assert main(["adapt", *args, *out]) == 1
+        assert message in one_line_error(capsys)
+    policy = ["--out", str(tmp_path / "ac.safetensors")]
+    assert main(["train-policy", "--world-model", str(model), "--adapter", str(model), "--data", str(data), *policy]) == 1
+    assert (f"{model}: expected an adapter directory holding adapter.safetensors (written by save_pretrained()); "
+            "this looks like a world_model directory (it holds model.safetensors)") in one_line_error(capsys)
 
 
 def test_an_adapt_that_cannot_beat_the_base_writes_nothing(drift_files, capsys, tmp_path):

@@ -32,10 +32,10 @@ from latent_residual.serialization import (
     write_text,
 )
 from latent_residual.version import __version__
+from latent_residual.workflow.paths import DATASET_INFO_NAME, expect_directory
 from latent_residual.workflow.recording import Episode
 from latent_residual.workflow.spaces import stored_space
 
-DATASET_INFO_NAME = "dataset.json"
 EPISODES_DIR_NAME = "episodes"
 FILE_FORMAT = "latent-residual-dataset"
 FILE_FORMAT_VERSION = 1
@@ -196,11 +196,7 @@ def _json_ready(value: Any, what: str) -> Any:
 def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, gymnasium.spaces.Box]:
     """Read and validate ``dataset.json``; return it with the spaces it describes."""
     path = directory / DATASET_INFO_NAME
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: no such file; a dataset directory holds {DATASET_INFO_NAME} and {EPISODES_DIR_NAME}/. "
-            "Make one with latent_residual.collect() or DatasetWriter."
-        )
+    expect_directory(directory, DATASET_INFO_NAME, DatasetError)
     info = read_json_object(path, error=DatasetError)
     check_metadata(
         path, info, file_format=FILE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset", required=_INFO_KEYS

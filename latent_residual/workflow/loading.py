@@ -15,6 +15,7 @@ from latent_residual.checkpoints import BUILT_FROM, MODEL_WEIGHTS_NAME, load_wei
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError, NameNotFound
 from latent_residual.registry import make_backbone
+from latent_residual.workflow.paths import expect_directory
 from latent_residual.workflow.policy import Policy
 from latent_residual.workflow.spaces import stored_space
 
@@ -25,6 +26,7 @@ def load_world_model(directory: str | Path, *, device: str | torch.device = "cpu
     :raises CheckpointError: Naming the file and the key, for metadata that does not build a model
         (an unregistered backbone, kwargs or spaces it refuses) or does not fit the weights.
     """
+    expect_directory(Path(directory), MODEL_WEIGHTS_NAME, CheckpointError)
     config, tensors = read_world_model(directory)
     path = Path(directory) / MODEL_WEIGHTS_NAME
     spaces = [stored_space(path, key, config[key], CheckpointError) for key in ("observation_space", "action_space")]

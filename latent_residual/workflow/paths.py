@@ -1,5 +1,6 @@
 """Checks, made before any work, that an output directory or file can be written: one plain error
-(``OutputPathError``) for the Python API, which the command line turns into a usage error.
+(``OutputPathError``) for the Python API, which the command line turns into a usage error; and, for an
+input directory of the wrong kind, what it looks like instead.
 
 Writing itself (atomic files and directories) is ``latent_residual.serialization``'s.
 """
@@ -9,7 +10,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from latent_residual.errors import OutputPathError
+from latent_residual.adapters import ADAPTER_WEIGHTS_NAME
+from latent_residual.checkpoints import MODEL_WEIGHTS_NAME
+from latent_residual.errors import FileFormatError, OutputPathError
+from latent_residual.onnx_policy import POLICY_CONFIG_NAME
+
+DATASET_INFO_NAME = "dataset.json"
+#: The file that marks each kind of directory the library writes, and what such a directory is called.
+DIRECTORY_KINDS = {
+    MODEL_WEIGHTS_NAME: "a world_model directory",
+    ADAPTER_WEIGHTS_NAME: "an adapter directory",
+    DATASET_INFO_NAME: "a dataset directory",
+    POLICY_CONFIG_NAME: "an ONNX export directory",
+}
 
 
 def _existing_ancestor(path: Path) -> Path:
@@ -74,3 +87,26 @@ def check_output_file(path: Path, *, option: str = "--out", overwrite: bool = Fa
     if path.exists() and not overwrite:
         raise OutputPathError(option, f"{path} already exists; choose another file, delete it, or pass --overwrite.")
     _check_writable(path, option)
+
+
+def looks_like(path: Path) -> str:
+    """What ``path`` is, in the words of :data:`DIRECTORY_KINDS`, for a message about a directory of the wrong kind."""
+    if not path.exists():
+        return "it does not exist"
+    if not path.is_dir():
+        return "it is a file"
+    for marker, kind in DIRECTORY_KINDS.items():
+        if (path / marker).is_file():
+            return f"this looks like {kind} (it holds {marker})"
+    # A run directory (pretraining, an import) holds its artefacts one level down.
+    inside = [f"{child.name}/ ({kind})" for child in sorted(path.iterdir()) for marker, kind in DIRECTORY_KINDS.items()
+              if (child / marker).is_file()]
+    if inside:
+        return f"it holds {', '.join(inside[:3])}; name that directory instead"
+    return f"it holds none of {', '.join(DIRECTORY_KINDS)}"
+
+
+def expect_directory(path: Path, marker: str, error: type[FileFormatError]) -> None:
+    """Raise ``error`` unless ``path`` holds ``marker``, saying what was expected and what ``path`` looks like."""
+    if not (path / marker).is_file():
+        raise error(f"{path}: expected {DIRECTORY_KINDS[marker]} holding {marker}; {looks_like(path)}.")
