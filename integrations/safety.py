@@ -38,6 +38,9 @@ _NON_FINITE_ERRORS: tuple[type[BaseException], ...] = tuple(
 
 #: DB21 wheel encoders: ticks per wheel revolution.
 ENCODER_RESOLUTION = 135
+#: The DB21 camera's frames (width, height), from which decode_frame's resize rule makes the policy's
+#: square input: the size the target data were recorded at, so the only size the policy has seen.
+CAMERA_SIZE = "640x480"
 #: The twin's agent step is 0.1 s (``CONTROL_PERIOD`` in the Duckiebot env).
 DEFAULT_RATE_HZ = 10.0
 #: Stop the wheels when the newest camera frame is older than this (seconds).
@@ -87,6 +90,10 @@ CONTROLLER_SETTINGS = (
     Setting("velocity_timeout", "velocity_timeout", VELOCITY_TIMEOUT, "encoders/odometry silent after this long (s)"),
     Setting("crop_square", "crop_square", False, "crop the frame's centre square before resizing"),
     Setting(
+        "camera_size", "camera_size", CAMERA_SIZE,
+        "the camera's WIDTHxHEIGHT before the resize: a frame of another size stops the wheels (bad_frame)",
+    ),
+    Setting(
         "surprise_steps", "surprise_steps", 0,
         "coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)",
     ),
@@ -109,7 +116,7 @@ class StopReason(str, enum.Enum):
     STALE_FRAME = "stale_frame"  # the newest frame is older than max_frame_age
     FUTURE_STAMP = "future_stamp"  # an input stamped more than max_future ahead of the clock
     BAD_STAMP = "bad_stamp"  # an input stamp that is not a finite number
-    BAD_FRAME = "bad_frame"  # a frame that does not decode to an image
+    BAD_FRAME = "bad_frame"  # a frame that does not decode to an image, or not of the camera's size
     NON_FINITE_OBSERVATION = "non_finite_observation"  # NaN/inf in an input or in the observation
     NON_FINITE_ACTION = "non_finite_action"  # the policy returned NaN/inf (or the wrong shape)
     INFERENCE_ERROR = "inference_error"  # the policy raised
@@ -143,16 +150,39 @@ def _kinematics() -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
-def decode_frame(data: bytes, size: int = 64, *, crop_square: bool = False) -> np.ndarray:
+class FrameSizeError(ValueError):
+    """A camera frame decodes, but not to the camera's size: resized, it would not be the pixels the policy knows."""
+
+
+def parse_camera_size(value: str | Sequence[int]) -> tuple[int, int]:
+    """(width, height) from ``"640x480"`` or a pair of positive integers."""
+    try:
+        parts = [int(part) for part in value.lower().split("x")] if isinstance(value, str) else list(value)
+    except (AttributeError, TypeError, ValueError):
+        parts = []
+    if len(parts) == 2 and all(type(part) is int and part > 0 for part in parts):
+        return parts[0], parts[1]
+    raise ValueError(f"camera_size must be WIDTHxHEIGHT in pixels, like {CAMERA_SIZE!r}, got {value!r}.")
+
+
+def decode_frame(
+    data: bytes, size: int = 64, *, crop_square: bool = False, camera_size: tuple[int, int] | None = None
+) -> np.ndarray:
     """Decode a JPEG (or PNG) camera frame to a uint8 (size, size, 3) RGB array.
 
     The whole frame is resized (antialiased bilinear), squashing 640x480 to a square; with
     ``crop_square`` the centre square is cut out first. Whatever is chosen must also be used
     when recording the robot's target dataset, so that data and deployment see the same pixels.
+
+    :param camera_size: The (width, height) the frame must have; another raises ``FrameSizeError``
+        (any size resizes to ``size``, so only the size before the resize tells a wrong frame).
     """
     from PIL import Image
 
     with Image.open(io.BytesIO(bytes(data))) as image:
+        if camera_size is not None and image.size != tuple(camera_size):
+            width, height = image.size
+            raise FrameSizeError(f"frame is {width}x{height}, expected {camera_size[0]}x{camera_size[1]} (camera_size)")
         image = image.convert("RGB")
         if crop_square:
             width, height = image.size
@@ -348,7 +378,7 @@ class LaneFollowingController:
     The command is zero (``Command.reason`` says why; each stop is logged and counted in
     ``stop_counts``) when there is no frame newer than ``max_frame_age``, when an input arrived
     with a stamp that is not finite or lies more than ``max_future`` ahead of the clock, when a
-    frame does not decode, when an input or the observation is not finite, when the policy
+    frame does not decode or is not ``camera_size``, when an input or the observation is not finite, when the policy
     raises, overruns its deadline (or its late call still runs) or returns a non-finite action,
     and when the encoders/odometry are silent for ``velocity_timeout`` with ``velocity_fallback``
     ``"stop"``. After any stop it drives again only on a frame received after the stop (and a valid
@@ -364,6 +394,8 @@ class LaneFollowingController:
     :param velocity_source: One of ``VELOCITY_SOURCES``.
     :param velocity_fallback: One of ``VELOCITY_FALLBACKS``: what to do when encoders/odometry are silent.
     :param crop_square: Cut the centre square out of each frame before resizing.
+    :param camera_size: The camera's frame size, ``"WIDTHxHEIGHT"`` or (width, height); a frame of another
+        size is refused (``BAD_FRAME``) before the resize would hide it.
     :param rate_hz: Control rate; ``step()`` is meant to be called once per period.
     :param max_frame_age: Stop when the newest frame is older than this (seconds).
     :param max_future: Refuse inputs stamped further ahead of ``clock()`` than this (seconds).
@@ -388,6 +420,7 @@ class LaneFollowingController:
         velocity_source: str = "encoders",
         velocity_fallback: str = "stop",
         crop_square: bool = False,
+        camera_size: str | tuple[int, int] = CAMERA_SIZE,
         rate_hz: float = DEFAULT_RATE_HZ,
         max_frame_age: float = MAX_FRAME_AGE,
         max_future: float = MAX_FUTURE,
@@ -441,6 +474,7 @@ class LaneFollowingController:
         self.velocity_source = velocity_source
         self.velocity_fallback = velocity_fallback
         self.crop_square = crop_square
+        self.camera_size = parse_camera_size(camera_size)
         self.rate_hz = float(rate_hz)
         self.period = period
         self.max_frame_age = float(max_frame_age)
@@ -498,7 +532,10 @@ class LaneFollowingController:
             self._raise_alarm(*problem)
             return
         try:
-            image = decode_frame(data, self.image_size, crop_square=self.crop_square)
+            image = decode_frame(data, self.image_size, crop_square=self.crop_square, camera_size=self.camera_size)
+        except FrameSizeError as exc:
+            self._raise_alarm(StopReason.BAD_FRAME, str(exc))
+            return
         except Exception as exc:  # noqa: BLE001 - any undecodable frame is a stop, not a crash
             self._raise_alarm(StopReason.BAD_FRAME, f"frame does not decode ({type(exc).__name__}: {exc})")
             return
@@ -574,25 +611,15 @@ class LaneFollowingController:
             return self._command_velocity(), None
         if self._velocity_fault is not None:
             return zero, (StopReason.NON_FINITE_OBSERVATION, f"{self._velocity_fault}; waiting for a valid reading")
-        if self.velocity_source == "encoders":
-            silent = self._encoders_silent(now)
-            if silent is None:
-                self._update_encoder_estimate()
-                velocity = self._velocity
-        else:
-            measured = self._measured
-            age = math.inf if measured is None else now - measured[1]
-            silent = None if age <= self.velocity_timeout else (
-                "no odometry yet" if measured is None else f"odometry silent for {age:.2f} s"
-            )
-            if silent is None:
-                velocity = measured[0]
+        silent = self._silence(now)
         if silent is None:
+            if self.velocity_source == "encoders":
+                self._update_encoder_estimate()
             if self._falling_back:
                 source = "the wheel encoders report" if self.velocity_source == "encoders" else "odometry reports"
                 logger.info("wheel speeds: %s again", source)
                 self._falling_back = False
-            return velocity, None
+            return (self._velocity if self.velocity_source == "encoders" else self._measured[0]), None
         if not self._falling_back:
             self._falling_back = True
             self.fallback_count += 1
@@ -610,6 +637,35 @@ class LaneFollowingController:
     def _command_velocity(self) -> np.ndarray:
         forward, turn = self.last_action
         return np.clip(np.array([turn, forward]), -1.0, 1.0).astype(np.float32)
+
+    def _silence(self, now: float) -> str | None:
+        """Why the encoders (or odometry) count as silent now, or ``None`` (lock held; other sources never fall silent)."""
+        if self.velocity_source == "encoders":
+            return self._encoders_silent(now)
+        measured = self._measured
+        age = math.inf if measured is None else now - measured[1]
+        if age <= self.velocity_timeout:
+            return None
+        return "no odometry yet" if measured is None else f"odometry silent for {age:.2f} s"
+
+    def _stops_on_silence(self) -> bool:
+        return self.reads_velocity and self.velocity_source in ("encoders", "odometry") and self.velocity_fallback == "stop"
+
+    def _silence_stop(self, now: float) -> tuple[StopReason, str] | None:
+        """The stop a silent wheel-speed source calls for now (lock held), when its fallback is to stop."""
+        silent = self._silence(now) if self._stops_on_silence() else None
+        return None if silent is None else (StopReason.VELOCITY_SILENT, silent)
+
+    def _silence_deadline(self) -> float | None:
+        """When (on ``clock``) the newest wheel-speed reading passes ``velocity_timeout``, if that stops the
+        wheels (lock held); ``None`` otherwise, or before the first reading (then no step drives)."""
+        if not self._stops_on_silence():
+            return None
+        if self.velocity_source == "encoders":
+            if set(self._ticks) != {"left", "right"}:
+                return None
+            return min(stamp for _, stamp, _ in self._ticks.values()) + self.velocity_timeout
+        return None if self._measured is None else self._measured[1] + self.velocity_timeout
 
     def _encoders_silent(self, now: float) -> str | None:
         missing = [side for side in ("left", "right") if side not in self._ticks]
@@ -682,7 +738,8 @@ class LaneFollowingController:
             now = self.clock()
             if self._closed:
                 return self._stop(StopReason.SHUTDOWN, "the node is shutting down", now)
-            stop = self._input_stop(now)  # a fault may have arrived while the policy ran
+            # A fault may have arrived, or a bound passed, while the policy ran.
+            stop = self._input_stop(now) or self._silence_stop(now)
             if stop is not None:
                 return self._stop(*stop, now)
             if not self._driving:
@@ -722,7 +779,8 @@ class LaneFollowingController:
         return self.policy.act(obs)
 
     def check(self) -> Command | None:
-        """A stop command if one is due now while driving (a fault arrived, the frame expired), else ``None``.
+        """A stop command if one is due now while driving (a fault arrived, the frame expired, the
+        wheel speeds fell silent with ``velocity_fallback`` "stop"), else ``None``.
 
         Runs no inference; ``ControlLoop`` calls it between periods.
         """
@@ -730,15 +788,21 @@ class LaneFollowingController:
         with self._lock:
             if not self._driving:
                 return None
-            stop = self._input_stop(now)
+            stop = self._input_stop(now) or self._silence_stop(now)
             return None if stop is None else self._stop(*stop, now)
 
-    def seconds_to_stale(self) -> float | None:
-        """Seconds until the newest frame expires while driving (``None`` when stopped)."""
+    def seconds_to_deadline(self) -> float | None:
+        """Seconds until the next bound passes while driving (``None`` when stopped): the newest frame's
+        ``max_frame_age``, or the newest wheel-speed reading's ``velocity_timeout`` when silence stops the wheels.
+
+        ``ControlLoop`` wakes at that moment, so a silent input stops the wheels at its bound, not at the next period.
+        """
         with self._lock:
             if not self._driving or self._frame is None:
                 return None
-            return self._frame[1] + self.max_frame_age - self.clock()
+            deadline = self._frame[1] + self.max_frame_age
+            silence = self._silence_deadline()
+            return (deadline if silence is None else min(deadline, silence)) - self.clock()
 
     def fail(self, detail: str) -> Command:
         """A stop for an unexpected error in the controller (``ControlLoop`` calls it)."""
@@ -793,8 +857,9 @@ class LaneFollowingController:
 class ControlLoop:
     """Publishes ``controller.step()`` every period on its own thread, whatever else happens.
 
-    Between periods it sleeps until the next tick, the newest frame's expiry, or an alarm from an
-    input (``controller.on_alarm``), and publishes a stop at once when one is due. An error in the
+    Between periods it sleeps until the next tick, the next input bound (the newest frame's expiry,
+    the wheel speeds' silence: ``controller.seconds_to_deadline``), or an alarm from an input
+    (``controller.on_alarm``), and publishes a stop at once when one is due. An error in the
     controller publishes a stop (``CONTROLLER_ERROR``); an error in ``publish`` is logged and the
     loop goes on. ``close()`` ends the thread and publishes a final stop.
 
@@ -866,11 +931,11 @@ class ControlLoop:
                 continue
             timeout = next_tick - now
             try:
-                stale_in = self.controller.seconds_to_stale()
+                bound_in = self.controller.seconds_to_deadline()
             except Exception:  # noqa: BLE001 - the next tick reports it
-                stale_in = None
-            if stale_in is not None:
-                timeout = min(timeout, max(stale_in, 0.0) + 0.001)
+                bound_in = None
+            if bound_in is not None:  # 1 ms past the bound: the checks stop only once an age exceeds it
+                timeout = min(timeout, max(bound_in, 0.0) + 0.001)
             self._wake.wait(timeout)
             self._wake.clear()
             if self._closing.is_set():

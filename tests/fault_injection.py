@@ -3,7 +3,10 @@ No middleware here and nothing mocked: test_safety.py (no ROS) and ros2_harness.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latent_residual.onnx_policy import OnnxPolicy
+from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy
 
 FAULTS = ("raise", "hang", "nan")
 
@@ -117,3 +120,18 @@ def export_lane_policy(directory: Path, seed: int = 2, **options) -> Path:
     actor = Actor(model.feature_size, model.action_size, ActorCriticConfig(hidden=32, layers=1))
     export_policy(Policy(model, actor), directory, env_id="duckiebot/lane-following-v0", exporter="torchscript", **options)
     return Path(directory)
+
+
+def tampered_export(
+    source: Path, target: Path, change: Callable[[dict], None], onnx: Callable[[bytes], bytes] | None = None
+) -> Path:
+    """A copy of an export with ``change`` applied to its policy.json (and ``onnx`` to its graph's bytes), the
+    SHA-256 updated to match: what a hand edit that "fixes" the hash leaves, so only the load checks can refuse it."""
+    shutil.copytree(source, target)
+    if onnx is not None:
+        (target / ONNX_NAME).write_bytes(onnx((target / ONNX_NAME).read_bytes()))
+    description = json.loads((target / POLICY_CONFIG_NAME).read_text())
+    change(description)
+    description["onnx_sha256"] = hashlib.sha256((target / ONNX_NAME).read_bytes()).hexdigest()
+    (target / POLICY_CONFIG_NAME).write_text(json.dumps(description))
+    return target

@@ -3,7 +3,8 @@ No test logic here; each process takes commands on stdin and prints timestamped 
 
 # python ros2_harness.py node ARGS...   # ros2_node.run(ARGS) with FaultyPolicy; stdin: "raise", "hang SECONDS", "nan"
 # python ros2_harness.py camera --topic T --odometry-topic T --fps F
-#     # stdin: "pause", "resume", "future SECONDS" (then paused), "nan"; prints "paused <last stamp>", "sent <kind> <t>"
+#     # stdin: "pause", "resume", "future SECONDS" (then paused), "nan", "tiny" (1x1 frames until "resume"),
+#     # "mute", "unmute" (the odometry); prints "paused <last stamp>", "muted <last stamp>", "sent <kind> <t>"
 
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def camera(argv: list[str]) -> int:
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import CompressedImage
 
-    from fault_injection import camera_frames
+    import numpy as np
+    from fault_injection import camera_frames, jpeg
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--topic", required=True)
@@ -82,7 +84,8 @@ def camera(argv: list[str]) -> int:
     images = node.create_publisher(CompressedImage, args.topic, qos)
     odometry = node.create_publisher(TwistStamped, args.odometry_topic, qos)
     frames = camera_frames(4)
-    state = {"running": True, "last": None}
+    tiny = jpeg(np.full((1, 1, 3), 128, np.uint8))  # decodes, and resizes to 64x64 like any frame
+    state = {"running": True, "last": None, "tiny": False, "odometry": True, "last_odometry": None}
     lock = threading.Lock()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
@@ -96,7 +99,7 @@ def camera(argv: list[str]) -> int:
         message = CompressedImage()
         stamp_message(message, stamp)
         message.format = "jpeg"
-        message.data = frames[index % len(frames)]
+        message.data = tiny if state["tiny"] else frames[index % len(frames)]
         images.publish(message)
 
     def publish_odometry(speed: float, stamp: float) -> None:
@@ -113,8 +116,19 @@ def camera(argv: list[str]) -> int:
                 state["running"] = False
                 emit("paused", f"{state['last']:.6f}")
             elif kind == "resume":
-                state["running"] = True
+                state["running"], state["tiny"] = True, False
                 emit("resumed", f"{time.time():.6f}")
+            elif kind == "tiny":
+                now = time.time()
+                state["tiny"] = True
+                publish_frame(0, now)
+                state["last"] = now
+                emit("sent", "tiny", f"{now:.6f}")
+            elif kind == "mute":
+                state["odometry"] = False
+                emit("muted", f"{state['last_odometry']:.6f}")
+            elif kind == "unmute":
+                state["odometry"] = True
             elif kind == "future":
                 # The bad frame stays the newest (normal frames pause until "resume"): the node keeps
                 # only the newest frame, so on a loaded machine a next frame could replace it unseen.
@@ -137,7 +151,9 @@ def camera(argv: list[str]) -> int:
             if state["running"]:
                 publish_frame(index, now)
                 state["last"] = now
-            publish_odometry(0.2, now)
+            if state["odometry"]:
+                publish_odometry(0.2, now)
+                state["last_odometry"] = now
         index += 1
         next_time += period
         done.wait(max(0.0, next_time - time.monotonic()))

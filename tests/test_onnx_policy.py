@@ -3,14 +3,12 @@ outputs, onnxruntime's load errors wrapped; every refusal is one PolicyFileError
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from fault_injection import export_lane_policy
+from fault_injection import export_lane_policy, tampered_export
 
 from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy, PolicyFileError
 
@@ -23,21 +21,6 @@ def exports(tmp_path_factory):
         "plain": export_lane_policy(root / "plain"),
         "alarm": export_lane_policy(root / "alarm", surprise=True, surprise_threshold=1.0),
     }
-
-
-def tampered(
-    source: Path, target: Path, change: Callable[[dict], None], onnx: Callable[[bytes], bytes] | None = None
-) -> Path:
-    """A copy of an export with ``change`` applied to its policy.json (and ``onnx`` to its graph's bytes), the
-    SHA-256 updated to match: what a hand edit that "fixes" the hash leaves, so only the new checks can refuse it."""
-    shutil.copytree(source, target)
-    if onnx is not None:
-        (target / ONNX_NAME).write_bytes(onnx((target / ONNX_NAME).read_bytes()))
-    description = json.loads((target / POLICY_CONFIG_NAME).read_text())
-    change(description)
-    description["onnx_sha256"] = hashlib.sha256((target / ONNX_NAME).read_bytes()).hexdigest()
-    (target / POLICY_CONFIG_NAME).write_text(json.dumps(description))
-    return target
 
 
 def refusal(directory: Path) -> str:
@@ -97,7 +80,7 @@ def _drop(*path):
     ],
 )
 def test_each_malformed_field_is_one_line_naming_the_file_and_key(exports, tmp_path, export, change, key):
-    directory = tampered(exports[export], tmp_path / "copy", change)
+    directory = tampered_export(exports[export], tmp_path / "copy", change)
     message = refusal(directory)
     assert message.startswith(f"{directory / POLICY_CONFIG_NAME}: malformed policy description: {key}"), message
 
@@ -128,7 +111,7 @@ def test_a_malformed_hash_is_named(exports, tmp_path):
     ],
 )
 def test_a_description_that_disagrees_with_the_graph_is_refused_at_load(exports, tmp_path, export, change, named):
-    directory = tampered(exports[export], tmp_path / "copy", change)
+    directory = tampered_export(exports[export], tmp_path / "copy", change)
     message = refusal(directory)
     assert message.startswith(str(directory / ONNX_NAME)) and named in message, message
     assert message.endswith("copy both files from the same export."), message
@@ -136,7 +119,7 @@ def test_a_description_that_disagrees_with_the_graph_is_refused_at_load(exports,
 
 @pytest.mark.parametrize("corrupt", [lambda data: data[: len(data) // 2], lambda data: b"\x00" * 64 + data[64:]])
 def test_a_corrupt_graph_with_a_matching_hash_is_one_line_naming_the_file(exports, tmp_path, corrupt):
-    directory = tampered(exports["plain"], tmp_path / "copy", lambda description: None, onnx=corrupt)
+    directory = tampered_export(exports["plain"], tmp_path / "copy", lambda description: None, onnx=corrupt)
     message = refusal(directory)
     assert message.startswith(f"{directory / ONNX_NAME}: onnxruntime cannot load it ("), message
 

@@ -26,7 +26,7 @@ try:
 except ImportError as exc:
     pytest.skip(f"ROS 2 is not importable here ({exc}); pip install the ros2 extra", allow_module_level=True)
 
-from fault_injection import export_lane_policy  # noqa: E402
+from fault_injection import export_lane_policy, tampered_export  # noqa: E402
 
 # rosidl's parser imports lark, which imports the deprecated sre_parse.
 pytestmark = pytest.mark.filterwarnings("ignore:module 'sre_:DeprecationWarning")
@@ -35,9 +35,13 @@ HARNESS = Path(__file__).resolve().parent / "ros2_harness.py"
 RATE = 10.0
 PERIOD = 1.0 / RATE
 MAX_FRAME_AGE = 0.25  # below the 0.5 s default, so that the trials take less time
+VELOCITY_TIMEOUT = 0.25  # likewise
 HANG = 0.3  # an injected hang: six times the 50 ms inference deadline
 FPS = 20.0
 TRIALS = int(os.environ.get("LATENT_RESIDUAL_SAFETY_TRIALS", "20"))
+# A few trials keep the suite fast; benchmarks/ros2_stop_latency.py runs 100 (silence) and 20 (frame size).
+SILENCE_TRIALS = int(os.environ.get("LATENT_RESIDUAL_SILENCE_TRIALS", "3"))
+FRAME_SIZE_TRIALS = int(os.environ.get("LATENT_RESIDUAL_FRAME_SIZE_TRIALS", "3"))
 #: Fault -> latencies (s) from the fault to the first zero command received, filled by the tests.
 RESULTS: dict[str, dict[str, list[float]]] = {}
 
@@ -221,7 +225,7 @@ def rig(ros_env, export):
     node = Process(
         ["node", "--ros-args", "-p", f"policy:={export}", "-p", f"robot:={robot}", "-p", "command_type:=twist",
          "-p", "velocity_source:=odometry", "-p", f"rate:={RATE}", "-p", f"max_frame_age:={MAX_FRAME_AGE}",
-         "-p", "threads:=1"],
+         "-p", f"velocity_timeout:={VELOCITY_TIMEOUT}", "-p", "threads:=1"],
         ros_env,
     )
     camera = Process(
@@ -258,10 +262,10 @@ def _report() -> None:
         Path(path).write_text(json.dumps(RESULTS, indent=2, sort_keys=True) + "\n")
 
 
-def _trials(rig: Rig, fault: str, inject, recover=None, extra=None) -> list[float]:
-    """Run ``TRIALS`` times: drive, inject (returns the fault's time), measure the zero, recover, see it drive after a reset."""
+def _trials(rig: Rig, fault: str, inject, recover=None, extra=None, trials: int = TRIALS) -> list[float]:
+    """Run ``trials`` times: drive, inject (returns the fault's time), measure the zero, recover, see it drive after a reset."""
     latencies, resumes = [], []
-    for _ in range(TRIALS):
+    for _ in range(trials):
         rig.driving()
         before = time.time()
         fault_time = inject()
@@ -309,9 +313,9 @@ def test_zero_within_one_period_after_frames_stop(rig):
     def record(zero: float, fault_time: float) -> None:
         since_last_frame.append(zero - (fault_time - MAX_FRAME_AGE))
 
-    _trials(rig, "frames stop", inject, recover=lambda: rig.camera.send("resume"), extra=record)
+    _trials(rig, "frames stop", inject, recover=lambda: rig.camera.send("resume"), extra=record, trials=SILENCE_TRIALS)
     RESULTS["frames stop"]["last frame to zero"] = since_last_frame
-    assert rig.node.log_count("stop (stale_frame)") >= TRIALS
+    assert rig.node.log_count("stop (stale_frame)") >= SILENCE_TRIALS
 
 
 def test_zero_within_one_period_after_an_inference_exception(rig):
@@ -344,6 +348,30 @@ def test_zero_within_one_period_on_a_future_stamped_frame(rig):
     assert rig.node.log_count("stop (future_stamp)") >= TRIALS
 
 
+def test_zero_within_one_period_on_frames_of_another_size_until_good_frames_return(rig):
+    # 1x1 JPEGs decode and would resize to 64x64 like any frame; the node refuses them by their size.
+    def inject() -> float:
+        rig.camera.send("tiny")
+        return float(rig.camera.expect("sent", "tiny")[2])
+
+    def still_stopped(zero: float, fault_time: float) -> None:
+        time.sleep(3 * PERIOD)  # more 1x1 frames arrive: the wheels stay at zero
+        assert all(forward == 0.0 and turn == 0.0 for _, forward, turn in rig.listener.since(zero))
+
+    _trials(rig, "frames of another size", inject, recover=lambda: rig.camera.send("resume"), extra=still_stopped,
+            trials=FRAME_SIZE_TRIALS)
+    assert rig.node.log_count("stop (bad_frame): frame is 1x1, expected 640x480 (camera_size)") >= FRAME_SIZE_TRIALS
+
+
+def test_zero_within_one_period_after_wheel_speeds_fall_silent(rig):
+    def inject() -> float:
+        rig.camera.send("mute")
+        return float(rig.camera.expect("muted")[1]) + VELOCITY_TIMEOUT  # the newest reading passes the bound
+
+    _trials(rig, "wheel speeds silent", inject, recover=lambda: rig.camera.send("unmute"), trials=SILENCE_TRIALS)
+    assert rig.node.log_count("stop (velocity_silent): odometry silent for") >= SILENCE_TRIALS
+
+
 def test_sigterm_publishes_a_stop_before_the_node_exits(rig):
     rig.driving()
     sent = time.time()
@@ -372,3 +400,23 @@ def test_a_missing_policy_is_a_one_line_error(ros_env, tmp_path):
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, (parameters, result.stderr)
         assert message in result.stderr, (parameters, result.stderr)
+
+
+def test_a_policy_that_disagrees_with_its_graph_or_does_not_load_is_refused_at_start_up(ros_env, export, tmp_path):
+    # Both carry a matching SHA-256, as a hand-edited export would: only the checks at load can refuse them.
+    cases = (
+        (tampered_export(export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3])),
+         "policy.onnx: 'image' is uint8[batch, 64, 64, 3] in the graph but policy.json's inputs[0] says uint8[32, 32, 3]"),
+        (tampered_export(export, tmp_path / "corrupt", lambda description: None, onnx=lambda data: data[: len(data) // 2]),
+         "policy.onnx: onnxruntime cannot load it ([ONNXRuntimeError]"),
+    )
+    for directory, message in cases:
+        result = subprocess.run(
+            [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args", "-p", f"policy:={directory}",
+             "-p", "command_type:=twist", "-p", "velocity_source:=zero"],
+            capture_output=True, text=True, env=ros_env, timeout=60,
+        )
+        assert result.returncode == 2, (directory, result.returncode, result.stderr[-2000:])
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"latent_residual_policy: error: {directory}/"), result.stderr
+        assert message in lines[0], lines[0]

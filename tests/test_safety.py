@@ -13,9 +13,9 @@ import time
 
 import numpy as np
 import pytest
-from fault_injection import FakeClock, FaultyPolicy, camera_frames, export_lane_policy
+from fault_injection import FakeClock, FaultyPolicy, camera_frames, export_lane_policy, jpeg, tampered_export
 
-from latent_residual.onnx_policy import OnnxPolicy
+from latent_residual.onnx_policy import OnnxPolicy, PolicyFileError
 from latent_residual_integrations.duckiebot_ros import build_controller, parse_args
 from latent_residual_integrations.safety import (
     CONTROLLER_SETTINGS,
@@ -139,7 +139,7 @@ def test_frames_stopping_zero_the_wheels_within_one_period_of_the_bound(export, 
     assert not drive(controller, clock, frames, encoders, periods=3).stopped
     last_frame = clock.now - PERIOD
     # Still within the bound: driving; the loop is told when the frame expires.
-    assert controller.seconds_to_stale() == pytest.approx(last_frame + BOUND - clock.now)
+    assert controller.seconds_to_deadline() == pytest.approx(last_frame + BOUND - clock.now)
     for _ in range(3):  # ages 0.2, 0.3, 0.4 s
         encoders.read()
         clock.advance(PERIOD)
@@ -293,6 +293,59 @@ def test_a_frame_that_does_not_decode_stops(export, frames, clock):
     assert "does not decode" in command.detail
 
 
+def test_a_frame_of_another_size_stops_until_frames_of_the_camera_size_return(export, frames, clock, caplog):
+    # Any frame resizes to the policy's 64x64: only its size before the resize tells a wrong one.
+    controller = ros1_controller(export, clock, "--velocity-source", "zero")
+    assert controller.camera_size == (640, 480)  # the DB21's camera, the default
+    assert not drive(controller, clock, frames).stopped
+    tiny = jpeg(np.full((1, 1, 3), 128, np.uint8))
+    resets = controller.policy.resets
+    with caplog.at_level(logging.WARNING, logger="latent_residual_integrations"):
+        controller.on_frame(tiny, clock.now)
+        assert_stopped(controller.check(), StopReason.BAD_FRAME)  # at once, between periods
+    assert "stop (bad_frame): frame is 1x1, expected 640x480 (camera_size)" in caplog.text
+    for _ in range(3):  # a stream of them: stopped every period, counted once
+        controller.on_frame(tiny, clock.now)
+        clock.advance(PERIOD)
+        assert_stopped(controller.step(), StopReason.BAD_FRAME)
+    assert controller.stop_counts[StopReason.BAD_FRAME] == 1
+    assert not drive(controller, clock, frames).stopped  # frames of the camera's size: driving again
+    assert controller.policy.resets == resets + 1
+    # Another camera's size is configured, and then the DB21's frames are the wrong ones.
+    other = ros1_controller(export, clock, "--velocity-source", "zero", "--camera-size", "320x240")
+    assert not drive(other, clock, [jpeg(np.full((240, 320, 3), 90, np.uint8))]).stopped
+    other.on_frame(frames[0], clock.now)
+    assert other.check().detail == "frame is 640x480, expected 320x240 (camera_size)"
+
+
+def test_silent_wheel_speeds_stop_at_the_bound_not_at_the_next_period(export, frames, clock):
+    controller = ros1_controller(export, clock)  # encoders, velocity_fallback stop, 0.5 s
+    encoders = Encoders(controller, clock)
+    assert not drive(controller, clock, frames, encoders).stopped
+    last_reading = clock.now - PERIOD
+    for _ in range(3):  # frames keep coming, the encoders fall silent: ages 0.2, 0.3, 0.4 s
+        controller.on_frame(frames[0], clock.now)
+        clock.advance(PERIOD)
+        assert not controller.step().stopped
+    controller.on_frame(frames[1], clock.now)
+    # The encoders' bound comes before the newest frame's: the loop is told to wake for it.
+    assert controller.seconds_to_deadline() == pytest.approx(last_reading + 0.5 - clock.now)
+    clock.now = last_reading + 0.5 + 1e-6  # the moment the bound is crossed, between two periods
+    command = controller.check()
+    assert_stopped(command, StopReason.VELOCITY_SILENT)
+    assert command.detail == "wheel encoders silent for 0.50 s"
+    encoders.read()
+    assert not drive(controller, clock, frames, encoders).stopped  # they report again, a fresh frame: driving
+    # Falling back to the last command's velocity, silence stops nothing: no deadline, no stop.
+    controller = ros1_controller(export, clock, "--velocity-fallback", "command")
+    encoders = Encoders(controller, clock)
+    assert not drive(controller, clock, frames, encoders).stopped
+    controller.on_frame(frames[0], clock.now)
+    assert controller.seconds_to_deadline() == pytest.approx(BOUND)  # the frame's bound only
+    clock.advance(0.4 + 1e-6)  # the encoders' newest reading is 0.5 s old, the frame 0.4 s
+    assert controller.check() is None
+
+
 def test_silent_encoders_fall_back_as_configured_and_say_so(export, frames, clock, caplog):
     # Default: stop.
     controller = ros1_controller(export, clock)
@@ -360,10 +413,20 @@ def test_bad_bounds_are_one_line_errors(export):
         ({"inference_deadline": 0.1}, r"inference_deadline must lie between 0 and the control period \(0.100 s at 10 Hz\)"),
         ({"velocity_fallback": "guess"}, "velocity_fallback must be one of"),
         ({"velocity_source": "lidar"}, "velocity_source must be one of"),
+        ({"camera_size": "640"}, "camera_size must be WIDTHxHEIGHT in pixels, like '640x480', got '640'"),
+        ({"camera_size": (0, 480)}, "camera_size must be WIDTHxHEIGHT"),
     ]:
         with pytest.raises(ValueError, match=message) as info:
             LaneFollowingController(policy, **options)
         assert "\n" not in str(info.value)
+
+
+def test_the_ros1_node_refuses_a_policy_that_disagrees_with_its_graph(export, tmp_path):
+    # main() turns this ValueError into one logfatal line and exit status 2, before publishing anything.
+    directory = tampered_export(export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3]))
+    with pytest.raises(PolicyFileError, match=r"'image' is uint8\[batch, 64, 64, 3\] in the graph but policy.json's inputs\[0\]") as error:
+        build_controller(parse_args(["--robot", "db21", "--policy", str(directory), "--threads", "1"]))
+    assert "\n" not in str(error.value)
 
 
 def test_node_arguments_parse_without_ros():
@@ -508,6 +571,57 @@ def test_the_loop_publishes_every_period_and_stops_within_one(export, frames):
         final = loop.close()
     assert final.reason == StopReason.SHUTDOWN
     assert recorder.commands[-1][1] == final  # the last thing published is the stop
+
+
+class Odometry:
+    """Feeds measured velocities to the controller every 20 ms from its own thread until ``until`` (wall
+    time), then one last reading stamped exactly ``until``, then nothing (set ``until`` again to resume)."""
+
+    def __init__(self, controller):
+        self.controller, self.until, self.closed = controller, float("inf"), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        last = None
+        while not self.closed.is_set():
+            now, until = time.time(), self.until
+            stamp = now if now < until else until
+            if stamp != last:
+                self.controller.on_odometry(0.2, 0.1, stamp)
+                last = stamp
+            time.sleep(0.02)
+
+    def close(self):
+        self.closed.set()
+        self.thread.join()
+
+
+def test_the_loop_stops_at_the_wheel_speed_bound_between_periods(export, frames):
+    # The bound is placed 10 ms after a period starts: a stop left to the next period would come 90 ms late.
+    timeout = 0.25
+    controller = LaneFollowingController(
+        FaultyPolicy(export, threads=1), velocity_source="odometry", velocity_timeout=timeout
+    )
+    recorder = Recorder()
+    loop = ControlLoop(controller, recorder).start()
+    camera, odometry = Camera(controller, frames), Odometry(controller)
+    latencies = []
+    try:
+        for _ in range(3):
+            recorder.wait(lambda c: not c.stopped, time.monotonic(), timeout=3.0)
+            tick, _ = recorder.wait(lambda c: True, time.monotonic())  # published just after a period began
+            tick_wall = time.time() - (time.monotonic() - tick)
+            odometry.until = tick_wall + 3 * PERIOD + 0.01 - timeout
+            t, command = recorder.wait(lambda c: c.stopped, tick)
+            assert command.reason == StopReason.VELOCITY_SILENT, command
+            latencies.append(time.time() - (time.monotonic() - t) - (odometry.until + timeout))
+            odometry.until = float("inf")
+    finally:
+        camera.close()
+        odometry.close()
+        loop.close()
+    assert all(0 <= latency < PERIOD / 2 for latency in latencies), latencies
 
 
 def test_the_loop_survives_a_failing_controller_and_a_failing_publisher(export, frames):
