@@ -7,6 +7,7 @@ with exploration is in ``pretraining.py``, the offline training loop itself in `
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -23,7 +24,7 @@ from latent_residual.actor_critic import ActorCriticConfig, save_actor_critic
 from latent_residual.checkpoints import save_world_model
 from latent_residual.config import config_to_dict
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError
-from latent_residual.registry import env_spec, make_backbone, make_env
+from latent_residual.registry import env_spec, make_backbone, make_env, source_backbone
 from latent_residual.serialization import write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.collection import collect
@@ -57,7 +58,7 @@ class SourceRecipe:
     """
 
     data_plan: tuple[DataStep, ...]
-    backbone: str = "draw-v0"
+    backbone: str = ""  # empty: the backbone the environment registers
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     actor_critic: dict[str, Any] = field(default_factory=dict)  # ActorCriticConfig fields
     batch_size: int = 32
@@ -123,6 +124,8 @@ def build_source(
     world model and the policy are all seeded by ``seed``.
     """
     recipe = recipe or source_recipe(env_id)
+    if not recipe.backbone:
+        recipe = dataclasses.replace(recipe, backbone=source_backbone(env_id))
     out = Path(out)
     data_dir = Path(data_dir) if data_dir is not None else out / "sim_data"
     started = time.monotonic()
