@@ -29,6 +29,14 @@ def test_pendulum_expert_swings_up_in_source_and_in_reversed_target(registry):
     assert _episode_return("dmc/pendulum-swingup-reversed-v0", env_expert("dmc/pendulum-swingup-v0")) < 100
 
 
+def test_reacher_expert_reaches_in_source_and_in_reversed_target(registry):
+    for seed in (10_000, 10_002):  # 10_002 starts with the arm stretched, where Jacobian-transpose reaching stalls
+        source = _episode_return("dmc/reacher-easy-v0", env_expert("dmc/reacher-easy-v0"), seed)
+        target = _episode_return("dmc/reacher-easy-reversed-v0", env_expert("dmc/reacher-easy-reversed-v0"), seed)
+        assert source > 900 and target > 900
+    assert _episode_return("dmc/reacher-easy-reversed-v0", env_expert("dmc/reacher-easy-v0")) < 100
+
+
 def test_environment_without_expert_says_which_have_one(registry):
     with pytest.raises(lr.NameNotFound, match="dmc/pendulum-swingup-v0"):
         env_expert("dmc/cup-catch-v0")
