@@ -260,6 +260,24 @@ def test_pretrain_under_torchrun_runs_to_the_end_resumes_and_rank_0_writes(tmp_p
     assert "written by a run of 2 process(es)" in capsys.readouterr().err
 
 
+def test_a_torchrun_worker_ends_without_pythons_shutdown():
+    """Under torchrun the command flushes its output and leaves with os._exit: gloo's worker threads, which
+    DDP keeps alive past destroy_process_group(), must not ask for the GIL while Python shuts down (the
+    SIGABRT "terminate called without an active exception" seen once at the end of a resumed run).
+    An atexit hook stands for that shutdown: it must not run, and the output must still arrive."""
+    program = (
+        "import atexit, sys; atexit.register(lambda: print('python shut down', flush=True)); "
+        "from latent_residual.workflow.cli import main; sys.argv = ['latent-residual', '--version']; sys.exit(main())"
+    )
+    torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    for env, shut_down in ((torchrun, False), ({}, True)):
+        clean = {key: value for key, value in os.environ.items() if key not in torchrun}
+        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env={**clean, **env})
+        assert done.returncode == 0, done.stderr
+        assert "latent-residual, version" in done.stdout
+        assert ("python shut down" in done.stdout) is shut_down
+
+
 def test_torchrun_variables_are_read_and_checked():
     assert ranks_from_environment({}) == Ranks()
     assert ranks_from_environment({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"}) == Ranks(1, 4, 1)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -102,7 +103,42 @@ def _one_line(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; errors print one line (the traceback too with ``--debug``) and return a
-    non-zero exit code: 2 for a usage error, 1 for any other error, 130 when interrupted."""
+    non-zero exit code: 2 for a usage error, 1 for any other error, 130 when interrupted.
+
+    Run as a torchrun worker's program (no ``argv``), the process then ends without Python's
+    shutdown: see :func:`_leave_torchrun_worker`.
+    """
+    code = _run(argv)
+    if argv is None:
+        _leave_torchrun_worker(code)
+    return code
+
+
+def _leave_torchrun_worker(code: int) -> None:
+    """Under torchrun, flush the output and end the process at once (``os._exit``) instead of returning.
+
+    Once DDP has wrapped a model, torch keeps the gloo process group, and its worker threads, alive
+    past ``destroy_process_group()``. A worker thread that still frees a finished collective's
+    tensors needs the GIL; if it asks while Python is shutting down, Python 3.11 ends the thread
+    with ``pthread_exit``, which unwinds through a C++ destructor that may not throw: the process
+    aborts with "terminate called without an active exception" (pytorch/pytorch#38228). Every file
+    is written and closed by the time the command returns, so there is nothing left for the shutdown
+    to do.
+    """
+    from latent_residual.errors import ConfigError
+    from latent_residual.workflow.distributed import ranks_from_environment
+
+    try:
+        parallel = ranks_from_environment().parallel
+    except ConfigError:  # malformed torchrun variables: the command has already said so
+        return
+    if parallel:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
     commands.add_commands(cli)
     _register_plugin_commands()
     args = sys.argv[1:] if argv is None else argv
