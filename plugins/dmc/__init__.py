@@ -53,7 +53,16 @@ _SOURCES: dict[str, dict[str, Any]] = {
             "rssm-v0": {"residual_extra_inputs": ["deter"]},
         },
     },
-    "dmc/reacher-easy-v0": {"recipe": _EXPERT_RECIPE},
+    # The reacher needs a finer latent than the pendulum: with the pendulum's 32 groups the model's
+    # reconstruction of to_target is off by about 0.1 m (the target's radius is 0.05), and the built
+    # policy scored 36.2 over 10 episodes; 64 groups and 20,000 updates gave 338.1 (docs/results.md).
+    "dmc/reacher-easy-v0": {
+        "recipe": {
+            **_EXPERT_RECIPE,
+            "backbone_kwargs": {**_EXPERT_RECIPE["backbone_kwargs"], "groups": 64},
+            "model_updates": 20_000,
+        }
+    },
 }
 
 # (id, domain, task, target, description); the target changes are defined in targets.py.
