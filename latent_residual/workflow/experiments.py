@@ -327,7 +327,10 @@ def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
     cells = _cells(run.config)
     todo = [cell for cell in cells if cell.key not in run.results]
     jobs = min(resolve_jobs(run.config.jobs, data_dir), len(todo)) or 1
-    run.say(f"[4/6] adapting the world model and training policies in imagination: {len(cells)} cells, {jobs} at a time")
+    run.say(
+        f"[4/6] adapting the world model and training policies in imagination: {len(cells)} cell"
+        f"{'s' if len(cells) != 1 else ''}, {jobs} at a time"
+    )
     progress = _CellProgress(run.say, total=len(cells), done=len(cells) - len(todo))
     for cell in cells:
         if cell not in todo:
