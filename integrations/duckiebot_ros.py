@@ -27,6 +27,8 @@ from latent_residual_integrations.safety import (
     DEFAULT_RATE_HZ,
     ENCODER_RESOLUTION,
     MAX_FRAME_AGE,
+    CAMERA_INTRINSICS,
+    CAMERA_SIZE,
     VELOCITY_KEY,
     Command,
     ControlLoop,
@@ -75,8 +77,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         else:
             choices = NARROWED_CHOICES.get(setting.name, setting.choices) or None
             parser.add_argument(flag, type=type(setting.default), default=setting.default, choices=choices, help=setting.help)
+    # Unset: the robot's own camera calibration decides (build_controller), else the DB21's size.
+    parser.set_defaults(camera_size=None)
     # rospy.myargv drops ROS remappings (name:=value) before we parse.
     return parser.parse_args(argv)
+
+
+def default_camera_size(robot: str) -> str:
+    """The robot's camera calibration file (:data:`CAMERA_INTRINSICS`) when it exists, else the DB21's size."""
+    path = Path(CAMERA_INTRINSICS.format(robot=robot))
+    return str(path) if path.is_file() else CAMERA_SIZE
 
 
 def build_controller(args: argparse.Namespace, *, policy: OnnxPolicy | None = None, clock: Any = None) -> LaneFollowingController:
@@ -85,7 +95,8 @@ def build_controller(args: argparse.Namespace, *, policy: OnnxPolicy | None = No
         policy = OnnxPolicy(args.policy, providers=args.providers, threads=args.threads)
     calibration = load_calibration(args.calibration) if args.calibration else None
     options = {} if clock is None else {"clock": clock}
-    return LaneFollowingController(policy, calibration, **controller_keywords(vars(args)), **options)
+    settings = vars(args) | {"camera_size": args.camera_size or default_camera_size(args.robot)}
+    return LaneFollowingController(policy, calibration, **controller_keywords(settings), **options)
 
 
 def stamp_seconds(seconds: float) -> float | None:

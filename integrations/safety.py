@@ -41,6 +41,9 @@ ENCODER_RESOLUTION = 135
 #: The DB21 camera's frames (width, height), from which decode_frame's resize rule makes the policy's
 #: square input: the size the target data were recorded at, so the only size the policy has seen.
 CAMERA_SIZE = "640x480"
+#: Where a Duckiebot keeps its camera's intrinsic calibration (image_width, image_height among its keys):
+#: the ROS 1 node reads the expected frame size from it when ``--camera-size`` is not given.
+CAMERA_INTRINSICS = "/data/config/calibrations/camera_intrinsic/{robot}.yaml"
 #: The twin's agent step is 0.1 s (``CONTROL_PERIOD`` in the Duckiebot env).
 DEFAULT_RATE_HZ = 10.0
 #: Stop the wheels when the newest camera frame is older than this (seconds).
@@ -91,7 +94,9 @@ CONTROLLER_SETTINGS = (
     Setting("crop_square", "crop_square", False, "crop the frame's centre square before resizing"),
     Setting(
         "camera_size", "camera_size", CAMERA_SIZE,
-        "the camera's WIDTHxHEIGHT before the resize: a frame of another size stops the wheels (bad_frame)",
+        "the camera's WIDTHxHEIGHT before the resize, or its calibration .yaml (image_width, image_height): a "
+        "frame of another size stops the wheels (bad_frame); the ROS 1 node's default is the robot's own "
+        "calibration when it has one",
     ),
     Setting(
         "surprise_steps", "surprise_steps", 0,
@@ -154,15 +159,43 @@ class FrameSizeError(ValueError):
     """A camera frame decodes, but not to the camera's size: resized, it would not be the pixels the policy knows."""
 
 
-def parse_camera_size(value: str | Sequence[int]) -> tuple[int, int]:
-    """(width, height) from ``"640x480"`` or a pair of positive integers."""
+def load_camera_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from a camera's intrinsic calibration YAML (ROS camera_info: ``image_width``,
+    ``image_height``), as a Duckiebot keeps it in :data:`CAMERA_INTRINSICS`."""
+    import yaml  # on the robot: part of every ROS install
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such camera calibration file.")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not a YAML camera calibration ({type(exc).__name__}).") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a YAML mapping with image_width and image_height, got {type(values).__name__}.")
+    size = []
+    for key in ("image_width", "image_height"):
+        value = values.get(key)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{path}: key {key!r} is {value!r}, expected a positive number of pixels.")
+        size.append(value)
+    return size[0], size[1]
+
+
+def parse_camera_size(value: str | Path | Sequence[int]) -> tuple[int, int]:
+    """(width, height) from ``"640x480"``, a pair of positive integers, or the path of a camera calibration
+    YAML (``.yaml``/``.yml``, read by :func:`load_camera_size`)."""
+    if isinstance(value, (str, Path)) and str(value).lower().endswith((".yaml", ".yml")):
+        return load_camera_size(value)
     try:
         parts = [int(part) for part in value.lower().split("x")] if isinstance(value, str) else list(value)
     except (AttributeError, TypeError, ValueError):
         parts = []
     if len(parts) == 2 and all(type(part) is int and part > 0 for part in parts):
         return parts[0], parts[1]
-    raise ValueError(f"camera_size must be WIDTHxHEIGHT in pixels, like {CAMERA_SIZE!r}, got {value!r}.")
+    raise ValueError(
+        f"camera_size must be WIDTHxHEIGHT in pixels, like {CAMERA_SIZE!r}, or a camera calibration .yaml, got {value!r}."
+    )
 
 
 def decode_frame(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import re
 import signal
 import statistics
 import threading
@@ -413,7 +414,7 @@ def test_bad_bounds_are_one_line_errors(export):
         ({"inference_deadline": 0.1}, r"inference_deadline must lie between 0 and the control period \(0.100 s at 10 Hz\)"),
         ({"velocity_fallback": "guess"}, "velocity_fallback must be one of"),
         ({"velocity_source": "lidar"}, "velocity_source must be one of"),
-        ({"camera_size": "640"}, "camera_size must be WIDTHxHEIGHT in pixels, like '640x480', got '640'"),
+        ({"camera_size": "640"}, "camera_size must be WIDTHxHEIGHT in pixels, like '640x480', or a camera calibration .yaml, got '640'"),
         ({"camera_size": (0, 480)}, "camera_size must be WIDTHxHEIGHT"),
     ]:
         with pytest.raises(ValueError, match=message) as info:
@@ -427,6 +428,32 @@ def test_the_ros1_node_refuses_a_policy_that_disagrees_with_its_graph(export, tm
     with pytest.raises(PolicyFileError, match=r"'image' is uint8\[batch, 64, 64, 3\] in the graph but policy.json's inputs\[0\]") as error:
         build_controller(parse_args(["--robot", "db21", "--policy", str(directory), "--threads", "1"]))
     assert "\n" not in str(error.value)
+
+
+def test_the_camera_size_comes_from_the_robots_camera_calibration(export, clock, tmp_path, monkeypatch):
+    """ROS 1: without --camera-size the robot's own camera_intrinsic/<robot>.yaml gives the frame size;
+    the flag, a size or a calibration file, wins; a malformed calibration is one line naming file and key."""
+    from latent_residual_integrations import duckiebot_ros
+
+    monkeypatch.setattr(duckiebot_ros, "CAMERA_INTRINSICS", str(tmp_path / "{robot}.yaml"))
+    assert ros1_controller(export, clock).camera_size == (640, 480)  # no calibration: the DB21's camera
+    (tmp_path / "db21.yaml").write_text("image_width: 320\nimage_height: 240\ncamera_name: db21\n")
+    assert ros1_controller(export, clock).camera_size == (320, 240)
+    assert ros1_controller(export, clock, "--camera-size", "640x480").camera_size == (640, 480)
+    (tmp_path / "other.yml").write_text("image_width: 1280\nimage_height: 720\n")
+    assert ros1_controller(export, clock, "--camera-size", str(tmp_path / "other.yml")).camera_size == (1280, 720)
+    for text, message in [
+        ("image_width: 320\n", "key 'image_height' is None, expected a positive number of pixels"),
+        ("image_width: 320.5\nimage_height: 240\n", "key 'image_width' is 320.5"),
+        ("- 1\n- 2\n", "expected a YAML mapping with image_width and image_height, got list"),
+        ("image_width: [\n", "not a YAML camera calibration"),
+    ]:
+        (tmp_path / "db21.yaml").write_text(text)
+        with pytest.raises(ValueError, match=re.escape(f"{tmp_path / 'db21.yaml'}: ") + re.escape(message)) as error:
+            ros1_controller(export, clock)
+        assert "\n" not in str(error.value)
+    with pytest.raises(FileNotFoundError, match="no such camera calibration file"):
+        ros1_controller(export, clock, "--camera-size", str(tmp_path / "missing.yaml"))
 
 
 def test_node_arguments_parse_without_ros():
@@ -445,8 +472,11 @@ def test_both_nodes_expose_every_controller_setting():
     from latent_residual_integrations.ros2_node import PARAMETERS
 
     args = vars(parse_args(["--robot", "db21", "--policy", "/data/policy"]))
+    # Unset on ROS 1: build_controller takes the robot's own camera calibration, else the same default.
+    assert args.pop("camera_size") is None
     for setting in CONTROLLER_SETTINGS:
-        assert args[setting.name] == setting.default == PARAMETERS[setting.name][0]
+        assert args.get(setting.name, setting.default) == setting.default == PARAMETERS[setting.name][0]
+    args["camera_size"] = "640x480"
     assert set(controller_keywords(args)) == {setting.keyword for setting in CONTROLLER_SETTINGS}
     assert {setting.keyword for setting in CONTROLLER_SETTINGS} <= set(inspect.signature(LaneFollowingController).parameters)
     # The ROS 1 node has no odometry subscription, so it narrows the velocity source's choices.
