@@ -27,8 +27,8 @@ import torch
 from draw_train_speed import ACTION_SPACE, OBS_SPACES, cpu_name, make_batch
 
 from latent_residual import make_backbone
-from latent_residual.workflow.distributed import Ranks, process_group
-from latent_residual.workflow.model_training import WorldModelTrainer
+from latent_residual.workflow.training.distributed import Ranks, process_group
+from latent_residual.workflow.training.model_training import WorldModelTrainer
 
 #: variant -> (precision, compile)
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "bf16+compile": ("bf16", True)}

@@ -1,7 +1,7 @@
 """Benchmark: the demo's slowest stage, the policy update in imagination, at the demo's settings.
 
 ``train_policy`` over the shipped pendulum DRAW with a ReDRAW adapter, 256 starts, horizon 15, actor-critic
-width 128 (``CPU_DEFAULTS`` in ``workflow/commands.py``); it times updates and prints a checksum of the
+width 128 (``CPU_DEFAULTS`` in ``workflow/cli/commands.py``); it times updates and prints a checksum of the
 trained actor, so two code versions can be compared for speed and for results on the same inputs.
 
 Usage (the adapter and data of a demo run, e.g. ``runs/demo/runs/redraw-40000-seed0/adapter`` and
@@ -21,13 +21,13 @@ import torch
 
 import latent_residual as lr
 from latent_residual.actor_critic import ActorCriticConfig
-from latent_residual.registry import demo_env, env_pretrained, source_target
-from latent_residual.workflow.commands import CPU_DEFAULTS
-from latent_residual.workflow.options import config_from_options
-from latent_residual.workflow.evaluation import evaluate
-from latent_residual.workflow.experiments import EVAL_SEED
-from latent_residual.workflow.policy import Policy
-from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.registry.lookup import demo_env, env_pretrained, source_target
+from latent_residual.workflow.cli.commands import CPU_DEFAULTS
+from latent_residual.workflow.cli.options import config_from_options
+from latent_residual.workflow.experiments.evaluation import evaluate
+from latent_residual.workflow.experiments.experiment import EVAL_SEED
+from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 
 
 def demo_ac_config() -> ActorCriticConfig:

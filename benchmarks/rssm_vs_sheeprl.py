@@ -3,7 +3,7 @@
 Ours: the RSSM preset ``XS`` (dense 256, one MLP layer, GRU 256, prior/posterior hidden 256, 32 x 32 latent,
 255 reward bins) and an actor-critic of sheeprl's XS actor and critic (256 units, one layer) that imagines as
 sheeprl does, on DMC pendulum swing-up from state. One gradient step is what pretraining does
-(``workflow/pretraining.py``, with ``--ac-continuation mode --ac-detach-actor-input``): a replay batch of
+(``workflow/training/pretraining.py``, with ``--ac-continuation mode --ac-detach-actor-input``): a replay batch of
 16 x 64, the world-model update (Adam, clip 1000), then one actor and one critic update over horizon 15
 imagined from every posterior state of the batch. Right after, sheeprl's own training at the same config and
 thread count (``../shared/peers/sheeprl_dreamerv3.sh``, which installs sheeprl into ``$SHEEPRL_VENV`` on first
@@ -37,11 +37,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from latent_residual import make_backbone
 from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
-from latent_residual.registry import make_env
+from latent_residual.registry.lookup import make_env
 from latent_residual.rollout import posterior_states
-from latent_residual.workflow.collection import EpisodeCollector
-from latent_residual.workflow.model_training import WorldModelTrainer
-from latent_residual.workflow.replay import ReplayBuffer
+from latent_residual.workflow.data.collection import EpisodeCollector
+from latent_residual.workflow.training.model_training import WorldModelTrainer
+from latent_residual.workflow.training.replay import ReplayBuffer
 
 ENV_ID = "dmc/pendulum-swingup-v0"
 #: sheeprl's dreamer_v3_XS actor and critic (``dense_units: 256``, ``mlp_layers: 1``, bias-free hidden Linears,

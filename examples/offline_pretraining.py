@@ -1,5 +1,5 @@
 """What the pretraining examples share: the command line of a source recipe built by
-``latent_residual.workflow.recipes.build_source`` (collect the data plan, train the world model offline,
+``latent_residual.workflow.training.recipes.build_source`` (collect the data plan, train the world model offline,
 train the simulation policy in its imagination, score it, record provenance).
 
 The recipes themselves are registered by the environment plugins; ``latent-residual build-source`` runs
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from latent_residual.workflow.recipes import SourceRecipe, build_source
+from latent_residual.workflow.training.recipes import SourceRecipe, build_source
 
 
 def main(source: str, recipe: SourceRecipe, script: str, default_data: str, doc: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from offline_pretraining import main
 
-from latent_residual.workflow.recipes import source_recipe
+from latent_residual.workflow.training.recipes import source_recipe
 
 SOURCE = "duckiebot/lane-following-v0"
 

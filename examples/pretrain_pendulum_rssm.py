@@ -11,7 +11,7 @@ from __future__ import annotations
 from offline_pretraining import main
 
 import latent_residual as lr
-from latent_residual.workflow.recipes import source_recipe
+from latent_residual.workflow.training.recipes import source_recipe
 
 SOURCE = "dmc/pendulum-swingup-v0"
 

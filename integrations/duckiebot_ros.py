@@ -1,5 +1,6 @@
-"""A ROS 1 node that drives a DB21 Duckiebot with an exported lane-following policy: a thin shell over ``safety.py``.
-The controller, its safety checks and the pure helpers live in ``latent_residual_integrations.safety`` (tested without ROS); the ROS 2 node is ``ros2_node.py``.
+"""A ROS 1 node that drives a DB21 Duckiebot with an exported lane-following policy: a thin shell over ``safety``.
+The controller, its checks and the pure helpers are in ``latent_residual_integrations.safety`` (tested without ROS);
+the ROS 2 node is ``ros2_node.py``.
 
 Camera JPEGs from ``/<robot>/camera_node/image/compressed`` and wheel-encoder ticks go to a
 ``LaneFollowingController``; a ``ControlLoop`` publishes its command as
@@ -23,31 +24,17 @@ from typing import Any
 
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual_integrations.safety import (
-    CONTROLLER_SETTINGS,
-    DEFAULT_RATE_HZ,
-    ENCODER_RESOLUTION,
-    MAX_FRAME_AGE,
     CAMERA_INTRINSICS,
     CAMERA_SIZE,
-    VELOCITY_KEY,
+    CONTROLLER_SETTINGS,
     Command,
     ControlLoop,
     LaneFollowingController,
     LogForwarder,
-    StopReason,
-    action_to_wheels,
     controller_keywords,
-    decode_frame,
     load_calibration,
     stop_on_signals,
-    wheel_velocity,
 )
-
-__all__ = [
-    "DEFAULT_RATE_HZ", "ENCODER_RESOLUTION", "MAX_FRAME_AGE", "VELOCITY_KEY", "VELOCITY_SOURCES", "Command",
-    "LaneFollowingController", "StopReason", "action_to_wheels", "decode_frame", "load_calibration",
-    "parse_args", "main", "wheel_velocity",
-]
 
 #: The ROS 1 node reads wheel speeds from the encoders, or uses the last command's velocity, or zeros.
 VELOCITY_SOURCES = ("encoders", "command", "zero")
@@ -73,10 +60,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for setting in CONTROLLER_SETTINGS:
         flag = "--" + setting.name.replace("_", "-")
         if isinstance(setting.default, bool):
-            parser.add_argument(flag, action="store_true", help=setting.help)
+            parser.add_argument(flag, action="store_true", help=setting.description)
         else:
             choices = NARROWED_CHOICES.get(setting.name, setting.choices) or None
-            parser.add_argument(flag, type=type(setting.default), default=setting.default, choices=choices, help=setting.help)
+            kind = type(setting.default)
+            parser.add_argument(flag, type=kind, default=setting.default, choices=choices, help=setting.description)
     # Unset: the robot's own camera calibration decides (build_controller), else the DB21's size.
     parser.set_defaults(camera_size=None)
     # rospy.myargv drops ROS remappings (name:=value) before we parse.

@@ -1,12 +1,12 @@
-"""A ROS 2 node that drives a robot with an exported lane-following policy: camera in, wheel commands out, a thin shell over ``safety.py``.
-The controller and its safety checks live in ``latent_residual_integrations.safety`` (no ROS there); rclpy and the messages are imported only inside the functions here."""
+"""A ROS 2 node that drives a robot with an exported lane-following policy: camera in, wheel commands out, a thin
+shell over ``latent_residual_integrations.safety`` (the controller and its checks, no ROS); rclpy is imported in functions."""
 
 # Run (rclpy, sensor_msgs and geometry_msgs installed; duckietown_msgs for the Duckiebot's messages):
 #
 #     python -m latent_residual_integrations.ros2_node --ros-args -p policy:=/data/policy -p robot:=db21 \
 #         [-p command_type:=wheels|twist] [-p rate:=10.0] [-p velocity_source:=encoders|odometry|command|zero]
 #
-# The parameters are in PARAMETERS; docs/safety.md says what the node guarantees and how it was tested.
+# The parameters are parameters(); docs/safety.md says what the node guarantees and how it was tested.
 
 from __future__ import annotations
 
@@ -23,16 +23,17 @@ from latent_residual_integrations.safety import (
     ControlLoop,
     LaneFollowingController,
     LogForwarder,
-    load_calibration,
     controller_keywords,
+    load_calibration,
     stop_on_signals,
 )
 
 NODE_NAME = "latent_residual_policy"
 COMMAND_TYPES = ("wheels", "twist")
-#: name -> (default, description). Topic defaults are templates: ``{robot}`` is the ``robot``
-#: parameter; with an empty ``robot`` the ``/{robot}/`` prefix is dropped (a name relative to the node's namespace).
-PARAMETERS: dict[str, tuple[Any, str]] = {
+#: The node's own parameters, name -> (default, description); ``parameters()`` adds the controller's settings.
+#: Topic defaults are templates: ``{robot}`` is the ``robot`` parameter; with an empty ``robot`` the ``/{robot}/``
+#: prefix is dropped (a name relative to the node's namespace).
+NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "policy": ("", "directory with policy.onnx and policy.json (required)"),
     "robot": ("", "the robot's name, the first part of the default topics"),
     "camera_topic": ("/{robot}/camera_node/image/compressed", "sensor_msgs/CompressedImage in"),
@@ -46,8 +47,13 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "calibration": ("", "kinematics calibration YAML (gain, trim, ...)"),
     "providers": ([""], "onnxruntime execution providers, in order (empty: CUDA if available, else CPU)"),
     "threads": (1, "onnxruntime intra-op threads (leave cores to ROS)"),
-    **{setting.name: (setting.default, setting.help) for setting in CONTROLLER_SETTINGS},
 }
+
+
+def parameters() -> dict[str, tuple[Any, str]]:
+    """Every parameter the node declares, name -> (default, description): its own, then a row of the settings table
+    each (read now, so that a check registered before the node starts brings its setting)."""
+    return NODE_PARAMETERS | {setting.name: (setting.default, setting.description) for setting in CONTROLLER_SETTINGS}
 
 
 class NodeError(ValueError):
@@ -68,11 +74,11 @@ def stamp_seconds(stamp: Any) -> float | None:
 
 
 def read_parameters(node: Any) -> dict[str, Any]:
-    """Declare ``PARAMETERS`` on an rclpy node and return their values, checked."""
+    """Declare ``parameters()`` on an rclpy node and return their values, checked."""
     from rclpy.exceptions import ParameterException
 
     values = {}
-    for name, (default, description) in PARAMETERS.items():
+    for name, (default, description) in parameters().items():
         try:
             values[name] = node.declare_parameter(name, default, _descriptor(description)).value
         except ParameterException as exc:
@@ -234,7 +240,7 @@ def run(
         shell.loop.start()
         node.get_logger().info(
             f"{shell.controller.policy} on {shell.camera_topic} -> {shell.command_topic} "
-            f"({shell.params['command_type']}) at {shell.controller.rate_hz:g} Hz"
+            f"({shell.params['command_type']}) at {shell.controller.settings.rate_hz:g} Hz"
         )
         if ready is not None:
             ready(shell)

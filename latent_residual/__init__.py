@@ -23,9 +23,9 @@ from latent_residual.errors import (
     RegistrationError,
     TrainingDivergedError,
 )
-from latent_residual.hookspecs import hookimpl
-from latent_residual.plugins import list_plugins, load_plugins
-from latent_residual.registry import (
+from latent_residual.registry.hookspecs import hookimpl
+from latent_residual.registry.plugins import list_plugins, load_plugins
+from latent_residual.registry.lookup import (
     backbone_spec,
     env_spec,
     list_backbones,
@@ -49,30 +49,30 @@ _LAZY = {
     "fingerprint": "latent_residual.serialization",
     "ActorCritic": "latent_residual.actor_critic",
     "ActorCriticConfig": "latent_residual.actor_critic",
-    "Policy": "latent_residual.workflow.policy",
+    "Policy": "latent_residual.workflow.deployment.policy",
     "observe": "latent_residual.rollout",
     "imagine": "latent_residual.rollout",
     "FitConfig": "latent_residual.fitting",
     "fit_residual": "latent_residual.fitting",
     "finetune_dynamics": "latent_residual.fitting",
     "save_world_model": "latent_residual.checkpoints",
-    "Dataset": "latent_residual.workflow.datasets",
-    "DatasetWriter": "latent_residual.workflow.datasets",
-    "EpisodeRecorder": "latent_residual.workflow.recording",
-    "collect": "latent_residual.workflow.collection",
-    "load_dataset": "latent_residual.workflow.datasets",
-    "evaluate": "latent_residual.workflow.evaluation",
-    "PretrainConfig": "latent_residual.workflow.pretraining",
-    "PolicyTrainConfig": "latent_residual.workflow.policy_training",
-    "pretrain": "latent_residual.workflow.pretraining",
-    "train_policy": "latent_residual.workflow.policy_training",
-    "load_world_model": "latent_residual.workflow.loading",
+    "Dataset": "latent_residual.workflow.data.datasets",
+    "DatasetWriter": "latent_residual.workflow.data.datasets",
+    "EpisodeRecorder": "latent_residual.workflow.data.recording",
+    "collect": "latent_residual.workflow.data.collection",
+    "load_dataset": "latent_residual.workflow.data.datasets",
+    "evaluate": "latent_residual.workflow.experiments.evaluation",
+    "PretrainConfig": "latent_residual.workflow.training.pretraining",
+    "PolicyTrainConfig": "latent_residual.workflow.training.policy_training",
+    "pretrain": "latent_residual.workflow.training.pretraining",
+    "train_policy": "latent_residual.workflow.training.policy_training",
+    "load_world_model": "latent_residual.workflow.deployment.loading",
     "OnnxPolicy": "latent_residual.onnx_policy",
-    "export_policy": "latent_residual.workflow.export",
-    "DiagnoseConfig": "latent_residual.workflow.diagnose",
-    "diagnose": "latent_residual.workflow.diagnose",
-    "DataCurveConfig": "latent_residual.workflow.data_curve",
-    "data_curve": "latent_residual.workflow.data_curve",
+    "export_policy": "latent_residual.workflow.deployment.export",
+    "DiagnoseConfig": "latent_residual.workflow.reports.diagnose",
+    "diagnose": "latent_residual.workflow.reports.diagnose",
+    "DataCurveConfig": "latent_residual.workflow.reports.data_curve",
+    "data_curve": "latent_residual.workflow.reports.data_curve",
 }
 
 __all__ = [
@@ -127,17 +127,17 @@ if TYPE_CHECKING:
     from latent_residual.residual import ResidualConfig
     from latent_residual.rollout import imagine, observe
     from latent_residual.serialization import fingerprint
-    from latent_residual.workflow.collection import collect
-    from latent_residual.workflow.data_curve import DataCurveConfig, data_curve
-    from latent_residual.workflow.datasets import Dataset, DatasetWriter, load_dataset
-    from latent_residual.workflow.diagnose import DiagnoseConfig, diagnose
-    from latent_residual.workflow.evaluation import evaluate
-    from latent_residual.workflow.export import export_policy
-    from latent_residual.workflow.loading import load_world_model
-    from latent_residual.workflow.policy import Policy
-    from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
-    from latent_residual.workflow.pretraining import PretrainConfig, pretrain
-    from latent_residual.workflow.recording import EpisodeRecorder
+    from latent_residual.workflow.data.collection import collect
+    from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve
+    from latent_residual.workflow.data.datasets import Dataset, DatasetWriter, load_dataset
+    from latent_residual.workflow.reports.diagnose import DiagnoseConfig, diagnose
+    from latent_residual.workflow.experiments.evaluation import evaluate
+    from latent_residual.workflow.deployment.export import export_policy
+    from latent_residual.workflow.deployment.loading import load_world_model
+    from latent_residual.workflow.deployment.policy import Policy
+    from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
+    from latent_residual.workflow.training.pretraining import PretrainConfig, pretrain
+    from latent_residual.workflow.data.recording import EpisodeRecorder
 
 # Plugin registrations are tiny modules (implementations load at make time), so loading them
 # here is cheap and lets `gymnasium.make(<any registered id>)` work right after `import latent_residual`.

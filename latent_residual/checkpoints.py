@@ -1,7 +1,7 @@
 """World-model checkpoints: weights in safetensors, and what it takes to rebuild the model in metadata.
 
 A checkpoint records (backbone id, constructor kwargs, observation and action spaces); rebuilding a model
-from them goes through the registry (``workflow/loading.py``). Adapters are saved by ``adapters.py``.
+from them goes through the registry (``workflow/deployment/loading.py``). Adapters are saved by ``adapters.py``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run an exported policy with onnxruntime and NumPy only: no torch, for onboard computers (a Jetson).
 
-``latent_residual.workflow.export`` writes the ``policy.onnx`` + ``policy.json`` pair this module reads
+``latent_residual.workflow.deployment.export`` writes the ``policy.onnx`` + ``policy.json`` pair this module reads
 and owns its names; the contract is in docs/deployment.md. Only the standard library, NumPy and
 onnxruntime are imported, so this file can also be copied onto a robot on its own.
 """
@@ -40,7 +40,7 @@ def _export_paths(path: Path) -> tuple[Path, Path]:
     config_path = directory / POLICY_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{config_path}: no policy description; export with latent_residual.workflow.export.export_policy, "
+            f"{config_path}: no policy description; export with latent_residual.workflow.deployment.export.export_policy, "
             f"which writes {ONNX_NAME} and {POLICY_CONFIG_NAME} together."
         )
     if not onnx_path.is_file():

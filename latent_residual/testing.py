@@ -26,8 +26,8 @@ from latent_residual.errors import ExportError, LatentResidualError
 from latent_residual.fitting import FitConfig, fit_residual
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import fingerprint
-from latent_residual.workflow.export import PARITY_TOLERANCE, example_observations, export_policy, verify_export
-from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.deployment.export import PARITY_TOLERANCE, example_observations, export_policy, verify_export
+from latent_residual.workflow.deployment.policy import Policy
 
 
 class ContractError(LatentResidualError, AssertionError):

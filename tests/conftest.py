@@ -12,13 +12,13 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from latent_residual import plugins  # noqa: E402
+from latent_residual.registry import plugins  # noqa: E402
 
 # Tiny models gain nothing from a second thread, and OpenMP's spin-waits make every op cost a
 # scheduler slice when another process holds the other core.
 torch.set_num_threads(1)
 from latent_residual.actor_critic import ActorCriticConfig as ActorCriticConfig  # noqa: E402
-from latent_residual.workflow.pretraining import PretrainConfig  # noqa: E402
+from latent_residual.workflow.training.pretraining import PretrainConfig  # noqa: E402
 
 
 def make_distribution(root: Path, name: str, version: str, entry_points: dict[str, str], modules=None) -> Path:

@@ -109,8 +109,8 @@ def export_lane_policy(directory: Path, seed: int = 2, **options) -> Path:
 
     from latent_residual import make_backbone
     from latent_residual.actor_critic import Actor, ActorCriticConfig
-    from latent_residual.workflow.export import export_policy
-    from latent_residual.workflow.policy import Policy
+    from latent_residual.workflow.deployment.export import export_policy
+    from latent_residual.workflow.deployment.policy import Policy
 
     space = spaces.Dict(
         {"image": spaces.Box(0, 255, (64, 64, 3), np.uint8), "velocity": spaces.Box(-1, 1, (2,), np.float32)}

@@ -9,7 +9,7 @@ from conftest import assert_no_temp_files, drift_sequences
 from latent_residual import CheckpointError, ConfigError, load_world_model, save_world_model
 from latent_residual.checkpoints import MODEL_WEIGHTS_NAME
 from latent_residual.serialization import space_to_json
-from latent_residual.workflow.spaces import space_from_json
+from latent_residual.workflow.data.spaces import space_from_json
 from latent_residual.rollout import observe, prev_actions
 
 

@@ -16,15 +16,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import latent_residual
-from latent_residual.workflow.collection import collect
-from latent_residual.workflow.datasets import (
+from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.data.datasets import (
     DATASET_INFO_NAME,
     EPISODES_DIR_NAME,
     DatasetWriter,
     episode_file_name,
     load_dataset,
 )
-from latent_residual.workflow.recording import EpisodeRecorder
+from latent_residual.workflow.data.recording import EpisodeRecorder
 from latent_residual.errors import ConfigError, DatasetError
 
 from conftest import assert_no_temp_files

@@ -15,17 +15,17 @@ from latent_residual.actor_critic import load_actor_critic
 from latent_residual.errors import ExportError
 from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import OnnxPolicy
-from latent_residual.registry import env_pretrained
+from latent_residual.registry.lookup import env_pretrained
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow import coverage
-from latent_residual.workflow.cli import main
-from latent_residual.workflow.collection import collect
-from latent_residual.workflow.data_curve import DataCurveConfig, data_curve, overfitted, reading
-from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
-from latent_residual.workflow.export import export_policy, verify_export
-from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.reports import coverage
+from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve, overfitted, reading
+from latent_residual.workflow.data.datasets import load_dataset
+from latent_residual.workflow.reports.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
+from latent_residual.workflow.deployment.export import export_policy, verify_export
+from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.deployment.policy import Policy
 
 SOURCE, TARGET = "dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0"
 SHORT = {"max_episode_steps": 60}  # short episodes keep every fit and filter cheap
@@ -226,7 +226,7 @@ def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pend
 
 
 def test_export_fails_when_the_graph_is_not_faithful(pendulum, tmp_path, monkeypatch, capsys):
-    from latent_residual.workflow import export
+    from latent_residual.workflow.deployment import export
 
     pretrained = pendulum["pretrained"]
     args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),

@@ -20,8 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from latent_residual import ConfigError, TrainingDivergedError, make_backbone
 from latent_residual.actor_critic import ActorCriticConfig
-from latent_residual.workflow.cli import main
-from latent_residual.workflow.distributed import (
+from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.training.distributed import (
     Ranks,
     average_gradients_at_step,
     check_model_device,
@@ -29,8 +29,8 @@ from latent_residual.workflow.distributed import (
     rank_device,
     ranks_from_environment,
 )
-from latent_residual.workflow.model_training import WorldModelLoss, WorldModelTrainer, train_world_model
-from latent_residual.workflow.pretraining import _PretrainRun
+from latent_residual.workflow.training.model_training import WorldModelLoss, WorldModelTrainer, train_world_model
+from latent_residual.workflow.training.pretraining import _PretrainRun
 
 OBSERVATIONS = gymnasium.spaces.Dict(
     {
@@ -95,7 +95,7 @@ def _rank_seed(step: int, rank: int) -> int:
 
 
 def _offline_config(updates: int):
-    from latent_residual.workflow.model_training import OfflinePretrainConfig
+    from latent_residual.workflow.training.model_training import OfflinePretrainConfig
 
     return OfflinePretrainConfig(
         backbone_kwargs={"preset": "tiny"}, updates=updates, batch_size=2, seq_len=8, checkpoint_every=2, lr=1e-3
@@ -107,7 +107,7 @@ def _worker(rank: int, port: int, out: str, data: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2"
     )
     torch.set_num_threads(1)
-    from latent_residual.plugins import load_plugins
+    from latent_residual.registry.plugins import load_plugins
 
     load_plugins()
     with process_group("cpu") as (ranks, device):
@@ -129,7 +129,7 @@ def _worker(rank: int, port: int, out: str, data: str) -> None:
             _policy_loss(net, step, rank).backward()
             optimiser.step()
         tensors.update({f"policy/{key}": value for key, value in net.state_dict().items()})
-        from latent_residual.workflow.model_training import pretrain_offline
+        from latent_residual.workflow.training.model_training import pretrain_offline
 
         pretrain_offline(_offline_config(2), data, f"{out}/offline", quiet=True)
         model = pretrain_offline(_offline_config(4), data, f"{out}/offline", quiet=True)  # resumed
@@ -222,7 +222,7 @@ PRETRAIN_FLAGS = [
 def _torchrun(out: Path, env_steps: int) -> subprocess.CompletedProcess:
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-        "--master-port", str(_free_port()), "-m", "latent_residual.workflow.cli", "pretrain", "--out", str(out),
+        "--master-port", str(_free_port()), "-m", "latent_residual.workflow.cli.main", "pretrain", "--out", str(out),
         "--env-steps", str(env_steps), *PRETRAIN_FLAGS,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
@@ -267,7 +267,7 @@ def test_a_torchrun_worker_ends_without_pythons_shutdown():
     An atexit hook stands for that shutdown: it must not run, and the output must still arrive."""
     program = (
         "import atexit, sys; atexit.register(lambda: print('python shut down', flush=True)); "
-        "from latent_residual.workflow.cli import main; sys.argv = ['latent-residual', '--version']; sys.exit(main())"
+        "from latent_residual.workflow.cli.main import main; sys.argv = ['latent-residual', '--version']; sys.exit(main())"
     )
     torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for env, shut_down in ((torchrun, False), ({}, True)):
@@ -357,7 +357,7 @@ def test_the_compiled_loss_is_one_graph_through_the_time_loop(registry, backbone
 
 
 def test_precision_and_compile_flags_reach_the_training_step(registry, tmp_path, capsys):
-    from latent_residual.workflow.commands import _pretrain_configs, add_commands
+    from latent_residual.workflow.cli.commands import _pretrain_configs, add_commands
 
     group = click.Group()
     add_commands(group)

@@ -185,7 +185,7 @@ def test_env_is_made_through_gymnasium() -> None:
 
 
 def test_registered_expert_collects_reward_free_data_in_real_reversed(tmp_path) -> None:
-    driver = latent_residual.registry.env_expert(REAL_REVERSED, manoeuvres=0.0)
+    driver = latent_residual.registry.lookup.env_expert(REAL_REVERSED, manoeuvres=0.0)
     dataset = latent_residual.collect(
         REAL_REVERSED, driver, tmp_path, transitions=122, env_kwargs={"max_episode_steps": 60}, quiet=True
     )
@@ -206,11 +206,11 @@ def test_expert_manoeuvres_back_up_and_are_reproducible(tmp_path) -> None:
     assert (speeds < -0.1).any() and (speeds > 0.1).any()  # it backs up as well as drives on
     assert np.array_equal(actions(tmp_path / "b")[1], first)
     with pytest.raises(latent_residual.ConfigError, match="manoeuvres"):
-        latent_residual.registry.env_expert(SIM, manoeuvres=2.0)
+        latent_residual.registry.lookup.env_expert(SIM, manoeuvres=2.0)
 
 
 def test_expert_needs_the_environment_before_it_acts() -> None:
-    expert = latent_residual.registry.env_expert(SIM)
+    expert = latent_residual.registry.lookup.env_expert(SIM)
     with pytest.raises(latent_residual.ConfigError, match="bind"):
         expert({})
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import latent_residual as lr
-from latent_residual.registry import env_pretrained
+from latent_residual.registry.lookup import env_pretrained
 from latent_residual.actor_critic import load_actor_critic
-from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 
 SHIPPED = ("dmc/pendulum-swingup-v0", "duckiebot/lane-following-v0")
 

@@ -6,14 +6,14 @@ import json
 
 import pytest
 
-from latent_residual.workflow.cli import main
+from latent_residual.workflow.cli.main import main
 from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
-from latent_residual.workflow.diagnose import fit_curves
-from latent_residual.workflow.experiments import ExperimentConfig, run_experiment
-from latent_residual.workflow.reports import comparison_table
+from latent_residual.workflow.reports.diagnose import fit_curves
+from latent_residual.workflow.experiments.experiment import ExperimentConfig, run_experiment
+from latent_residual.workflow.reports.tables import comparison_table
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow.policy_training import PolicyTrainConfig
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig
 
 TINY = dict(
     transitions=(300, 600),
@@ -125,7 +125,7 @@ def test_a_cell_failing_in_a_worker_is_one_error_naming_the_cell(pretrained, tmp
 def test_jobs_zero_is_one_per_core_capped_by_memory(tmp_path):
     import os
 
-    from latent_residual.workflow.experiments import resolve_jobs
+    from latent_residual.workflow.experiments.experiment import resolve_jobs
 
     assert resolve_jobs(3) == 3
     cores = len(os.sched_getaffinity(0))
@@ -205,11 +205,11 @@ def test_unknown_method_suggests_the_closest(registry):
 def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(registry, tmp_path, monkeypatch):
     """The demo takes the source plugin's recommendations (pendulum: the belief as a residual input); a flag
     given on the command line wins; compare keeps the paper's settings."""
-    from latent_residual.workflow import commands
+    from latent_residual.workflow.cli import commands
 
     seen = {}
     monkeypatch.setattr(
-        "latent_residual.workflow.experiments.run_experiment",
+        "latent_residual.workflow.experiments.experiment.run_experiment",
         lambda config, out, **kwargs: seen.update(config=config, residual=kwargs["residual_config"]),
     )
     assert main(["demo", "--out", str(tmp_path / "a")]) == 0
@@ -228,7 +228,7 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
 
 
 def test_combined_table_puts_each_backbone_beside_the_other():
-    from latent_residual.workflow.reports import combined_table
+    from latent_residual.workflow.reports.tables import combined_table
 
     runs = {
         "draw-v0": {"sim-policy@source": {"return_mean": 800.0}, "redraw@10/seed0": {"return_mean": 720.0}},
@@ -245,7 +245,7 @@ def rssm_pretrained(tmp_path_factory, registry):
     """A tiny RSSM and policy pretrained online with Plan2Explore on short pendulum episodes."""
     from conftest import TINY_AC, tiny_pretrain_config
 
-    from latent_residual.workflow.pretraining import pretrain
+    from latent_residual.workflow.training.pretraining import pretrain
 
     out = tmp_path_factory.mktemp("rssm-pretrain")
     pretrain(tiny_pretrain_config(backbone="rssm-v0", backbone_kwargs={"preset": "tiny"}), out, ac_config=TINY_AC, quiet=True)
@@ -274,7 +274,7 @@ def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretra
     assert (tmp_path / "runs" / "dreamer-finetune-300-seed0" / "world_model" / "model.safetensors").exists()
     # Dreamer finetune trains the simulation policy further (its Adam moments included); ReDRAW a fresh one.
     from latent_residual.actor_critic import load_actor_critic
-    from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+    from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 
     def actor_steps(path):
         return int(load_actor_critic(path).actor_opt.state_dict()["state"][0]["step"])

@@ -7,7 +7,7 @@ import pytest
 from conftest import TINY_AC, tiny_pretrain_config
 
 import latent_residual as lr
-from latent_residual.registry import env_expert
+from latent_residual.registry.lookup import env_expert
 
 
 def _episode_return(env_id: str, expert, seed: int = 10_000) -> float:

@@ -22,8 +22,8 @@ from latent_residual import ConfigError, attach_residual, fingerprint, make_back
 from latent_residual.actor_critic import Actor, ActorCriticConfig
 from latent_residual.errors import ExportError
 from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
-from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
-from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.deployment.export import example_observations, export_policy, verify_episodes, verify_export
+from latent_residual.workflow.deployment.policy import Policy
 from latent_residual import onnx_policy as onnxruntime_policy
 from latent_residual.onnx_policy import OnnxPolicy, run_episode
 
@@ -173,7 +173,7 @@ def test_actions_are_rescaled_into_a_non_unit_action_space(tmp_path):
 
 
 def test_auto_falls_back_to_torchscript_when_dynamo_fails(tmp_path, monkeypatch, caplog):
-    from latent_residual.workflow import export
+    from latent_residual.workflow.deployment import export
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated dynamo failure")
@@ -347,7 +347,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 
 def test_decode_frame_resizes_camera_jpegs():
-    from latent_residual_integrations.duckiebot_ros import decode_frame
+    from latent_residual_integrations.safety import decode_frame
 
     frame = np.zeros((480, 640, 3), np.uint8)
     frame[:, :320] = (200, 30, 30)  # left half red, right half blue
@@ -361,7 +361,7 @@ def test_decode_frame_resizes_camera_jpegs():
 
 
 def test_action_to_wheels_uses_the_twins_kinematics():
-    from latent_residual_integrations.duckiebot_ros import action_to_wheels, wheel_velocity
+    from latent_residual_integrations.safety import action_to_wheels, wheel_velocity
     from latent_residual_plugins.duckiebot.robot import Calibration
 
     # Full speed ahead: 0.5 m/s on 0.0318 m wheels is 15.7 rad/s, over k = 27 a duty of 0.582.

@@ -1,6 +1,6 @@
 """A backbone written outside the library (tests/external_rssm.py), taken through the whole line.
 
-Registered at run time (``latent_residual.plugins.register``), built with ``make_backbone`` for
+Registered at run time (``latent_residual.registry.plugins.register``), built with ``make_backbone`` for
 ``dmc/pendulum-swingup-v0`` (state), checked with ``check_world_model``, adapted on reward-free
 data from ``dmc/pendulum-swingup-reversed-v0``, exported to ONNX and run with ``OnnxPolicy``.
 """
@@ -14,7 +14,8 @@ import pytest
 import torch
 
 import latent_residual as lr
-from latent_residual import hookimpl, plugins
+from latent_residual import hookimpl
+from latent_residual.registry import plugins
 
 from external_rssm import ExternalRSSM
 
@@ -36,7 +37,7 @@ class ExternalPlugin:
 
 
 def backbone_ids() -> list[str]:
-    return sorted(spec.id for spec in lr.registry.list_backbones())
+    return sorted(spec.id for spec in lr.registry.lookup.list_backbones())
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def build(spaces) -> ExternalRSSM:
 @pytest.fixture(scope="module")
 def target_sequences(external, tmp_path_factory):
     """Reward-free target data: 1,020 random-action transitions from the reversed pendulum."""
-    from latent_residual.workflow.collection import collect
+    from latent_residual.workflow.data.collection import collect
 
     directory = tmp_path_factory.mktemp("target-data")
     collect(TARGET, "random", directory, transitions=1020, seed=0,
@@ -79,7 +80,7 @@ def target_sequences(external, tmp_path_factory):
 
 
 def test_registered_at_run_time(external, spaces):
-    spec = lr.registry.backbone_spec(BACKBONE_ID)
+    spec = lr.registry.lookup.backbone_spec(BACKBONE_ID)
     assert spec.kwargs == SIZES
     assert spec.presets == {"cpu": {"deter": 128, "hidden": 128, "units": 128}}
     model = build(spaces)
@@ -120,7 +121,7 @@ def test_loss_trains_with_and_without_reward(spaces, target_sequences):
 def test_adapt_export_and_run(spaces, target_sequences, tmp_path):
     from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
     from latent_residual.onnx_policy import OnnxPolicy, run_episode
-    from latent_residual.workflow.export import verify_episodes
+    from latent_residual.workflow.deployment.export import verify_episodes
 
     base = build(spaces)
     state_before = {key: value.detach().clone() for key, value in base.state_dict().items()}

@@ -41,12 +41,12 @@ from latent_residual.fitting import finetune_dynamics
 from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy, PolicyFileError
 from latent_residual.serialization import atomic_write_directory, clean_orphans, write_text
 from latent_residual.workflow import paths
-from latent_residual.workflow.cli import main
-from latent_residual.workflow.collection import collect
-from latent_residual.workflow.datasets import EPISODES_DIR_NAME, DatasetWriter, episode_file_name, load_dataset
-from latent_residual.workflow.export import export_policy
-from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.policy import Policy
+from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.data.datasets import EPISODES_DIR_NAME, DatasetWriter, episode_file_name, load_dataset
+from latent_residual.workflow.deployment.export import export_policy
+from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.deployment.policy import Policy
 
 DRIFT_ENV = "testplug/drift-v0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -572,9 +572,9 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch)
     def no_work(*args, **kwargs):
         raise AssertionError("the command started working before checking its output path")
 
-    monkeypatch.setattr("latent_residual.workflow.loading.load_world_model", no_work)
-    monkeypatch.setattr("latent_residual.workflow.loading.load_policy", no_work)
-    monkeypatch.setattr("latent_residual.workflow.evaluation.evaluate", no_work)
+    monkeypatch.setattr("latent_residual.workflow.deployment.loading.load_world_model", no_work)
+    monkeypatch.setattr("latent_residual.workflow.deployment.loading.load_policy", no_work)
+    monkeypatch.setattr("latent_residual.workflow.experiments.evaluation.evaluate", no_work)
     (tmp_path / "a_directory").mkdir()
     (tmp_path / "a_file").write_text("x")
     (tmp_path / "done").mkdir()

@@ -10,7 +10,8 @@ import torch
 from conftest import make_distribution
 
 import latent_residual
-from latent_residual import NameNotFound, RegistrationError, plugins
+from latent_residual import NameNotFound, RegistrationError
+from latent_residual.registry import plugins
 from latent_residual.contract import WorldModel
 
 
@@ -164,7 +165,7 @@ def test_importing_a_plugin_submodule_first_still_registers_it():
 
 def test_sources_declare_target_backbone_pretrained_default_and_recommendations(registry):
     """What demo and compare need comes from the registrations, not from names in the core."""
-    from latent_residual.registry import backbone_preset, demo_env, env_pretrained, source_backbone, source_target
+    from latent_residual.registry.lookup import backbone_preset, demo_env, env_pretrained, source_backbone, source_target
 
     assert demo_env().id == "dmc/pendulum-swingup-v0"
     assert source_target("dmc/cup-catch-v0") == "dmc/cup-catch-windy-v0"
@@ -179,7 +180,7 @@ def test_sources_declare_target_backbone_pretrained_default_and_recommendations(
 
 
 def test_pretrain_config_resolves_the_environment_backbone_and_preset(registry):
-    from latent_residual.workflow.pretraining import PretrainConfig
+    from latent_residual.workflow.training.pretraining import PretrainConfig
 
     config = PretrainConfig(backbone_preset="cpu", backbone_kwargs={"hidden": 64}).resolved()
     assert (config.env_id, config.backbone, config.backbone_preset) == ("dmc/pendulum-swingup-v0", "draw-v0", "")
@@ -209,7 +210,7 @@ def test_override_covers_only_the_registration_that_asks_for_it(fresh_registry):
 
 
 def test_recommended_settings_apply_per_backbone():
-    from latent_residual.specs import EnvSpec
+    from latent_residual.registry.specs import EnvSpec
 
     spec = EnvSpec(
         "lab/arm-v0", "lab.arm:Arm", backbone="draw-v0",

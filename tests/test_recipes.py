@@ -10,8 +10,8 @@ import pytest
 from conftest import TINY_AC
 
 from latent_residual.errors import ConfigError, NameNotFound
-from latent_residual.workflow.cli import main
-from latent_residual.workflow.recipes import DataStep, SourceRecipe, build_source, source_recipe
+from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.training.recipes import DataStep, SourceRecipe, build_source, source_recipe
 
 TINY_RECIPE = dict(
     data_plan=(("expert", 0.3, 150), ("random", 0.0, 250)),

@@ -31,7 +31,7 @@ from latent_residual import (
     save_world_model,
 )
 from latent_residual.contract import LatentSpec
-from latent_residual.registry import backbone_preset
+from latent_residual.registry.lookup import backbone_preset
 from latent_residual.rollout import imagine, observe, prev_actions, step
 from latent_residual_plugins.rssm.config import PRESETS, SIZES, RSSMConfig
 from latent_residual_plugins.rssm.model import RSSM

@@ -24,7 +24,7 @@ import latent_residual as lr
 from latent_residual.actor_critic import load_actor_critic
 from latent_residual import distributions, rollout
 from latent_residual.errors import CheckpointError, ConfigError
-from latent_residual.workflow.cli import main
+from latent_residual.workflow.cli.main import main
 from latent_residual_integrations.sheeprl import import_checkpoint
 from latent_residual_integrations.sheeprl.convert import check_config, find_config
 

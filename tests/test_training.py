@@ -12,9 +12,9 @@ from conftest import TINY_AC, tiny_pretrain_config
 
 from latent_residual import ConfigError, PretrainConfig, load_world_model, pretrain
 from latent_residual.actor_critic import load_actor_critic, save_actor_critic
-from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
-from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
-from latent_residual.workflow.replay import ReplayBuffer
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
+from latent_residual.workflow.training.replay import ReplayBuffer
 
 def test_pretraining_writes_checkpoint_policy_replay_and_metrics(pretrained):
     out, result = pretrained
@@ -54,7 +54,7 @@ def test_actor_critic_file_round_trip_keeps_optimiser_moments(pretrained, tmp_pa
 
 def test_train_policy_in_imagination_from_target_sequences(pretrained):
     out, _ = pretrained
-    from latent_residual.workflow.datasets import load_dataset
+    from latent_residual.workflow.data.datasets import load_dataset
 
     model = load_world_model(out / "world_model")
     sequences = load_dataset(out / "replay").sequences(8)

@@ -11,7 +11,7 @@ from typing import Any
 import gymnasium
 
 from latent_residual.errors import ConfigError
-from latent_residual.registry import env_spec, make_env
+from latent_residual.registry.lookup import env_spec, make_env
 
 
 def make_vector_env(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from latent_residual.workflow.adaptation import ResidualMethod
+from latent_residual.workflow.adaptation.methods import ResidualMethod
 
 
 class ZeroStartResidual(ResidualMethod):

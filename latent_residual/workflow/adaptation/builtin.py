@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from latent_residual.hookspecs import hookimpl
+from latent_residual.registry.hookspecs import hookimpl
 
-_MODULE = "latent_residual.workflow.adaptation"
+_MODULE = "latent_residual.workflow.adaptation.methods"
 
 
 @hookimpl

@@ -1,7 +1,7 @@
 """What plugins register: the spec dataclasses of backbones, environments, adaptation methods and importers, the
 tables that hold them, and the staging that adds one plugin's registrations all at once or not at all.
 
-Looking specs up and making things from them is ``registry.py``; discovering plugins is ``plugins.py``.
+Looking specs up and making things from them is ``registry/lookup.py``; discovering plugins is ``registry/plugins.py``.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class EnvSpec:
     experiment: its usual ``target``, a shipped ``pretrained`` directory, the ``backbone`` that
     pretraining uses by default, ``recommended`` experiment settings (for every backbone, or under a
     backbone id for that backbone only), the source ``recipe`` that builds its model offline (fields of
-    ``latent_residual.workflow.recipes.SourceRecipe``), and whether it is the ``demo`` source.
+    ``latent_residual.workflow.training.recipes.SourceRecipe``), and whether it is the ``demo`` source.
     """
 
     id: str

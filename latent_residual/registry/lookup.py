@@ -1,6 +1,6 @@
 """Looking up and making what plugins registered: backbones, environments, adaptation methods and importers.
 
-The specs and their tables are in ``specs.py``; discovery of plugins is in ``plugins.py``. Every
+The specs and their tables are in ``registry/specs.py``; discovery of plugins is in ``registry/plugins.py``. Every
 accessor loads plugins first, so a fresh process sees what is installed.
 """
 
@@ -11,10 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latent_residual import specs
+from latent_residual.registry import specs
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError, did_you_mean
-from latent_residual.plugins import list_plugins, load_plugins
-from latent_residual.specs import BackboneSpec, EnvSpec, ImporterSpec, MethodSpec
+from latent_residual.registry.plugins import list_plugins, load_plugins
+from latent_residual.registry.specs import BackboneSpec, EnvSpec, ImporterSpec, MethodSpec
 
 if TYPE_CHECKING:
     import gymnasium
@@ -131,7 +131,7 @@ def make_env(id: str, **kwargs: Any) -> gymnasium.Env:
 
 
 def make_method(id: str) -> Any:
-    """Build adaptation method ``id`` (see ``latent_residual.workflow.adaptation``)."""
+    """Build adaptation method ``id`` (see ``latent_residual.workflow.adaptation.methods``)."""
     return load_entry_point(method_spec(id).entry_point)()
 
 

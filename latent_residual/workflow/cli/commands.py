@@ -15,7 +15,7 @@ import click
 
 from latent_residual.errors import ExportError, OutputPathError
 from latent_residual.workflow import paths
-from latent_residual.workflow.options import config_from_options, config_options, json_object
+from latent_residual.workflow.cli.options import config_from_options, config_options, json_object
 
 _PATH = click.Path(path_type=Path)
 _COUNT = click.IntRange(min=1)
@@ -103,7 +103,7 @@ def _overwrite_option(what: str) -> Callable:
 
 
 def _sequences(data: Path, max_transitions: int | None, length: int) -> dict[str, Any]:
-    from latent_residual.workflow.datasets import load_dataset
+    from latent_residual.workflow.data.datasets import load_dataset
 
     sequences = load_dataset(data, max_transitions=max_transitions).sequences(length)
     sequences.pop("reward", None)
@@ -134,7 +134,7 @@ def _data_options(command):
 
 def _pretrain_configs(options: dict[str, Any]):
     from latent_residual.actor_critic import ActorCriticConfig
-    from latent_residual.workflow.pretraining import PretrainConfig
+    from latent_residual.workflow.training.pretraining import PretrainConfig
 
     return config_from_options(PretrainConfig, options), config_from_options(ActorCriticConfig, options, prefix="ac-")
 
@@ -144,7 +144,7 @@ def _pretrain_configs(options: dict[str, Any]):
 
 def _pretrain_command(group: click.Group) -> None:
     from latent_residual.actor_critic import ActorCriticConfig
-    from latent_residual.workflow.pretraining import PretrainConfig
+    from latent_residual.workflow.training.pretraining import PretrainConfig
 
     @group.command(name="pretrain")
     @click.option("--out", type=_PATH, required=True, help="Run directory (re-run to resume).")
@@ -153,8 +153,8 @@ def _pretrain_command(group: click.Group) -> None:
     def pretrain_command(out: Path, **options: Any) -> None:
         """Pretrain a world model and a simulation policy (resumable; data-parallel under torchrun,
         see docs/distributed.md)."""
-        from latent_residual.workflow.distributed import ranks_from_environment
-        from latent_residual.workflow.pretraining import pretrain
+        from latent_residual.workflow.training.distributed import ranks_from_environment
+        from latent_residual.workflow.training.pretraining import pretrain
 
         check_output_directory(out)
         config, ac_config = _pretrain_configs(options)
@@ -164,7 +164,7 @@ def _pretrain_command(group: click.Group) -> None:
 
 
 def _pretrain_offline_command(group: click.Group) -> None:
-    from latent_residual.workflow.model_training import OfflinePretrainConfig
+    from latent_residual.workflow.training.model_training import OfflinePretrainConfig
 
     @group.command(name="pretrain-offline")
     @click.option("--data", type=_PATH, required=True, help="Simulation dataset directory (from `collect`).")
@@ -173,8 +173,8 @@ def _pretrain_offline_command(group: click.Group) -> None:
     def pretrain_offline_command(data: Path, out: Path, **options: Any) -> None:
         """Pretrain a world model offline on a simulation dataset (resumable; data-parallel under torchrun,
         see docs/distributed.md)."""
-        from latent_residual.workflow.distributed import ranks_from_environment
-        from latent_residual.workflow.model_training import WORLD_MODEL_NAME, pretrain_offline
+        from latent_residual.workflow.training.distributed import ranks_from_environment
+        from latent_residual.workflow.training.model_training import WORLD_MODEL_NAME, pretrain_offline
 
         check_output_directory(out)
         config = config_from_options(OfflinePretrainConfig, options)
@@ -194,7 +194,7 @@ def _build_source_command(group: click.Group) -> None:
     def build_source_command(env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates) -> None:
         """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
         the recipe's data plan, train the world model, train the policy in its imagination, score it."""
-        from latent_residual.workflow.recipes import build_source, source_recipe
+        from latent_residual.workflow.training.recipes import build_source, source_recipe
 
         given = {"model_updates": model_updates, "policy_updates": policy_updates}
         recipe = source_recipe(env_id, **{key: value for key, value in given.items() if value is not None})
@@ -229,8 +229,8 @@ def _collect_command(group: click.Group) -> None:
     @click.option("--env-kwargs", default="{}", show_default=True, help="Environment kwargs (JSON).")
     def collect_command(env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs) -> None:
         """Record reward-free target data with a behaviour policy."""
-        from latent_residual.workflow.collection import collect
-        from latent_residual.workflow.loading import load_policy
+        from latent_residual.workflow.data.collection import collect
+        from latent_residual.workflow.deployment.loading import load_policy
 
         kwargs = json_object(env_kwargs, "--env-kwargs")
         check_output_directory(out)
@@ -262,8 +262,8 @@ def _adapt_command(group: click.Group) -> None:
         A fit whose best held-out KL is worse than the base model's writes nothing and fails."""
         from latent_residual.adapters import ADAPTER_WEIGHTS_NAME, attach_residual
         from latent_residual.fitting import fit_residual
-        from latent_residual.workflow.adaptation import FIT_LOG_DIR_NAME
-        from latent_residual.workflow.loading import load_world_model
+        from latent_residual.workflow.adaptation.methods import FIT_LOG_DIR_NAME
+        from latent_residual.workflow.deployment.loading import load_world_model
 
         check_output_directory(out, finished=(ADAPTER_WEIGHTS_NAME,), overwrite=overwrite)
         residual_config = config_from_options(ResidualConfig, options)
@@ -301,7 +301,7 @@ def _finetune_command(group: click.Group) -> None:
     ) -> None:
         """The baseline: finetune only the prior network on target data (encoder and heads frozen)."""
         from latent_residual.checkpoints import MODEL_WEIGHTS_NAME, save_world_model
-        from latent_residual.workflow.loading import load_world_model
+        from latent_residual.workflow.deployment.loading import load_world_model
         from latent_residual.fitting import finetune_dynamics
 
         check_output_directory(out, finished=(MODEL_WEIGHTS_NAME,), overwrite=overwrite)
@@ -316,7 +316,7 @@ def _finetune_command(group: click.Group) -> None:
 
 def _train_policy_command(group: click.Group) -> None:
     from latent_residual.actor_critic import ActorCriticConfig
-    from latent_residual.workflow.policy_training import PolicyTrainConfig
+    from latent_residual.workflow.training.policy_training import PolicyTrainConfig
 
     @group.command(name="train-policy")
     @click.option("--world-model", type=_PATH, required=True, help="World-model checkpoint.")
@@ -331,9 +331,9 @@ def _train_policy_command(group: click.Group) -> None:
     ) -> None:
         """Train a fresh actor-critic in the (adapted) world model's imagination."""
         from latent_residual.adapters import load_adapter
-        from latent_residual.workflow.loading import load_world_model
+        from latent_residual.workflow.deployment.loading import load_world_model
         from latent_residual.actor_critic import save_actor_critic
-        from latent_residual.workflow.policy_training import train_policy
+        from latent_residual.workflow.training.policy_training import train_policy
 
         check_output_file(out, overwrite=overwrite)
         policy_config = config_from_options(PolicyTrainConfig, options)
@@ -364,8 +364,8 @@ def _evaluate_command(group: click.Group) -> None:
     def evaluate_command(env_id: str, world_model, policy, onnx, episodes: int, seed: int, out, overwrite: bool) -> None:
         """Run a policy for N episodes; print mean ± std return and task metrics."""
         from latent_residual.serialization import write_text
-        from latent_residual.workflow.evaluation import evaluate
-        from latent_residual.workflow.loading import load_policy
+        from latent_residual.workflow.experiments.evaluation import evaluate
+        from latent_residual.workflow.deployment.loading import load_policy
 
         if out is not None:
             check_output_file(out, overwrite=overwrite)
@@ -408,7 +408,7 @@ def _export_command(group: click.Group) -> None:
         there, torch and ONNX Runtime side by side. With --surprise-threshold (and --adapter) the graph
         also returns the coverage alarm's per-step surprise, which the check compares too (docs/diagnose.md)."""
         from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
-        from latent_residual.workflow.export import (
+        from latent_residual.workflow.deployment.export import (
             PARITY_TOLERANCE,
             check_export_target,
             example_observations,
@@ -416,7 +416,7 @@ def _export_command(group: click.Group) -> None:
             verify_episodes,
             verify_export,
         )
-        from latent_residual.workflow.loading import load_policy
+        from latent_residual.workflow.deployment.loading import load_policy
 
         check_output_directory(out, finished=(ONNX_NAME, POLICY_CONFIG_NAME), overwrite=overwrite, beside=True)
         check_export_target(out)
@@ -425,7 +425,7 @@ def _export_command(group: click.Group) -> None:
         loaded = load_policy(world_model, policy)
         if adapter is not None:
             from latent_residual.adapters import load_adapter
-            from latent_residual.workflow.policy import Policy
+            from latent_residual.workflow.deployment.policy import Policy
 
             loaded = Policy(load_adapter(loaded.model, adapter, trainable=False), loaded.actor)
         surprise = {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
@@ -458,7 +458,7 @@ def _import_command(group: click.Group) -> None:
     def import_command(source: str, checkpoint: Path, out: Path, overwrite: bool, config, env_id) -> None:
         """Convert another codebase's checkpoint (SOURCE: a registered importer, see `plugins`) into a world
         model and an actor-critic that load, evaluate, adapt and export like this library's own."""
-        from latent_residual.registry import importer_spec, load_entry_point
+        from latent_residual.registry.lookup import importer_spec, load_entry_point
 
         importer = load_entry_point(importer_spec(source).entry_point)
         with _usage_error():  # importers check --out themselves: only they know their finished artefacts
@@ -468,8 +468,8 @@ def _import_command(group: click.Group) -> None:
 
 
 def _diagnose_command(group: click.Group) -> None:
-    from latent_residual.workflow.data_curve import DataCurveConfig
-    from latent_residual.workflow.diagnose import DiagnoseConfig
+    from latent_residual.workflow.reports.data_curve import DataCurveConfig
+    from latent_residual.workflow.reports.diagnose import DiagnoseConfig
 
     @group.command(name="diagnose")
     @click.option("--world-model", type=_PATH, required=True, help="Frozen world-model checkpoint (the base).")
@@ -493,10 +493,10 @@ def _diagnose_command(group: click.Group) -> None:
         """Compare the base and adapted model on held-out target data: open-loop prediction, decoded
         predictions, action sensitivity, the fit, and the coverage alarm's threshold; an HTML report."""
         from latent_residual.adapters import load_adapter
-        from latent_residual.workflow.datasets import load_dataset
-        from latent_residual.workflow.diagnose import diagnose, held_out_episodes
-        from latent_residual.workflow.loading import load_world_model
-        from latent_residual.workflow.report_html import REPORT_HTML_NAME
+        from latent_residual.workflow.data.datasets import load_dataset
+        from latent_residual.workflow.reports.diagnose import diagnose, held_out_episodes
+        from latent_residual.workflow.deployment.loading import load_world_model
+        from latent_residual.workflow.reports.html import REPORT_HTML_NAME
 
         check_output_directory(out, finished=(REPORT_HTML_NAME,), overwrite=overwrite, beside=True)
         config = config_from_options(DiagnoseConfig, options)
@@ -507,7 +507,7 @@ def _diagnose_command(group: click.Group) -> None:
         others = {path.name: load_dataset(path) for path in check_data}
         curve = None
         if data_curve:
-            from latent_residual.workflow.data_curve import data_curve as fit_curve
+            from latent_residual.workflow.reports.data_curve import data_curve as fit_curve
 
             summary = adapted.data_summaries.get(adapted.active_adapter, {}) if adapted is not None else {}
             curve_data = curve_data or Path(summary.get("dataset") or data)
@@ -541,9 +541,9 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
     from latent_residual.actor_critic import ActorCriticConfig
     from latent_residual.fitting import FitConfig
     from latent_residual.residual import ResidualConfig
-    from latent_residual.workflow.experiments import ExperimentConfig
-    from latent_residual.workflow.policy_training import PolicyTrainConfig
-    from latent_residual.workflow.pretraining import PretrainConfig
+    from latent_residual.workflow.experiments.experiment import ExperimentConfig
+    from latent_residual.workflow.training.policy_training import PolicyTrainConfig
+    from latent_residual.workflow.training.pretraining import PretrainConfig
 
     @group.command(name=name, help=help_text, context_settings={"default_map": defaults})
     @click.option("--out", type=_PATH, default=Path("runs") / name, show_default=True, help="Run directory (re-run to resume).")
@@ -556,7 +556,7 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
     @config_options(ActorCriticConfig, prefix="ac-")
     @click.pass_context
     def command(ctx: click.Context, out: Path, quick: bool, **options: Any) -> None:
-        from latent_residual.workflow.experiments import run_experiment
+        from latent_residual.workflow.experiments.experiment import run_experiment
 
         check_output_directory(out)
         given = {key for key in options if ctx.get_parameter_source(key) == click.core.ParameterSource.COMMANDLINE}
@@ -584,7 +584,7 @@ def _recommended(source: str, options: dict[str, Any]) -> dict[str, Any]:
     """The settings the source environment's plugin recommends for the run's backbone, as option values of
     ``demo``; with several backbones, only those it recommends for every backbone."""
     from latent_residual.errors import ConfigError
-    from latent_residual.registry import demo_env, env_spec
+    from latent_residual.registry.lookup import demo_env, env_spec
 
     spec = env_spec(source) if source else demo_env()
     backbones = options["backbones"] or (None,)

@@ -19,11 +19,11 @@ import torch
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, FitError
 from latent_residual.fitting import FitConfig
-from latent_residual.registry import make_method
+from latent_residual.registry.lookup import make_method
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow import coverage
-from latent_residual.workflow.adaptation import MethodSettings
-from latent_residual.workflow.datasets import load_dataset
+from latent_residual.workflow.reports import coverage
+from latent_residual.workflow.adaptation.methods import MethodSettings
+from latent_residual.workflow.data.datasets import load_dataset
 
 #: A change smaller than this fraction (or than the spread between seeds) reads as flat.
 FLAT = 0.05

@@ -33,8 +33,8 @@ from latent_residual.serialization import (
 )
 from latent_residual.version import __version__
 from latent_residual.workflow.paths import DATASET_INFO_NAME, expect_directory
-from latent_residual.workflow.recording import Episode
-from latent_residual.workflow.spaces import stored_space
+from latent_residual.workflow.data.recording import Episode
+from latent_residual.workflow.data.spaces import stored_space
 
 EPISODES_DIR_NAME = "episodes"
 FILE_FORMAT = "latent-residual-dataset"

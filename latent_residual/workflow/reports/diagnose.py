@@ -28,10 +28,10 @@ from latent_residual.observations import image_to_float
 from latent_residual.progress import METRICS_CSV_NAME
 from latent_residual.rollout import embed_sequences, imagine, observation_keys, observe, prev_actions
 from latent_residual.serialization import read_json_object
-from latent_residual.workflow import coverage
-from latent_residual.workflow.adaptation import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME
-from latent_residual.workflow.datasets import Dataset
-from latent_residual.workflow.report_html import REPORT_JSON_NAME, write_report
+from latent_residual.workflow.reports import coverage
+from latent_residual.workflow.adaptation.methods import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME
+from latent_residual.workflow.data.datasets import Dataset
+from latent_residual.workflow.reports.html import REPORT_JSON_NAME, write_report
 
 #: The models a report compares, in this order.
 MODELS = ("base", "adapted")

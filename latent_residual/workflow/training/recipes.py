@@ -24,15 +24,15 @@ from latent_residual.actor_critic import ActorCriticConfig, save_actor_critic
 from latent_residual.checkpoints import save_world_model
 from latent_residual.config import config_to_dict
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError
-from latent_residual.registry import env_spec, make_backbone, make_env, source_backbone
+from latent_residual.registry.lookup import env_spec, make_backbone, make_env, source_backbone
 from latent_residual.serialization import write_text
 from latent_residual.version import __version__
-from latent_residual.workflow.collection import collect
-from latent_residual.workflow.evaluation import evaluate
-from latent_residual.workflow.model_training import train_world_model
-from latent_residual.workflow.policy import Policy
-from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
-from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME
+from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.experiments.evaluation import evaluate
+from latent_residual.workflow.training.model_training import train_world_model
+from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 
 PROVENANCE_NAME = "provenance.json"
 #: Where the simulation policy is scored after building: the seeds every comparison evaluates on.

@@ -24,12 +24,12 @@ from latent_residual.config import config_to_dict
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
-from latent_residual.registry import demo_env, env_expert, make_backbone, make_env
+from latent_residual.registry.lookup import demo_env, env_expert, make_backbone, make_env
 from latent_residual.rollout import posterior_states, step, subsample_states
 from latent_residual.serialization import load_optimizer_tensors, optimizer_tensors
-from latent_residual.workflow.collection import EpisodeCollector, begin_episode
-from latent_residual.workflow.datasets import DatasetWriter, load_dataset
-from latent_residual.workflow.distributed import (
+from latent_residual.workflow.data.collection import EpisodeCollector, begin_episode
+from latent_residual.workflow.data.datasets import DatasetWriter, load_dataset
+from latent_residual.workflow.training.distributed import (
     Ranks,
     all_true,
     average_buffers,
@@ -40,9 +40,9 @@ from latent_residual.workflow.distributed import (
     process_group,
     rank_seed,
 )
-from latent_residual.workflow.exploration import Disagreement
-from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.model_training import (
+from latent_residual.workflow.training.exploration import Disagreement
+from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.training.model_training import (
     COMPILE_HELP,
     PROGRESS_NAME,
     WORLD_MODEL_NAME,
@@ -53,8 +53,8 @@ from latent_residual.workflow.model_training import (
     resolve_backbone,
     write_run_state,
 )
-from latent_residual.workflow.recording import Episode
-from latent_residual.workflow.replay import ReplayBuffer
+from latent_residual.workflow.data.recording import Episode
+from latent_residual.workflow.training.replay import ReplayBuffer
 
 EXPLORATION = ("plan2explore", "reward", "random")
 ACTOR_CRITIC_NAME = "actor_critic.safetensors"

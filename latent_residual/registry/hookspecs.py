@@ -1,6 +1,6 @@
 """Hook specifications (pluggy markers and specs) for latent-residual plugins.
 
-Only the specs live here; the plugin manager and loading are in ``plugins.py``.
+Only the specs live here; the plugin manager and loading are in ``registry/plugins.py``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def register_envs(register: Callable[..., Any]) -> None:
         ``backbone`` the backbone id pretraining uses by default; ``recommended`` experiment
         settings (flag destinations of ``latent-residual demo``, such as
         ``residual_extra_inputs``) that ``demo`` applies; ``recipe`` the fields of a
-        :class:`latent_residual.workflow.recipes.SourceRecipe` (a data plan from the expert and
+        :class:`latent_residual.workflow.training.recipes.SourceRecipe` (a data plan from the expert and
         random actions, sizes, updates) that ``latent-residual build-source`` follows to build the
         source's world model and policy offline; ``demo`` marks the source that
         ``demo`` and ``compare`` run when none is given.
@@ -92,7 +92,7 @@ def register_methods(register: Callable[..., Any]) -> None:
     :param register: Call as ``register(id, entry_point, *, description="")``. ``id`` is a
         short lowercase name (``"redraw"``), used by ``compare --methods``. ``entry_point`` is a
         class or a ``"module:attr"`` string imported only when the method runs; it is called
-        with no arguments and returns a :class:`latent_residual.workflow.adaptation.AdaptationMethod`.
+        with no arguments and returns a :class:`latent_residual.workflow.adaptation.methods.AdaptationMethod`.
 
     Every implementation is called, each on its own: one that raises is reported as broken
     and skipped.

@@ -26,19 +26,19 @@ from latent_residual.errors import CellError, ConfigError
 from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
 from latent_residual.progress import clock
-from latent_residual.registry import demo_env, env_pretrained, make_method, method_spec, source_target
+from latent_residual.registry.lookup import demo_env, env_pretrained, make_method, method_spec, source_target
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import write_text
-from latent_residual.workflow.adaptation import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
-from latent_residual.workflow.collection import collect
-from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.evaluation import evaluate
-from latent_residual.workflow.export import example_observations, export_policy, verify_episodes, verify_export
-from latent_residual.workflow.loading import load_world_model
-from latent_residual.workflow.policy import Policy
-from latent_residual.workflow.policy_training import PolicyTrainConfig, train_policy
-from latent_residual.workflow.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
-from latent_residual.workflow.reports import combined_table, comparison_table
+from latent_residual.workflow.adaptation.methods import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
+from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.data.datasets import load_dataset
+from latent_residual.workflow.experiments.evaluation import evaluate
+from latent_residual.workflow.deployment.export import example_observations, export_policy, verify_episodes, verify_export
+from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
+from latent_residual.workflow.reports.tables import combined_table, comparison_table
 
 BEHAVIOURS = ("expert", "random", "sim-policy")
 RESULTS_NAME = "results.json"

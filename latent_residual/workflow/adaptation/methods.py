@@ -20,7 +20,7 @@ from latent_residual.checkpoints import save_world_model
 from latent_residual.contract import WorldModel
 from latent_residual.fitting import FitConfig, FitResult, finetune_dynamics, fit_residual
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow.loading import load_world_model
+from latent_residual.workflow.deployment.loading import load_world_model
 
 #: Where ``latent-residual adapt`` leaves the fit's metrics, inside the adapter directory.
 FIT_LOG_DIR_NAME = "logs"

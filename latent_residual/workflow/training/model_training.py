@@ -22,7 +22,7 @@ from latent_residual.checkpoints import load_weights, read_world_model, save_wor
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError, TrainingDivergedError
 from latent_residual.progress import RunLogger
-from latent_residual.registry import backbone_preset, make_backbone, source_backbone
+from latent_residual.registry.lookup import backbone_preset, make_backbone, source_backbone
 from latent_residual.serialization import (
     load_optimizer_tensors,
     optimizer_tensors,
@@ -31,8 +31,8 @@ from latent_residual.serialization import (
     write_safetensors,
     write_text,
 )
-from latent_residual.workflow.datasets import load_dataset
-from latent_residual.workflow.distributed import (
+from latent_residual.workflow.data.datasets import load_dataset
+from latent_residual.workflow.training.distributed import (
     Ranks,
     average_scalars,
     barrier,
@@ -42,7 +42,7 @@ from latent_residual.workflow.distributed import (
     rank_seed,
     ranks_from_environment,
 )
-from latent_residual.workflow.replay import ReplayBuffer
+from latent_residual.workflow.training.replay import ReplayBuffer
 
 WORLD_MODEL_NAME = "world_model"
 OPTIMIZERS_NAME = "optimizers.safetensors"

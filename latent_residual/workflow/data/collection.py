@@ -15,9 +15,9 @@ import numpy as np
 
 from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
-from latent_residual.registry import env_expert, make_env
-from latent_residual.workflow.datasets import Dataset, DatasetWriter, load_dataset
-from latent_residual.workflow.recording import Episode, EpisodeRecorder
+from latent_residual.registry.lookup import env_expert, make_env
+from latent_residual.workflow.data.datasets import Dataset, DatasetWriter, load_dataset
+from latent_residual.workflow.data.recording import Episode, EpisodeRecorder
 
 Behaviour = Callable[[dict[str, np.ndarray]], np.ndarray]
 """Anything that maps an observation dict to an action; an object with ``act(obs)`` works too."""

@@ -17,10 +17,10 @@ from pathlib import Path
 import click
 
 from latent_residual.errors import LatentResidualError
-from latent_residual.plugins import list_plugins, load_plugins, pm
-from latent_residual.registry import list_backbones, list_envs, list_importers, list_methods
+from latent_residual.registry.plugins import list_plugins, load_plugins, pm
+from latent_residual.registry.lookup import list_backbones, list_envs, list_importers, list_methods
 from latent_residual.version import __version__
-from latent_residual.workflow import commands
+from latent_residual.workflow.cli import commands
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,7 +126,7 @@ def _leave_torchrun_worker(code: int) -> None:
     to do.
     """
     from latent_residual.errors import ConfigError
-    from latent_residual.workflow.distributed import ranks_from_environment
+    from latent_residual.workflow.training.distributed import ranks_from_environment
 
     try:
         parallel = ranks_from_environment().parallel

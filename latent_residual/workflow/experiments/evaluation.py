@@ -13,7 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from latent_residual.progress import RunLogger
-from latent_residual.registry import env_metrics, make_env
+from latent_residual.registry.lookup import env_metrics, make_env
 
 
 class Acting(Protocol):

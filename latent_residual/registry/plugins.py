@@ -1,6 +1,6 @@
 """The plugin manager: entry-point discovery, the run-once ``load_plugins()`` and the broken-plugin list.
 
-Hook specs are in ``hookspecs.py``; what plugins register lands in the tables of ``specs.py``.
+Hook specs are in ``registry/hookspecs.py``; what plugins register lands in the tables of ``registry/specs.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pluggy
 
-from latent_residual import hookspecs, specs
+from latent_residual.registry import hookspecs, specs
 
 ENTRY_POINT_GROUP = "latent_residual"
 LOAD_PLUGINS_ENV = "LATENT_RESIDUAL_LOAD_PLUGINS"

@@ -42,11 +42,11 @@ from latent_residual.onnx_policy import (
     SURPRISE_NAME,
     OnnxPolicy,
 )
-from latent_residual.registry import make_env
+from latent_residual.registry.lookup import make_env
 from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
-from latent_residual.workflow.coverage import step_surprise
-from latent_residual.workflow.policy import Policy, filter_state_shapes
+from latent_residual.workflow.reports.coverage import step_surprise
+from latent_residual.workflow.deployment.policy import Policy, filter_state_shapes
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from latent_residual.actor_critic import load_actor_critic
 from latent_residual.checkpoints import BUILT_FROM, MODEL_WEIGHTS_NAME, load_weights, read_world_model
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError, NameNotFound
-from latent_residual.registry import make_backbone
+from latent_residual.registry.lookup import make_backbone
 from latent_residual.workflow.paths import expect_directory
-from latent_residual.workflow.policy import Policy
-from latent_residual.workflow.spaces import stored_space
+from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.data.spaces import stored_space
 
 
 def load_world_model(directory: str | Path, *, device: str | torch.device = "cpu") -> WorldModel:
