@@ -1,5 +1,5 @@
 """A ROS 2 node that drives a robot with an exported lane-following policy: camera in, wheel commands out, a thin
-shell over ``latent_residual_integrations.safety`` (the controller and its checks, no ROS); rclpy is imported in functions."""
+shell over ``latent_residual_integrations.safety`` (the controller and its checks, no ROS); rclpy is imported late."""
 
 # Run (rclpy, sensor_msgs and geometry_msgs installed; duckietown_msgs for the Duckiebot's messages):
 #

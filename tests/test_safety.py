@@ -3,7 +3,6 @@ Over real ROS 2 middleware the same faults are measured in test_ros2_node.py; no
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ from latent_residual_integrations.safety import (
     CONTROLLER_SETTINGS,
     Command,
     ControlLoop,
+    ControllerSettings,
     InferenceBusy,
     InferenceTimeout,
     InferenceWorker,
@@ -192,7 +192,7 @@ def test_an_inference_exception_zeroes_the_wheels_in_the_same_step(export, frame
 
 def test_an_inference_hang_zeroes_the_wheels_at_the_deadline(export, frames, clock):
     controller = ros1_controller(export, clock, "--velocity-source", "zero")
-    assert controller.inference_deadline == pytest.approx(PERIOD / 2)
+    assert controller.settings.inference_deadline == pytest.approx(PERIOD / 2)
     assert not drive(controller, clock, frames, periods=2).stopped
     controller.policy.inject("hang", seconds=0.4)
     controller.on_frame(frames[0], clock.now)
@@ -245,7 +245,7 @@ def test_a_nan_odometry_reading_and_a_nan_observation_stop(export, frames, clock
     assert not drive(controller, clock, frames).stopped
     # A NaN that reaches the observation by any other way is caught before the policy runs.
     calls = controller.policy.calls
-    controller._measured = (np.array([np.nan, 0.0], np.float32), clock.now)
+    controller.wheel_speeds.measured = (np.array([np.nan, 0.0], np.float32), clock.now)
     assert_stopped(drive(controller, clock, frames), StopReason.NON_FINITE_OBSERVATION)
     assert controller.policy.calls == calls
 
@@ -297,7 +297,7 @@ def test_a_frame_that_does_not_decode_stops(export, frames, clock):
 def test_a_frame_of_another_size_stops_until_frames_of_the_camera_size_return(export, frames, clock, caplog):
     # Any frame resizes to the policy's 64x64: only its size before the resize tells a wrong one.
     controller = ros1_controller(export, clock, "--velocity-source", "zero")
-    assert controller.camera_size == (640, 480)  # the DB21's camera, the default
+    assert controller.settings.camera_size == (640, 480)  # the DB21's camera, the default
     assert not drive(controller, clock, frames).stopped
     tiny = jpeg(np.full((1, 1, 3), 128, np.uint8))
     resets = controller.policy.resets
@@ -436,12 +436,12 @@ def test_the_camera_size_comes_from_the_robots_camera_calibration(export, clock,
     from latent_residual_integrations import duckiebot_ros
 
     monkeypatch.setattr(duckiebot_ros, "CAMERA_INTRINSICS", str(tmp_path / "{robot}.yaml"))
-    assert ros1_controller(export, clock).camera_size == (640, 480)  # no calibration: the DB21's camera
+    assert ros1_controller(export, clock).settings.camera_size == (640, 480)  # no calibration: the DB21's camera
     (tmp_path / "db21.yaml").write_text("image_width: 320\nimage_height: 240\ncamera_name: db21\n")
-    assert ros1_controller(export, clock).camera_size == (320, 240)
-    assert ros1_controller(export, clock, "--camera-size", "640x480").camera_size == (640, 480)
+    assert ros1_controller(export, clock).settings.camera_size == (320, 240)
+    assert ros1_controller(export, clock, "--camera-size", "640x480").settings.camera_size == (640, 480)
     (tmp_path / "other.yml").write_text("image_width: 1280\nimage_height: 720\n")
-    assert ros1_controller(export, clock, "--camera-size", str(tmp_path / "other.yml")).camera_size == (1280, 720)
+    assert ros1_controller(export, clock, "--camera-size", str(tmp_path / "other.yml")).settings.camera_size == (1280, 720)
     for text, message in [
         ("image_width: 320\n", "key 'image_height' is None, expected a positive number of pixels"),
         ("image_width: 320.5\nimage_height: 240\n", "key 'image_width' is 320.5"),
@@ -464,21 +464,25 @@ def test_node_arguments_parse_without_ros():
     assert args.crop_square and args.calibration is None
     assert (args.max_frame_age, args.max_future, args.inference_deadline, args.velocity_fallback) == (0.5, 0.05, 0.0, "stop")
     # 0 is the default deadline, half a period, as for the ROS 2 parameter.
-    assert controller_keywords(vars(args))["inference_deadline"] is None
+    settings = ControllerSettings(**controller_keywords(vars(args) | {"camera_size": "640x480"}))
+    assert settings.inference_deadline == pytest.approx(PERIOD / 2)
 
 
 def test_both_nodes_expose_every_controller_setting():
     """One table declares the settings: the ROS 1 flags and the ROS 2 parameters follow it."""
-    from latent_residual_integrations.ros2_node import PARAMETERS
+    from latent_residual_integrations.ros2_node import parameters
 
     args = vars(parse_args(["--robot", "db21", "--policy", "/data/policy"]))
     # Unset on ROS 1: build_controller takes the robot's own camera calibration, else the same default.
     assert args.pop("camera_size") is None
     for setting in CONTROLLER_SETTINGS:
-        assert args.get(setting.name, setting.default) == setting.default == PARAMETERS[setting.name][0]
+        assert args.get(setting.name, setting.default) == setting.default == parameters()[setting.name][0]
     args["camera_size"] = "640x480"
     assert set(controller_keywords(args)) == {setting.keyword for setting in CONTROLLER_SETTINGS}
-    assert {setting.keyword for setting in CONTROLLER_SETTINGS} <= set(inspect.signature(LaneFollowingController).parameters)
+    # The controller's settings are the table's: every keyword is taken (and checked), no other is.
+    assert set(vars(ControllerSettings(**controller_keywords(args)))) == set(controller_keywords(args))
+    with pytest.raises(TypeError, match="no controller setting max_frame_ages"):
+        ControllerSettings(max_frame_ages=1.0)
     # The ROS 1 node has no odometry subscription, so it narrows the velocity source's choices.
     with pytest.raises(SystemExit):
         parse_args(["--robot", "db21", "--policy", "/data/policy", "--velocity-source", "odometry"])
