@@ -44,9 +44,7 @@ def frame_rates(domain: str, task: str, frames: int) -> dict[str, float]:
         return env.physics
 
     default = fresh_physics()
-    flags_only = FrameRenderer(
-        fresh_physics(), SIZE, settings=RenderSettings(FAST_RENDER.flag_overrides, None)
-    )
+    flags_only = FrameRenderer(fresh_physics(), SIZE, settings=RenderSettings(FAST_RENDER.flag_overrides, None))
     ours = FrameRenderer(fresh_physics(), SIZE)
     return {
         "dm_control default": per_second(lambda: default.render(SIZE, SIZE, camera_id=0), frames),

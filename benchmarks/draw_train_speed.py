@@ -76,9 +76,7 @@ def make_batch(space: gymnasium.spaces.Dict, B: int, T: int, device: torch.devic
     return {key: value.to(device) for key, value in batch.items()}
 
 
-def measure(
-    preset: str, obs: str, variant: str, args: argparse.Namespace
-) -> tuple[float, float, float, float]:
+def measure(preset: str, obs: str, variant: str, args: argparse.Namespace) -> tuple[float, float, float, float]:
     """Return (steps/s, states/s, steps per process CPU second, final loss) for ``args.steps``
     timed steps after warm-up."""
     device = torch.device(args.device)
@@ -94,9 +92,7 @@ def measure(
         model.cont_head.net.compile()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4, eps=1e-8)
     batch = make_batch(OBS_SPACES[obs], args.batch, args.length, device)
-    autocast = (
-        torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in variant else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if "bf16" in variant else contextlib.nullcontext()
 
     def train_step() -> float:
         with autocast:
@@ -136,9 +132,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="Sequences per batch (paper: 16).")
     parser.add_argument("--length", type=int, default=64, help="Steps per sequence (paper: 64).")
     parser.add_argument("--steps", type=int, default=None, help="Timed steps (default 5 on CPU, 30 on CUDA).")
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="Untimed steps (default 2 on CPU, 5 on CUDA)."
-    )
+    parser.add_argument("--warmup", type=int, default=None, help="Untimed steps (default 2 on CPU, 5 on CUDA).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's).")
     parser.add_argument("--all", action="store_true", help="Also run the paper preset on pixels on CPU.")
     args = parser.parse_args()

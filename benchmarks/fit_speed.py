@@ -30,7 +30,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sequences = lr.load_dataset(args.data, max_transitions=args.transitions).sequences(args.sequence_length)
     sequences.pop("reward", None)
-    adapted = lr.attach_residual(lr.load_world_model(args.world_model), lr.ResidualConfig(extra_inputs=tuple(args.extra_inputs)))
+    adapted = lr.attach_residual(
+        lr.load_world_model(args.world_model), lr.ResidualConfig(extra_inputs=tuple(args.extra_inputs))
+    )
     started = time.monotonic()
     result = lr.fit_residual(
         adapted, sequences, lr.FitConfig(steps=args.steps, eval_every=args.eval_every, patience=0), quiet=True
@@ -41,7 +43,9 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads")
     print(f"data: {sequences['is_first'].numel()} transitions in {sequences['is_first'].shape[0]} sequences")
     print(f"residual extra inputs: {list(args.extra_inputs) or 'none'}")
-    print(f"held-out KL: base {result.held_out_kl_base:.4f}, best {result.held_out_kl_best:.4f} at step {result.best_step}")
+    print(
+        f"held-out KL: base {result.held_out_kl_base:.4f}, best {result.held_out_kl_best:.4f} at step {result.best_step}"
+    )
     print(f"within 2% of best ({threshold:.4f}) at step {reached['step']}, {reached['seconds']:.1f} s")
     print(f"{result.steps} steps in {total:.1f} s ({result.steps / total:.1f} steps/s)")
 

@@ -34,7 +34,9 @@ from latent_residual.workflow.training.model_training import WorldModelTrainer
 VARIANTS = {"fp32": ("fp32", False), "bf16": ("bf16", False), "compile": ("fp32", True), "bf16+compile": ("bf16", True)}
 
 
-def measure(backbone: str, preset: str, variant: str, device: str, ranks: Ranks, args: argparse.Namespace) -> tuple[float, float, float]:
+def measure(
+    backbone: str, preset: str, variant: str, device: str, ranks: Ranks, args: argparse.Namespace
+) -> tuple[float, float, float]:
     """(steps/s, final loss, warm-up seconds) over ``args.steps`` timed steps after ``args.warmup`` untimed ones;
     the warm-up time holds compilation, so it says what ``--compile`` costs before it pays."""
     precision, compile_step = VARIANTS[variant]
@@ -55,7 +57,11 @@ def measure(backbone: str, preset: str, variant: str, device: str, ranks: Ranks,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="Torch device (default: cuda if present).")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="Torch device (default: cuda if present).",
+    )
     parser.add_argument("--backbones", nargs="+", choices=("draw-v0", "rssm-v0"), default=("draw-v0", "rssm-v0"),
                         help="Which backbones to time (default: both).")  # fmt: skip
     parser.add_argument("--draw-preset", default="paper", help="DRAW preset (default: the paper's sizes).")
@@ -65,7 +71,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16, help="Sequences per batch and process (paper: 16).")
     parser.add_argument("--length", type=int, default=64, help="Steps per sequence (paper: 64).")
     parser.add_argument("--steps", type=int, default=None, help="Timed steps (default 2 on CPU, 50 on CUDA).")
-    parser.add_argument("--warmup", type=int, default=None, help="Untimed steps, compilation included (default 1 on CPU, 10 on CUDA).")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="Untimed steps, compilation included (default 1 on CPU, 10 on CUDA)."
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,14 +89,18 @@ def main() -> None:
             f"{torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f}; batch {args.batch} x {args.length} "
             f"per process, 64x64 RGB + velocity; {args.steps} timed steps after {args.warmup} warm-up"
         )
-        say(f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10} {'warm-up s':>10}")
+        say(
+            f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10} {'warm-up s':>10}"
+        )
         presets = {"draw-v0": args.draw_preset, "rssm-v0": args.rssm_preset}
         for backbone in args.backbones:
             preset = presets[backbone]
             for variant in variants:
                 steps_per_s, loss, warmup_s = measure(backbone, preset, variant, device, ranks, args)
                 states = steps_per_s * args.batch * args.length * ranks.world_size
-                say(f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} {states:10.0f} {loss:10.2f} {warmup_s:10.1f}")
+                say(
+                    f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} {states:10.0f} {loss:10.2f} {warmup_s:10.1f}"
+                )
 
 
 if __name__ == "__main__":

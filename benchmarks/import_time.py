@@ -22,12 +22,18 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", "import latent_residual"], check=True)
         times.append(time.perf_counter() - start)
     heavy = subprocess.run(
-        [sys.executable, "-c", "import sys, latent_residual; print(sorted(m for m in ('torch', 'mujoco', 'onnx', 'dm_control') if m in sys.modules))"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, latent_residual; print(sorted(m for m in ('torch', 'mujoco', 'onnx', 'dm_control') if m in sys.modules))",
+        ],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
-    print(f"import latent_residual: median {statistics.median(times):.3f} s, max {max(times):.3f} s over {args.repeat} runs")
+    print(
+        f"import latent_residual: median {statistics.median(times):.3f} s, max {max(times):.3f} s over {args.repeat} runs"
+    )
     print(f"heavy modules imported: {heavy}")
 
 

@@ -19,10 +19,9 @@ from gymnasium import spaces
 
 import latent_residual
 from latent_residual.actor_critic import Actor, ActorCriticConfig
-from latent_residual.onnx_policy import POLICY_CONFIG_NAME
+from latent_residual.onnx_policy import POLICY_CONFIG_NAME, OnnxPolicy
 from latent_residual.workflow.deployment.export import example_observations, export_policy, verify_export
 from latent_residual.workflow.deployment.policy import Policy
-from latent_residual.onnx_policy import OnnxPolicy
 
 # The spaces of dmc/pendulum-swingup-v0 (state) and of the Duckiebot / DMC pixel envs.
 STATE_SPACE = spaces.Dict(

@@ -24,9 +24,9 @@ from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.registry.lookup import demo_env, env_pretrained, source_target
 from latent_residual.workflow.cli.commands import CPU_DEFAULTS
 from latent_residual.workflow.cli.options import config_from_options
+from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.experiments.experiment import EVAL_SEED
-from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 
 
@@ -43,7 +43,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="Policy updates to time (the demo runs 1500).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--evaluate", action="store_true", help="Evaluate the trained policy in the target (10 episodes).")
+    parser.add_argument(
+        "--evaluate", action="store_true", help="Evaluate the trained policy in the target (10 episodes)."
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     source = demo_env().id
@@ -61,8 +63,10 @@ def main() -> None:
     print(f"library: {lr.__file__}")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads")
     print(f"settings: {policy_config}, {ac_config}")
-    print(f"policy stage: {args.steps} updates in {seconds:.1f} s ({args.steps / seconds:.2f} updates/s, start bank included); "
-          f"CPU time {cpu_seconds:.1f} s ({args.steps / cpu_seconds:.2f} updates per CPU second)")
+    print(
+        f"policy stage: {args.steps} updates in {seconds:.1f} s ({args.steps / seconds:.2f} updates/s, start bank included); "
+        f"CPU time {cpu_seconds:.1f} s ({args.steps / cpu_seconds:.2f} updates per CPU second)"
+    )
     print(f"actor checksum: {checksum:.6f}")
     if args.evaluate:
         result = evaluate(Policy(base, actor_critic.actor), source_target(source), episodes=10, seed=EVAL_SEED)

@@ -49,14 +49,29 @@ def main(argv: list[str] | None = None) -> int:
         }
         # A failed trial (a stop later than one period) fails its test; the figures are printed regardless.
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_ros2_node.py", "-k", " or ".join(TESTS)],
-            cwd=ROOT, env=env, capture_output=True, text=True,
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "tests/test_ros2_node.py",
+                "-k",
+                " or ".join(TESTS),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
         )
         if not report.exists():
             print(result.stdout[-3000:] + result.stderr[-3000:], file=sys.stderr)
             return 1
         results = json.loads(report.read_text())
-    print(f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}")
+    print(
+        f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}"
+    )
     print(f"{'fault':<24} {'trials':>6} {'within 100 ms':>14} {'median ms':>10} {'max ms':>8} {'resume median ms':>17}")
     for fault in TESTS.values():
         series = results.get(fault)

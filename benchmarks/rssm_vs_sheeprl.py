@@ -48,8 +48,15 @@ ENV_ID = "dmc/pendulum-swingup-v0"
 #: LayerNorm eps 1e-3, lr 3e-5), ``exp=dreamer_v3``'s horizon, and its imagination (the continuation's mode, the
 #: actor on detached states, as the sheeprl importer sets them); the rest are the defaults, DreamerV3's as sheeprl's.
 XS_ACTOR_CRITIC = ActorCriticConfig(
-    hidden=256, layers=1, horizon=15, actor_lr=3e-5, critic_lr=3e-5, dense_bias=False, norm_eps=1e-3,
-    continuation="mode", detach_actor_input=True,
+    hidden=256,
+    layers=1,
+    horizon=15,
+    actor_lr=3e-5,
+    critic_lr=3e-5,
+    dense_bias=False,
+    norm_eps=1e-3,
+    continuation="mode",
+    detach_actor_input=True,
 )
 #: One core's fp32 matmul throughput on this CPU (docs/results.md; REFERENCE.md).
 PEAK_GFLOPS_PER_CORE = 89.0
@@ -79,7 +86,9 @@ class Trainer:
         self.model = make_backbone("rssm-v0", env.observation_space, env.action_space, preset="XS")
         optimiser = torch.optim.Adam(self.model.parameters(), lr=1e-4, eps=1e-8)
         # Pretraining's own step (the world model's loss under the same autocast as the rest of the step).
-        self.trainer = WorldModelTrainer(self.model, optimiser, 1000.0, precision="bf16" if bf16 else "fp32", compile=compile)
+        self.trainer = WorldModelTrainer(
+            self.model, optimiser, 1000.0, precision="bf16" if bf16 else "fp32", compile=compile
+        )
         self.actor_critic = ActorCritic(self.model.feature_size, self.model.action_size, actor_critic)
         self.batch_size = batch_size
         self.bf16 = bf16
@@ -123,8 +132,12 @@ def ours(args: argparse.Namespace, precision: str) -> tuple[float, float, float]
     config = XS_ACTOR_CRITIC
     if args.library_imagination:
         defaults = ActorCriticConfig()
-        config = dataclasses.replace(config, continuation=defaults.continuation, detach_actor_input=defaults.detach_actor_input)
-    trainer = Trainer(args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", compile=args.compile, actor_critic=config)
+        config = dataclasses.replace(
+            config, continuation=defaults.continuation, detach_actor_input=defaults.detach_actor_input
+        )
+    trainer = Trainer(
+        args.batch_size, args.seq_len, args.seed, bf16=precision == "bf16", compile=args.compile, actor_critic=config
+    )
     for _ in range(args.warmup):
         trainer.step()
     with FlopCounterMode(display=False) as counter:
@@ -165,17 +178,22 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+        "--precision",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32"],
         help="fp32, and/or bf16: our step under CPU bf16 autocast (bfloat16 matmuls, on AMX where the CPU has "
         "it) against sheeprl with fabric.precision=bf16-mixed.",
     )
     parser.add_argument(
-        "--library-imagination", action="store_true",
+        "--library-imagination",
+        action="store_true",
         help="Imagine with this library's defaults (a differentiable continuation, the actor's inputs attached) "
         "instead of sheeprl's choices: what they cost.",
     )
     parser.add_argument(
-        "--compile", action="store_true",
+        "--compile",
+        action="store_true",
         help="Compile our world-model loss, as pretrain --compile does (the warm-up then takes minutes: it compiles).",
     )
     parser.add_argument("--no-sheeprl", action="store_true", help="Time ours only.")
@@ -193,11 +211,15 @@ def main() -> None:
         achieved = flops * rate / 1e9
         imagination = "library defaults" if args.library_imagination else "sheeprl's"
         compiled = ", compiled world-model loss" if args.compile else ""
-        print(f"ours {precision}{compiled}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
-              f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)")
-        print(f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
-              f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "
-              f"the {measured:.0f} measured now; load average {loadavg()}")
+        print(
+            f"ours {precision}{compiled}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
+            f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)"
+        )
+        print(
+            f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
+            f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "
+            f"the {measured:.0f} measured now; load average {loadavg()}"
+        )
         sys.stdout.flush()
     if args.no_sheeprl:
         return

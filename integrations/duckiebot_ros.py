@@ -77,7 +77,9 @@ def default_camera_size(robot: str) -> str:
     return str(path) if path.is_file() else CAMERA_SIZE
 
 
-def build_controller(args: argparse.Namespace, *, policy: OnnxPolicy | None = None, clock: Any = None) -> LaneFollowingController:
+def build_controller(
+    args: argparse.Namespace, *, policy: OnnxPolicy | None = None, clock: Any = None
+) -> LaneFollowingController:
     """The node's controller from its arguments (``policy`` and ``clock`` given: tests, or another clock than ROS's)."""
     if policy is None:
         policy = OnnxPolicy(args.policy, providers=args.providers, threads=args.threads)

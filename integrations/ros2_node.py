@@ -10,6 +10,7 @@ shell over ``latent_residual_integrations.safety`` (the controller and its check
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -42,7 +43,10 @@ NODE_PARAMETERS: dict[str, tuple[Any, str]] = {
     "twist_topic": ("/{robot}/cmd_vel", "geometry_msgs/Twist out (command_type twist)"),
     "max_speed": (0.5, "twist: m/s for a forward action of 1 (the twin's)"),
     "max_yaw_rate": (5.0, "twist: rad/s for a turn action of 1 (the twin's)"),
-    "encoder_topic": ("/{robot}/{side}_wheel_encoder_node/tick", "duckietown_msgs/WheelEncoderStamped, {side} left/right"),
+    "encoder_topic": (
+        "/{robot}/{side}_wheel_encoder_node/tick",
+        "duckietown_msgs/WheelEncoderStamped, {side} left/right",
+    ),
     "odometry_topic": ("/{robot}/velocity", "geometry_msgs/TwistStamped measured velocity (velocity_source odometry)"),
     "calibration": ("", "kinematics calibration YAML (gain, trim, ...)"),
     "providers": ([""], "onnxruntime execution providers, in order (empty: CUDA if available, else CPU)"),
@@ -63,7 +67,7 @@ class NodeError(ValueError):
 def topic(template: str, robot: str, **fields: str) -> str:
     """Fill a topic template; without a robot name the ``/{robot}/`` prefix is dropped."""
     if not robot and template.startswith("/{robot}/"):
-        template = template[len("/{robot}/"):]
+        template = template[len("/{robot}/") :]
     return template.format(robot=robot, **fields)
 
 
@@ -193,10 +197,8 @@ class PolicyNode:
         from rclpy.duration import Duration
 
         self.loop.close()
-        try:
+        with contextlib.suppress(Exception):  # best effort: the stop has been published
             self.publisher.wait_for_all_acked(Duration(seconds=1.0))
-        except Exception:  # noqa: BLE001 - best effort: the stop has been published
-            pass
 
 
 def run(

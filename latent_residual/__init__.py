@@ -24,7 +24,6 @@ from latent_residual.errors import (
     TrainingDivergedError,
 )
 from latent_residual.registry.hookspecs import hookimpl
-from latent_residual.registry.plugins import list_plugins, load_plugins
 from latent_residual.registry.lookup import (
     backbone_spec,
     env_spec,
@@ -35,6 +34,7 @@ from latent_residual.registry.lookup import (
     make_env,
     make_method,
 )
+from latent_residual.registry.plugins import list_plugins, load_plugins
 from latent_residual.version import __version__
 
 # name -> module that defines it; imported on first attribute access (PEP 562).
@@ -128,16 +128,16 @@ if TYPE_CHECKING:
     from latent_residual.rollout import imagine, observe
     from latent_residual.serialization import fingerprint
     from latent_residual.workflow.data.collection import collect
-    from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve
     from latent_residual.workflow.data.datasets import Dataset, DatasetWriter, load_dataset
-    from latent_residual.workflow.reports.diagnose import DiagnoseConfig, diagnose
-    from latent_residual.workflow.experiments.evaluation import evaluate
+    from latent_residual.workflow.data.recording import EpisodeRecorder
     from latent_residual.workflow.deployment.export import export_policy
     from latent_residual.workflow.deployment.loading import load_world_model
     from latent_residual.workflow.deployment.policy import Policy
+    from latent_residual.workflow.experiments.evaluation import evaluate
+    from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve
+    from latent_residual.workflow.reports.diagnose import DiagnoseConfig, diagnose
     from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
     from latent_residual.workflow.training.pretraining import PretrainConfig, pretrain
-    from latent_residual.workflow.data.recording import EpisodeRecorder
 
 # Plugin registrations are tiny modules (implementations load at make time), so loading them
 # here is cheap and lets `gymnasium.make(<any registered id>)` work right after `import latent_residual`.

@@ -93,7 +93,9 @@ class ActorCriticConfig:
         if not 0 < self.min_std <= self.max_std:
             raise ConfigError(f"ActorCriticConfig: need 0 < min_std <= max_std, got {self.min_std}, {self.max_std}.")
         if self.actor_gradient not in ("reinforce", "dynamics"):
-            raise ConfigError(f"ActorCriticConfig.actor_gradient must be reinforce or dynamics, got {self.actor_gradient!r}.")
+            raise ConfigError(
+                f"ActorCriticConfig.actor_gradient must be reinforce or dynamics, got {self.actor_gradient!r}."
+            )
         if self.continuation not in ("probability", "mode"):
             raise ConfigError(f"ActorCriticConfig.continuation must be probability or mode, got {self.continuation!r}.")
         if self.horizon < 1 or self.hidden < 1 or self.layers < 0:
@@ -105,7 +107,9 @@ class Actor(nn.Module):
 
     def __init__(self, feature_size: int, action_size: int, config: ActorCriticConfig) -> None:
         super().__init__()
-        self.net = MLP(feature_size, 2 * action_size, config.hidden, config.layers, bias=config.dense_bias, eps=config.norm_eps)
+        self.net = MLP(
+            feature_size, 2 * action_size, config.hidden, config.layers, bias=config.dense_bias, eps=config.norm_eps
+        )
         self.min_std, self.max_std = config.min_std, config.max_std
 
     def params(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -334,7 +338,9 @@ class ActorCritic(nn.Module):
         # The last step has no return: it gets weight 0, so the gather reads the logits whole and
         # their gradient needs no copy into a larger tensor.
         index = nn.functional.pad(torch.cat([return_bins, slow_bins], -1), (0, 0, 0, 1))  # (B, H + 1, 4)
-        target_weights = nn.functional.pad(torch.cat([return_weights, config.slow_critic_reg * slow_weights], -1), (0, 0, 0, 1))
+        target_weights = nn.functional.pad(
+            torch.cat([return_weights, config.slow_critic_reg * slow_weights], -1), (0, 0, 0, 1)
+        )
         cross_entropy = encodings.twohot_cross_entropy(log_prob, index, target_weights)[:, :-1]  # (B, H)
         critic_loss = (weight * cross_entropy).mean()
         # Gradients for the critic alone: its logits may hang off the imagination graph.
@@ -382,7 +388,9 @@ def load_actor_critic(path: str | Path, *, device: str | torch.device = "cpu") -
     path = Path(path)
     tensors, metadata = read_checked(path, **_CHECKS)
     stored_config = metadata_json(path, metadata, "config", CheckpointError)
-    feature_size, action_size = (metadata_int(path, metadata, key, CheckpointError) for key in ("feature_size", "action_size"))
+    feature_size, action_size = (
+        metadata_int(path, metadata, key, CheckpointError) for key in ("feature_size", "action_size")
+    )
     config = config_from_dict(ActorCriticConfig, stored_config, source=f"{path}: key 'config'", error=CheckpointError)
     actor_critic = ActorCritic(feature_size, action_size, config)
     weights = {key[4:]: value for key, value in tensors.items() if key.startswith("net.")}

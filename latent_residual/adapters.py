@@ -316,9 +316,7 @@ class ResidualWorldModel(WorldModel):
             written.append(target)
         return written
 
-    def load_adapter(
-        self, path: str | Path, *, trainable: bool, adapter_name: str | None = None
-    ) -> list[str]:
+    def load_adapter(self, path: str | Path, *, trainable: bool, adapter_name: str | None = None) -> list[str]:
         """Load the adapter(s) saved at ``path`` onto this model; the last one loaded becomes active.
 
         :param path: An adapter directory, a directory of adapter subdirectories, or the
@@ -372,7 +370,11 @@ class ResidualWorldModel(WorldModel):
         try:
             # Files written before adapter fingerprints were recorded have none; they load as they are.
             strict_load(
-                self.residuals[name], tensors, file, AdapterFileError, expected_fingerprint=meta.get("fingerprint"),
+                self.residuals[name],
+                tensors,
+                file,
+                AdapterFileError,
+                expected_fingerprint=meta.get("fingerprint"),
                 hint="; the network was built from key 'config', which does not describe these weights",
             )
         except AdapterFileError:
@@ -452,9 +454,13 @@ def _parse_metadata(file: Path, meta: dict[str, str]) -> dict[str, Any]:
         "config": config,
         "latent_spec": latent_spec,
         "action_size": metadata_int(file, meta, "action_size", AdapterFileError),
-        "base_fingerprint": check_fingerprint_value(file, "base_fingerprint", meta["base_fingerprint"], AdapterFileError),
+        "base_fingerprint": check_fingerprint_value(
+            file, "base_fingerprint", meta["base_fingerprint"], AdapterFileError
+        ),
         # An empty value means no summary was recorded.
-        "data_summary": metadata_json(file, meta, "data_summary", AdapterFileError, dict) if meta["data_summary"] else {},
+        "data_summary": metadata_json(file, meta, "data_summary", AdapterFileError, dict)
+        if meta["data_summary"]
+        else {},
     }
 
 
@@ -466,8 +472,14 @@ def _adapter_files(path: Path) -> list[Path]:
     nested = sorted(path.glob(f"*/{ADAPTER_WEIGHTS_NAME}")) if path.is_dir() else []
     if not nested:
         # The likeliest mix-up: the base's checkpoint given where its adapter was meant.
-        seen = f"this looks like a world_model directory (it holds {MODEL_WEIGHTS_NAME})" if (path / MODEL_WEIGHTS_NAME).is_file() else (
-            f"there is no {ADAPTER_WEIGHTS_NAME} here or in its subdirectories" if path.is_dir() else "it does not exist"
+        seen = (
+            f"this looks like a world_model directory (it holds {MODEL_WEIGHTS_NAME})"
+            if (path / MODEL_WEIGHTS_NAME).is_file()
+            else (
+                f"there is no {ADAPTER_WEIGHTS_NAME} here or in its subdirectories"
+                if path.is_dir()
+                else "it does not exist"
+            )
         )
         raise AdapterFileError(
             f"{path}: expected an adapter directory holding {ADAPTER_WEIGHTS_NAME} (written by save_pretrained()); {seen}."

@@ -53,7 +53,6 @@ def config_from_dict(
         raise error(f"{source}: cannot build {cls.__name__}: {exc}") from exc
 
 
-
 class PresetConfig:
     """The base of a backbone's hyperparameter dataclass: fields checked on construction, named presets.
 

@@ -165,8 +165,7 @@ class WorldModel(nn.Module, abc.ABC):
         Optional: needed only by the prior-finetuning baseline, which trains these alone.
         """
         raise NotImplementedError(
-            f"{type(self).__name__} does not implement dynamics_parameters(); the prior-finetune baseline "
-            "needs it."
+            f"{type(self).__name__} does not implement dynamics_parameters(); the prior-finetune baseline needs it."
         )
 
     def device(self) -> torch.device:

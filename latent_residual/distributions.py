@@ -63,7 +63,9 @@ def sample_one_hot(prob: Tensor, generator: torch.Generator | None = None) -> Te
     flat = prob.detach().reshape(-1, prob.shape[-1])  # (N, C)
     cdf = flat.cumsum(-1)  # (N, C)
     total = cdf[:, -1:]  # (N, 1); 1 up to rounding
-    if not torch.compiler.is_compiling() and not torch.isfinite(total.sum()):  # one reduction: NaN and inf anywhere reach the sum
+    if not torch.compiler.is_compiling() and not torch.isfinite(
+        total.sum()
+    ):  # one reduction: NaN and inf anywhere reach the sum
         raise ValueError(f"sample_one_hot: the probabilities {tuple(prob.shape)} hold NaN or infinite values.")
     # u in [0, total): the class is the first whose cdf exceeds u, never a class of probability 0.
     u = torch.rand(total.shape, generator=generator, dtype=flat.dtype, device=flat.device) * total

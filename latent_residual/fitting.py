@@ -37,7 +37,9 @@ class FitConfig:
     # the paper's constant rate stays the default.
     lr_final_scale: float = field(
         default=1.0,
-        metadata={"help": "Cosine-decay the learning rate to this fraction of lr by the last step; 1 keeps it constant."},
+        metadata={
+            "help": "Cosine-decay the learning rate to this fraction of lr by the last step; 1 keeps it constant."
+        },
     )
     batch_size: int = field(default=16, metadata={"help": "Sequences per batch (paper: 16)."})
     holdout: float = field(default=0.1, metadata={"help": "Fraction of sequences held out (the last ones)."})
@@ -46,7 +48,9 @@ class FitConfig:
     # gave policies that only balance; 3000 full steps (0.41) gave ones that swing up.
     patience: int = field(
         default=0,
-        metadata={"help": "Evaluations without improvement before stopping early; 0 never stops (the best weights are restored either way)."},
+        metadata={
+            "help": "Evaluations without improvement before stopping early; 0 never stops (the best weights are restored either way)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed for batching and latent samples."})
 
@@ -183,14 +187,20 @@ def _fit(
         base_kl = cache.held_out_kl(model, held_idx, config.seed + 1)
     optimiser, schedule = _optimiser(params, config)
     generator = torch.Generator(device=cache.is_first.device).manual_seed(config.seed)
-    best_kl, best_step, best_state = cache.held_out_kl(model, held_idx, config.seed + 1), 0, copy.deepcopy(trained.state_dict())
+    best_kl, best_step, best_state = (
+        cache.held_out_kl(model, held_idx, config.seed + 1),
+        0,
+        copy.deepcopy(trained.state_dict()),
+    )
     history = [{"step": 0, "seconds": 0.0, "held_out_kl": best_kl}]
     stale, step = 0, 0
     trained.train()
     with RunLogger(log_dir, config.steps, desc, quiet=quiet) as run:
         run.log(0, held_out_kl=best_kl, held_out_kl_base=base_kl)
         for step in range(1, config.steps + 1):
-            pick = train_idx[torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=train_idx.device)]
+            pick = train_idx[
+                torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=train_idx.device)
+            ]
             loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(pick, generator)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
@@ -201,7 +211,13 @@ def _fit(
                 kl_now = cache.held_out_kl(model, held_idx, config.seed + 1)
                 rate = optimiser.param_groups[0]["lr"]
                 history.append(
-                    {"step": step, "seconds": time.monotonic() - start, "train_kl": loss.item(), "held_out_kl": kl_now, "lr": rate}
+                    {
+                        "step": step,
+                        "seconds": time.monotonic() - start,
+                        "train_kl": loss.item(),
+                        "held_out_kl": kl_now,
+                        "lr": rate,
+                    }
                 )
                 run.log(step, train_kl=loss.item(), held_out_kl=kl_now, lr=rate)
                 if kl_now < best_kl:
@@ -311,7 +327,10 @@ def finetune_dynamics(
     train_loss = None
     if objective == "world_model":
         device = tuned.device()
-        train_loss = lambda idx, _: tuned.loss({key: value[idx.cpu()].to(device) for key, value in sequences.items()})[0]  # noqa: E731
+
+        def train_loss(idx: Tensor, _: Any) -> Tensor:
+            return tuned.loss({key: value[idx.cpu()].to(device) for key, value in sequences.items()})[0]
+
     result, _ = _fit(
         tuned,
         list(params),

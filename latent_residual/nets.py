@@ -146,7 +146,9 @@ class TwoHotHead(nn.Module):
     per-element cross-entropy against raw targets.
     """
 
-    def __init__(self, in_size: int, hidden: int, layers: int, bins: int = 255, *, bias: bool = True, eps: float = 1e-5) -> None:
+    def __init__(
+        self, in_size: int, hidden: int, layers: int, bins: int = 255, *, bias: bool = True, eps: float = 1e-5
+    ) -> None:
         super().__init__()
         self.net = MLP(in_size, bins, hidden, layers, zero_init_output=True, bias=bias, eps=eps)
         self.register_buffer("bins", encodings.twohot_bins(bins), persistent=False)

@@ -97,7 +97,7 @@ class _Fields:
         except TypeError:
             dtype = None
         if dtype is None or dtype.kind not in "biuf":
-            raise self.error(key, value, "a NumPy dtype name such as \"float32\" or \"uint8\"")
+            raise self.error(key, value, 'a NumPy dtype name such as "float32" or "uint8"')
         return dtype
 
     def shape(self, value: Any, key: str) -> tuple[int, ...]:
@@ -117,7 +117,9 @@ def _read_description(config_path: Path) -> dict[str, Any]:
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PolicyFileError(f"{config_path}: not valid JSON ({exc}); copy {POLICY_CONFIG_NAME} again from the export.") from exc
+        raise PolicyFileError(
+            f"{config_path}: not valid JSON ({exc}); copy {POLICY_CONFIG_NAME} again from the export."
+        ) from exc
     if not isinstance(config, dict):
         raise PolicyFileError(f"{config_path}: expected a JSON object, got {type(config).__name__}.")
     if config.get("format") != FILE_FORMAT:
@@ -149,7 +151,9 @@ def _session(onnx_path: Path, data: bytes, providers: Sequence[str] | None, thre
     # onnxruntime's own exception classes (InvalidProtobuf, InvalidGraph, Fail, ...): what a corrupt
     # or foreign file raises. A bad argument of ours (threads, providers) stays what it is.
     load_errors = tuple(
-        value for value in vars(onnxruntime_pybind11_state).values() if isinstance(value, type) and issubclass(value, Exception)
+        value
+        for value in vars(onnxruntime_pybind11_state).values()
+        if isinstance(value, type) and issubclass(value, Exception)
     )
     try:
         return onnxruntime.InferenceSession(data, options, providers=list(providers))
@@ -213,7 +217,10 @@ class OnnxPolicy:
             name = fields.name(item.get("name", _MISSING), f"{key}.name")
             if name in self.inputs:
                 raise fields.error(f"{key}.name", name, "a name no earlier input has")
-            self.inputs[name] = (fields.dtype(item.get("dtype", _MISSING), f"{key}.dtype"), fields.shape(item.get("shape", _MISSING), f"{key}.shape"))
+            self.inputs[name] = (
+                fields.dtype(item.get("dtype", _MISSING), f"{key}.dtype"),
+                fields.shape(item.get("shape", _MISSING), f"{key}.shape"),
+            )
         if not self.inputs:
             raise fields.error("inputs", [], "at least one input")
         output = fields.section(self.config.get("output", _MISSING), "output")
@@ -222,10 +229,18 @@ class OnnxPolicy:
             raise fields.error("output.dtype", output["dtype"], '"float32" (actions are float32)')
         self.action_shape: tuple[int, ...] = fields.shape(output.get("shape", _MISSING), "output.shape")
         size = int(np.prod(self.action_shape))
-        self.action_low = fields.numbers(self.config.get("action_low", _MISSING), "action_low", size).reshape(self.action_shape)
-        self.action_high = fields.numbers(self.config.get("action_high", _MISSING), "action_high", size).reshape(self.action_shape)
+        self.action_low = fields.numbers(self.config.get("action_low", _MISSING), "action_low", size).reshape(
+            self.action_shape
+        )
+        self.action_high = fields.numbers(self.config.get("action_high", _MISSING), "action_high", size).reshape(
+            self.action_shape
+        )
         if (self.action_low > self.action_high).any():
-            raise fields.error("action_high", self.config["action_high"], f"bounds no lower than action_low {self.config['action_low']}")
+            raise fields.error(
+                "action_high",
+                self.config["action_high"],
+                f"bounds no lower than action_low {self.config['action_low']}",
+            )
         env_id = self.config.get("env_id")
         if env_id is not None and not isinstance(env_id, str):
             raise fields.error("env_id", env_id, "a string or null")
@@ -243,7 +258,9 @@ class OnnxPolicy:
         surprise = self.config.get("surprise")
         surprise = None if surprise is None else fields.section(surprise, "surprise")
         #: The graph's surprise output, and the threshold calibrated for it; ``None`` without the alarm.
-        self.surprise_output: str | None = None if surprise is None else fields.name(surprise.get("output", _MISSING), "surprise.output")
+        self.surprise_output: str | None = (
+            None if surprise is None else fields.name(surprise.get("output", _MISSING), "surprise.output")
+        )
         self.surprise_threshold: float | None = None
         if surprise is not None:
             threshold = surprise.get("threshold", _MISSING)
@@ -263,7 +280,9 @@ class OnnxPolicy:
     def _check_graph(self, onnx_path: Path, config_path: Path) -> None:
         """Refuse a graph whose inputs and outputs (names, dtypes, shapes) are not the ones ``policy.json`` describes."""
         graph_inputs = [item.name for item in self.session.get_inputs()]
-        extra = [name for name, _, _ in self.state.values()] + ([PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else [])
+        extra = [name for name, _, _ in self.state.values()] + (
+            [PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else []
+        )
         if sorted(graph_inputs) != sorted([*self.inputs, *extra]):
             raise PolicyFileError(
                 f"{onnx_path} has inputs {graph_inputs} but {config_path.name} lists {list(self.inputs)}; "
@@ -279,7 +298,10 @@ class OnnxPolicy:
         # (where policy.json describes it, dtype, shape without the batch axis) of every graph tensor the runner touches.
         float32 = np.dtype(np.float32)
         described = {
-            **{name: (f"inputs[{index}]", dtype, shape) for index, (name, (dtype, shape)) in enumerate(self.inputs.items())},
+            **{
+                name: (f"inputs[{index}]", dtype, shape)
+                for index, (name, (dtype, shape)) in enumerate(self.inputs.items())
+            },
             self.output_name: ("output", float32, self.action_shape),
         }
         for index, (name_in, name_out, shape) in enumerate(self.state.values()):
@@ -327,7 +349,9 @@ class OnnxPolicy:
     def __repr__(self) -> str:
         inputs = ", ".join(f"{key}: {dtype.name}{list(shape)}" for key, (dtype, shape) in self.inputs.items())
         state = f", state={ {key: list(shape) for key, (_, _, shape) in self.state.items()} }" if self.recurrent else ""
-        return f"OnnxPolicy({inputs} -> {self.output_name}: float32{list(self.action_shape)}{state}, env={self.env_id!r})"
+        return (
+            f"OnnxPolicy({inputs} -> {self.output_name}: float32{list(self.action_shape)}{state}, env={self.env_id!r})"
+        )
 
     # -- acting ------------------------------------------------------------------------------
 
@@ -342,7 +366,9 @@ class OnnxPolicy:
         :raises ValueError: A value has the wrong shape, or batch sizes differ between keys.
         """
         if not isinstance(obs, Mapping):
-            raise TypeError(f"An observation must be a dict of arrays keyed {self.observation_keys}, got {type(obs).__name__}.")
+            raise TypeError(
+                f"An observation must be a dict of arrays keyed {self.observation_keys}, got {type(obs).__name__}."
+            )
         missing = [key for key in self.inputs if key not in obs]
         if missing:
             raise MissingObservationError(
@@ -357,7 +383,7 @@ class OnnxPolicy:
                     f"(pass it exactly as the environment emits it)."
                 )
             expected = ("B", *shape) if batched else shape
-            if value.shape[int(batched):] != shape or (batched and value.ndim != len(shape) + 1):
+            if value.shape[int(batched) :] != shape or (batched and value.ndim != len(shape) + 1):
                 hint = ""
                 if not batched and value.shape[1:] == shape:
                     hint = " (this looks batched; use act_batch)"
@@ -410,7 +436,11 @@ class OnnxPolicy:
         return self._step(self.validate(obs, batched=True), state, prev_action, is_first)
 
     def _step(
-        self, feeds: dict[str, np.ndarray], state: Mapping[str, np.ndarray], prev_action: np.ndarray, is_first: np.ndarray
+        self,
+        feeds: dict[str, np.ndarray],
+        state: Mapping[str, np.ndarray],
+        prev_action: np.ndarray,
+        is_first: np.ndarray,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         batch_size = next(iter(feeds.values())).shape[0]
         for key, (name, _, shape) in self.state.items():
@@ -462,7 +492,9 @@ class OnnxPolicy:
         """
         spaces = getattr(space, "spaces", None)
         if not isinstance(spaces, Mapping):
-            raise ValueError(f"The policy needs a Dict observation space with keys {self.observation_keys}, got {space!r}.")
+            raise ValueError(
+                f"The policy needs a Dict observation space with keys {self.observation_keys}, got {space!r}."
+            )
         problems = []
         for key, (dtype, shape) in self.inputs.items():
             if key not in spaces:
@@ -472,10 +504,14 @@ class OnnxPolicy:
             if got_dtype != dtype or got_shape != shape:
                 problems.append(f"{key!r} is {got_dtype.name}{list(got_shape)}, expected {dtype.name}{list(shape)}")
         if problems:
-            raise ValueError("The environment's observation space does not fit the policy: " + "; ".join(problems) + ".")
+            raise ValueError(
+                "The environment's observation space does not fit the policy: " + "; ".join(problems) + "."
+            )
 
 
-def run_episode(env: Any, policy: OnnxPolicy | Any, *, seed: int | None = None, max_steps: int | None = None) -> dict[str, Any]:
+def run_episode(
+    env: Any, policy: OnnxPolicy | Any, *, seed: int | None = None, max_steps: int | None = None
+) -> dict[str, Any]:
     """Run one episode of a bare Gymnasium env with ``policy.act`` and return its ``return`` and ``length``.
 
     :param env: A Gymnasium env (``reset(seed=...)``, ``step(action)`` returning five values).

@@ -47,7 +47,9 @@ def step(
     return model.dynamics(state, action, is_first)
 
 
-def _batched_posterior(model: WorldModel, embed: Tensor | None, post_logits: Tensor | None, B: int, T: int) -> Tensor | None:
+def _batched_posterior(
+    model: WorldModel, embed: Tensor | None, post_logits: Tensor | None, B: int, T: int
+) -> Tensor | None:
     """Every posterior's logits (B, T, G, C) at once when the posterior ignores the deterministic
     state; None when it reads it (``observe`` then computes them step by step)."""
     if post_logits is None:
@@ -179,7 +181,10 @@ def embed_sequences(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tenso
     N = sequences["is_first"].shape[0]
     with torch.no_grad():
         return torch.cat(
-            [model.embed({key: sequences[key][start : start + CHUNK].to(device) for key in keys}) for start in range(0, N, CHUNK)]
+            [
+                model.embed({key: sequences[key][start : start + CHUNK].to(device) for key in keys})
+                for start in range(0, N, CHUNK)
+            ]
         )
 
 

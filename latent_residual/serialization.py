@@ -34,8 +34,21 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # pickle protocol >= 2, torch.save zip archives
 _DTYPE_SIZES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U64": 8,
+    "U32": 4,
+    "U16": 2,
+    "U8": 1,
+    "BOOL": 1,
 }
 
 
@@ -309,7 +322,9 @@ def metadata_json(
 def check_fingerprint_value(path: Path, key: str, value: Any, error: type[FileFormatError]) -> str:
     """``value`` (stored under ``key``) if it has the form of a :func:`fingerprint`; else ``error`` naming both."""
     if not isinstance(value, str) or not _FINGERPRINT.match(value):
-        raise error(f"{path}: key {key!r} is {_quoted(value)}, expected 'sha256:' and 64 hex digits; the metadata is corrupt.")
+        raise error(
+            f"{path}: key {key!r} is {_quoted(value)}, expected 'sha256:' and 64 hex digits; the metadata is corrupt."
+        )
     return value
 
 

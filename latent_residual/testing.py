@@ -26,7 +26,12 @@ from latent_residual.errors import ExportError, LatentResidualError
 from latent_residual.fitting import FitConfig, fit_residual
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import fingerprint
-from latent_residual.workflow.deployment.export import PARITY_TOLERANCE, example_observations, export_policy, verify_export
+from latent_residual.workflow.deployment.export import (
+    PARITY_TOLERANCE,
+    example_observations,
+    export_policy,
+    verify_export,
+)
 from latent_residual.workflow.deployment.policy import Policy
 
 
@@ -54,7 +59,9 @@ def _check_tensor(method: str, value: Any, shape: tuple[int, ...], *, what: str 
 
 def _check_raw_logits(method: str, logits: Tensor) -> None:
     """Raw logits, not probabilities or log-probabilities already normalised over the classes."""
-    probabilities = bool(((logits >= 0) & (logits <= 1)).all()) and torch.allclose(logits.sum(-1), torch.ones(()), atol=1e-4)
+    probabilities = bool(((logits >= 0) & (logits <= 1)).all()) and torch.allclose(
+        logits.sum(-1), torch.ones(()), atol=1e-4
+    )
     normalised = torch.allclose(torch.logsumexp(logits, -1), torch.zeros(()), atol=1e-4)
     _require(
         not probabilities,
@@ -84,7 +91,12 @@ def _check_attributes(model: WorldModel) -> None:
         _require(isinstance(value, int) and value >= 1, name, "an integer >= 1", _describe(value))
     _require(0.0 <= model.unimix < 1.0, "unimix", "a number in [0, 1)", model.unimix)
     _require(model.backbone_id is not None, "backbone_id", "a model built with latent_residual.make_backbone()", None)
-    _require(isinstance(model.observation_space, gymnasium.spaces.Dict), "observation_space", "a gymnasium Dict", model.observation_space)
+    _require(
+        isinstance(model.observation_space, gymnasium.spaces.Dict),
+        "observation_space",
+        "a gymnasium Dict",
+        model.observation_space,
+    )
     space = model.action_space
     _require(
         isinstance(space, gymnasium.spaces.Box) and math.prod(space.shape) == model.action_size,
@@ -97,7 +109,9 @@ def _check_attributes(model: WorldModel) -> None:
 def _sequences(model: WorldModel, batch_size: int, length: int, seed: int) -> dict[str, Tensor]:
     """(B, T) sequences of observations inside the space and random actions, each starting an episode."""
     observations = example_observations(model.observation_space, batch_size * length, seed)
-    batch = {key: torch.as_tensor(value).reshape(batch_size, length, *value.shape[1:]) for key, value in observations.items()}
+    batch = {
+        key: torch.as_tensor(value).reshape(batch_size, length, *value.shape[1:]) for key, value in observations.items()
+    }
     generator = torch.Generator().manual_seed(seed)
     batch["action"] = torch.rand(batch_size, length, model.action_size, generator=generator) * 2 - 1
     batch["is_first"] = torch.zeros(batch_size, length, dtype=torch.bool)
@@ -110,11 +124,21 @@ def _check_step(model: WorldModel, batch: Mapping[str, Tensor]) -> None:
     G, C = model.latent.groups, model.latent.classes
     B, T = batch["is_first"].shape
     initial = model.initial_state(B)
-    _require(isinstance(initial, Mapping) and "stoch" in initial, "initial_state", "a dict with a 'stoch' tensor", _describe(initial))
+    _require(
+        isinstance(initial, Mapping) and "stoch" in initial,
+        "initial_state",
+        "a dict with a 'stoch' tensor",
+        _describe(initial),
+    )
     _check_tensor("initial_state['stoch']", initial["stoch"], (B, G, C))
     _check_state("initial_state", initial, initial, B)
     embed = model.embed({key: batch[key] for key in rollout.observation_keys(batch)})
-    _require(isinstance(embed, Tensor) and embed.dim() == 3 and tuple(embed.shape[:2]) == (B, T), "embed", "(B, T, E) embeddings", _describe(embed))
+    _require(
+        isinstance(embed, Tensor) and embed.dim() == 3 and tuple(embed.shape[:2]) == (B, T),
+        "embed",
+        "(B, T, E) embeddings",
+        _describe(embed),
+    )
     first = torch.ones(B, dtype=torch.bool, device=embed.device)
     logits, deter = rollout.step(model, initial, batch["action"][:, 0], first, initial)
     state = model.next_state(deter, logits, initial["stoch"])
@@ -133,14 +157,18 @@ def _check_step(model: WorldModel, batch: Mapping[str, Tensor]) -> None:
     _check_tensor("reward", model.reward(features), (B,))
     continuation = model.continuation(features)
     _check_tensor("continuation", continuation, (B,))
-    _require(bool(((continuation >= 0) & (continuation <= 1)).all()), "continuation", "probabilities in [0, 1]", continuation)
+    _require(
+        bool(((continuation >= 0) & (continuation <= 1)).all()), "continuation", "probabilities in [0, 1]", continuation
+    )
 
 
 def _filtered(model: WorldModel, batch: Mapping[str, Tensor], seed: int) -> Tensor:
     """The (B, T, F) features of filtering ``batch`` with posterior samples drawn under ``seed``."""
     embed = model.embed({key: batch[key] for key in rollout.observation_keys(batch)})
     generator = torch.Generator(device=embed.device).manual_seed(seed)
-    out = rollout.observe(model, rollout.prev_actions(batch["action"]), batch["is_first"], embed=embed, generator=generator)
+    out = rollout.observe(
+        model, rollout.prev_actions(batch["action"]), batch["is_first"], embed=embed, generator=generator
+    )
     return out["features"]
 
 
@@ -152,9 +180,19 @@ def _check_determinism(model: WorldModel, batch: Mapping[str, Tensor], seed: int
 def _check_checkpoint(model: WorldModel, batch: Mapping[str, Tensor], directory: Path, seed: int) -> None:
     save_world_model(model, directory / "world_model")
     config, tensors = read_world_model(directory / "world_model")
-    _require(config["backbone_id"] == model.backbone_id, "save_world_model", f"backbone_id {model.backbone_id!r}", config["backbone_id"])
+    _require(
+        config["backbone_id"] == model.backbone_id,
+        "save_world_model",
+        f"backbone_id {model.backbone_id!r}",
+        config["backbone_id"],
+    )
     copied = load_weights(copy.deepcopy(model), tensors, directory / "world_model")
-    _require(fingerprint(copied) == fingerprint(model), "state_dict", "the same weights after a checkpoint round trip", "others")
+    _require(
+        fingerprint(copied) == fingerprint(model),
+        "state_dict",
+        "the same weights after a checkpoint round trip",
+        "others",
+    )
     same = torch.equal(_filtered(copied, batch, seed), _filtered(model, batch, seed))
     _require(same, "state_dict", "the same predictions after a checkpoint round trip", "different ones")
 
@@ -165,8 +203,12 @@ def _check_adapter(model: WorldModel, batch: Mapping[str, Tensor], seed: int) ->
     # leave it worse than the base, which fit_residual refuses.
     adapted = attach_residual(model, ResidualConfig(hidden=16, zero_init=True, prior_unimix=model.prior_unimix))
     sequences = {key: value.cpu() for key, value in batch.items()}
-    fit_residual(adapted, sequences, FitConfig(steps=3, eval_every=1, batch_size=2, holdout=0.34, seed=seed), quiet=True)
-    _require(fingerprint(model) == before, "attach_residual + fit_residual", "the base bitwise unchanged", "changed weights")
+    fit_residual(
+        adapted, sequences, FitConfig(steps=3, eval_every=1, batch_size=2, holdout=0.34, seed=seed), quiet=True
+    )
+    _require(
+        fingerprint(model) == before, "attach_residual + fit_residual", "the base bitwise unchanged", "changed weights"
+    )
 
 
 def _check_export(model: WorldModel, batch: Mapping[str, Tensor], directory: Path) -> None:
@@ -179,7 +221,12 @@ def _check_export(model: WorldModel, batch: Mapping[str, Tensor], directory: Pat
         difference: float | str = verify_export(directory / "onnx", policy, steps)
     except ExportError as exc:  # a non-finite action: the contract's failure, reported as one
         difference = str(exc)
-    _require(isinstance(difference, float) and difference <= PARITY_TOLERANCE, "export_policy", f"ONNX Runtime within {PARITY_TOLERANCE} of torch", difference)
+    _require(
+        isinstance(difference, float) and difference <= PARITY_TOLERANCE,
+        "export_policy",
+        f"ONNX Runtime within {PARITY_TOLERANCE} of torch",
+        difference,
+    )
 
 
 def check_world_model(model: WorldModel, *, seed: int = 0, export: bool = True) -> None:
@@ -210,4 +257,3 @@ def check_world_model(model: WorldModel, *, seed: int = 0, export: bool = True) 
                 _check_export(model, batch, Path(tmp))
     finally:
         model.train(was_training)
-

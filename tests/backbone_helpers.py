@@ -77,9 +77,7 @@ def pendulum_batch(B: int, T: int) -> dict[str, torch.Tensor] | None:
         reward, terminal = 0.0, False
         for t in range(T):
             action = env.action_space.sample()
-            steps.append(
-                {**obs, "action": action, "reward": reward, "is_first": t == 0, "is_terminal": terminal}
-            )
+            steps.append({**obs, "action": action, "reward": reward, "is_first": t == 0, "is_terminal": terminal})
             obs, reward, terminal, _, _ = env.step(action)
     env.close()
     batch = {

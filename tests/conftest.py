@@ -146,5 +146,3 @@ def pretrained(tmp_path_factory, registry):
 def assert_no_temp_files(directory: Path) -> None:
     leftovers = [p.name for p in Path(directory).rglob(".*tmp-*")]
     assert leftovers == [], leftovers
-
-

@@ -134,8 +134,10 @@ class ExternalRSSM(WorldModel):
         return {"deter": h, "stoch": z}
 
     def embed(self, obs):
-        flat = [obs[key].float().flatten(-len(self.shapes[key])) if self.shapes[key] else obs[key].float()[..., None]
-                for key in self.keys]
+        flat = [
+            obs[key].float().flatten(-len(self.shapes[key])) if self.shapes[key] else obs[key].float()[..., None]
+            for key in self.keys
+        ]
         return self.encoder(symlog(torch.cat(flat, -1)))
 
     def dynamics(self, state, action, is_first):
@@ -209,8 +211,10 @@ class ExternalRSSM(WorldModel):
         for t in range(T):
             first = is_first[:, t] if t else torch.ones(B, dtype=torch.bool, device=is_first.device)
             init = self.initial_state(B)
-            state = {key: torch.where(first.view(-1, *[1] * (value.dim() - 1)), init[key], value)
-                     for key, value in state.items()}
+            state = {
+                key: torch.where(first.view(-1, *[1] * (value.dim() - 1)), init[key], value)
+                for key, value in state.items()
+            }
             prev = actions[:, t - 1] if t else torch.zeros_like(actions[:, 0])
             prev = torch.where(first[:, None], torch.zeros_like(prev), prev)
             prior_logits, deter = self.dynamics(state, prev, first)
@@ -234,8 +238,13 @@ class ExternalRSSM(WorldModel):
         terminal = batch.get("is_terminal", torch.zeros_like(is_first)).float()
         cont = F.binary_cross_entropy_with_logits(self.cont_head(feats).squeeze(-1), 1 - terminal)
         total = recon + cont + kl
-        metrics = {"recon": recon.detach(), "cont": cont.detach(), "kl": kl.detach(), "dyn": dyn.detach(),
-                   "rep": rep.detach()}
+        metrics = {
+            "recon": recon.detach(),
+            "cont": cont.detach(),
+            "kl": kl.detach(),
+            "dyn": dyn.detach(),
+            "rep": rep.detach(),
+        }
         if "reward" in batch:
             logp = torch.log_softmax(self.reward_head(feats), -1)
             reward = -(self._two_hot(batch["reward"].float()) * logp).sum(-1).mean()

@@ -118,7 +118,9 @@ def export_lane_policy(directory: Path, seed: int = 2, **options) -> Path:
     torch.manual_seed(seed)
     model = make_backbone("draw-v0", space, spaces.Box(-1, 1, (2,), np.float32), preset="tiny")
     actor = Actor(model.feature_size, model.action_size, ActorCriticConfig(hidden=32, layers=1))
-    export_policy(Policy(model, actor), directory, env_id="duckiebot/lane-following-v0", exporter="torchscript", **options)
+    export_policy(
+        Policy(model, actor), directory, env_id="duckiebot/lane-following-v0", exporter="torchscript", **options
+    )
     return Path(directory)
 
 

@@ -56,21 +56,22 @@ def node(argv: list[str]) -> int:
         emit("ready", f"{time.time():.6f}")
 
     shells = []
-    status = ros2_node.run(["ros2_harness", *argv], make_policy=make_policy, ready=lambda shell: (shells.append(shell), ready(shell)))
+    status = ros2_node.run(
+        ["ros2_harness", *argv], make_policy=make_policy, ready=lambda shell: (shells.append(shell), ready(shell))
+    )
     if shells:
         emit("exit", status, "resets", policies[0].resets, "overruns", shells[0].loop.overruns)
     return status
 
 
 def camera(argv: list[str]) -> int:
+    import numpy as np
     import rclpy
+    from fault_injection import camera_frames, jpeg
     from geometry_msgs.msg import TwistStamped
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
     from sensor_msgs.msg import CompressedImage
-
-    import numpy as np
-    from fault_injection import camera_frames, jpeg
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--topic", required=True)

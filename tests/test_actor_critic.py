@@ -37,7 +37,9 @@ def test_the_critic_loss_is_the_two_hot_cross_entropy_of_both_targets_on_steps_0
     logits = actor_critic.critic(torch.randn(B, H + 1, 6)) + torch.randn(B, H + 1, 255)  # (B, H + 1, bins)
     returns, slow_value, weight = torch.randn(B, H) * 40, torch.randn(B, H) * 3, torch.rand(B, H)
     bins = actor_critic.critic.bins
-    target = encodings.twohot(encodings.symlog(returns), bins) + 0.7 * encodings.twohot(encodings.symlog(slow_value), bins)
+    target = encodings.twohot(encodings.symlog(returns), bins) + 0.7 * encodings.twohot(
+        encodings.symlog(slow_value), bins
+    )
     # The dense formula: steps 0..H-1 only (the last state has no return).
     expected = (weight * -(target * torch.log_softmax(logits.detach(), -1)[:, :-1]).sum(-1)).mean()
     loss = actor_critic._update_critic(logits, returns, slow_value, weight)
@@ -86,7 +88,9 @@ def test_config_validation_names_the_field():
 def test_continuation_is_the_heads_probability_or_its_mode(gru_model, continuation):
     """mode: 0 or 1 with no gradient into the head (DreamerV3, sheeprl); probability: differentiable."""
     torch.manual_seed(0)
-    actor_critic = ActorCritic(gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1, horizon=4, continuation=continuation))
+    actor_critic = ActorCritic(
+        gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1, horizon=4, continuation=continuation)
+    )
     imagined = actor_critic._imagine(gru_model, gru_model.initial_state(32), None, None)
     cont = imagined["cont"]
     probability = gru_model.continuation(imagined["features"][:, 1:].detach())

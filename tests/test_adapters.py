@@ -33,7 +33,11 @@ QUICK = FitConfig(steps=40, eval_every=10, patience=0, lr=1e-2)
 def _prior_logits(model, batch, seed=0):
     embed = model.embed({"position": batch["position"]})
     out = observe(
-        model, prev_actions(batch["action"]), batch["is_first"], embed=embed, generator=torch.Generator().manual_seed(seed)
+        model,
+        prev_actions(batch["action"]),
+        batch["is_first"],
+        embed=embed,
+        generator=torch.Generator().manual_seed(seed),
     )
     return out["prior_logits"]
 
@@ -78,7 +82,9 @@ def test_attach_round_trip_through_files_reproduces_predictions(gru_model, tmp_p
     batch = drift_sequences(-0.1, episodes=2, seed=9)
     expected = _prior_logits(adapted, batch)
     adapted.save_pretrained(tmp_path / "adapter")
-    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == sorted([ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME])
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == sorted(
+        [ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME]
+    )
     assert_no_temp_files(tmp_path)
 
     loaded = load_adapter(gru_model, tmp_path / "adapter", trainable=False)
@@ -249,8 +255,8 @@ def test_missing_adapter_and_foreign_safetensors_are_explained(gru_model, tmp_pa
 
 
 def test_keys_are_checked_strictly(gru_model, saved):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     with safe_open(str(saved), "pt") as handle:
         metadata = handle.metadata()

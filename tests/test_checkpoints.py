@@ -8,9 +8,9 @@ from conftest import assert_no_temp_files, drift_sequences
 
 from latent_residual import CheckpointError, ConfigError, load_world_model, save_world_model
 from latent_residual.checkpoints import MODEL_WEIGHTS_NAME
+from latent_residual.rollout import observe, prev_actions
 from latent_residual.serialization import space_to_json
 from latent_residual.workflow.data.spaces import space_from_json
-from latent_residual.rollout import observe, prev_actions
 
 
 def test_round_trip_reproduces_the_model(gru_model, tmp_path):
@@ -21,9 +21,13 @@ def test_round_trip_reproduces_the_model(gru_model, tmp_path):
     for key, value in gru_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
     batch = drift_sequences(0.1, episodes=2)
+
     def run(model):
         embed = model.embed({"position": batch["position"]})
-        return observe(model, prev_actions(batch["action"]), batch["is_first"], embed=embed, sample=False)["prior_logits"]
+        return observe(model, prev_actions(batch["action"]), batch["is_first"], embed=embed, sample=False)[
+            "prior_logits"
+        ]
+
     assert torch.equal(run(loaded), run(gru_model))
     assert loaded.observation_space == gru_model.observation_space
 

@@ -8,9 +8,9 @@ import sys
 
 from latent_residual import attach_residual
 from latent_residual.checkpoints import save_world_model
+from latent_residual.residual import ResidualConfig
 from latent_residual.workflow.cli.main import main
 from latent_residual.workflow.cli.options import config_from_options
-from latent_residual.residual import ResidualConfig
 
 
 def test_help_lists_subcommands(capsys):
@@ -53,7 +53,10 @@ def test_inspect_prints_adapter_and_checkpoint_metadata(gru_model, tmp_path, cap
 
 def test_console_script_runs_as_a_process():
     done = subprocess.run(
-        [sys.executable, "-m", "latent_residual.workflow.cli.main", "nonsense"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "latent_residual.workflow.cli.main", "nonsense"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2 and done.stderr.count("\n") == 1
 

@@ -23,7 +23,9 @@ def test_every_registered_backbone_conforms(registry, drift_spaces, backbone):
 def test_the_rssm_conforms_with_a_decoupled_posterior_and_pixels(registry):
     env = latent_residual.make_env("dmc/pendulum-swingup-v0", pixels=True)
     torch.manual_seed(0)
-    model = latent_residual.make_backbone("rssm-v0", env.observation_space, env.action_space, preset="tiny", decoupled=True)
+    model = latent_residual.make_backbone(
+        "rssm-v0", env.observation_space, env.action_space, preset="tiny", decoupled=True
+    )
     env.close()
     assert not model.posterior_uses_deter
     check_world_model(model)

@@ -49,7 +49,9 @@ def test_the_alarm_stops_after_n_surprised_steps_and_a_fresh_start_drives_again(
     # Step 1 starts the episode (surprise 0); steps 2-4 are above the threshold: the third of them stops.
     assert [command.reason for command in commands] == [None, None, None, StopReason.OUT_OF_COVERAGE, None]
     assert "out of the model's coverage" in commands[3].detail and "out_of_coverage" in caplog.text
-    assert control.stop_counts[StopReason.OUT_OF_COVERAGE] == 1 and control.policy.last_surprise == 0.0  # reset on resuming
+    assert (
+        control.stop_counts[StopReason.OUT_OF_COVERAGE] == 1 and control.policy.last_surprise == 0.0
+    )  # reset on resuming
     quiet, clock = controller(exports["never"], "--surprise-steps", "1")
     assert all(not command.stopped for command in drive(quiet, clock, frames, 6))
 
@@ -58,7 +60,9 @@ def test_the_slow_response_scales_the_action_while_surprised_and_logs_it(exports
     frames = camera_frames(3)
     plain, clock = controller(exports["always"])
     reference = drive(plain, clock, frames, 6)
-    slow, clock = controller(exports["always"], "--surprise-steps", "2", "--surprise-response", "slow", "--surprise-slow", "0.25")
+    slow, clock = controller(
+        exports["always"], "--surprise-steps", "2", "--surprise-response", "slow", "--surprise-slow", "0.25"
+    )
     with caplog.at_level(logging.WARNING):
         commands = drive(slow, clock, frames, 6)
     assert not any(command.stopped for command in commands)
@@ -74,8 +78,11 @@ def test_the_alarm_needs_a_policy_with_a_threshold_and_sane_settings(exports):
     with pytest.raises(ValueError, match="coverage alarm"):
         LaneFollowingController(OnnxPolicy(exports["plain"]), surprise_steps=3)
     policy = OnnxPolicy(exports["always"])
-    for options, match in (({"surprise_steps": -1}, "surprise_steps"), ({"surprise_response": "swerve"}, "surprise_response"),
-                           ({"surprise_slow": 1.5}, "surprise_slow")):
+    for options, match in (
+        ({"surprise_steps": -1}, "surprise_steps"),
+        ({"surprise_response": "swerve"}, "surprise_response"),
+        ({"surprise_slow": 1.5}, "surprise_slow"),
+    ):
         with pytest.raises(ValueError, match=match):
             LaneFollowingController(policy, **options)
     assert policy.surprise_threshold == 0.0  # the export's threshold, read back from policy.json

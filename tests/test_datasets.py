@@ -13,9 +13,11 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from conftest import assert_no_temp_files
 from safetensors.torch import load_file, save_file
 
 import latent_residual
+from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.workflow.data.collection import collect
 from latent_residual.workflow.data.datasets import (
     DATASET_INFO_NAME,
@@ -25,9 +27,6 @@ from latent_residual.workflow.data.datasets import (
     load_dataset,
 )
 from latent_residual.workflow.data.recording import EpisodeRecorder
-from latent_residual.errors import ConfigError, DatasetError
-
-from conftest import assert_no_temp_files
 
 ENV_ID = "dmc/pendulum-swingup-v0"
 SHORT = {"max_episode_steps": 60}  # 61 stored steps per episode
@@ -169,7 +168,13 @@ def test_random_collection_round_trips(random_dir):
 def test_action_at_step_t_is_what_the_env_received_after_obs_t(tmp_path):
     controller = Controller()
     dataset = collect(
-        ENV_ID, controller, tmp_path / "d", transitions=122, env_kwargs=SHORT, seed=7, quiet=True,
+        ENV_ID,
+        controller,
+        tmp_path / "d",
+        transitions=122,
+        env_kwargs=SHORT,
+        seed=7,
+        quiet=True,
         provenance={"operator": "test"},
     )
     assert dataset.info["provenance"]["behaviour"] == "damping controller"
@@ -197,9 +202,7 @@ def test_resume_continues_numbering_to_the_total(tmp_path):
     dataset = collect(ENV_ID, "random", directory, transitions=250, env_kwargs=SHORT, quiet=True)
     assert dataset.transitions == 250
     assert lengths(dataset) == [61, 39, 61, 61, 28]
-    assert sorted(p.name for p in (directory / EPISODES_DIR_NAME).iterdir()) == [
-        episode_file_name(i) for i in range(5)
-    ]
+    assert sorted(p.name for p in (directory / EPISODES_DIR_NAME).iterdir()) == [episode_file_name(i) for i in range(5)]
     assert [resume["first_episode"] for resume in dataset.info["resumes"]] == [2]
     assert dataset.info["resumes"][0]["transitions"] == 250
     # Already complete: nothing is collected, nothing recorded.
@@ -405,7 +408,9 @@ def test_observation_keys_may_not_clash_with_reserved_keys(tmp_path):
     space = gymnasium.spaces.Dict({"reward": gymnasium.spaces.Box(-1, 1, (1,), np.float32)})
     with pytest.raises(DatasetError, match="'reward' clashes"):
         DatasetWriter(
-            tmp_path / "d", env_id="x/y-v0", observation_space=space,
+            tmp_path / "d",
+            env_id="x/y-v0",
+            observation_space=space,
             action_space=gymnasium.spaces.Box(-1, 1, (1,), np.float32),
         )
 
@@ -430,7 +435,9 @@ def rewrite_episode(directory: Path, change) -> Path:
 
 def test_missing_dataset_json(tmp_path, small_dir):
     (small_dir / DATASET_INFO_NAME).unlink()
-    with pytest.raises(DatasetError, match=f"expected a dataset directory holding {DATASET_INFO_NAME}; it holds none of"):
+    with pytest.raises(
+        DatasetError, match=f"expected a dataset directory holding {DATASET_INFO_NAME}; it holds none of"
+    ):
         load_dataset(small_dir)
     with pytest.raises(DatasetError, match="nowhere: expected a dataset directory .*; it does not exist"):
         load_dataset(tmp_path / "nowhere")

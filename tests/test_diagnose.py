@@ -17,15 +17,21 @@ from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import OnnxPolicy
 from latent_residual.registry.lookup import env_pretrained
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow.reports import coverage
 from latent_residual.workflow.cli.main import main
 from latent_residual.workflow.data.collection import collect
-from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve, overfitted, reading
 from latent_residual.workflow.data.datasets import load_dataset
-from latent_residual.workflow.reports.diagnose import DiagnoseConfig, action_sensitivity, coverage_check, open_loop, read_report
 from latent_residual.workflow.deployment.export import export_policy, verify_export
 from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.reports import coverage
+from latent_residual.workflow.reports.data_curve import DataCurveConfig, data_curve, overfitted, reading
+from latent_residual.workflow.reports.diagnose import (
+    DiagnoseConfig,
+    action_sensitivity,
+    coverage_check,
+    open_loop,
+    read_report,
+)
 
 SOURCE, TARGET = "dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0"
 SHORT = {"max_episode_steps": 60}  # short episodes keep every fit and filter cheap
@@ -36,15 +42,27 @@ SMALL = ["--horizon", "5", "--warmup", "4", "--max-windows", "24", "--strips", "
 def pendulum(tmp_path_factory):
     """The shipped pendulum model, short reversed-pendulum data (fit, held out) and source data, a briefly fitted adapter."""
     root = tmp_path_factory.mktemp("diagnose")
-    for name, env_id, transitions, seed in (("fit", TARGET, 1200, 0), ("held", TARGET, 480, 1), ("source", SOURCE, 240, 2)):
-        collect(env_id, "expert", root / name, transitions=transitions, seed=seed, noise=0.3, env_kwargs=SHORT, quiet=True)
+    for name, env_id, transitions, seed in (
+        ("fit", TARGET, 1200, 0),
+        ("held", TARGET, 480, 1),
+        ("source", SOURCE, 240, 2),
+    ):
+        collect(
+            env_id, "expert", root / name, transitions=transitions, seed=seed, noise=0.3, env_kwargs=SHORT, quiet=True
+        )
     pretrained = env_pretrained(SOURCE)
     torch.manual_seed(0)
     adapted = attach_residual(load_world_model(pretrained / "world_model"), ResidualConfig(extra_inputs=("belief",)))
     sequences = load_dataset(root / "fit").sequences(20)
     sequences.pop("reward")
-    fit_residual(adapted, sequences, FitConfig(steps=60, eval_every=20), log_dir=root / "adapter" / "logs", quiet=True,
-                 data_summary={"dataset": str(root / "fit")})
+    fit_residual(
+        adapted,
+        sequences,
+        FitConfig(steps=60, eval_every=20),
+        log_dir=root / "adapter" / "logs",
+        quiet=True,
+        data_summary={"dataset": str(root / "fit")},
+    )
     adapted.save_pretrained(root / "adapter")
     return {"root": root, "pretrained": pretrained, "adapted": adapted}
 
@@ -52,20 +70,38 @@ def pendulum(tmp_path_factory):
 def test_the_cli_writes_a_self_contained_report_with_non_empty_pictures(pendulum):
     root = pendulum["root"]
     out = root / "report"
-    args = ["diagnose", "--world-model", str(pendulum["pretrained"] / "world_model"), "--adapter", str(root / "adapter"),
-            "--data", str(root / "held"), "--check-data", str(root / "source"), "--out", str(out), *SMALL]
+    args = [
+        "diagnose",
+        "--world-model",
+        str(pendulum["pretrained"] / "world_model"),
+        "--adapter",
+        str(root / "adapter"),
+        "--data",
+        str(root / "held"),
+        "--check-data",
+        str(root / "source"),
+        "--out",
+        str(out),
+        *SMALL,
+    ]
     assert main(args) == 0
     page = (out / "report.html").read_text()
     assert not re.search(r"https?:|<script|<link|@import|url\(|src=\"(?!data:image/png;base64,)", page, re.IGNORECASE)
     pictures = sorted(out.glob("*.png"))
     names = {path.name for path in pictures}
-    assert {"open_loop_kl.png", "action_sensitivity.png", "fit_curves.png", "surprise.png", "predictions_orientation.png"} <= names
+    assert {
+        "open_loop_kl.png",
+        "action_sensitivity.png",
+        "fit_curves.png",
+        "surprise.png",
+        "predictions_orientation.png",
+    } <= names
     for path in pictures:
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG") and len(data) > 2000, path
     report = read_report(out)
     assert set(report["open_loop_kl"]) == {"base", "adapted"} and len(report["open_loop_kl"]["base"]) == 5
-    assert report["fit_curves"]["held_out_kl"] and 0 < report["residual_size"]["ratio"]
+    assert report["fit_curves"]["held_out_kl"] and report["residual_size"]["ratio"] > 0
     assert set(report["coverage"]["others"]) == {"source"}
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert main(args) == 2  # a finished report is kept unless --overwrite, refused before any work
@@ -73,8 +109,20 @@ def test_the_cli_writes_a_self_contained_report_with_non_empty_pictures(pendulum
 
 def test_the_adapter_s_own_fit_data_is_cut_to_its_held_out_tail(pendulum, tmp_path):
     root = pendulum["root"]
-    args = ["diagnose", "--world-model", str(pendulum["pretrained"] / "world_model"), "--adapter", str(root / "adapter"),
-            "--data", str(root / "fit"), "--out", str(tmp_path / "report"), "--holdout", "0.2", *SMALL]
+    args = [
+        "diagnose",
+        "--world-model",
+        str(pendulum["pretrained"] / "world_model"),
+        "--adapter",
+        str(root / "adapter"),
+        "--data",
+        str(root / "fit"),
+        "--out",
+        str(tmp_path / "report"),
+        "--holdout",
+        "0.2",
+        *SMALL,
+    ]
     assert main(args) == 0
     assert read_report(tmp_path / "report")["data"]["source"].startswith("the last 4 of 20 episodes")
 
@@ -117,13 +165,17 @@ def test_a_residual_ensemble_s_disagreement_is_zero_for_identical_members_and_re
     with torch.no_grad():  # identical members agree everywhere
         for member in members[1:]:
             member.load_state_dict(members[0].state_dict())
-    assert all(np.abs(score).max() < 1e-5 for score in coverage.per_episode(coverage.disagreement, ensemble, episodes[:2]))
+    assert all(
+        np.abs(score).max() < 1e-5 for score in coverage.per_episode(coverage.disagreement, ensemble, episodes[:2])
+    )
     with pytest.raises(ConfigError, match="2 or more members"):
         coverage.disagreement(pendulum["adapted"], held.sequences(20))
     torch.manual_seed(1)
     ensemble = attach_residual(base, ResidualConfig(members=2, zero_init=False)).eval()
     result = coverage_check(ensemble, held, {}, DiagnoseConfig())
-    assert 0 < result["disagreement"]["threshold"] and "disagreement" not in coverage_check(base, held, {}, DiagnoseConfig())
+    assert result["disagreement"]["threshold"] > 0 and "disagreement" not in coverage_check(
+        base, held, {}, DiagnoseConfig()
+    )
 
 
 def test_the_alarm_counts_consecutive_steps_and_the_threshold_is_a_quantile():
@@ -144,7 +196,9 @@ def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_p
     episodes = load_dataset(pendulum["root"] / "source").episodes + load_dataset(pendulum["root"] / "held").episodes[:2]
     scores = coverage.episode_surprise(adapted, episodes)
     threshold = float(np.median(np.concatenate([score[1:] for score in scores])))  # half the steps on each side
-    export_policy(Policy(adapted, actor), tmp_path / "onnx", surprise=True, surprise_threshold=threshold, exporter="torchscript")
+    export_policy(
+        Policy(adapted, actor), tmp_path / "onnx", surprise=True, surprise_threshold=threshold, exporter="torchscript"
+    )
     description = json.loads((tmp_path / "onnx" / "policy.json").read_text())
     assert description["surprise"]["threshold"] == threshold and description["format_version"] == 2
     runner = OnnxPolicy(tmp_path / "onnx", threads=1)
@@ -154,7 +208,9 @@ def test_the_exported_surprise_makes_the_same_decisions_as_torch(pendulum, tmp_p
         state, previous = runner.blank_state(1)
         onnx_scores = []
         for t in range(len(episode["is_first"])):
-            _, state = runner.step_batch({key: episode[key][t : t + 1] for key in keys}, state, previous, np.array([t == 0]))
+            _, state = runner.step_batch(
+                {key: episode[key][t : t + 1] for key in keys}, state, previous, np.array([t == 0])
+            )
             previous = episode["action"][t : t + 1]  # what the environment received
             onnx_scores.append(float(runner.last_surprise[0]))
         np.testing.assert_allclose(onnx_scores, torch_scores, rtol=1e-3, atol=1e-3)
@@ -175,13 +231,16 @@ def test_the_export_check_compares_the_surprise_and_refuses_non_finite_steps(pen
     steps = [{key: episode[key][t] for key in OnnxPolicy(tmp_path / "onnx").observation_keys} for t in range(12)]
     assert verify_export(tmp_path / "onnx", policy, steps) <= 1e-4
     act = OnnxPolicy.act
+
     # A graph whose surprise drifts from torch's fails the check even where the actions agree.
     def drifting(self, obs):
         action = act(self, obs)
         self.last_surprise += 0.01
         return action
+
     monkeypatch.setattr(OnnxPolicy, "act", drifting)
     assert verify_export(tmp_path / "onnx", policy, steps) == pytest.approx(0.01, abs=1e-4)  # surprises < 1 here
+
     # NaN would compare as within any tolerance: a non-finite surprise or action is an error instead.
     def broken(self, obs, what):
         action = act(self, obs)
@@ -189,6 +248,7 @@ def test_the_export_check_compares_the_surprise_and_refuses_non_finite_steps(pen
             self.last_surprise = float("nan")
             return action
         return np.full_like(action, np.nan)
+
     for what in ("surprise", "action"):
         monkeypatch.setattr(OnnxPolicy, "act", lambda self, obs, what=what: broken(self, obs, what))
         with pytest.raises(ExportError, match="non-finite" if what == "action" else "surprise is not finite"):
@@ -216,8 +276,17 @@ def test_the_data_curve_fits_nested_subsets_and_reads_the_trend(pendulum):
 
 def test_export_takes_the_alarm_from_the_command_line_only_with_a_threshold(pendulum, tmp_path):
     pretrained = pendulum["pretrained"]
-    args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),
-            "--out", str(tmp_path / "onnx"), "--adapter", str(pendulum["root"] / "adapter")]
+    args = [
+        "export",
+        "--world-model",
+        str(pretrained / "world_model"),
+        "--policy",
+        str(pretrained / "actor_critic.safetensors"),
+        "--out",
+        str(tmp_path / "onnx"),
+        "--adapter",
+        str(pendulum["root"] / "adapter"),
+    ]
     assert main(args) == 2  # a usage error, before any work
     assert not (tmp_path / "onnx").exists()
     assert main([*args, "--surprise-threshold", "0.5"]) == 0
@@ -229,8 +298,15 @@ def test_export_fails_when_the_graph_is_not_faithful(pendulum, tmp_path, monkeyp
     from latent_residual.workflow.deployment import export
 
     pretrained = pendulum["pretrained"]
-    args = ["export", "--world-model", str(pretrained / "world_model"), "--policy", str(pretrained / "actor_critic.safetensors"),
-            "--out", str(tmp_path / "onnx")]
+    args = [
+        "export",
+        "--world-model",
+        str(pretrained / "world_model"),
+        "--policy",
+        str(pretrained / "actor_critic.safetensors"),
+        "--out",
+        str(tmp_path / "onnx"),
+    ]
     assert main(args) == 0
     previous = (tmp_path / "onnx" / "policy.json").read_bytes()
     # Stands in for a graph that drifted from torch (an exporter bug): the command fails, and the
@@ -245,7 +321,10 @@ def test_export_fails_when_the_graph_is_not_faithful(pendulum, tmp_path, monkeyp
 
 def test_the_curve_s_reading_weighs_the_last_size_against_the_best_smaller_one_and_the_seeds_spread():
     def rows(*means):
-        return [{"transitions": 1000 * 2**i, "held_out_kl": [m - 0.01, m + 0.01], "curves": [[1.0, 0.5, 0.4, 0.4]]} for i, m in enumerate(means)]
+        return [
+            {"transitions": 1000 * 2**i, "held_out_kl": [m - 0.01, m + 0.01], "curves": [[1.0, 0.5, 0.4, 0.4]]}
+            for i, m in enumerate(means)
+        ]
 
     assert "still improving" in reading("redraw", rows(1.0, 0.8, 0.6), base_kl=5.0)
     assert "flat" in reading("redraw", rows(1.0, 0.6, 0.61), base_kl=5.0)

@@ -10,12 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import gymnasium
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-import click
 from safetensors.torch import load_file, save_file
 
 from latent_residual import ConfigError, TrainingDivergedError, make_backbone
@@ -160,7 +160,9 @@ def test_two_processes_average_gradients_as_one_process_on_the_whole_batch(tmp_p
     from latent_residual import collect, load_world_model
 
     data = tmp_path / "data"
-    collect("dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True)
+    collect(
+        "dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True
+    )
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), str(data)), nprocs=2, join=True)
     ranks = [load_file(tmp_path / f"rank{rank}.safetensors") for rank in range(2)]
     assert ranks[0].keys() == ranks[1].keys()
@@ -171,7 +173,9 @@ def test_two_processes_average_gradients_as_one_process_on_the_whole_batch(tmp_p
         initial = _model(backbone).state_dict()
         moved = 0
         for key, value in reference.items():
-            torch.testing.assert_close(ranks[0][f"{backbone}/{key}"], value, rtol=1e-5, atol=1e-6, msg=f"{backbone} {key}")
+            torch.testing.assert_close(
+                ranks[0][f"{backbone}/{key}"], value, rtol=1e-5, atol=1e-6, msg=f"{backbone} {key}"
+            )
             moved += not torch.equal(value, initial[key])
         assert moved > 10  # the steps changed the weights (the comparison is not between untouched copies)
         assert torch.equal(ranks[0][f"{backbone}/unused_head.weight"], initial["unused_head.weight"])
@@ -196,7 +200,9 @@ def test_offline_pretraining_resumes_from_its_checkpoint(tmp_path, registry, cap
     from latent_residual import collect
 
     data, out = tmp_path / "data", tmp_path / "out"
-    collect("dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True)
+    collect(
+        "dmc/pendulum-swingup-v0", "random", data, transitions=100, env_kwargs={"max_episode_steps": 50}, quiet=True
+    )
     flags = ["pretrain-offline", "--data", str(data), "--out", str(out), "--backbone-kwargs", '{"preset": "tiny"}',
              "--batch-size", "2", "--seq-len", "8", "--checkpoint-every", "2"]  # fmt: skip
     assert main([*flags, "--updates", "3"]) == 0
@@ -272,7 +278,9 @@ def test_a_torchrun_worker_ends_without_pythons_shutdown():
     torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for env, shut_down in ((torchrun, False), ({}, True)):
         clean = {key: value for key, value in os.environ.items() if key not in torchrun}
-        done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env={**clean, **env})
+        done = subprocess.run(
+            [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, env={**clean, **env}
+        )
         assert done.returncode == 0, done.stderr
         assert "latent-residual, version" in done.stdout
         assert ("python shut down" in done.stdout) is shut_down
@@ -342,9 +350,14 @@ def test_the_compiled_loss_is_one_graph_through_the_time_loop(registry, backbone
     assert explanation.graph_count == 1 and len(breaks) == 1 and breaks[0][0] == "world_model_loss", breaks
     assert "tolist" in breaks[0][1]
     losses, gradients = [], []
-    for backend in (None, "aot_eager"):  # aot_eager traces forward and backward as inductor does, with eager's random draws
+    for backend in (
+        None,
+        "aot_eager",
+    ):  # aot_eager traces forward and backward as inductor does, with eager's random draws
         model = _model(backbone)
-        loss_module = WorldModelLoss(model) if backend is None else torch.compile(WorldModelLoss(model), backend=backend)
+        loss_module = (
+            WorldModelLoss(model) if backend is None else torch.compile(WorldModelLoss(model), backend=backend)
+        )
         torch.manual_seed(3)
         loss, _ = loss_module(batch)
         loss.backward()
@@ -361,8 +374,17 @@ def test_precision_and_compile_flags_reach_the_training_step(registry, tmp_path,
 
     group = click.Group()
     add_commands(group)
-    arguments = ["--out", str(tmp_path), "--precision", "bf16", "--compile", "--env-id", "dmc/pendulum-swingup-v0",
-                 "--backbone-kwargs", '{"preset": "tiny"}']
+    arguments = [
+        "--out",
+        str(tmp_path),
+        "--precision",
+        "bf16",
+        "--compile",
+        "--env-id",
+        "dmc/pendulum-swingup-v0",
+        "--backbone-kwargs",
+        '{"preset": "tiny"}',
+    ]
     options = group.commands["pretrain"].make_context("pretrain", arguments).params
     config, _ = _pretrain_configs(options)
     assert config.precision == "bf16" and config.compile is True

@@ -72,7 +72,7 @@ def test_every_suite_task_is_registered_under_its_gymnasium_name():
 
     from latent_residual_plugins.dmc import SUITE_TASKS
 
-    assert SUITE_TASKS == tuple(suite.ALL_TASKS)  # the written-out list follows the installed suite
+    assert tuple(suite.ALL_TASKS) == SUITE_TASKS  # the written-out list follows the installed suite
     listed = {spec.id: spec for spec in latent_residual.list_envs()}
     for domain, task in SUITE_TASKS:
         spec = listed[f"dmc/{domain}-{task}-v0"]
@@ -116,9 +116,7 @@ def test_plugin_module_is_light_and_env_defaults_to_egl():
         "print(os.environ['MUJOCO_GL'])\n"
     )
     environ = {key: value for key, value in os.environ.items() if key != "MUJOCO_GL"}
-    result = subprocess.run(
-        [sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True
-    )
+    result = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "egl"
 
 

@@ -11,18 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from latent_residual import (
-    ConfigError,
-    DatasetError,
-    backbone_spec,
-    distributions,
-    make_backbone,
-)
-from latent_residual.contract import LatentSpec
-from latent_residual.rollout import imagine, observe, prev_actions
-from latent_residual_plugins.draw.config import PRESETS, DRAWConfig
-from latent_residual_plugins.draw.model import DRAW
 from backbone_helpers import (
     ACTION_SPACE,
     PIXEL_SPACE,
@@ -36,6 +24,19 @@ from backbone_helpers import (
     pendulum_batch,
     synthetic_batch,
 )
+
+from latent_residual import (
+    ConfigError,
+    DatasetError,
+    backbone_spec,
+    distributions,
+    make_backbone,
+)
+from latent_residual.contract import LatentSpec
+from latent_residual.rollout import imagine, observe, prev_actions
+from latent_residual_plugins.draw.config import PRESETS, DRAWConfig
+from latent_residual_plugins.draw.model import DRAW
+
 
 def make_model(space: gymnasium.spaces.Dict, preset: str = "tiny", **overrides) -> DRAW:
     torch.manual_seed(0)
@@ -59,9 +60,7 @@ def test_every_preset_builds_runs_and_round_trips_through_json(preset):
     kwargs = json.loads(json.dumps(model.backbone_kwargs))
     assert kwargs == {"preset": preset}
     rebuilt = DRAW(PIXEL_SPACE, ACTION_SPACE, **kwargs)
-    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
-        k: v.shape for k, v in model.state_dict().items()
-    }
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     with torch.no_grad():
         loss, metrics = model.loss(synthetic_batch(PIXEL_SPACE, B=2, T=3))
     assert torch.isfinite(loss)
@@ -168,9 +167,7 @@ def test_gradients_reach_the_initial_logits_and_every_network():
     loss.backward()
     without = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     # The reward head's zero-initialised output layer blocks its body's gradient on the first step.
-    assert without == [
-        f"reward_head.net.body.{index}.{kind}" for index in (0, 1) for kind in ("weight", "bias")
-    ]
+    assert without == [f"reward_head.net.body.{index}.{kind}" for index in (0, 1) for kind in ("weight", "bias")]
 
 
 # ---------------------------------------------------------------------------

@@ -83,7 +83,7 @@ def test_reversed_actions_turn_the_other_way() -> None:
     _, _ = reversed_.reset(seed=5)
     np.testing.assert_array_equal(real.unwrapped.pose(), reversed_.unwrapped.pose())
     action = np.array([0.4, 0.4], dtype=np.float32)
-    for step in range(3):
+    for _ in range(3):
         real_obs, *_ = real.step(action)
         reversed_obs, *_ = reversed_.step(action)
     real.close()
@@ -141,7 +141,7 @@ def test_leaving_the_lane_ends_the_episode() -> None:
 
 def test_track_geometry() -> None:
     track = Track()
-    assert LANE_WIDTH == pytest.approx(0.2325)
+    assert pytest.approx(0.2325) == LANE_WIDTH
     # Four straights, five left curves outside the road's centre, one right curve inside it.
     assert track.length == pytest.approx(4 * TILE_SIZE + (5 * 0.42075 + 0.16425) * math.pi / 2, abs=2e-3)
     for arc in np.linspace(0.0, track.length, 17, endpoint=False):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import latent_residual as lr
-from latent_residual.registry.lookup import env_pretrained
 from latent_residual.actor_critic import load_actor_critic
+from latent_residual.registry.lookup import env_pretrained
 from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 
 SHIPPED = ("dmc/pendulum-swingup-v0", "duckiebot/lane-following-v0")
@@ -39,6 +39,8 @@ def test_no_default_for_an_environment_whose_plugin_ships_none(registry):
 
 def test_shipped_duckiebot_policy_follows_the_lane_in_sim(registry):
     policy = _policy(env_pretrained("duckiebot/lane-following-v0"))
-    result = lr.evaluate(policy, "duckiebot/lane-following-v0", episodes=1, seed=10_000, env_kwargs={"max_episode_steps": 50})
+    result = lr.evaluate(
+        policy, "duckiebot/lane-following-v0", episodes=1, seed=10_000, env_kwargs={"max_episode_steps": 50}
+    )
     assert result.lengths == [50]  # no lane exit
     assert result.metrics["dense_reward"] > 0.5

@@ -43,14 +43,20 @@ def test_twohot_cross_entropy_equals_the_dense_product_for_summed_targets():
     gathered = encodings.twohot_cross_entropy(
         log_prob, torch.cat([first_bins, second_bins], -1), torch.cat([first_weights, 0.5 * second_weights], -1)
     )
-    dense_target = encodings.twohot(encodings.symlog(first), bins) + 0.5 * encodings.twohot(encodings.symlog(second), bins)
+    dense_target = encodings.twohot(encodings.symlog(first), bins) + 0.5 * encodings.twohot(
+        encodings.symlog(second), bins
+    )
     dense = -(dense_target * log_prob).sum(-1)
     assert gathered.shape == (6, 5) and torch.allclose(gathered, dense, rtol=1e-6)
-    gathered_grad, dense_grad = (torch.autograd.grad(loss.sum(), logits, retain_graph=True)[0] for loss in (gathered, dense))
+    gathered_grad, dense_grad = (
+        torch.autograd.grad(loss.sum(), logits, retain_graph=True)[0] for loss in (gathered, dense)
+    )
     assert torch.allclose(gathered_grad, dense_grad, atol=1e-7)
     # twohot_loss is the same cross-entropy for one raw target.
     assert torch.allclose(
-        encodings.twohot_loss(logits, first, bins), -(encodings.twohot(encodings.symlog(first), bins) * log_prob).sum(-1), rtol=1e-6
+        encodings.twohot_loss(logits, first, bins),
+        -(encodings.twohot(encodings.symlog(first), bins) * log_prob).sum(-1),
+        rtol=1e-6,
     )
 
 

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from latent_residual.workflow.cli.main import main
 from latent_residual.errors import ConfigError
 from latent_residual.fitting import FitConfig
-from latent_residual.workflow.reports.diagnose import fit_curves
-from latent_residual.workflow.experiments.experiment import ExperimentConfig, run_experiment
-from latent_residual.workflow.reports.tables import comparison_table
 from latent_residual.residual import ResidualConfig
+from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.experiments.experiment import ExperimentConfig, run_experiment
+from latent_residual.workflow.reports.diagnose import fit_curves
+from latent_residual.workflow.reports.tables import comparison_table
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig
 
 TINY = dict(
@@ -92,8 +92,12 @@ def test_cells_in_two_workers_give_what_one_process_gives_cell_by_cell(pretraine
     keys = [f"{method}@300/seed{seed}" for method in ("redraw", "finetune") for seed in (0, 1)]
     for key in keys:
         assert _without_seconds(two[key]) == _without_seconds(one[key]), key
-    for run in ("redraw-300-seed1/adapter/adapter.safetensors", "finetune-300-seed0/world_model/model.safetensors",
-                "redraw-300-seed0/actor_critic.safetensors", "finetune-300-seed1/actor_critic.safetensors"):
+    for run in (
+        "redraw-300-seed1/adapter/adapter.safetensors",
+        "finetune-300-seed0/world_model/model.safetensors",
+        "redraw-300-seed0/actor_critic.safetensors",
+        "finetune-300-seed1/actor_critic.safetensors",
+    ):
         a, b = _tensors(tmp_path / "one" / "runs" / run), _tensors(tmp_path / "two" / "runs" / run)
         assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a), run
     assert any("4 cells, 2 at a time" in line for line in lines)
@@ -103,7 +107,10 @@ def test_cells_in_two_workers_give_what_one_process_gives_cell_by_cell(pretraine
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     del results["finetune@300/seed1"]
     (tmp_path / "two" / "results.json").write_text(json.dumps(results))
-    stamps = {key: (tmp_path / "two" / "runs" / f"{key}" / "fit.json").stat().st_mtime_ns for key in ("redraw-300-seed0", "finetune-300-seed1")}
+    stamps = {
+        key: (tmp_path / "two" / "runs" / f"{key}" / "fit.json").stat().st_mtime_ns
+        for key in ("redraw-300-seed0", "finetune-300-seed1")
+    }
     again = _run(pretrained_dir, tmp_path / "two", [], jobs=2, **cells)
     assert _without_seconds(again["finetune@300/seed1"]) == _without_seconds(one["finetune@300/seed1"])
     for key, stamp in stamps.items():  # the fit is reloaded, not redone
@@ -166,8 +173,19 @@ def test_demo_quick_through_the_command(pretrained, tmp_path, capsys):
     pretrained_dir, _ = pretrained
     code = main(
         [
-            "demo", "--quick", "--pretrained", str(pretrained_dir), "--out", str(tmp_path),
-            "--episode-steps", "30", "--transitions", "300", "--sequence-length", "8", "--no-export",
+            "demo",
+            "--quick",
+            "--pretrained",
+            str(pretrained_dir),
+            "--out",
+            str(tmp_path),
+            "--episode-steps",
+            "30",
+            "--transitions",
+            "300",
+            "--sequence-length",
+            "8",
+            "--no-export",
         ]
     )
     assert code == 0
@@ -180,7 +198,8 @@ def test_a_third_party_method_runs_as_a_registered_entry(pretrained, tmp_path):
     pretrained_dir, _ = pretrained
     results = run_experiment(
         ExperimentConfig(
-            pretrained=str(pretrained_dir), **{**TINY, "transitions": (300,), "methods": ("testplug-zero-start",), "export": False}
+            pretrained=str(pretrained_dir),
+            **{**TINY, "transitions": (300,), "methods": ("testplug-zero-start",), "export": False},
         ),
         tmp_path,
         residual_config=ResidualConfig(hidden=16),
@@ -214,7 +233,10 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
     )
     assert main(["demo", "--out", str(tmp_path / "a")]) == 0
     assert seen["residual"].extra_inputs == ("belief",)
-    assert (seen["config"].source, seen["config"].target) == ("dmc/pendulum-swingup-v0", "dmc/pendulum-swingup-reversed-v0")
+    assert (seen["config"].source, seen["config"].target) == (
+        "dmc/pendulum-swingup-v0",
+        "dmc/pendulum-swingup-reversed-v0",
+    )
     assert main(["demo", "--out", str(tmp_path / "b"), "--residual-extra-inputs", ""]) == 0
     assert seen["residual"].extra_inputs == ()
     # Per backbone: the RSSM's recommended input is its own state key.
@@ -248,7 +270,9 @@ def rssm_pretrained(tmp_path_factory, registry):
     from latent_residual.workflow.training.pretraining import pretrain
 
     out = tmp_path_factory.mktemp("rssm-pretrain")
-    pretrain(tiny_pretrain_config(backbone="rssm-v0", backbone_kwargs={"preset": "tiny"}), out, ac_config=TINY_AC, quiet=True)
+    pretrain(
+        tiny_pretrain_config(backbone="rssm-v0", backbone_kwargs={"preset": "tiny"}), out, ac_config=TINY_AC, quiet=True
+    )
     return out
 
 
@@ -257,7 +281,8 @@ def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretra
     further by Dreamer finetune), evaluation, and a recurrent ONNX export checked over whole episodes."""
     results = run_experiment(
         ExperimentConfig(
-            pretrained=str(rssm_pretrained), **{**TINY, "transitions": (300,), "methods": ("redraw", "dreamer-finetune")}
+            pretrained=str(rssm_pretrained),
+            **{**TINY, "transitions": (300,), "methods": ("redraw", "dreamer-finetune")},
         ),
         tmp_path,
         residual_config=ResidualConfig(hidden=16),

@@ -63,8 +63,13 @@ def test_pretraining_starts_with_expert_steps(registry, tmp_path):
 def test_pretraining_binds_an_expert_that_needs_the_environment(registry, tmp_path):
     # The Duckiebot's expert reads the true pose, so pretraining must bind it as collect does.
     config = tiny_pretrain_config(
-        env_id="duckiebot/lane-following-v0", env_kwargs={"max_episode_steps": 20},
-        env_steps=40, prefill=40, expert_steps=40, expert_noise=0.0, exploration="random",
+        env_id="duckiebot/lane-following-v0",
+        env_kwargs={"max_episode_steps": 20},
+        env_steps=40,
+        prefill=40,
+        expert_steps=40,
+        expert_noise=0.0,
+        exploration="random",
     )
     lr.pretrain(config, tmp_path, ac_config=TINY_AC, quiet=True)
     first = lr.load_dataset(tmp_path / "replay").episodes[0]

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium
 import numpy as np
@@ -19,13 +20,17 @@ from gymnasium import spaces
 
 import latent_residual
 from latent_residual import ConfigError, attach_residual, fingerprint, make_backbone
+from latent_residual import onnx_policy as onnxruntime_policy
 from latent_residual.actor_critic import Actor, ActorCriticConfig
 from latent_residual.errors import ExportError
-from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME
-from latent_residual.workflow.deployment.export import example_observations, export_policy, verify_episodes, verify_export
+from latent_residual.onnx_policy import ONNX_NAME, POLICY_CONFIG_NAME, OnnxPolicy, run_episode
+from latent_residual.workflow.deployment.export import (
+    example_observations,
+    export_policy,
+    verify_episodes,
+    verify_export,
+)
 from latent_residual.workflow.deployment.policy import Policy
-from latent_residual import onnx_policy as onnxruntime_policy
-from latent_residual.onnx_policy import OnnxPolicy, run_episode
 
 STATE_ENV = "dmc/pendulum-swingup-v0"
 TOLERANCE = 1e-4
@@ -119,7 +124,10 @@ def test_graph_passes_checker_and_has_the_environments_signature(exported):
     onnx.checker.check_model(proto, full_check=True)
     space = policy.model.observation_space
     inputs = {
-        value.name: (value.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim])
+        value.name: (
+            value.type.tensor_type.elem_type,
+            [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim],
+        )
         for value in proto.graph.input
     }
     assert list(inputs) == list(space.spaces)
@@ -316,7 +324,7 @@ def test_onnx_policy_runs_without_torch(state_export, tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(1,)"
-    assert "import torch" not in open(onnxruntime_policy.__file__).read()
+    assert "import torch" not in Path(onnxruntime_policy.__file__).read_text()
 
 
 def test_run_episode_with_a_bare_gymnasium_env(state_export):
@@ -421,7 +429,13 @@ def test_a_recurrent_export_takes_and_returns_the_state(recurrent_export):
     assert description["format_version"] == 2
     assert [item["key"] for item in description["recurrent"]["state"]] == sorted(policy.state_shapes)
     graph = onnx.load(directory / ONNX_NAME).graph
-    assert [value.name for value in graph.input] == ["position", "state_deter", "state_stoch", "prev_action", "is_first"]
+    assert [value.name for value in graph.input] == [
+        "position",
+        "state_deter",
+        "state_stoch",
+        "prev_action",
+        "is_first",
+    ]
     assert [value.name for value in graph.output] == ["action", "next_state_deter", "next_state_stoch"]
     runner = OnnxPolicy(directory)
     assert runner.recurrent and "state=" in repr(runner)

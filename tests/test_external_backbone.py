@@ -12,12 +12,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from external_rssm import ExternalRSSM
 
 import latent_residual as lr
 from latent_residual import hookimpl
 from latent_residual.registry import plugins
-
-from external_rssm import ExternalRSSM
 
 BACKBONE_ID = "external-rssm-v0"
 PLUGIN_NAME = "external-rssm-test"
@@ -32,8 +31,13 @@ class ExternalPlugin:
 
     @hookimpl
     def register_backbones(self, register):
-        register(BACKBONE_ID, ExternalRSSM, description="DreamerV3 RSSM written outside the library",
-                 kwargs=dict(SIZES), presets={"cpu": {"deter": 128, "hidden": 128, "units": 128}})
+        register(
+            BACKBONE_ID,
+            ExternalRSSM,
+            description="DreamerV3 RSSM written outside the library",
+            kwargs=dict(SIZES),
+            presets={"cpu": {"deter": 128, "hidden": 128, "units": 128}},
+        )
 
 
 def backbone_ids() -> list[str]:
@@ -72,8 +76,15 @@ def target_sequences(external, tmp_path_factory):
     from latent_residual.workflow.data.collection import collect
 
     directory = tmp_path_factory.mktemp("target-data")
-    collect(TARGET, "random", directory, transitions=1020, seed=0,
-            env_kwargs={"max_episode_steps": EPISODE_STEPS}, quiet=True)
+    collect(
+        TARGET,
+        "random",
+        directory,
+        transitions=1020,
+        seed=0,
+        env_kwargs={"max_episode_steps": EPISODE_STEPS},
+        quiet=True,
+    )
     sequences = lr.load_dataset(directory).sequences(16)
     sequences.pop("reward", None)
     return sequences
@@ -162,8 +173,9 @@ def test_adapt_export_and_run(spaces, target_sequences, tmp_path):
     assert_base_unchanged()
 
     # -- torch against ONNX Runtime at every step of whole episodes (>= 200 steps in all)
-    difference = verify_episodes(directory, policy, TARGET, steps=200, seed=0,
-                                 env_kwargs={"max_episode_steps": EPISODE_STEPS})
+    difference = verify_episodes(
+        directory, policy, TARGET, steps=200, seed=0, env_kwargs={"max_episode_steps": EPISODE_STEPS}
+    )
     assert difference < 1e-4, difference
 
     # -- the same by hand over one episode: both sides carry their own state through act()

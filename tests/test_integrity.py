@@ -201,14 +201,27 @@ def one_line_naming(error: pytest.ExceptionInfo, path: Path, key: str) -> str:
         # Each malformed space used to leak a bare KeyError, AttributeError or TypeError from Gymnasium.
         ("observation_space", {"type": "Dict"}, r"key 'observation_space' is a Dict whose 'spaces' is None"),
         ("observation_space", 3, r"key 'observation_space' is 3, expected a JSON object"),
-        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "dtype": "nonsense"}}},
-         r"key 'observation_space'\['position'\] is not a valid Box: data type 'nonsense' not understood"),
-        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "shape": "2"}}},
-         r"key 'observation_space'\['position'\] has shape '2', expected a list of integers"),
-        ("observation_space", {"type": "Dict", "spaces": {"position": {**BOX, "shape": [3]}}},
-         r"weights do not fit .* built from keys .*'observation_space'"),
+        (
+            "observation_space",
+            {"type": "Dict", "spaces": {"position": {**BOX, "dtype": "nonsense"}}},
+            r"key 'observation_space'\['position'\] is not a valid Box: data type 'nonsense' not understood",
+        ),
+        (
+            "observation_space",
+            {"type": "Dict", "spaces": {"position": {**BOX, "shape": "2"}}},
+            r"key 'observation_space'\['position'\] has shape '2', expected a list of integers",
+        ),
+        (
+            "observation_space",
+            {"type": "Dict", "spaces": {"position": {**BOX, "shape": [3]}}},
+            r"weights do not fit .* built from keys .*'observation_space'",
+        ),
         ("observation_space", {"type": "Discrete", "n": 3}, r"key 'observation_space' is type 'Discrete'"),
-        ("action_space", {k: v for k, v in BOX.items() if k != "dtype"}, r"key 'action_space' is a Box without 'dtype'"),
+        (
+            "action_space",
+            {k: v for k, v in BOX.items() if k != "dtype"},
+            r"key 'action_space' is a Box without 'dtype'",
+        ),
         ("action_space", {**BOX, "low": "a"}, r"key 'action_space' is not a valid Box: could not convert"),
         ("action_space", {**BOX, "low": 2.0}, r"key 'action_space' is not a valid Box: .*low values must be less"),
         ("backbone_id", None, r"key 'backbone_id' is None, expected a string"),
@@ -255,7 +268,11 @@ def test_a_checkpoint_value_that_is_not_json_names_its_key(gru_model, tmp_path):
         ("config", '{"hidden": -1}', r"key 'config': cannot build ResidualConfig: ResidualConfig.hidden must be"),
         ("config", '{"hidden": 8, "extra_inputs": 3}', r"key 'config': cannot build ResidualConfig"),
         ("latent_spec", "3", r"key 'latent_spec' is 3, expected a JSON object"),
-        ("latent_spec", '{"groups": 4}', r"key 'latent_spec' is \{'groups': 4\}: expected the keys 'groups' and 'classes'"),
+        (
+            "latent_spec",
+            '{"groups": 4}',
+            r"key 'latent_spec' is \{'groups': 4\}: expected the keys 'groups' and 'classes'",
+        ),
         ("latent_spec", '{"groups": 4, "classes": 0}', r"key 'latent_spec' .*LatentSpec.classes must be"),
         ("base_fingerprint", "abc", r"key 'base_fingerprint' is 'abc', expected 'sha256:'"),
         ("fingerprint", "3", r"key 'fingerprint' is '3', expected 'sha256:'"),
@@ -280,10 +297,15 @@ def test_malformed_adapter_metadata_is_refused_by_load_and_inspect(gru_model, tm
 def test_an_adapter_config_naming_inputs_its_base_lacks_names_the_key(gru_model, tmp_path):
     attach_residual(gru_model, ResidualConfig(hidden=8)).save_pretrained(tmp_path)
     path = tmp_path / ADAPTER_WEIGHTS_NAME
-    rewrite(path, lambda tensors, metadata: metadata.update(
-        config=json.dumps({**json.loads(metadata["config"]), "extra_inputs": ["nope"]})
-    ))
-    with pytest.raises(AdapterFileError, match=r"key 'config' names extra_inputs \['nope'\], not in the state") as error:
+    rewrite(
+        path,
+        lambda tensors, metadata: metadata.update(
+            config=json.dumps({**json.loads(metadata["config"]), "extra_inputs": ["nope"]})
+        ),
+    )
+    with pytest.raises(
+        AdapterFileError, match=r"key 'config' names extra_inputs \['nope'\], not in the state"
+    ) as error:
         load_adapter(gru_model, tmp_path, trainable=False)
     one_line_naming(error, path, "config")
 
@@ -291,9 +313,10 @@ def test_an_adapter_config_naming_inputs_its_base_lacks_names_the_key(gru_model,
 def test_an_adapter_config_that_builds_another_network_names_the_key(gru_model, tmp_path):
     attach_residual(gru_model, ResidualConfig(hidden=8)).save_pretrained(tmp_path)
     path = tmp_path / ADAPTER_WEIGHTS_NAME
-    rewrite(path, lambda tensors, metadata: metadata.update(
-        config=json.dumps({**json.loads(metadata["config"]), "hidden": 16})
-    ))
+    rewrite(
+        path,
+        lambda tensors, metadata: metadata.update(config=json.dumps({**json.loads(metadata["config"]), "hidden": 16})),
+    )
     with pytest.raises(AdapterFileError, match=r"weights do not fit ResidualNet: .* built from key 'config'") as error:
         load_adapter(gru_model, tmp_path, trainable=False)
     one_line_naming(error, path, "config")
@@ -330,7 +353,9 @@ def test_policy_and_runner_refuse_non_finite_observations_naming_the_key(state_p
         lambda: onnx.act_batch({"state": obs["state"][None]}),
         lambda: onnx.step_batch({"state": obs["state"][None]}, {}, np.zeros((1, 1), np.float32), np.array([True])),
     ):
-        with pytest.raises(runner.NonFiniteObservationError, match="Observation 'state' holds non-finite values") as error:
+        with pytest.raises(
+            runner.NonFiniteObservationError, match="Observation 'state' holds non-finite values"
+        ) as error:
             call()
         assert isinstance(error.value, ValueError) and "\n" not in str(error.value)
     finite = {"state": np.array([0.1, 0.5, 0.0, 0.2], np.float32)}
@@ -385,7 +410,12 @@ def drift_episode(steps: int = 6, seed: int = 0) -> dict[str, np.ndarray]:
     [
         ("position", (3, 1), np.nan, r"key 'position' holds a non-finite value at step 3 \(nan\)"),
         ("action", (2, 0), np.inf, r"key 'action' holds a non-finite value at step 2 \(inf\)"),
-        ("action", (5, 0), -np.inf, r"key 'action' holds a non-finite value at step 5 \(-inf\)"),  # even the final, unsent one
+        (
+            "action",
+            (5, 0),
+            -np.inf,
+            r"key 'action' holds a non-finite value at step 5 \(-inf\)",
+        ),  # even the final, unsent one
         ("reward", (4,), np.nan, r"key 'reward' holds a non-finite value at step 4"),
         ("action", (1, 1), 1.5, r"key 'action' at step 1 is \[.*1.5\], outside the action space \[-1.0, 1.0\]"),
         ("action", (4, 0), -1.0001, r"key 'action' at step 4 is .*outside the action space"),
@@ -419,7 +449,12 @@ def test_the_writer_clips_actions_only_when_asked(tmp_path, drift_spaces):
 def test_the_final_unsent_action_only_has_to_be_finite(tmp_path):
     # An action space without 0: the final step's zero action was never sent to the environment.
     observation_space = spaces.Dict({"position": spaces.Box(-np.inf, np.inf, (2,), np.float32)})
-    writer = DatasetWriter(tmp_path, env_id=DRIFT_ENV, observation_space=observation_space, action_space=spaces.Box(0.5, 1.0, (2,), np.float32))
+    writer = DatasetWriter(
+        tmp_path,
+        env_id=DRIFT_ENV,
+        observation_space=observation_space,
+        action_space=spaces.Box(0.5, 1.0, (2,), np.float32),
+    )
     episode = drift_episode()
     episode["action"][:-1] = 0.75
     writer.add_episode(episode)
@@ -427,7 +462,9 @@ def test_the_final_unsent_action_only_has_to_be_finite(tmp_path):
 
 
 def test_collected_data_passes_the_checks(registry, tmp_path):
-    dataset = collect(DRIFT_ENV, "random", tmp_path, transitions=50, noise=2.0, quiet=True)  # noise pushes past the bounds, collect clips
+    dataset = collect(
+        DRIFT_ENV, "random", tmp_path, transitions=50, noise=2.0, quiet=True
+    )  # noise pushes past the bounds, collect clips
     assert np.abs(dataset.episodes[0]["action"]).max() <= 1.0
 
 
@@ -437,7 +474,12 @@ def test_collected_data_passes_the_checks(registry, tmp_path):
         ("position", (2, 0), np.nan, r"key 'position' holds a non-finite value at step 2"),
         ("action", (3, 1), np.inf, r"key 'action' holds a non-finite value at step 3"),
         ("action", (1, 0), np.nan, r"key 'action' holds a non-finite value at step 1"),
-        ("action", (4, 1), 2.0, r"key 'action' at step 4 is .*outside the action space.*load_dataset\(\.\.\., clip_actions=True\)"),
+        (
+            "action",
+            (4, 1),
+            2.0,
+            r"key 'action' at step 4 is .*outside the action space.*load_dataset\(\.\.\., clip_actions=True\)",
+        ),
     ],
 )
 def test_loading_refuses_bad_values_naming_file_key_and_step(tmp_path, drift_spaces, key, index, value, message):
@@ -514,7 +556,9 @@ def test_non_finite_sequences_are_refused_before_fitting(gru_model, key):
     sequences = drift_sequences(-0.1, seed=5)
     sequences[key][3, 7, 0] = float("nan")
     adapted = attach_residual(gru_model, ResidualConfig(hidden=8))
-    with pytest.raises(DatasetError, match=rf"sequences\['{key}'\] holds non-finite values \(the first at sequence 3, step 7"):
+    with pytest.raises(
+        DatasetError, match=rf"sequences\['{key}'\] holds non-finite values \(the first at sequence 3, step 7"
+    ):
         fit_residual(adapted, sequences, FitConfig(steps=2, eval_every=1), quiet=True)
     with pytest.raises(DatasetError, match=rf"sequences\['{key}'\]"):
         finetune_dynamics(gru_model, sequences, FitConfig(steps=2, eval_every=1), quiet=True)
@@ -527,7 +571,9 @@ def test_a_fit_that_cannot_beat_the_base_raises_and_keeps_no_residual(gru_model)
     adapted = attach_residual(gru_model, ResidualConfig(hidden=8, mode="replacement"))
     adapted.add_adapter("kept", ResidualConfig(hidden=8, zero_init=True))
     adapted.set_adapter("default")
-    with pytest.raises(FitError, match=r"adapter 'default' never beat the base model: its best held-out KL is .* against the base's"):
+    with pytest.raises(
+        FitError, match=r"adapter 'default' never beat the base model: its best held-out KL is .* against the base's"
+    ):
         fit_residual(adapted, drift_sequences(-0.1, seed=5), FitConfig(steps=2, eval_every=1, lr=1e-7), quiet=True)
     assert adapted.adapters == ["kept"] and adapted.active_adapter is None
 
@@ -592,11 +638,23 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch)
         (["export", *model, "--policy", str(tmp_path / "p"), "--out", str(tmp_path / "a_file")], "is a file"),
         (["pretrain", "--out", str(tmp_path / "a_file")], "is a file"),
         (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "a_file")], "is a file"),
-        (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "{gain: 1"], "--env-kwargs"),
-        (["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "[1]"], "JSON object"),
+        (
+            ["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "{gain: 1"],
+            "--env-kwargs",
+        ),
+        (
+            ["collect", DRIFT_ENV, "--transitions", "5", "--out", str(tmp_path / "d"), "--env-kwargs", "[1]"],
+            "JSON object",
+        ),
         # A config's dict option is checked the same way, before any work.
-        (["pretrain", "--out", str(tmp_path / "p"), "--backbone-kwargs", "[1]"], "--backbone-kwargs: expected a JSON object"),
-        (["pretrain", "--out", str(tmp_path / "p"), "--env-kwargs", "{gain: 1"], "--env-kwargs: expected a JSON object"),
+        (
+            ["pretrain", "--out", str(tmp_path / "p"), "--backbone-kwargs", "[1]"],
+            "--backbone-kwargs: expected a JSON object",
+        ),
+        (
+            ["pretrain", "--out", str(tmp_path / "p"), "--env-kwargs", "{gain: 1"],
+            "--env-kwargs: expected a JSON object",
+        ),
     ]
     for args, message in cases:
         assert main(args) == 2, args
@@ -610,40 +668,77 @@ def test_output_paths_are_checked_before_any_work(capsys, tmp_path, monkeypatch)
 
 def test_overwrite_lets_a_finished_artefact_be_replaced(capsys, tmp_path):
     (tmp_path / "ac.safetensors").write_text("x")
-    args = ["train-policy", "--world-model", str(tmp_path / "missing"), "--data", str(tmp_path), "--out", str(tmp_path / "ac.safetensors")]
+    args = [
+        "train-policy",
+        "--world-model",
+        str(tmp_path / "missing"),
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "ac.safetensors"),
+    ]
     assert main(args) == 2
     capsys.readouterr()
     assert main([*args, "--overwrite"]) == 1  # past the output check, to the missing checkpoint
-    assert "missing: expected a world_model directory holding model.safetensors; it does not exist" in one_line_error(capsys)
+    assert "missing: expected a world_model directory holding model.safetensors; it does not exist" in one_line_error(
+        capsys
+    )
 
 
 def test_a_directory_of_the_wrong_kind_says_what_was_expected_and_what_it_looks_like(drift_files, capsys, tmp_path):
     model, data = drift_files / "world_model", drift_files / "data"
     out = ["--out", str(tmp_path / "adapter")]
     cases = [
-        (["--world-model", str(data), "--data", str(data)], f"{data}: expected a world_model directory holding "
-         "model.safetensors; this looks like a dataset directory (it holds dataset.json)"),
-        (["--world-model", str(drift_files), "--data", str(data)], f"{drift_files}: expected a world_model directory "
-         "holding model.safetensors; it holds data/ (a dataset directory), world_model/ (a world_model directory); "
-         "name that directory instead"),
-        (["--world-model", str(model), "--data", str(model)], f"{model}: expected a dataset directory holding "
-         "dataset.json; this looks like a world_model directory (it holds model.safetensors)"),
+        (
+            ["--world-model", str(data), "--data", str(data)],
+            f"{data}: expected a world_model directory holding "
+            "model.safetensors; this looks like a dataset directory (it holds dataset.json)",
+        ),
+        (
+            ["--world-model", str(drift_files), "--data", str(data)],
+            f"{drift_files}: expected a world_model directory "
+            "holding model.safetensors; it holds data/ (a dataset directory), world_model/ (a world_model directory); "
+            "name that directory instead",
+        ),
+        (
+            ["--world-model", str(model), "--data", str(model)],
+            f"{model}: expected a dataset directory holding "
+            "dataset.json; this looks like a world_model directory (it holds model.safetensors)",
+        ),
     ]
     for args, message in cases:
         assert main(["adapt", *args, *out]) == 1
         assert message in one_line_error(capsys)
     policy = ["--out", str(tmp_path / "ac.safetensors")]
-    assert main(["train-policy", "--world-model", str(model), "--adapter", str(model), "--data", str(data), *policy]) == 1
-    assert (f"{model}: expected an adapter directory holding adapter.safetensors (written by save_pretrained()); "
-            "this looks like a world_model directory (it holds model.safetensors)") in one_line_error(capsys)
+    assert (
+        main(["train-policy", "--world-model", str(model), "--adapter", str(model), "--data", str(data), *policy]) == 1
+    )
+    assert (
+        f"{model}: expected an adapter directory holding adapter.safetensors (written by save_pretrained()); "
+        "this looks like a world_model directory (it holds model.safetensors)"
+    ) in one_line_error(capsys)
 
 
 def test_an_adapt_that_cannot_beat_the_base_writes_nothing(drift_files, capsys, tmp_path):
     torch.manual_seed(0)
     args = [
-        "adapt", "--world-model", str(drift_files / "world_model"), "--data", str(drift_files / "data"),
-        "--sequence-length", "20", "--hidden", "8", "--mode", "replacement",
-        "--fit-steps", "2", "--fit-eval-every", "1", "--fit-lr", "1e-7",
+        "adapt",
+        "--world-model",
+        str(drift_files / "world_model"),
+        "--data",
+        str(drift_files / "data"),
+        "--sequence-length",
+        "20",
+        "--hidden",
+        "8",
+        "--mode",
+        "replacement",
+        "--fit-steps",
+        "2",
+        "--fit-eval-every",
+        "1",
+        "--fit-lr",
+        "1e-7",
     ]
     assert main([*args, "--out", str(tmp_path / "adapter")]) == 1
     err = capsys.readouterr().err.strip().splitlines()  # the fit's progress lines, then the error

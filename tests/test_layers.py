@@ -18,17 +18,38 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Folder -> the import name it is installed under (pyproject.toml's package-dir).
-PACKAGES = {"latent_residual": "latent_residual", "plugins": "latent_residual_plugins", "integrations": "latent_residual_integrations"}
+PACKAGES = {
+    "latent_residual": "latent_residual",
+    "plugins": "latent_residual_plugins",
+    "integrations": "latent_residual_integrations",
+}
 
 KERNEL = {
     f"latent_residual.{name}"
     for name in (
-        "version", "errors", "config", "contract", "distributions", "encodings", "nets", "rollout", "residual",
-        "adapters", "serialization", "checkpoints", "progress", "fitting", "actor_critic", "observations", "losses",
+        "version",
+        "errors",
+        "config",
+        "contract",
+        "distributions",
+        "encodings",
+        "nets",
+        "rollout",
+        "residual",
+        "adapters",
+        "serialization",
+        "checkpoints",
+        "progress",
+        "fitting",
+        "actor_critic",
+        "observations",
+        "losses",
     )
 }
 RUNTIME = {"latent_residual.onnx_policy"}
-REGISTRY = {"latent_residual.registry"} | {f"latent_residual.registry.{name}" for name in ("hookspecs", "specs", "plugins", "lookup")}
+REGISTRY = {"latent_residual.registry"} | {
+    f"latent_residual.registry.{name}" for name in ("hookspecs", "specs", "plugins", "lookup")
+}
 
 # Layer -> the layers it may import. The package root is the public API: only plugins,
 # integrations and the outside world import it.
@@ -64,7 +85,9 @@ def layer(module: str) -> str:
         return "plugin"
     if module.startswith("latent_residual_integrations"):
         return "integration"
-    raise AssertionError(f"{module} belongs to no layer; add it to one in tests/test_layers.py and docs/architecture.md")
+    raise AssertionError(
+        f"{module} belongs to no layer; add it to one in tests/test_layers.py and docs/architecture.md"
+    )
 
 
 def project_sources() -> dict[str, str]:
@@ -138,7 +161,9 @@ def violations(sources: dict[str, str]) -> list[str]:
                 continue
             top = target.split(".")[0]
             if own in THIRD_PARTY and top not in sys.stdlib_module_names and top not in THIRD_PARTY[own]:
-                problems.append(f"{module} -> {target}: the {own} layer imports only {sorted(THIRD_PARTY[own])} and the standard library")
+                problems.append(
+                    f"{module} -> {target}: the {own} layer imports only {sorted(THIRD_PARTY[own])} and the standard library"
+                )
     return problems
 
 
@@ -158,7 +183,7 @@ def cycles(sources: dict[str, str]) -> list[list[str]]:
         stack.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == "open":
-                found.append(stack[stack.index(nxt):] + [nxt])
+                found.append(stack[stack.index(nxt) :] + [nxt])
             elif nxt not in state:
                 visit(nxt)
         stack.pop()
@@ -184,8 +209,10 @@ def test_there_is_no_import_cycle():
     ("sources", "expected"),
     [
         (
-            {"latent_residual.fitting": "from latent_residual.workflow.data.datasets import load_dataset\n",
-             "latent_residual.workflow.data.datasets": ""},
+            {
+                "latent_residual.fitting": "from latent_residual.workflow.data.datasets import load_dataset\n",
+                "latent_residual.workflow.data.datasets": "",
+            },
             "latent_residual.fitting -> latent_residual.workflow.data.datasets: the kernel layer may not import the workflow layer",
         ),
         (
@@ -205,8 +232,10 @@ def test_there_is_no_import_cycle():
             "latent_residual.onnx_policy -> torch",
         ),
         (
-            {"latent_residual_plugins.draw.model": "from latent_residual_plugins.dmc import env\n",
-             "latent_residual_plugins.dmc.env": ""},
+            {
+                "latent_residual_plugins.draw.model": "from latent_residual_plugins.dmc import env\n",
+                "latent_residual_plugins.dmc.env": "",
+            },
             "latent_residual_plugins.draw.model -> latent_residual_plugins.dmc.env: the plugin layer may not import the plugin layer",
         ),
     ],
@@ -220,7 +249,9 @@ def test_a_cycle_is_found_and_named():
         "latent_residual.registry.plugins": "from latent_residual.registry import lookup as registry\n",
         "latent_residual.registry.lookup": "from latent_residual.registry.plugins import load_plugins\n",
     }
-    assert cycles(sources) == [["latent_residual.registry.lookup", "latent_residual.registry.plugins", "latent_residual.registry.lookup"]]
+    assert cycles(sources) == [
+        ["latent_residual.registry.lookup", "latent_residual.registry.plugins", "latent_residual.registry.lookup"]
+    ]
 
 
 def _code_strings(source: str) -> list[tuple[int, str]]:
@@ -228,7 +259,10 @@ def _code_strings(source: str) -> list[tuple[int, str]]:
     tree = ast.parse(source)
     docstrings = set()
     for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and ast.get_docstring(node) is not None:
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and ast.get_docstring(node) is not None
+        ):
             docstrings.add(node.body[0].lineno)
     found = []
     for token in tokenize.generate_tokens(io.StringIO(source).readline):

@@ -11,8 +11,8 @@ from conftest import make_distribution
 
 import latent_residual
 from latent_residual import NameNotFound, RegistrationError
-from latent_residual.registry import plugins
 from latent_residual.contract import WorldModel
+from latent_residual.registry import plugins
 
 
 def test_third_party_backbone_and_env_are_listed_and_usable(registry):
@@ -64,8 +64,12 @@ def register_backbones(register):
 
 @pytest.fixture
 def extra_site(tmp_path, fresh_registry):
-    make_distribution(tmp_path, "lr-broken-import", "1.0", {"brokenimport": "lr_broken_import"}, {"lr_broken_import": BROKEN_IMPORT})
-    make_distribution(tmp_path, "lr-broken-hook", "2.0", {"brokenhook": "lr_broken_hook"}, {"lr_broken_hook": BROKEN_HOOK})
+    make_distribution(
+        tmp_path, "lr-broken-import", "1.0", {"brokenimport": "lr_broken_import"}, {"lr_broken_import": BROKEN_IMPORT}
+    )
+    make_distribution(
+        tmp_path, "lr-broken-hook", "2.0", {"brokenhook": "lr_broken_hook"}, {"lr_broken_hook": BROKEN_HOOK}
+    )
     make_distribution(tmp_path, "lr-duplicate", "0.1", {"duplicate": "lr_duplicate"}, {"lr_duplicate": DUPLICATE})
     sys.path.insert(0, str(tmp_path))
     yield tmp_path
@@ -165,7 +169,13 @@ def test_importing_a_plugin_submodule_first_still_registers_it():
 
 def test_sources_declare_target_backbone_pretrained_default_and_recommendations(registry):
     """What demo and compare need comes from the registrations, not from names in the core."""
-    from latent_residual.registry.lookup import backbone_preset, demo_env, env_pretrained, source_backbone, source_target
+    from latent_residual.registry.lookup import (
+        backbone_preset,
+        demo_env,
+        env_pretrained,
+        source_backbone,
+        source_target,
+    )
 
     assert demo_env().id == "dmc/pendulum-swingup-v0"
     assert source_target("dmc/cup-catch-v0") == "dmc/cup-catch-windy-v0"
@@ -213,7 +223,9 @@ def test_recommended_settings_apply_per_backbone():
     from latent_residual.registry.specs import EnvSpec
 
     spec = EnvSpec(
-        "lab/arm-v0", "lab.arm:Arm", backbone="draw-v0",
+        "lab/arm-v0",
+        "lab.arm:Arm",
+        backbone="draw-v0",
         recommended={"fit_steps": 10, "draw-v0": {"residual_extra_inputs": ["belief"]}, "rssm-v0": {"fit_steps": 20}},
     )
     assert spec.recommended_for(None) == {"fit_steps": 10, "residual_extra_inputs": ["belief"]}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import TINY_AC
 
 from latent_residual.errors import ConfigError, NameNotFound
@@ -45,7 +44,9 @@ def test_a_bad_recipe_is_refused_before_any_work():
 
 
 def test_build_source_collects_the_plan_trains_and_records_provenance(registry, tmp_path):
-    provenance = build_source("dmc/reacher-easy-v0", tmp_path / "src", recipe=SourceRecipe(**TINY_RECIPE), quiet=True, say=lambda _: None)
+    provenance = build_source(
+        "dmc/reacher-easy-v0", tmp_path / "src", recipe=SourceRecipe(**TINY_RECIPE), quiet=True, say=lambda _: None
+    )
     assert (tmp_path / "src" / "world_model" / "model.safetensors").exists()
     assert (tmp_path / "src" / "actor_critic.safetensors").exists()
     data = json.loads((tmp_path / "src" / "sim_data" / "dataset.json").read_text())

@@ -3,6 +3,7 @@ Skipped without rclpy (pip install ros-rclpy ros-sensor-msgs ros-std-msgs ros-ge
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -51,13 +52,20 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.popen = subprocess.Popen(
-            [sys.executable, str(HARNESS), *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, bufsize=1, env=env,
+            [sys.executable, str(HARNESS), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+            env=env,
         )
         self.lines: queue.Queue[list[str]] = queue.Queue()
         self.seen: list[list[str]] = []
         self.stderr: list[str] = []
-        threading.Thread(target=self._read, args=(self.popen.stdout, lambda line: self.lines.put(line.split())), daemon=True).start()
+        threading.Thread(
+            target=self._read, args=(self.popen.stdout, lambda line: self.lines.put(line.split())), daemon=True
+        ).start()
         self._stderr_reader = threading.Thread(
             target=self._read, args=(self.popen.stderr, lambda line: self.stderr.append(line.rstrip())), daemon=True
         )
@@ -78,7 +86,9 @@ class Process:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.popen.poll() is not None and self.lines.empty():
-                raise AssertionError(f"no {' '.join(prefix)!r} from the harness; stderr:\n" + "\n".join(self.stderr[-20:]))
+                raise AssertionError(
+                    f"no {' '.join(prefix)!r} from the harness; stderr:\n" + "\n".join(self.stderr[-20:])
+                )
             try:
                 words = self.lines.get(timeout=min(remaining, 0.1))
             except queue.Empty:
@@ -130,10 +140,8 @@ class Process:
                 self.popen.kill()
                 self.popen.wait()
         for stream in (self.popen.stdin, self.popen.stdout, self.popen.stderr):
-            try:
+            with contextlib.suppress(OSError):
                 stream.close()
-            except OSError:
-                pass
 
 
 class Listener:
@@ -223,14 +231,38 @@ def rig(ros_env, export):
     robot = f"lrtest{os.getpid()}"
     listener = Listener(f"/{robot}/cmd_vel")
     node = Process(
-        ["node", "--ros-args", "-p", f"policy:={export}", "-p", f"robot:={robot}", "-p", "command_type:=twist",
-         "-p", "velocity_source:=odometry", "-p", f"rate:={RATE}", "-p", f"max_frame_age:={MAX_FRAME_AGE}",
-         "-p", f"velocity_timeout:={VELOCITY_TIMEOUT}", "-p", "threads:=1"],
+        [
+            "node",
+            "--ros-args",
+            "-p",
+            f"policy:={export}",
+            "-p",
+            f"robot:={robot}",
+            "-p",
+            "command_type:=twist",
+            "-p",
+            "velocity_source:=odometry",
+            "-p",
+            f"rate:={RATE}",
+            "-p",
+            f"max_frame_age:={MAX_FRAME_AGE}",
+            "-p",
+            f"velocity_timeout:={VELOCITY_TIMEOUT}",
+            "-p",
+            "threads:=1",
+        ],
         ros_env,
     )
     camera = Process(
-        ["camera", "--topic", f"/{robot}/camera_node/image/compressed", "--odometry-topic", f"/{robot}/velocity",
-         "--fps", str(FPS)],
+        [
+            "camera",
+            "--topic",
+            f"/{robot}/camera_node/image/compressed",
+            "--odometry-topic",
+            f"/{robot}/velocity",
+            "--fps",
+            str(FPS),
+        ],
         ros_env,
     )
     try:
@@ -249,7 +281,9 @@ def rig(ros_env, export):
 def _report() -> None:
     if not RESULTS:
         return
-    lines = [f"{'fault':<26} {'trials':>6} {'median ms':>10} {'max ms':>8}   (from the fault to the zero command received)"]
+    lines = [
+        f"{'fault':<26} {'trials':>6} {'median ms':>10} {'max ms':>8}   (from the fault to the zero command received)"
+    ]
     for fault, series in RESULTS.items():
         for name, values in series.items():
             label = fault if name == "latency" else f"  {name}" if "latency" in series else f"{fault}: {name}"
@@ -358,8 +392,14 @@ def test_zero_within_one_period_on_frames_of_another_size_until_good_frames_retu
         time.sleep(3 * PERIOD)  # more 1x1 frames arrive: the wheels stay at zero
         assert all(forward == 0.0 and turn == 0.0 for _, forward, turn in rig.listener.since(zero))
 
-    _trials(rig, "frames of another size", inject, recover=lambda: rig.camera.send("resume"), extra=still_stopped,
-            trials=FRAME_SIZE_TRIALS)
+    _trials(
+        rig,
+        "frames of another size",
+        inject,
+        recover=lambda: rig.camera.send("resume"),
+        extra=still_stopped,
+        trials=FRAME_SIZE_TRIALS,
+    )
     assert rig.node.log_count("stop (bad_frame): frame is 1x1, expected 640x480 (camera_size)") >= FRAME_SIZE_TRIALS
 
 
@@ -387,16 +427,26 @@ def test_sigterm_publishes_a_stop_before_the_node_exits(rig):
 
 def test_a_missing_policy_is_a_one_line_error(ros_env, tmp_path):
     cases = (
-        ((f"policy:={tmp_path / 'nowhere'}", "command_type:=twist", "velocity_source:=zero"),
-         f"latent_residual_policy: error: {tmp_path / 'nowhere'}: no such export directory"),
+        (
+            (f"policy:={tmp_path / 'nowhere'}", "command_type:=twist", "velocity_source:=zero"),
+            f"latent_residual_policy: error: {tmp_path / 'nowhere'}: no such export directory",
+        ),
         ((f"policy:={tmp_path}", "velocity_source:=sonar"), "velocity_source must be one of"),
         ((f"policy:={tmp_path}", "rate:=10"), "parameter rate must be a float like 10.0"),
     )
     for parameters, message in cases:
         result = subprocess.run(
-            [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args",
-             *(word for parameter in parameters for word in ("-p", parameter))],
-            capture_output=True, text=True, env=ros_env, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "latent_residual_integrations.ros2_node",
+                "--ros-args",
+                *(word for parameter in parameters for word in ("-p", parameter)),
+            ],
+            capture_output=True,
+            text=True,
+            env=ros_env,
+            timeout=120,
         )
         assert result.returncode == 2 and "Traceback" not in result.stderr, (parameters, result.stderr)
         assert message in result.stderr, (parameters, result.stderr)
@@ -405,16 +455,37 @@ def test_a_missing_policy_is_a_one_line_error(ros_env, tmp_path):
 def test_a_policy_that_disagrees_with_its_graph_or_does_not_load_is_refused_at_start_up(ros_env, export, tmp_path):
     # Both carry a matching SHA-256, as a hand-edited export would: only the checks at load can refuse them.
     cases = (
-        (tampered_export(export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3])),
-         "policy.onnx: 'image' is uint8[batch, 64, 64, 3] in the graph but policy.json's inputs[0] says uint8[32, 32, 3]"),
-        (tampered_export(export, tmp_path / "corrupt", lambda description: None, onnx=lambda data: data[: len(data) // 2]),
-         "policy.onnx: onnxruntime cannot load it ([ONNXRuntimeError]"),
+        (
+            tampered_export(
+                export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3])
+            ),
+            "policy.onnx: 'image' is uint8[batch, 64, 64, 3] in the graph but policy.json's inputs[0] says uint8[32, 32, 3]",
+        ),
+        (
+            tampered_export(
+                export, tmp_path / "corrupt", lambda description: None, onnx=lambda data: data[: len(data) // 2]
+            ),
+            "policy.onnx: onnxruntime cannot load it ([ONNXRuntimeError]",
+        ),
     )
     for directory, message in cases:
         result = subprocess.run(
-            [sys.executable, "-m", "latent_residual_integrations.ros2_node", "--ros-args", "-p", f"policy:={directory}",
-             "-p", "command_type:=twist", "-p", "velocity_source:=zero"],
-            capture_output=True, text=True, env=ros_env, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "latent_residual_integrations.ros2_node",
+                "--ros-args",
+                "-p",
+                f"policy:={directory}",
+                "-p",
+                "command_type:=twist",
+                "-p",
+                "velocity_source:=zero",
+            ],
+            capture_output=True,
+            text=True,
+            env=ros_env,
+            timeout=60,
         )
         assert result.returncode == 2, (directory, result.returncode, result.stderr[-2000:])
         lines = result.stderr.strip().splitlines()

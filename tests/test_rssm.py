@@ -12,6 +12,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from backbone_helpers import (
+    ACTION_SPACE,
+    PENDULUM,
+    PIXEL_SPACE,
+    SPACES,
+    STATE_SPACE,
+    bad_config_values,
+    check_actions_clipped,
+    check_heads_and_decoder,
+    check_space_errors,
+    check_training,
+    pendulum_batch,
+    pendulum_like,
+    train,
+)
 from conftest import TINY_AC, tiny_pretrain_config
 
 from latent_residual import (
@@ -36,21 +51,6 @@ from latent_residual.rollout import imagine, observe, prev_actions, step
 from latent_residual_plugins.rssm.config import PRESETS, SIZES, RSSMConfig
 from latent_residual_plugins.rssm.model import RSSM
 from latent_residual_plugins.rssm.nets import NORM_EPS, LayerNormGRUCell
-from backbone_helpers import (
-    ACTION_SPACE,
-    PENDULUM,
-    PIXEL_SPACE,
-    SPACES,
-    STATE_SPACE,
-    bad_config_values,
-    check_actions_clipped,
-    check_heads_and_decoder,
-    check_space_errors,
-    check_training,
-    pendulum_batch,
-    pendulum_like,
-    train,
-)
 
 G, C, H = 4, 4, 16  # the tiny preset's latent and deterministic sizes
 
@@ -349,8 +349,13 @@ def test_save_and_load_round_trip_reproduces_outputs(tmp_path):
 
     def outputs(m):
         with torch.no_grad():
-            out = observe(m, prev_actions(batch["action"]), batch["is_first"], embed=m.embed(batch),
-                          generator=torch.Generator().manual_seed(3))
+            out = observe(
+                m,
+                prev_actions(batch["action"]),
+                batch["is_first"],
+                embed=m.embed(batch),
+                generator=torch.Generator().manual_seed(3),
+            )
             return out["prior_logits"], out["features"], m.reward(out["features"]), m.decode(out["features"])["image"]
 
     save_world_model(model, tmp_path / "wm")

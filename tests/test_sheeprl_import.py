@@ -21,8 +21,8 @@ import yaml
 from safetensors.torch import load_file, safe_open
 
 import latent_residual as lr
-from latent_residual.actor_critic import load_actor_critic
 from latent_residual import distributions, rollout
+from latent_residual.actor_critic import load_actor_critic
 from latent_residual.errors import CheckpointError, ConfigError
 from latent_residual.workflow.cli.main import main
 from latent_residual_integrations.sheeprl import import_checkpoint
@@ -104,11 +104,21 @@ def differences(model, actor_critic, plan, ref: dict[str, torch.Tensor]) -> dict
             state = model.next_state(deter, logits, distributions.mode_one_hot(post))
             features = model.features(state)
             outputs = {
-                "h": deter["deter"], "prior_logits": logits, "post_logits": post, "reward": model.reward(features),
-                "action": actor_critic.actor(features), "value": actor_critic.critic.mean(features),
+                "h": deter["deter"],
+                "prior_logits": logits,
+                "post_logits": post,
+                "reward": model.reward(features),
+                "action": actor_critic.actor(features),
+                "value": actor_critic.critic.mean(features),
             }
             for key, value in outputs.items():
-                unroll = max(unroll, (value.reshape(ref[f"output_unroll_{key}"][t].shape) - ref[f"output_unroll_{key}"][t]).abs().max().item())
+                unroll = max(
+                    unroll,
+                    (value.reshape(ref[f"output_unroll_{key}"][t].shape) - ref[f"output_unroll_{key}"][t])
+                    .abs()
+                    .max()
+                    .item(),
+                )
         found["8-step unroll"] = unroll
     return found
 
@@ -183,8 +193,14 @@ def test_a_checkpoint_with_the_replay_buffer_is_refused_with_how_to_resave_it(tm
     ("edit", "pattern"),
     [
         (lambda s: s["world_model"].update({"rssm.extra.weight": torch.zeros(2)}), "no rule maps: .*rssm.extra.weight"),
-        (lambda s: s["world_model"].pop("rssm.transition_model._model.3.bias"), "lacks 'rssm.transition_model._model.3.bias'"),
-        (lambda s: s["world_model"].update({"rssm.recurrent_model.rnn.linear.weight": torch.zeros(192, 97)}), r"rnn.linear.weight.*shape \(192, 97\)"),
+        (
+            lambda s: s["world_model"].pop("rssm.transition_model._model.3.bias"),
+            "lacks 'rssm.transition_model._model.3.bias'",
+        ),
+        (
+            lambda s: s["world_model"].update({"rssm.recurrent_model.rnn.linear.weight": torch.zeros(192, 97)}),
+            r"rnn.linear.weight.*shape \(192, 97\)",
+        ),
         (lambda s: s["actor"].update({"mlp_heads.1.weight": torch.zeros(2, 32)}), "actor holds tensors no rule maps"),
         (lambda s: s.update({"something_new": {}}), "entries \\['something_new'\\]"),
         (lambda s: s.pop("critic"), "lacks its 'critic' entry"),
@@ -211,7 +227,10 @@ def _set(path: str, value):
     ("edit", "pattern"),
     [
         (_set("algo.cnn_keys.encoder", ["rgb"]), "algo.cnn_keys.encoder=\\['rgb'\\]"),
-        (_set("algo.world_model.recurrent_model.layer_norm.cls", "torch.nn.Identity"), "recurrent_model.layer_norm.cls"),
+        (
+            _set("algo.world_model.recurrent_model.layer_norm.cls", "torch.nn.Identity"),
+            "recurrent_model.layer_norm.cls",
+        ),
         (_set("algo.world_model.transition_model.layer_norm.kw.eps", 1e-5), "transition_model.layer_norm.kw.eps"),
         (_set("distribution.type", "tanh_normal"), "distribution.type='tanh_normal'"),
         (_set("algo.world_model.reward_model.mlp_layers", 3), "one mlp_layers"),
@@ -277,15 +296,24 @@ def run_tutorial(tmp_path: Path, *, with_sheeprl: bool) -> str:
         run = tmp_path / "logs" / "runs" / "pendulum" / "fixture" / "version_0"
         shutil.copytree(FIXTURES / "pendulum", run, ignore=shutil.ignore_patterns("reference.safetensors"))
         script = "\n".join(line for line in sheeprl_block.splitlines() if line.startswith("CKPT=")) + "\n" + block
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "MUJOCO_GL": "egl",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
 def check_tutorial_output(output: str) -> None:
     """The export's torch-vs-ONNX episode check stayed within 1e-4 per step, and the ONNX policy ran the target."""
-    (difference,) = re.findall(r"over 200 steps of dmc/pendulum-swingup-reversed-v0 episodes: max \|onnx - torch\| = (\S+)", output)
+    (difference,) = re.findall(
+        r"over 200 steps of dmc/pendulum-swingup-reversed-v0 episodes: max \|onnx - torch\| = (\S+)", output
+    )
     assert float(difference) <= 1e-4, output
     assert "dmc/pendulum-swingup-reversed-v0: return" in output
 
@@ -313,7 +341,9 @@ def _sheeprl_available() -> bool:
     return shutil.which("sheeprl", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}") is not None
 
 
-@pytest.mark.skipif(not _sheeprl_available(), reason="sheeprl is not installed (pip install -e '.[sheeprl]' in the clone)")
+@pytest.mark.skipif(
+    not _sheeprl_available(), reason="sheeprl is not installed (pip install -e '.[sheeprl]' in the clone)"
+)
 def test_the_tutorial_runs_with_sheeprl_training_first(tmp_path):
     """The optional extra: sheeprl trains the tutorial's run, and what it writes imports and deploys."""
     check_tutorial_output(run_tutorial(tmp_path, with_sheeprl=True))

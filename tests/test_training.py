@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from conftest import TINY_AC, tiny_pretrain_config
 
 from latent_residual import ConfigError, PretrainConfig, load_world_model, pretrain
@@ -15,6 +14,7 @@ from latent_residual.actor_critic import load_actor_critic, save_actor_critic
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 from latent_residual.workflow.training.replay import ReplayBuffer
+
 
 def test_pretraining_writes_checkpoint_policy_replay_and_metrics(pretrained):
     out, result = pretrained
@@ -37,7 +37,9 @@ def test_pretraining_writes_checkpoint_policy_replay_and_metrics(pretrained):
 def test_pretraining_resumes_after_a_stop(tmp_path, registry):
     first = pretrain(tiny_pretrain_config(exploration="reward", env_steps=80), tmp_path, ac_config=TINY_AC, quiet=True)
     assert first.env_steps == 80
-    extended = pretrain(tiny_pretrain_config(exploration="reward", env_steps=160), tmp_path, ac_config=TINY_AC, quiet=True)
+    extended = pretrain(
+        tiny_pretrain_config(exploration="reward", env_steps=160), tmp_path, ac_config=TINY_AC, quiet=True
+    )
     assert extended.env_steps == 160 and extended.updates > first.updates
     assert json.loads((tmp_path / "progress.json").read_text())["env_steps"] == 160
 

@@ -45,10 +45,16 @@ DMC_WRAPPER = "sheeprl.envs.dmc.DMCWrapper"
 PARTS = {
     "dreamer_v3": {"actor": "actor", "critic": "critic", "target_critic": "target_critic", "moments": "moments"},
     "p2e_dv3_exploration": {
-        "actor": "actor_task", "critic": "critic_task", "target_critic": "target_critic_task", "moments": "moments_task",
+        "actor": "actor_task",
+        "critic": "critic_task",
+        "target_critic": "target_critic_task",
+        "moments": "moments_task",
     },
     "p2e_dv3_finetuning": {
-        "actor": "actor_task", "critic": "critic_task", "target_critic": "target_critic_task", "moments": "moments_task",
+        "actor": "actor_task",
+        "critic": "critic_task",
+        "target_critic": "target_critic_task",
+        "moments": "moments_task",
     },
 }
 #: Entries of a checkpoint that are read by nothing here: optimiser states, counters, Plan2Explore's exploration
@@ -59,7 +65,7 @@ SKIPPED = re.compile(
 )
 #: How to drop the replay buffer ('rb') from a checkpoint, run where sheeprl is installed (it unpickles).
 _REBUILD_HINT = (
-    "re-save it without the buffer where sheeprl is installed: python -c \"import torch; "
+    're-save it without the buffer where sheeprl is installed: python -c "import torch; '
     "s = torch.load('{path}', weights_only=False); s.pop('rb'); torch.save(s, '{path}')\" "
     "(or train with buffer.checkpoint=False)"
 )
@@ -87,7 +93,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Any], str]:
                 f"checkpoints when buffer.checkpoint=True); nothing else is unpickled here, so "
                 f"{_REBUILD_HINT.format(path=path)}."
             ) from exc
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); it may be corrupt.") from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); it may be corrupt."
+        ) from exc
     except (RuntimeError, EOFError, ValueError, OSError) as exc:
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); the file is truncated or corrupt, copy "
@@ -166,17 +174,33 @@ class Plan:
 
 
 _WM = "algo.world_model"
-_UNIT_KEYS = [f"{_WM}.{part}.dense_units" for part in ("recurrent_model", "encoder", "observation_model", "reward_model", "discount_model")]
-_LAYER_KEYS = [f"{_WM}.{part}.mlp_layers" for part in ("encoder", "observation_model", "reward_model", "discount_model")]
+_UNIT_KEYS = [
+    f"{_WM}.{part}.dense_units"
+    for part in ("recurrent_model", "encoder", "observation_model", "reward_model", "discount_model")
+]
+_LAYER_KEYS = [
+    f"{_WM}.{part}.mlp_layers" for part in ("encoder", "observation_model", "reward_model", "discount_model")
+]
 _NORMS = [
-    f"{_WM}.encoder.mlp_layer_norm", f"{_WM}.recurrent_model.layer_norm", f"{_WM}.transition_model.layer_norm",
-    f"{_WM}.representation_model.layer_norm", f"{_WM}.observation_model.mlp_layer_norm", f"{_WM}.reward_model.layer_norm",
-    f"{_WM}.discount_model.layer_norm", "algo.actor.layer_norm", "algo.critic.layer_norm",
+    f"{_WM}.encoder.mlp_layer_norm",
+    f"{_WM}.recurrent_model.layer_norm",
+    f"{_WM}.transition_model.layer_norm",
+    f"{_WM}.representation_model.layer_norm",
+    f"{_WM}.observation_model.mlp_layer_norm",
+    f"{_WM}.reward_model.layer_norm",
+    f"{_WM}.discount_model.layer_norm",
+    "algo.actor.layer_norm",
+    "algo.critic.layer_norm",
 ]
 _ACTIVATIONS = [
-    f"{_WM}.encoder.dense_act", f"{_WM}.transition_model.dense_act", f"{_WM}.representation_model.dense_act",
-    f"{_WM}.observation_model.dense_act", f"{_WM}.reward_model.dense_act", f"{_WM}.discount_model.dense_act",
-    "algo.actor.dense_act", "algo.critic.dense_act",
+    f"{_WM}.encoder.dense_act",
+    f"{_WM}.transition_model.dense_act",
+    f"{_WM}.representation_model.dense_act",
+    f"{_WM}.observation_model.dense_act",
+    f"{_WM}.reward_model.dense_act",
+    f"{_WM}.discount_model.dense_act",
+    "algo.actor.dense_act",
+    "algo.critic.dense_act",
 ]
 
 
@@ -208,8 +232,12 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         )
     _require(cfg, "algo.actor.init_std", ACTOR_INIT_STD, "the actor's std offset")
     _require(cfg, "algo.critic.bins", CRITIC_BINS, "the critic's two-hot bins")
-    _require(cfg, f"{_WM}.transition_model.hidden_size", _get(cfg, f"{_WM}.representation_model.hidden_size"),
-             "one hidden size for prior and posterior")
+    _require(
+        cfg,
+        f"{_WM}.transition_model.hidden_size",
+        _get(cfg, f"{_WM}.representation_model.hidden_size"),
+        "one hidden size for prior and posterior",
+    )
     for key in ("dense_units", "mlp_layers"):
         _require(cfg, f"algo.critic.{key}", _get(cfg, f"algo.actor.{key}"), "one size for actor and critic")
 
@@ -223,13 +251,17 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
     finally:
         env.close()
     if not isinstance(action_space, gymnasium.spaces.Box):
-        raise ConfigError(f"environment {env_id!r} has {action_space!r} actions; this importer needs continuous (Box) ones.")
+        raise ConfigError(
+            f"environment {env_id!r} has {action_space!r} actions; this importer needs continuous (Box) ones."
+        )
     vector_keys = {key: math.prod(space.shape) for key, space in observation_space.spaces.items()}
     # sheeprl's DMC wrapper concatenates dm_control's keys in dm_control's order into one "state" vector.
     order = list(observation) if dmc_order else encoder_keys
     missing = sorted(set(vector_keys) - set(order)) or sorted(set(order) - set(vector_keys))
     if missing:
-        raise ConfigError(f"sheeprl observation keys {order} do not match environment {env_id!r}'s keys {sorted(vector_keys)}.")
+        raise ConfigError(
+            f"sheeprl observation keys {order} do not match environment {env_id!r}'s keys {sorted(vector_keys)}."
+        )
     slices, offset = {}, 0
     for key in order:
         slices[key] = (offset, vector_keys[key])
@@ -272,7 +304,9 @@ def _environment(cfg: Mapping[str, Any], env_id: str | None) -> tuple[str, bool]
     sheeprl saw it through its DMC wrapper (one "state" vector in dm_control's key order)."""
     dmc = _get(cfg, "env.wrapper").get("_target_") == DMC_WRAPPER
     if dmc and _get(cfg, "algo.mlp_keys.encoder") != ["state"]:
-        raise ConfigError(f"sheeprl's DMC wrapper observes 'state'; got algo.mlp_keys.encoder={_get(cfg, 'algo.mlp_keys.encoder')}.")
+        raise ConfigError(
+            f"sheeprl's DMC wrapper observes 'state'; got algo.mlp_keys.encoder={_get(cfg, 'algo.mlp_keys.encoder')}."
+        )
     if env_id is not None:
         return env_id, dmc
     if not dmc:
@@ -281,7 +315,9 @@ def _environment(cfg: Mapping[str, Any], env_id: str | None) -> tuple[str, bool]
             "environment here is unknown; pass --env ID (`latent-residual plugins` lists them)."
         )
     domain, task = _get(cfg, "env.wrapper.domain_name"), _get(cfg, "env.wrapper.task_name")
-    sources = sorted(spec.id for spec in lr.list_envs() if spec.kwargs == {"domain": domain, "task": task, "target": None})
+    sources = sorted(
+        spec.id for spec in lr.list_envs() if spec.kwargs == {"domain": domain, "task": task, "target": None}
+    )
     if not sources:
         raise ConfigError(
             f"no environment is registered for sheeprl's DMC {domain}/{task}; pass --env ID "
@@ -323,7 +359,10 @@ def _mlp(ours: str, theirs: str, layers: int, *, first: Transform, out: str | No
         rules[f"{body}.{3 * i + 1}.weight"] = (f"{theirs}._model.{3 * i + 1}.weight", _keep)
         rules[f"{body}.{3 * i + 1}.bias"] = (f"{theirs}._model.{3 * i + 1}.bias", _keep)
     if out is not None:
-        rules[f"{ours}.out.weight"] = (f"{theirs}._model.{3 * layers}.weight" if out == "" else f"{out}.weight", first if layers == 0 else _keep)
+        rules[f"{ours}.out.weight"] = (
+            f"{theirs}._model.{3 * layers}.weight" if out == "" else f"{out}.weight",
+            first if layers == 0 else _keep,
+        )
         rules[f"{ours}.out.bias"] = (f"{theirs}._model.{3 * layers}.bias" if out == "" else f"{out}.bias", _keep)
     return rules
 
@@ -353,8 +392,14 @@ def world_model_rules(plan: Plan) -> Rules:
     rules |= _mlp("decoder.vectors", "observation_model.mlp_decoder.model", L, first=features, out=None)
     for key, (offset, size) in plan.sheeprl_slices.items():
         rows = slice(offset, offset + size)  # sheeprl's one head per sheeprl key, split into ours per env key
-        rules[f"decoder.heads.{key}.weight"] = ("observation_model.mlp_decoder.heads.0.weight", lambda w, rows=rows: w[rows])
-        rules[f"decoder.heads.{key}.bias"] = ("observation_model.mlp_decoder.heads.0.bias", lambda b, rows=rows: b[rows])
+        rules[f"decoder.heads.{key}.weight"] = (
+            "observation_model.mlp_decoder.heads.0.weight",
+            lambda w, rows=rows: w[rows],
+        )
+        rules[f"decoder.heads.{key}.bias"] = (
+            "observation_model.mlp_decoder.heads.0.bias",
+            lambda b, rows=rows: b[rows],
+        )
     rules |= _mlp("reward_head", "reward_model", L, first=features, out="")
     rules |= _mlp("cont_head", "continue_model", L, first=features, out="")
     return rules
@@ -364,7 +409,11 @@ def actor_critic_rules(plan: Plan, parts: Mapping[str, str]) -> dict[str, tuple[
     """Our ``ActorCritic``'s state-dict keys -> (checkpoint entry, key in it, transform)."""
     layers, features = plan.ac_config.layers, _feature_columns(plan)
     rules: dict[str, tuple[str, str, Transform]] = {}
-    heads = {"actor.net": ("actor", "model", "mlp_heads.0"), "critic.net": ("critic", "", ""), "slow_critic.net": ("target_critic", "", "")}
+    heads = {
+        "actor.net": ("actor", "model", "mlp_heads.0"),
+        "critic.net": ("critic", "", ""),
+        "slow_critic.net": ("target_critic", "", ""),
+    }
     for ours, (part, prefix, out) in heads.items():
         mlp = _mlp(ours, prefix, layers, first=features, out=out or "")
         for key, (theirs, transform) in mlp.items():
@@ -372,15 +421,24 @@ def actor_critic_rules(plan: Plan, parts: Mapping[str, str]) -> dict[str, tuple[
     return rules
 
 
-def _apply(rules: Mapping[str, tuple[str, Transform]], tensors: Mapping[str, Tensor], expected: Mapping[str, Tensor], where: str) -> dict[str, Tensor]:
+def _apply(
+    rules: Mapping[str, tuple[str, Transform]],
+    tensors: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    where: str,
+) -> dict[str, Tensor]:
     """Every expected key from its rule; an unmapped, missing or misshapen tensor is an error naming it."""
     unmapped = sorted(set(expected) - set(rules))
     if unmapped:
-        raise CheckpointError(f"no rule maps the model's {unmapped[:5]} (the RSSM's layout changed?); nothing was written.")
+        raise CheckpointError(
+            f"no rule maps the model's {unmapped[:5]} (the RSSM's layout changed?); nothing was written."
+        )
     used = {theirs for theirs, _ in rules.values()}
     extra = sorted(set(tensors) - used)
     if extra:
-        raise CheckpointError(f"{where} holds tensors no rule maps: {extra[:5]}; unsupported sheeprl layout, nothing was written.")
+        raise CheckpointError(
+            f"{where} holds tensors no rule maps: {extra[:5]}; unsupported sheeprl layout, nothing was written."
+        )
     mapped = {}
     for key, (theirs, transform) in rules.items():
         if theirs not in tensors:
@@ -391,9 +449,13 @@ def _apply(rules: Mapping[str, tuple[str, Transform]], tensors: Mapping[str, Ten
         try:
             value = transform(tensor.detach().to(torch.float32))
         except IndexError as exc:
-            raise CheckpointError(f"{where}[{theirs!r}] has shape {tuple(tensor.shape)}, which does not fit our {key!r} ({exc}).") from exc
+            raise CheckpointError(
+                f"{where}[{theirs!r}] has shape {tuple(tensor.shape)}, which does not fit our {key!r} ({exc})."
+            ) from exc
         if not torch.isfinite(value).all():
-            raise CheckpointError(f"{where}[{theirs!r}] holds NaN or infinite values; the sheeprl run diverged, nothing was written.")
+            raise CheckpointError(
+                f"{where}[{theirs!r}] holds NaN or infinite values; the sheeprl run diverged, nothing was written."
+            )
         if value.shape != expected[key].shape:
             raise CheckpointError(
                 f"{where}[{theirs!r}] has shape {tuple(tensor.shape)}; our {key!r} needs {tuple(expected[key].shape)} "
@@ -408,7 +470,9 @@ def _apply(rules: Mapping[str, tuple[str, Transform]], tensors: Mapping[str, Ten
 # ---------------------------------------------------------------------------
 
 
-def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], env_id: str | None = None) -> tuple[Any, ActorCritic, Plan]:
+def convert(
+    state: Mapping[str, Any], cfg: Mapping[str, Any], env_id: str | None = None
+) -> tuple[Any, ActorCritic, Plan]:
     """Build our world model and actor-critic from a loaded checkpoint and its config (nothing written)."""
     the_plan = check_config(cfg, env_id)
     parts = PARTS[the_plan.algo]
@@ -427,7 +491,9 @@ def convert(state: Mapping[str, Any], cfg: Mapping[str, Any], env_id: str | None
     expected = {k: v for k, v in actor_critic.state_dict().items() if k != "return_scale"}
     rules = actor_critic_rules(the_plan, parts)
     if not set(expected) <= set(rules):
-        raise CheckpointError(f"no rule maps the actor-critic's {sorted(set(expected) - set(rules))[:5]}; nothing was written.")
+        raise CheckpointError(
+            f"no rule maps the actor-critic's {sorted(set(expected) - set(rules))[:5]}; nothing was written."
+        )
     for entry in ("actor", "critic", "target_critic"):
         name = parts[entry]
         own = {key: (theirs, transform) for key, (part, theirs, transform) in rules.items() if part == name}
@@ -477,9 +543,14 @@ def import_checkpoint(
 
     def write(tmp: Path) -> None:
         save_world_model(model, tmp / WORLD_MODEL_DIR, extra=provenance)
-        save_actor_critic(actor_critic, tmp / ACTOR_CRITIC_NAME, extra={k: v for k, v in provenance.items() if k != "sheeprl_config"})
+        save_actor_critic(
+            actor_critic, tmp / ACTOR_CRITIC_NAME, extra={k: v for k, v in provenance.items() if k != "sheeprl_config"}
+        )
         write_text(tmp / PROVENANCE_NAME, json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
 
     atomic_write_directory(out, write)
-    return {"world_model": out / WORLD_MODEL_DIR, "actor_critic": out / ACTOR_CRITIC_NAME, "provenance": out / PROVENANCE_NAME}
-
+    return {
+        "world_model": out / WORLD_MODEL_DIR,
+        "actor_critic": out / ACTOR_CRITIC_NAME,
+        "provenance": out / PROVENANCE_NAME,
+    }

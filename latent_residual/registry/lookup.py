@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from latent_residual.registry import specs
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError, did_you_mean
+from latent_residual.registry import specs
 from latent_residual.registry.plugins import list_plugins, load_plugins
 from latent_residual.registry.specs import BackboneSpec, EnvSpec, ImporterSpec, MethodSpec
 

@@ -19,7 +19,12 @@ ENTRY_POINT_GROUP = "latent_residual"
 LOAD_PLUGINS_ENV = "LATENT_RESIDUAL_LOAD_PLUGINS"
 FIRST_PARTY_DISTRIBUTION = "latent-residual"
 #: Registration hooks and the Staging method each one's ``register`` callback is.
-_REGISTRATION_HOOKS = {"register_backbones": "backbone", "register_envs": "env", "register_methods": "method", "register_importers": "importer"}
+_REGISTRATION_HOOKS = {
+    "register_backbones": "backbone",
+    "register_envs": "env",
+    "register_methods": "method",
+    "register_importers": "importer",
+}
 
 
 @dataclass(frozen=True)
@@ -176,5 +181,3 @@ def unload_plugins() -> None:
     _pending.clear()
     specs.clear()
     _loaded = False
-
-

@@ -39,9 +39,7 @@ class BackboneSpec:
     def __post_init__(self) -> None:
         match = _BACKBONE_ID.match(self.id)
         if match is None:
-            raise RegistrationError(
-                f"Backbone id {self.id!r} is malformed: expected 'name-vN', for example 'rssm-v1'."
-            )
+            raise RegistrationError(f"Backbone id {self.id!r} is malformed: expected 'name-vN', for example 'rssm-v1'.")
         self.name = match["name"]
         self.id_version = int(match["version"])
 
@@ -189,7 +187,9 @@ class Staging:
 
 def _copied(fields: dict[str, Any]) -> dict[str, Any]:
     """Registration dicts are copied, so a plugin that changes its own dict later changes nothing."""
-    return {key: dict(value) if isinstance(value, dict) else value for key, value in fields.items() if value is not None}
+    return {
+        key: dict(value) if isinstance(value, dict) else value for key, value in fields.items() if value is not None
+    }
 
 
 def _register_with_gymnasium(spec: EnvSpec) -> None:

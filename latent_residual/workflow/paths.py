@@ -99,8 +99,12 @@ def looks_like(path: Path) -> str:
         if (path / marker).is_file():
             return f"this looks like {kind} (it holds {marker})"
     # A run directory (pretraining, an import) holds its artefacts one level down.
-    inside = [f"{child.name}/ ({kind})" for child in sorted(path.iterdir()) for marker, kind in DIRECTORY_KINDS.items()
-              if (child / marker).is_file()]
+    inside = [
+        f"{child.name}/ ({kind})"
+        for child in sorted(path.iterdir())
+        for marker, kind in DIRECTORY_KINDS.items()
+        if (child / marker).is_file()
+    ]
     if inside:
         return f"it holds {', '.join(inside[:3])}; name that directory instead"
     return f"it holds none of {', '.join(DIRECTORY_KINDS)}"

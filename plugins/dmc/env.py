@@ -91,9 +91,7 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         if render_size is not None:
             _positive_int("render_size", render_size)
         if render_mode not in (None, *self.metadata["render_modes"]):
-            raise ConfigError(
-                f"render_mode {render_mode!r} is not supported; expected None or 'rgb_array'."
-            )
+            raise ConfigError(f"render_mode {render_mode!r} is not supported; expected None or 'rgb_array'.")
         if include_state and not pixels:
             raise ConfigError("include_state=True only applies with pixels=True.")
         self._target = get_target(target)
@@ -132,9 +130,7 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._action_repeat = action_repeat
         self._frames = FrameRenderer(physics, image_size, camera_id) if pixels else None
         self._viewer = (
-            FrameRenderer(physics, render_size or image_size, camera_id)
-            if render_mode == "rgb_array"
-            else None
+            FrameRenderer(physics, render_size or image_size, camera_id) if render_mode == "rgb_array" else None
         )
         self._episode_over = True
 
@@ -151,10 +147,7 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         if not self._pixels or self._include_state:
             prefix = STATE_PREFIX if self._pixels else ""
             # np.array copies, so no observation shares memory with dm_control or another one.
-            observation |= {
-                prefix + key: np.array(value, dtype=np.float32)
-                for key, value in dm_observation.items()
-            }
+            observation |= {prefix + key: np.array(value, dtype=np.float32) for key, value in dm_observation.items()}
         return observation
 
     def reset(
@@ -168,14 +161,10 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         self._episode_over = False
         return self._observation(time_step.observation), {}
 
-    def step(
-        self, action: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
         if self._episode_over:
             # dm_control would silently start a new episode here.
-            raise gymnasium.error.ResetNeeded(
-                "The episode has ended (or never started); call reset() before step()."
-            )
+            raise gymnasium.error.ResetNeeded("The episode has ended (or never started); call reset() before step().")
         control = self._target.control(np.asarray(action, dtype=np.float64))
         if self._action_bounds is not None:
             low, high = self._action_bounds

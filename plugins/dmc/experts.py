@@ -65,7 +65,10 @@ class ReacherReach:
         upper, lower = _REACHER_LINKS
         shoulder, wrist = joints
         finger = np.array(
-            [upper * np.cos(shoulder) + lower * np.cos(shoulder + wrist), upper * np.sin(shoulder) + lower * np.sin(shoulder + wrist)]
+            [
+                upper * np.cos(shoulder) + lower * np.cos(shoulder + wrist),
+                upper * np.sin(shoulder) + lower * np.sin(shoulder + wrist),
+            ]
         )
         x, y = finger + np.asarray(obs["to_target"], np.float64)
         cosine = np.clip((x * x + y * y - upper**2 - lower**2) / (2 * upper * lower), -1.0, 1.0)

@@ -52,12 +52,8 @@ SOURCE = Target("unchanged dm_control task")
 
 TARGETS: dict[str, Target] = {
     "reversed": Target("control = -action on every actuator", action_sign=-1.0),
-    "windy": Target(
-        "constant force (-2, 0, 0) on the ball body", body="ball", force=(-2.0, 0.0, 0.0)
-    ),
-    "torque": Target(
-        "constant torque (0, 4, 0) on the spinner body", body="spinner", torque=(0.0, 4.0, 0.0)
-    ),
+    "windy": Target("constant force (-2, 0, 0) on the ball body", body="ball", force=(-2.0, 0.0, 0.0)),
+    "torque": Target("constant torque (0, 4, 0) on the spinner body", body="spinner", torque=(0.0, 4.0, 0.0)),
 }
 
 
@@ -67,7 +63,6 @@ def get_target(name: str | None) -> Target:
         return SOURCE
     if name not in TARGETS:
         raise ConfigError(
-            f"Unknown DMC target {name!r}; expected None or one of {sorted(TARGETS)}."
-            f"{did_you_mean(name, TARGETS)}"
+            f"Unknown DMC target {name!r}; expected None or one of {sorted(TARGETS)}.{did_you_mean(name, TARGETS)}"
         )
     return TARGETS[name]

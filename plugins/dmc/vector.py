@@ -32,6 +32,4 @@ def make_vector_env(
     if not isinstance(num_envs, int) or num_envs < 1:
         raise ConfigError(f"num_envs must be a positive integer, got {num_envs!r}.")
     env_spec(id)  # fail here, with a suggestion, rather than inside every worker
-    return gymnasium.vector.AsyncVectorEnv(
-        [partial(make_env, id, **kwargs) for _ in range(num_envs)], context=context
-    )
+    return gymnasium.vector.AsyncVectorEnv([partial(make_env, id, **kwargs) for _ in range(num_envs)], context=context)

@@ -46,9 +46,7 @@ class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper"):
 
     groups: int = field(default=256, metadata={"help": "Number of categoricals in the latent z."})
     classes: int = field(default=4, metadata={"help": "Classes per categorical of the latent z."})
-    hidden: int = field(
-        default=512, metadata={"help": "Width of the prior (dynamics) and posterior networks."}
-    )
+    hidden: int = field(default=512, metadata={"help": "Width of the prior (dynamics) and posterior networks."})
     dynamics_layers: int = field(
         default=2, metadata={"help": "Linear-LayerNorm-SiLU blocks of the prior before its logits."}
     )
@@ -72,9 +70,7 @@ class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper"):
     mlp_units: int = field(default=1024, metadata={"help": "Width of the vector encoder and decoder MLPs."})
     mlp_layers: int = field(default=5, metadata={"help": "Hidden layers of the vector encoder and decoder."})
     head_units: int = field(default=512, metadata={"help": "Width of the reward and continuation heads."})
-    head_layers: int = field(
-        default=2, metadata={"help": "Hidden layers of the reward and continuation heads."}
-    )
+    head_layers: int = field(default=2, metadata={"help": "Hidden layers of the reward and continuation heads."})
     reward_bins: int = field(default=255, metadata={"help": "Symlog two-hot bins of the reward head."})
     recon_scale: float = field(default=1.0, metadata={"help": "Weight of the reconstruction loss."})
     reward_scale: float = field(default=1.0, metadata={"help": "Weight of the reward loss."})

@@ -73,9 +73,7 @@ class DRAW(WorldModel):
             config.mlp_units,
             config.mlp_layers,
         )
-        self.reward_head = TwoHotHead(
-            self.feature_size, config.head_units, config.head_layers, config.reward_bins
-        )
+        self.reward_head = TwoHotHead(self.feature_size, config.head_units, config.head_layers, config.reward_bins)
         self.cont_head = BernoulliHead(self.feature_size, config.head_units, config.head_layers)
 
     def _dtype(self) -> torch.dtype:
@@ -139,7 +137,13 @@ class DRAW(WorldModel):
         """:func:`latent_residual.losses.world_model_loss` (reconstruction + balanced KL) with the reward
         head's two-hot cross-entropy and the continuation head's BCE; every batch key is required."""
         return world_model_loss(
-            self, batch, self.layout, self.decoder, self.config, owner="DRAW", dtype=self._dtype(),
+            self,
+            batch,
+            self.layout,
+            self.decoder,
+            self.config,
+            owner="DRAW",
+            dtype=self._dtype(),
             reward_loss=lambda features, target: self.reward_head.loss(features, target).mean(),
             cont_loss=lambda features, target: self.cont_head.loss(features, target).mean(),
         )

@@ -45,17 +45,12 @@ class MultiEncoder(nn.Module):
         )
         self.vector_size = layout.vector_size
         self.vectors = dense_blocks(self.vector_size, mlp_units, mlp_layers) if layout.vectors else None
-        self.out_size = sum(encoder.out_size for encoder in self.images.values()) + (
-            mlp_units if layout.vectors else 0
-        )
+        self.out_size = sum(encoder.out_size for encoder in self.images.values()) + (mlp_units if layout.vectors else 0)
 
     def forward(self, obs: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
         """Embed observations with any leading axes, (*lead, *shape) per key, to (*lead, out_size)."""
         lead = self.layout.lead_shape(obs, "DRAW")
-        parts = [
-            encoder(obs[key].reshape(-1, *self.layout.images[key]), dtype)
-            for key, encoder in self.images.items()
-        ]
+        parts = [encoder(obs[key].reshape(-1, *self.layout.images[key]), dtype) for key, encoder in self.images.items()]
         if self.vectors is not None:
             parts.append(self.vectors(self.layout.vector_input(obs, dtype)))
         return torch.cat(parts, -1).reshape(*lead, self.out_size)

@@ -27,9 +27,21 @@ SOURCE = {
     # and decoder and 32 x 4 latents. DRAW's prior reads only the previous latent and action, so short
     # windows lose nothing, and more of them per batch see more of the track.
     "recipe": {
-        "data_plan": (("expert", 0.1, 10_000), ("expert", 0.2, 20_000), ("expert", 0.4, 30_000), ("random", 0.0, 33_000)),
+        "data_plan": (
+            ("expert", 0.1, 10_000),
+            ("expert", 0.2, 20_000),
+            ("expert", 0.4, 30_000),
+            ("random", 0.0, 33_000),
+        ),
         "backbone": "draw-v0",
-        "backbone_kwargs": {"preset": "small", "cnn_depth": 8, "groups": 32, "hidden": 128, "mlp_units": 128, "head_units": 128},
+        "backbone_kwargs": {
+            "preset": "small",
+            "cnn_depth": 8,
+            "groups": 32,
+            "hidden": 128,
+            "mlp_units": 128,
+            "head_units": 128,
+        },
         "actor_critic": {"hidden": 128, "layers": 2, "horizon": 15, "actor_lr": 3e-4, "critic_lr": 3e-4},
         "batch_size": 32,
         "seq_len": 8,

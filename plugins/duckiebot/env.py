@@ -203,9 +203,7 @@ class LaneFollowingEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
             command = -command
         self._commands.append(command)
         speed_command, turn_command = self._commands.popleft()
-        duties = np.array(
-            self._calibration.duty_cycles(speed_command * MAX_SPEED, turn_command * MAX_YAW_RATE)
-        )
+        duties = np.array(self._calibration.duty_cycles(speed_command * MAX_SPEED, turn_command * MAX_YAW_RATE))
         duties[np.abs(duties) < self.dynamics.deadzone] = 0.0
         self._data.ctrl[:] = duties * MOTOR_CONSTANT * np.asarray(self.dynamics.motor_gains)
         mujoco.mj_step(self._model, self._data, nstep=self._substeps)

@@ -55,9 +55,7 @@ def frame_grid() -> np.ndarray:
             rows.append(frames)
         env.close()
     tile = 64 * SCALE
-    grid = np.full(
-        (len(rows) * (tile + GAP) - GAP, len(TRACK_POSITIONS) * (tile + GAP) - GAP, 3), 255, dtype=np.uint8
-    )
+    grid = np.full((len(rows) * (tile + GAP) - GAP, len(TRACK_POSITIONS) * (tile + GAP) - GAP, 3), 255, dtype=np.uint8)
     for row, frames in enumerate(rows):
         for column, frame in enumerate(frames):
             big = frame.repeat(SCALE, axis=0).repeat(SCALE, axis=1)

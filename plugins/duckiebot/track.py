@@ -28,7 +28,16 @@ YELLOW_DASH_GAP = 0.025
 # Tiles visited in driving order (counter-clockwise); (column, row) on a 4 x 3 grid. Five left
 # curves, one right curve and four straights: the right lane's centre is about 5.9 m long.
 DEFAULT_LOOP: tuple[tuple[int, int], ...] = (
-    (0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (2, 1), (2, 2), (1, 2), (0, 2), (0, 1),
+    (0, 0),
+    (1, 0),
+    (2, 0),
+    (3, 0),
+    (3, 1),
+    (2, 1),
+    (2, 2),
+    (1, 2),
+    (0, 2),
+    (0, 1),
 )
 
 

@@ -142,8 +142,16 @@ class RSSM(WorldModel):
         two-hot reward and Bernoulli continuation heads. A batch without ``reward`` (reward-free target
         data) trains without the reward term, as the Dreamer-finetune baseline does."""
         return world_model_loss(
-            self, batch, self.layout, self.decoder, self.config, owner="RSSM", dtype=self._dtype(),
-            reward_loss=self._reward_loss, cont_loss=self._continuation_loss, reward_optional=True,
+            self,
+            batch,
+            self.layout,
+            self.decoder,
+            self.config,
+            owner="RSSM",
+            dtype=self._dtype(),
+            reward_loss=self._reward_loss,
+            cont_loss=self._continuation_loss,
+            reward_optional=True,
         )
 
     def _reward_loss(self, features: Tensor, target: Tensor) -> Tensor:

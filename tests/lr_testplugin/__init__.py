@@ -23,4 +23,6 @@ def register_envs(register):
 
 @hookimpl
 def register_methods(register):
-    register("testplug-zero-start", "lr_testplugin.methods:ZeroStartResidual", description="A residual that starts at zero.")
+    register(
+        "testplug-zero-start", "lr_testplugin.methods:ZeroStartResidual", description="A residual that starts at zero."
+    )

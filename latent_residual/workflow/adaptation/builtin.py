@@ -16,7 +16,9 @@ _MODULE = "latent_residual.workflow.adaptation.methods"
 @hookimpl
 def register_methods(register: Callable[..., Any]) -> None:
     """Register ReDRAW, its two baselines from the paper, and the zero-shot reference."""
-    register("redraw", f"{_MODULE}:ResidualMethod", description="ReDRAW: a latent dynamics residual on the frozen prior.")
+    register(
+        "redraw", f"{_MODULE}:ResidualMethod", description="ReDRAW: a latent dynamics residual on the frozen prior."
+    )
     register(
         "replacement",
         f"{_MODULE}:ReplacementMethod",

@@ -84,7 +84,9 @@ class ResidualMethod(AdaptationMethod):
     def adapt(self, base, sequences, *, seed, settings, log_dir, quiet):
         torch.manual_seed(seed)
         adapted = attach_residual(base, dataclasses.replace(settings.residual, mode=self.mode))
-        result = fit_residual(adapted, sequences, dataclasses.replace(settings.fit, seed=seed), log_dir=log_dir, quiet=quiet)
+        result = fit_residual(
+            adapted, sequences, dataclasses.replace(settings.fit, seed=seed), log_dir=log_dir, quiet=quiet
+        )
         return adapted, result
 
     def save(self, model, directory):
@@ -105,7 +107,9 @@ class PriorFinetuneMethod(AdaptationMethod):
 
     def adapt(self, base, sequences, *, seed, settings, log_dir, quiet):
         torch.manual_seed(seed)
-        return finetune_dynamics(base, sequences, dataclasses.replace(settings.finetune, seed=seed), log_dir=log_dir, quiet=quiet)
+        return finetune_dynamics(
+            base, sequences, dataclasses.replace(settings.finetune, seed=seed), log_dir=log_dir, quiet=quiet
+        )
 
     def save(self, model, directory):
         save_world_model(model, directory / "world_model", extra={"method": "finetune"})

@@ -118,7 +118,10 @@ def _saved_policy_options(*, required: bool):
             "--policy", type=_PATH, required=required, help="actor_critic.safetensors of the saved policy."
         )(command)
         return click.option(
-            "--world-model", type=_PATH, required=required, help="World-model checkpoint of the saved policy (its encoder)."
+            "--world-model",
+            type=_PATH,
+            required=required,
+            help="World-model checkpoint of the saved policy (its encoder).",
         )(command)
 
     return decorate
@@ -128,7 +131,9 @@ def _data_options(command):
     command = click.option(
         "--sequence-length", type=_COUNT, default=32, show_default=True, help="Steps per training sequence."
     )(command)
-    command = click.option("--max-transitions", type=_COUNT, default=None, help="Use at most this many transitions.")(command)
+    command = click.option("--max-transitions", type=_COUNT, default=None, help="Use at most this many transitions.")(
+        command
+    )
     return click.option("--data", type=_PATH, required=True, help="Target dataset directory (from `collect`).")(command)
 
 
@@ -160,7 +165,9 @@ def _pretrain_command(group: click.Group) -> None:
         config, ac_config = _pretrain_configs(options)
         result = pretrain(config, out, ac_config=ac_config)
         if ranks_from_environment().is_main:
-            click.echo(f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}")
+            click.echo(
+                f"{result.env_steps} env steps, {result.updates} updates; last returns {result.episode_returns[-5:]}"
+            )
 
 
 def _pretrain_offline_command(group: click.Group) -> None:
@@ -186,12 +193,23 @@ def _pretrain_offline_command(group: click.Group) -> None:
 def _build_source_command(group: click.Group) -> None:
     @group.command(name="build-source")
     @click.argument("env_id")
-    @click.option("--out", type=_PATH, required=True, help="Directory for world_model/, the policy and provenance.json.")
-    @click.option("--data", type=_PATH, default=None, help="Simulation dataset directory (re-run to resume)  [default: OUT/sim_data]")
+    @click.option(
+        "--out", type=_PATH, required=True, help="Directory for world_model/, the policy and provenance.json."
+    )
+    @click.option(
+        "--data",
+        type=_PATH,
+        default=None,
+        help="Simulation dataset directory (re-run to resume)  [default: OUT/sim_data]",
+    )
     @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of collection, model and policy.")
     @click.option("--model-updates", type=_COUNT, default=None, help="World-model updates  [default: the recipe's]")
-    @click.option("--policy-updates", type=_COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]")
-    def build_source_command(env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates) -> None:
+    @click.option(
+        "--policy-updates", type=_COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]"
+    )
+    def build_source_command(
+        env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates
+    ) -> None:
         """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
         the recipe's data plan, train the world model, train the policy in its imagination, score it."""
         from latent_residual.workflow.training.recipes import build_source, source_recipe
@@ -199,7 +217,11 @@ def _build_source_command(group: click.Group) -> None:
         given = {"model_updates": model_updates, "policy_updates": policy_updates}
         recipe = source_recipe(env_id, **{key: value for key, value in given.items() if value is not None})
         check_output_directory(out)
-        flags = {"--data": data, "--seed": seed, **{f"--{key.replace('_', '-')}": value for key, value in given.items()}}
+        flags = {
+            "--data": data,
+            "--seed": seed,
+            **{f"--{key.replace('_', '-')}": value for key, value in given.items()},
+        }
         command = f"latent-residual build-source {env_id} --out {out}" + "".join(
             f" {flag} {value}" for flag, value in flags.items() if value is not None
         )
@@ -224,10 +246,14 @@ def _collect_command(group: click.Group) -> None:
         help="random; the environment's scripted expert; or a saved policy (--world-model, --policy).",
     )
     @_saved_policy_options(required=False)
-    @click.option("--noise", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="Gaussian action noise (std).")
+    @click.option(
+        "--noise", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="Gaussian action noise (std)."
+    )
     @click.option("--seed", type=_SEED, default=0, show_default=True, help="Seed of episodes and noise.")
     @click.option("--env-kwargs", default="{}", show_default=True, help="Environment kwargs (JSON).")
-    def collect_command(env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs) -> None:
+    def collect_command(
+        env_id: str, out: Path, transitions: int, behaviour: str, world_model, policy, noise, seed, env_kwargs
+    ) -> None:
         """Record reward-free target data with a behaviour policy."""
         from latent_residual.workflow.data.collection import collect
         from latent_residual.workflow.deployment.loading import load_policy
@@ -294,15 +320,20 @@ def _finetune_command(group: click.Group) -> None:
     @click.option("--out", type=_PATH, required=True, help="Directory for the finetuned checkpoint.")
     @_overwrite_option("a checkpoint")
     @_data_options
-    @click.option("--fit-lr", default=1e-4, show_default=True, help="Adam learning rate of the prior (the world model's own, in the paper).")
+    @click.option(
+        "--fit-lr",
+        default=1e-4,
+        show_default=True,
+        help="Adam learning rate of the prior (the world model's own, in the paper).",
+    )
     @config_options(FitConfig, prefix="fit-", exclude=("lr",))
     def finetune_command(
         world_model: Path, out: Path, overwrite: bool, data: Path, max_transitions, sequence_length, **options: Any
     ) -> None:
         """The baseline: finetune only the prior network on target data (encoder and heads frozen)."""
         from latent_residual.checkpoints import MODEL_WEIGHTS_NAME, save_world_model
-        from latent_residual.workflow.deployment.loading import load_world_model
         from latent_residual.fitting import finetune_dynamics
+        from latent_residual.workflow.deployment.loading import load_world_model
 
         check_output_directory(out, finished=(MODEL_WEIGHTS_NAME,), overwrite=overwrite)
         fit_config = config_from_options(FitConfig, options, prefix="fit-")
@@ -327,12 +358,19 @@ def _train_policy_command(group: click.Group) -> None:
     @config_options(PolicyTrainConfig)
     @config_options(ActorCriticConfig, prefix="ac-")
     def train_policy_command(
-        world_model: Path, adapter, out: Path, overwrite: bool, data: Path, max_transitions, sequence_length, **options: Any
+        world_model: Path,
+        adapter,
+        out: Path,
+        overwrite: bool,
+        data: Path,
+        max_transitions,
+        sequence_length,
+        **options: Any,
     ) -> None:
         """Train a fresh actor-critic in the (adapted) world model's imagination."""
+        from latent_residual.actor_critic import save_actor_critic
         from latent_residual.adapters import load_adapter
         from latent_residual.workflow.deployment.loading import load_world_model
-        from latent_residual.actor_critic import save_actor_critic
         from latent_residual.workflow.training.policy_training import train_policy
 
         check_output_file(out, overwrite=overwrite)
@@ -361,11 +399,13 @@ def _evaluate_command(group: click.Group) -> None:
     @click.option("--seed", type=_SEED, default=10_000, show_default=True, help="Seed of the first episode.")
     @click.option("--out", type=_PATH, default=None, help="JSON file for the results.")
     @_overwrite_option("a results file")
-    def evaluate_command(env_id: str, world_model, policy, onnx, episodes: int, seed: int, out, overwrite: bool) -> None:
+    def evaluate_command(
+        env_id: str, world_model, policy, onnx, episodes: int, seed: int, out, overwrite: bool
+    ) -> None:
         """Run a policy for N episodes; print mean ± std return and task metrics."""
         from latent_residual.serialization import write_text
-        from latent_residual.workflow.experiments.evaluation import evaluate
         from latent_residual.workflow.deployment.loading import load_policy
+        from latent_residual.workflow.experiments.evaluation import evaluate
 
         if out is not None:
             check_output_file(out, overwrite=overwrite)
@@ -398,8 +438,12 @@ def _export_command(group: click.Group) -> None:
         default=None,
         help="Add the coverage alarm: a surprise output and this threshold (coverage.threshold in diagnose's report.json).",
     )
-    @click.option("--adapter", type=_PATH, default=None, help="Adapter whose corrected prior the surprise output compares with.")
-    def export_command(world_model: Path, policy: Path, out: Path, overwrite: bool, env_id, surprise_threshold, adapter) -> None:
+    @click.option(
+        "--adapter", type=_PATH, default=None, help="Adapter whose corrected prior the surprise output compares with."
+    )
+    def export_command(
+        world_model: Path, policy: Path, out: Path, overwrite: bool, env_id, surprise_threshold, adapter
+    ) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
 
         The directory is written whole (swapped into place), so a kill leaves the previous export
@@ -428,7 +472,9 @@ def _export_command(group: click.Group) -> None:
             from latent_residual.workflow.deployment.policy import Policy
 
             loaded = Policy(load_adapter(loaded.model, adapter, trainable=False), loaded.actor)
-        surprise = {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
+        surprise = (
+            {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
+        )
         label = "max difference (action, surprise)" if surprise else "max |onnx - torch|"
 
         def check(written: Path) -> None:
@@ -454,7 +500,9 @@ def _import_command(group: click.Group) -> None:
     @click.option("--out", type=_PATH, required=True, help="Directory for world_model/ and actor_critic.safetensors.")
     @_overwrite_option("an import")
     @click.option("--config", type=_PATH, default=None, help="The run's config, when the importer cannot find it.")
-    @click.option("--env", "env_id", default=None, help="Environment id the model is for, when the importer cannot tell.")
+    @click.option(
+        "--env", "env_id", default=None, help="Environment id the model is for, when the importer cannot tell."
+    )
     def import_command(source: str, checkpoint: Path, out: Path, overwrite: bool, config, env_id) -> None:
         """Convert another codebase's checkpoint (SOURCE: a registered importer, see `plugins`) into a world
         model and an actor-critic that load, evaluate, adapt and export like this library's own."""
@@ -473,29 +521,53 @@ def _diagnose_command(group: click.Group) -> None:
 
     @group.command(name="diagnose")
     @click.option("--world-model", type=_PATH, required=True, help="Frozen world-model checkpoint (the base).")
-    @click.option("--adapter", type=_PATH, default=None, help="Adapter directory (from `adapt`); omit to diagnose the base alone.")
+    @click.option(
+        "--adapter", type=_PATH, default=None, help="Adapter directory (from `adapt`); omit to diagnose the base alone."
+    )
     @click.option(
         "--data",
         type=_PATH,
         required=True,
         help="Held-out target data (from `collect`); the adapter's own fit data is cut to its held-out tail.",
     )
-    @click.option("--check-data", type=_PATH, multiple=True, help="Another dataset whose episodes the coverage alarm checks (repeat).")
-    @click.option("--out", type=_PATH, required=True, help="Report directory: report.html, its PNGs, report.json, tensorboard/.")
+    @click.option(
+        "--check-data",
+        type=_PATH,
+        multiple=True,
+        help="Another dataset whose episodes the coverage alarm checks (repeat).",
+    )
+    @click.option(
+        "--out", type=_PATH, required=True, help="Report directory: report.html, its PNGs, report.json, tensorboard/."
+    )
     @_overwrite_option("a report")
-    @click.option("--data-curve", is_flag=True, help="Also fit on nested subsets and plot held-out KL against data size (slow).")
-    @click.option("--curve-data", type=_PATH, default=None, help="Data the curve fits on; default: the adapter's fit data, else --data.")
+    @click.option(
+        "--data-curve", is_flag=True, help="Also fit on nested subsets and plot held-out KL against data size (slow)."
+    )
+    @click.option(
+        "--curve-data",
+        type=_PATH,
+        default=None,
+        help="Data the curve fits on; default: the adapter's fit data, else --data.",
+    )
     @config_options(DiagnoseConfig)
     @config_options(DataCurveConfig, prefix="curve-")
     def diagnose_command(
-        world_model: Path, adapter, data: Path, check_data, out: Path, overwrite: bool, data_curve: bool, curve_data, **options: Any
+        world_model: Path,
+        adapter,
+        data: Path,
+        check_data,
+        out: Path,
+        overwrite: bool,
+        data_curve: bool,
+        curve_data,
+        **options: Any,
     ) -> None:
         """Compare the base and adapted model on held-out target data: open-loop prediction, decoded
         predictions, action sensitivity, the fit, and the coverage alarm's threshold; an HTML report."""
         from latent_residual.adapters import load_adapter
         from latent_residual.workflow.data.datasets import load_dataset
-        from latent_residual.workflow.reports.diagnose import diagnose, held_out_episodes
         from latent_residual.workflow.deployment.loading import load_world_model
+        from latent_residual.workflow.reports.diagnose import diagnose, held_out_episodes
         from latent_residual.workflow.reports.html import REPORT_HTML_NAME
 
         check_output_directory(out, finished=(REPORT_HTML_NAME,), overwrite=overwrite, beside=True)
@@ -515,7 +587,15 @@ def _diagnose_command(group: click.Group) -> None:
             # Fitting on --data itself: stop before its held-out tail.
             limit = dataset.transitions - held_out.transitions if curve_data.resolve() == data.resolve() else None
             residual = adapted.adapter_configs[adapted.active_adapter] if adapted is not None else None
-            curve = fit_curve(base, curve_data, held_out.episodes, curve_config, residual=residual, limit=limit or None, say=click.echo)
+            curve = fit_curve(
+                base,
+                curve_data,
+                held_out.episodes,
+                curve_config,
+                residual=residual,
+                limit=limit or None,
+                say=click.echo,
+            )
         report = diagnose(
             base,
             dataset,
@@ -531,13 +611,17 @@ def _diagnose_command(group: click.Group) -> None:
         for label, values in report["open_loop_kl"].items():
             click.echo(f"open-loop KL {label}: k=1 {values[0]:.3f}, k={len(values)} {values[-1]:.3f}")
         cover = report["coverage"]
-        click.echo(f"surprise threshold {cover['threshold']:.4g}; held-out steps above it: {cover['held_out']['over_rate']:.1%}")
+        click.echo(
+            f"surprise threshold {cover['threshold']:.4g}; held-out steps above it: {cover['held_out']['over_rate']:.1%}"
+        )
         for text in report["warnings"]:
             click.echo(f"WARNING: {text}")
         click.echo(f"report written to {out / REPORT_HTML_NAME} in {report['seconds']:.1f} s")
 
 
-def _experiment_command(group: click.Group, name: str, help_text: str, defaults: dict[str, Any], *, recommended: bool) -> None:
+def _experiment_command(
+    group: click.Group, name: str, help_text: str, defaults: dict[str, Any], *, recommended: bool
+) -> None:
     from latent_residual.actor_critic import ActorCriticConfig
     from latent_residual.fitting import FitConfig
     from latent_residual.residual import ResidualConfig
@@ -546,7 +630,9 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
     from latent_residual.workflow.training.pretraining import PretrainConfig
 
     @group.command(name=name, help=help_text, context_settings={"default_map": defaults})
-    @click.option("--out", type=_PATH, default=Path("runs") / name, show_default=True, help="Run directory (re-run to resume).")
+    @click.option(
+        "--out", type=_PATH, default=Path("runs") / name, show_default=True, help="Run directory (re-run to resume)."
+    )
     @click.option("--quick", is_flag=True, help="Tiny settings: a smoke run of every stage in about a minute.")
     @config_options(ExperimentConfig)
     @config_options(ResidualConfig, prefix="residual-", exclude=("mode",))
@@ -563,7 +649,9 @@ def _experiment_command(group: click.Group, name: str, help_text: str, defaults:
         if quick:  # flags given on the command line still win over --quick's settings
             options.update({key: value for key, value in QUICK_OVERRIDES.items() if key not in given})
         if recommended:
-            options.update({key: value for key, value in _recommended(options["source"], options).items() if key not in given})
+            options.update(
+                {key: value for key, value in _recommended(options["source"], options).items() if key not in given}
+            )
         experiment = config_from_options(ExperimentConfig, options).resolved()
         options["pretrain_env_id"] = experiment.source
         run_experiment(
@@ -589,13 +677,17 @@ def _recommended(source: str, options: dict[str, Any]) -> dict[str, Any]:
     spec = env_spec(source) if source else demo_env()
     backbones = options["backbones"] or (None,)
     recommended = [spec.recommended_for(backbone) for backbone in backbones]
-    shared = {key: value for key, value in recommended[0].items() if all(other.get(key) == value for other in recommended)}
+    shared = {
+        key: value for key, value in recommended[0].items() if all(other.get(key) == value for other in recommended)
+    }
     for key in sorted(set().union(*recommended) - set(shared)):
         click.echo(f"note: {spec.id} recommends {key} per backbone; with several --backbones it is left at its default")
     values = {}
     for key, value in shared.items():
         if key not in options:
-            raise ConfigError(f"Environment {spec.id!r} (plugin {spec.plugin!r}) recommends {key!r}, which is no demo option.")
+            raise ConfigError(
+                f"Environment {spec.id!r} (plugin {spec.plugin!r}) recommends {key!r}, which is no demo option."
+            )
         values[key] = tuple(value) if isinstance(value, list) else value
     return values
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import click
 
 from latent_residual.errors import LatentResidualError
-from latent_residual.registry.plugins import list_plugins, load_plugins, pm
 from latent_residual.registry.lookup import list_backbones, list_envs, list_importers, list_methods
+from latent_residual.registry.plugins import list_plugins, load_plugins, pm
 from latent_residual.version import __version__
 from latent_residual.workflow.cli import commands
 
@@ -51,16 +51,26 @@ _session = {"debug": False}
 def plugins_command(as_json: bool) -> None:
     """List plugins, the backbones, environments, adaptation methods and importers they provide, and broken plugins."""
     plugins = list_plugins()
-    tables = {"backbones": list_backbones(), "envs": list_envs(), "methods": list_methods(), "importers": list_importers()}
+    tables = {
+        "backbones": list_backbones(),
+        "envs": list_envs(),
+        "methods": list_methods(),
+        "importers": list_importers(),
+    }
     if as_json:
         fields = ("id", "plugin", "package", "version", "description")
         data = {"plugins": [dataclasses.asdict(p) for p in plugins]}
-        data.update({name: [{key: getattr(spec, key) for key in fields} for spec in specs] for name, specs in tables.items()})
+        data.update(
+            {name: [{key: getattr(spec, key) for key in fields} for spec in specs] for name, specs in tables.items()}
+        )
         click.echo(json.dumps(data, indent=2))
         return
     width = max((len(spec.id) for specs in tables.values() for spec in specs), default=0) + 2
     titles = {
-        "backbones": "Backbones:", "envs": "Environments:", "methods": "Adaptation methods:", "importers": "Checkpoint importers:"
+        "backbones": "Backbones:",
+        "envs": "Environments:",
+        "methods": "Adaptation methods:",
+        "importers": "Checkpoint importers:",
     }
     for name, specs in tables.items():
         click.echo(titles[name])
@@ -167,7 +177,9 @@ def _run(argv: list[str] | None) -> int:
         # message; anything else is named by its class and points at --debug.
         expected = isinstance(exc, (LatentResidualError, OSError, ValueError))
         message = _one_line(str(exc)) if expected else f"{type(exc).__name__}: {_one_line(str(exc))}"
-        hint = "" if _session["debug"] or isinstance(exc, LatentResidualError) else " (run with --debug for the traceback)"
+        hint = (
+            "" if _session["debug"] or isinstance(exc, LatentResidualError) else " (run with --debug for the traceback)"
+        )
         click.echo(f"latent-residual: error: {message or type(exc).__name__}{hint}", err=True)
         return 1
     return 0

@@ -68,7 +68,9 @@ class EpisodeCollector:
         else:
             action = np.asarray(self._policy(obs), dtype=np.float64)
             if action.shape != space.shape:
-                raise ConfigError(f"behaviour returned an action of shape {action.shape}; the environment expects {space.shape}.")
+                raise ConfigError(
+                    f"behaviour returned an action of shape {action.shape}; the environment expects {space.shape}."
+                )
         if self.noise:
             action = action + rng.normal(0.0, self.noise, space.shape)
         return np.clip(action, space.low, space.high).astype(space.dtype)

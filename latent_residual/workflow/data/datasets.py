@@ -32,9 +32,9 @@ from latent_residual.serialization import (
     write_text,
 )
 from latent_residual.version import __version__
-from latent_residual.workflow.paths import DATASET_INFO_NAME, expect_directory
 from latent_residual.workflow.data.recording import Episode
 from latent_residual.workflow.data.spaces import stored_space
+from latent_residual.workflow.paths import DATASET_INFO_NAME, expect_directory
 
 EPISODES_DIR_NAME = "episodes"
 FILE_FORMAT = "latent-residual-dataset"
@@ -110,9 +110,7 @@ def _check_episode(
         if value.dtype != dtype:
             raise DatasetError(f"{source}: key {key!r} has dtype {value.dtype}, expected {dtype}.")
         if value.shape != (T, *shape):
-            raise DatasetError(
-                f"{source}: key {key!r} has shape {value.shape}, expected {(T, *shape)} (T={T} steps)."
-            )
+            raise DatasetError(f"{source}: key {key!r} has shape {value.shape}, expected {(T, *shape)} (T={T} steps).")
     flags = {key: episode[key] for key in FLAG_KEYS}
     if not flags["is_first"][0] or flags["is_first"][1:].any():
         raise DatasetError(f"{source}: key 'is_first' must be true at step 0 only (one episode per file).")
@@ -166,9 +164,7 @@ def _check_values(
     )
 
 
-def _check_spaces(
-    observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space, source: str
-) -> None:
+def _check_spaces(observation_space: gymnasium.spaces.Space, action_space: gymnasium.spaces.Space, source: str) -> None:
     if not isinstance(observation_space, gymnasium.spaces.Dict):
         raise DatasetError(
             f"{source}: observation_space must be a gymnasium.spaces.Dict of Boxes, got "
@@ -180,9 +176,7 @@ def _check_spaces(
             f"{source}: observation key {clashing[0]!r} clashes with the reserved keys {list(NON_OBSERVATION_KEYS)}."
         )
     if not isinstance(action_space, gymnasium.spaces.Box):
-        raise DatasetError(
-            f"{source}: action_space must be a gymnasium.spaces.Box, got {type(action_space).__name__}."
-        )
+        raise DatasetError(f"{source}: action_space must be a gymnasium.spaces.Box, got {type(action_space).__name__}.")
 
 
 def _json_ready(value: Any, what: str) -> Any:
@@ -199,7 +193,13 @@ def _read_info(directory: Path) -> tuple[dict[str, Any], gymnasium.spaces.Dict, 
     expect_directory(directory, DATASET_INFO_NAME, DatasetError)
     info = read_json_object(path, error=DatasetError)
     check_metadata(
-        path, info, file_format=FILE_FORMAT, version=FILE_FORMAT_VERSION, error=DatasetError, kind="dataset", required=_INFO_KEYS
+        path,
+        info,
+        file_format=FILE_FORMAT,
+        version=FILE_FORMAT_VERSION,
+        error=DatasetError,
+        kind="dataset",
+        required=_INFO_KEYS,
     )
     for key, expected in _INFO_TYPES.items():
         check_json_type(path, key, info[key], expected, DatasetError)
@@ -262,7 +262,9 @@ def _read_episode(
         except TypeError as exc:  # dtypes NumPy lacks, such as bfloat16
             raise DatasetError(f"{path}: key {key!r} has dtype {tensor.dtype}, which no dataset key uses.") from exc
     _check_episode(episode, str(path), layout)
-    _check_values(episode, str(path), bounds, clip_actions=clip_actions, how_to_clip="load_dataset(..., clip_actions=True)")
+    _check_values(
+        episode, str(path), bounds, clip_actions=clip_actions, how_to_clip="load_dataset(..., clip_actions=True)"
+    )
     return episode
 
 
@@ -503,5 +505,3 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None, c
     if max_transitions is None:
         _check_transitions(directory, info, stored)
     return Dataset(episodes, observation_space, action_space, info)
-
-

@@ -14,7 +14,6 @@ from latent_residual.errors import DatasetError
 Episode = dict[str, np.ndarray]
 
 
-
 class EpisodeRecorder:
     """Turn a Gymnasium interaction loop into episode dicts of NumPy arrays (DreamerV3's layout).
 

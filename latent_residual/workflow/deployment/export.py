@@ -28,7 +28,6 @@ import torch
 from torch import Tensor, nn
 
 from latent_residual.contract import State
-
 from latent_residual.errors import ConfigError, ExportError
 from latent_residual.onnx_policy import (
     FILE_FORMAT,
@@ -45,8 +44,8 @@ from latent_residual.onnx_policy import (
 from latent_residual.registry.lookup import make_env
 from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
-from latent_residual.workflow.reports.coverage import step_surprise
 from latent_residual.workflow.deployment.policy import Policy, filter_state_shapes
+from latent_residual.workflow.reports.coverage import step_surprise
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,15 @@ PARITY_TOLERANCE = 1e-4
 TORCHSCRIPT_DEFAULT_OPSET = 17
 #: Observation dtypes an ONNX input may have (numpy name -> ONNX TensorProto element type).
 _ONNX_ELEMENT_TYPES = {
-    "uint8": 2, "int8": 3, "int16": 5, "int32": 6, "int64": 7, "float16": 10, "float32": 1, "float64": 11, "bool": 9,
+    "uint8": 2,
+    "int8": 3,
+    "int16": 5,
+    "int32": 6,
+    "int64": 7,
+    "float16": 10,
+    "float32": 1,
+    "float64": 11,
+    "bool": 9,
 }
 
 Spec = tuple[str, np.dtype, tuple[int, ...]]
@@ -111,9 +118,11 @@ class ExportablePolicy(nn.Module):
             self.outputs += [(NEXT_STATE_PREFIX + key, float32, self.state_shapes[key]) for key in self.state_keys]
         if surprise:
             self.outputs.append((SURPRISE_NAME, np.dtype(np.float32), ()))
-        clashing = sorted({name for name, _, _ in self.inputs[len(self.keys):]} & set(self.keys))
+        clashing = sorted({name for name, _, _ in self.inputs[len(self.keys) :]} & set(self.keys))
         if clashing:
-            raise ConfigError(f"Observation keys {clashing} clash with the recurrent policy's graph inputs; rename them.")
+            raise ConfigError(
+                f"Observation keys {clashing} clash with the recurrent policy's graph inputs; rename them."
+            )
 
     def _scaled(self, action: Tensor) -> Tensor:
         action = action.to(torch.float32)  # (B, A) in [-1, 1]
@@ -135,7 +144,10 @@ class ExportablePolicy(nn.Module):
         B = prev_action.shape[0]
         # The explicit reshape pins the state's shape for TorchScript's shape inference (a one-hot mode
         # otherwise comes out as (batch, groups, batch)).
-        outputs = (self._scaled(action), *(next_state[key].to(torch.float32).reshape(B, *self.state_shapes[key]) for key in self.state_keys))
+        outputs = (
+            self._scaled(action),
+            *(next_state[key].to(torch.float32).reshape(B, *self.state_shapes[key]) for key in self.state_keys),
+        )
         if self.surprise:
             outputs += (step_surprise(self.policy.model, prior, post, is_first).to(torch.float32),)  # (B,)
         return outputs
@@ -148,8 +160,10 @@ class ExportablePolicy(nn.Module):
         """Inputs for ``batch_size`` steps: observations inside the space, zero state and action, and
         ``is_first`` true on even rows (both kinds of step)."""
         feeds = example_observations(self.policy.model.observation_space, batch_size, seed)
-        for name, dtype, shape in self.inputs[len(self.keys):]:
-            feeds[name] = (np.arange(batch_size) % 2 == 0) if name == IS_FIRST_NAME else np.zeros((batch_size, *shape), dtype)
+        for name, dtype, shape in self.inputs[len(self.keys) :]:
+            feeds[name] = (
+                (np.arange(batch_size) % 2 == 0) if name == IS_FIRST_NAME else np.zeros((batch_size, *shape), dtype)
+            )
         return feeds
 
 
@@ -295,7 +309,9 @@ def _signature_problems(kind: str, found: list[tuple[str, int, list[int | str]]]
         want = _ONNX_ELEMENT_TYPES[dtype.name]
         fixed_batch = bool(dims) and isinstance(dims[0], int) and dims[0] > 0
         if elem != want or dims[1:] != list(shape) or fixed_batch:
-            problems.append(f"{kind[:-1]} {name!r} has type {elem} dims {dims}, expected type {want} dims [batch, *{list(shape)}]")
+            problems.append(
+                f"{kind[:-1]} {name!r} has type {elem} dims {dims}, expected type {want} dims [batch, *{list(shape)}]"
+            )
     return problems
 
 
@@ -412,7 +428,10 @@ def _description(
         "format_version": FILE_FORMAT_VERSION if module.carries_state else 1,
         "onnx_file": ONNX_NAME,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
-        "inputs": [{"name": name, "dtype": dtype.name, "shape": list(shape)} for name, dtype, shape in module.inputs[: len(module.keys)]],
+        "inputs": [
+            {"name": name, "dtype": dtype.name, "shape": list(shape)}
+            for name, dtype, shape in module.inputs[: len(module.keys)]
+        ],
         "output": {"name": ACTION_OUTPUT_NAME, "dtype": "float32", "shape": list(module.action_shape)},
         "batch_axis": {"index": 0, "name": BATCH_AXIS_NAME},
         "action_low": np.asarray(action_space.low, dtype=np.float64).reshape(-1).tolist(),
@@ -432,7 +451,12 @@ def _description(
         description["recurrent"] = _recurrent_description(module)
     if module.surprise:
         # A version-2 runner that predates it ignores this section and the extra output.
-        description["surprise"] = {"output": SURPRISE_NAME, "dtype": "float32", "shape": [], "threshold": surprise_threshold}
+        description["surprise"] = {
+            "output": SURPRISE_NAME,
+            "dtype": "float32",
+            "shape": [],
+            "threshold": surprise_threshold,
+        }
     try:
         return json.dumps(description, indent=2, sort_keys=True) + "\n"
     except TypeError as exc:
@@ -444,7 +468,13 @@ def _recurrent_description(module: ExportablePolicy) -> dict[str, Any]:
     shapes = module.state_shapes
     return {
         "state": [
-            {"key": key, "input": STATE_PREFIX + key, "output": NEXT_STATE_PREFIX + key, "dtype": "float32", "shape": list(shapes[key])}
+            {
+                "key": key,
+                "input": STATE_PREFIX + key,
+                "output": NEXT_STATE_PREFIX + key,
+                "dtype": "float32",
+                "shape": list(shapes[key]),
+            }
             for key in module.state_keys
         ],
         "prev_action": {"name": PREV_ACTION_NAME, "dtype": "float32", "shape": list(module.action_shape)},
@@ -497,20 +527,29 @@ def export_policy(
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
-    if surprise and (isinstance(surprise_threshold, bool) or not isinstance(surprise_threshold, (int, float)) or not np.isfinite(surprise_threshold) or surprise_threshold < 0):
+    if surprise and (
+        isinstance(surprise_threshold, bool)
+        or not isinstance(surprise_threshold, (int, float))
+        or not np.isfinite(surprise_threshold)
+        or surprise_threshold < 0
+    ):
         raise ConfigError(
             f"export_policy(surprise=True) needs surprise_threshold, a finite number >= 0, got {surprise_threshold!r}; "
             "calibrate it with `latent-residual diagnose` (coverage.threshold in report.json)."
         )
     if not surprise and surprise_threshold is not None:
-        raise ConfigError("export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm.")
+        raise ConfigError(
+            "export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm."
+        )
     directory = Path(directory)
     check_export_target(directory)
     module = ExportablePolicy(policy, surprise=surprise)
     _, action_space = _check_spaces(policy)
     with _evaluating(policy):
         data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
-    text = _description(module, data, proto, used, env_id, action_space, float(surprise_threshold) if surprise else None)
+    text = _description(
+        module, data, proto, used, env_id, action_space, float(surprise_threshold) if surprise else None
+    )
 
     def write(tmp: Path) -> None:
         (tmp / ONNX_NAME).write_bytes(data)
@@ -529,10 +568,14 @@ def check_export_target(directory: str | Path) -> None:
     directory holding more than an earlier export (an export replaces its whole directory)."""
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
-        raise ExportError(f"{directory} is a file; export_policy writes a directory ({ONNX_NAME} and {POLICY_CONFIG_NAME}).")
+        raise ExportError(
+            f"{directory} is a file; export_policy writes a directory ({ONNX_NAME} and {POLICY_CONFIG_NAME})."
+        )
     if directory.is_dir():
         export = (ONNX_NAME, POLICY_CONFIG_NAME)
-        others = sorted(entry.name for entry in directory.iterdir() if entry.name not in export and not is_orphan(entry.name))
+        others = sorted(
+            entry.name for entry in directory.iterdir() if entry.name not in export and not is_orphan(entry.name)
+        )
         if others:
             listed = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
             raise ExportError(
@@ -627,7 +670,9 @@ def _step_difference(twin: TorchRunner, runner: OnnxPolicy, obs: Mapping[str, An
     if twin.last_surprise is not None:
         surprises = np.array([twin.last_surprise, runner.last_surprise], dtype=np.float64)
         if not np.isfinite(surprises).all():
-            raise ExportError(f"The surprise is not finite (torch {surprises[0]}, ONNX {surprises[1]}); the parity check cannot pass.")
+            raise ExportError(
+                f"The surprise is not finite (torch {surprises[0]}, ONNX {surprises[1]}); the parity check cannot pass."
+            )
         worst = max(worst, abs(surprises[0] - surprises[1]) / max(1.0, abs(surprises[0])))
     return action, worst
 

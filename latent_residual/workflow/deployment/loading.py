@@ -15,9 +15,9 @@ from latent_residual.checkpoints import BUILT_FROM, MODEL_WEIGHTS_NAME, load_wei
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError, NameNotFound
 from latent_residual.registry.lookup import make_backbone
-from latent_residual.workflow.paths import expect_directory
-from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.data.spaces import stored_space
+from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.paths import expect_directory
 
 
 def load_world_model(directory: str | Path, *, device: str | torch.device = "cpu") -> WorldModel:

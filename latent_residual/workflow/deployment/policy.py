@@ -75,7 +75,9 @@ class Policy(nn.Module):
         state = self.model.next_state({}, torch.zeros_like(logits), self._mode(logits))
         return self.actor(self.model.features(state))
 
-    def step(self, obs: Mapping[str, Tensor], state: State, prev_action: Tensor, is_first: Tensor) -> tuple[Tensor, State]:
+    def step(
+        self, obs: Mapping[str, Tensor], state: State, prev_action: Tensor, is_first: Tensor
+    ) -> tuple[Tensor, State]:
         """One filtering step of a stateful policy: (B, A) actions and the next state.
 
         :param state: The state after the previous step, each tensor (B, ...); ignored where ``is_first``.

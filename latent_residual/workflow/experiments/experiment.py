@@ -29,16 +29,26 @@ from latent_residual.progress import clock
 from latent_residual.registry.lookup import demo_env, env_pretrained, make_method, method_spec, source_target
 from latent_residual.residual import ResidualConfig
 from latent_residual.serialization import write_text
-from latent_residual.workflow.adaptation.methods import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod, MethodSettings
+from latent_residual.workflow.adaptation.methods import (
+    RUN_FIT_INFO_NAME,
+    RUN_FIT_LOG_DIR_NAME,
+    AdaptationMethod,
+    MethodSettings,
+)
 from latent_residual.workflow.data.collection import collect
 from latent_residual.workflow.data.datasets import load_dataset
-from latent_residual.workflow.experiments.evaluation import evaluate
-from latent_residual.workflow.deployment.export import example_observations, export_policy, verify_episodes, verify_export
+from latent_residual.workflow.deployment.export import (
+    example_observations,
+    export_policy,
+    verify_episodes,
+    verify_export,
+)
 from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.experiments.evaluation import evaluate
+from latent_residual.workflow.reports.tables import combined_table, comparison_table
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
-from latent_residual.workflow.reports.tables import combined_table, comparison_table
 
 BEHAVIOURS = ("expert", "random", "sim-policy")
 RESULTS_NAME = "results.json"
@@ -53,10 +63,14 @@ class ExperimentConfig:
     """One sim-to-target comparison. Flags of ``latent-residual compare`` and ``demo`` map onto it."""
 
     source: str = field(default="", metadata={"help": "Simulation environment id; empty: the registered demo source."})
-    target: str = field(default="", metadata={"help": "Target ('real') environment id; empty: the source's registered target."})
+    target: str = field(
+        default="", metadata={"help": "Target ('real') environment id; empty: the source's registered target."}
+    )
     pretrained: str = field(
         default="",
-        metadata={"help": "Pretraining directory to start from; empty: the embedded default for the source, else pretrain."},
+        metadata={
+            "help": "Pretraining directory to start from; empty: the embedded default for the source, else pretrain."
+        },
     )
     backbones: tuple[str, ...] = field(
         default=(),
@@ -78,7 +92,9 @@ class ExperimentConfig:
     noise: float = field(default=0.3, metadata={"help": "Gaussian action noise of the collecting behaviour."})
     methods: tuple[str, ...] = field(
         default=("redraw",),
-        metadata={"help": "Adaptation methods besides zero-shot (see `latent-residual plugins`): redraw, finetune, replacement, ..."},
+        metadata={
+            "help": "Adaptation methods besides zero-shot (see `latent-residual plugins`): redraw, finetune, replacement, ..."
+        },
     )
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
     eval_episodes: int = field(default=10, metadata={"help": "Evaluation episodes per policy."})
@@ -86,7 +102,9 @@ class ExperimentConfig:
     episode_steps: int = field(
         default=0, metadata={"help": "Cap on episode length in collection and evaluation; 0 keeps the environment's."}
     )
-    export: bool = field(default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."})
+    export: bool = field(
+        default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."}
+    )
     jobs: int = field(
         default=0,
         metadata={
@@ -99,7 +117,9 @@ class ExperimentConfig:
         for method in self.methods:
             method_spec(method)  # NameNotFound, with the closest match, for an unknown method
         if self.behaviour not in BEHAVIOURS:
-            raise ConfigError(f"ExperimentConfig.behaviour must be one of {', '.join(BEHAVIOURS)}; got {self.behaviour!r}.")
+            raise ConfigError(
+                f"ExperimentConfig.behaviour must be one of {', '.join(BEHAVIOURS)}; got {self.behaviour!r}."
+            )
         if not self.transitions or min(self.transitions) < 1:
             raise ConfigError(f"ExperimentConfig.transitions must be positive sizes, got {self.transitions!r}.")
         if self.seeds < 1 or self.eval_episodes < 1:
@@ -107,7 +127,9 @@ class ExperimentConfig:
         if self.jobs < 0:
             raise ConfigError(f"ExperimentConfig.jobs must be >= 0 (0: one per core), got {self.jobs}.")
         if self.pretrained and len(self.backbones) > 1:
-            raise ConfigError("ExperimentConfig: a --pretrained directory holds one backbone; give at most one --backbones.")
+            raise ConfigError(
+                "ExperimentConfig: a --pretrained directory holds one backbone; give at most one --backbones."
+            )
 
     def resolved(self) -> ExperimentConfig:
         """This config with the registry's choices filled in: the demo source and the source's target."""
@@ -138,7 +160,9 @@ class _Results:
 _EXTENDABLE = {"experiment": ("seeds", "methods", "export", "jobs")}
 
 
-def _check_settings(results: _Results, settings: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]) -> None:
+def _check_settings(
+    results: _Results, settings: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]
+) -> None:
     """Refuse to resume a run whose kept stages were made with other settings, then record these.
 
     A setting the kept run does not record (added by a later version) counts as its default.
@@ -181,7 +205,9 @@ class _Run:
 
     def evaluation(self, policy: Any, env_id: str, **extra: Any) -> dict[str, Any]:
         """``policy``'s results row in ``env_id``: the run's evaluation episodes, always the same seeds."""
-        result = evaluate(policy, env_id, episodes=self.config.eval_episodes, seed=EVAL_SEED, env_kwargs=self.env_kwargs)
+        result = evaluate(
+            policy, env_id, episodes=self.config.eval_episodes, seed=EVAL_SEED, env_kwargs=self.env_kwargs
+        )
         return {**result.to_dict(), **extra}
 
     def evaluated(self, key: str, policy: Any, env_id: str) -> dict[str, Any]:
@@ -229,7 +255,9 @@ def _target_data(run: _Run) -> Path:
     config = run.config
     data_dir = run.out / "target_data"
     behaviour: Any = run.sim_policy if config.behaviour == "sim-policy" else config.behaviour
-    run.say(f"[3/6] collecting {max(config.transitions)} reward-free target transitions ({config.behaviour}) -> {data_dir}")
+    run.say(
+        f"[3/6] collecting {max(config.transitions)} reward-free target transitions ({config.behaviour}) -> {data_dir}"
+    )
     collect(
         config.target,
         behaviour,
@@ -309,14 +337,23 @@ def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dic
     """Adapt, train a policy in imagination and evaluate it in the target, for one cell; returns its results row."""
     method, run_dir = make_method(cell.method), cell.directory(run.out)
     model, fit_info = _adapted(run, method, sequences, run_dir, cell.seed)
-    policy = _target_policy(run, cell.method, model, sequences, run_dir, cell.seed, cell.size) if method.trains_policy else run.sim_policy
+    policy = (
+        _target_policy(run, cell.method, model, sequences, run_dir, cell.seed, cell.size)
+        if method.trains_policy
+        else run.sim_policy
+    )
     return run.evaluation(policy, run.config.target, fit=fit_info)
 
 
 def _cells(config: ExperimentConfig) -> list[_Cell]:
     """Every cell of stages 4-5, in the order a single process runs them."""
     uses_data = [name for name in config.methods if make_method(name).uses_target_data]
-    return [_Cell(name, size, seed) for size in sorted(config.transitions) for name in uses_data for seed in range(config.seeds)]
+    return [
+        _Cell(name, size, seed)
+        for size in sorted(config.transitions)
+        for name in uses_data
+        for seed in range(config.seeds)
+    ]
 
 
 def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
@@ -409,7 +446,9 @@ def _worker_cell(spec: _WorkerSpec, cell: _Cell) -> dict[str, Any]:
         if _worker_state.get("spec") != spec:
             base = load_world_model(spec.pretrained / "world_model")
             # No results.json here: the worker returns rows and the parent alone writes them.
-            run = _Run(spec.config, spec.out, None, spec.settings, spec.policy_config, spec.ac_config, True, lambda _: None)
+            run = _Run(
+                spec.config, spec.out, None, spec.settings, spec.policy_config, spec.ac_config, True, lambda _: None
+            )
             run.pretrained, run.base = spec.pretrained, base
             run.sim_policy = Policy(base, load_actor_critic(spec.pretrained / ACTOR_CRITIC_NAME).actor)
             _worker_state.clear()
@@ -510,7 +549,9 @@ def run_experiment(
     runs = {}
     for backbone in config.backbones:
         say(f"== {backbone}")
-        runs[backbone] = _run_one(dataclasses.replace(config, backbones=(backbone,)), Path(out_dir) / backbone, **options)
+        runs[backbone] = _run_one(
+            dataclasses.replace(config, backbones=(backbone,)), Path(out_dir) / backbone, **options
+        )
     table = combined_table(runs)
     write_text(Path(out_dir) / "results.md", table + "\n")
     say(table)

@@ -32,10 +32,14 @@ def step_surprise(model: WorldModel, prior_logits: Tensor, post_logits: Tensor, 
     groups: (...) from logits (..., G, C); 0 where ``is_first`` (the prior there knows nothing)."""
     post_log = distributions.log_probs(post_logits, model.posterior_unimix)
     prior_log = distributions.log_probs(prior_logits, model.prior_unimix)
-    return torch.where(is_first, torch.zeros_like(is_first, dtype=post_log.dtype), distributions.kl(post_log, prior_log))
+    return torch.where(
+        is_first, torch.zeros_like(is_first, dtype=post_log.dtype), distributions.kl(post_log, prior_log)
+    )
 
 
-def _filtered_chunks(model: WorldModel, sequences: Mapping[str, Tensor]) -> Iterator[tuple[Tensor, Tensor, dict[str, Any]]]:
+def _filtered_chunks(
+    model: WorldModel, sequences: Mapping[str, Tensor]
+) -> Iterator[tuple[Tensor, Tensor, dict[str, Any]]]:
     """Posterior-mode filtering of (N, T) sequences chunk by chunk, as the deployed policy filters:
     per chunk the previous actions (B, T, A), ``is_first`` (B, T) bool and ``observe``'s output.
     Callers iterate it under ``torch.no_grad()`` (a generator cannot hold the grad mode across its yields)."""
@@ -170,7 +174,11 @@ def coverage(
         where = np.flatnonzero(fired)
         rows.append(
             EpisodeCoverage(
-                index, len(score), above / max(len(score) - 1, 1), float(fired.mean()), int(where[0]) if where.size else None
+                index,
+                len(score),
+                above / max(len(score) - 1, 1),
+                float(fired.mean()),
+                int(where[0]) if where.size else None,
             )
         )
         over, alarmed, steps = over + above, alarmed + int(fired.sum()), steps + len(score)

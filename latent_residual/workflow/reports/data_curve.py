@@ -21,9 +21,9 @@ from latent_residual.errors import ConfigError, FitError
 from latent_residual.fitting import FitConfig
 from latent_residual.registry.lookup import make_method
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow.reports import coverage
 from latent_residual.workflow.adaptation.methods import MethodSettings
 from latent_residual.workflow.data.datasets import load_dataset
+from latent_residual.workflow.reports import coverage
 
 #: A change smaller than this fraction (or than the spread between seeds) reads as flat.
 FLAT = 0.05
@@ -41,11 +41,15 @@ class DataCurveConfig:
         metadata={"help": "Nested subset sizes in transitions (capped by what the dataset holds)."},
     )
     seeds: int = field(default=2, metadata={"help": "Fits per method and size."})
-    methods: tuple[str, ...] = field(default=("redraw", "finetune"), metadata={"help": "Registered adaptation methods to fit."})
+    methods: tuple[str, ...] = field(
+        default=("redraw", "finetune"), metadata={"help": "Registered adaptation methods to fit."}
+    )
     steps: int = field(default=300, metadata={"help": "Optimiser steps per fit (short fits)."})
     # Short fits at the residual's constant 1e-2 end wherever the noisy held-out KL happens to be; a
     # decayed rate makes the points of the curve comparable.
-    lr_final_scale: float = field(default=0.1, metadata={"help": "Cosine-decay each fit's learning rate to this fraction."})
+    lr_final_scale: float = field(
+        default=0.1, metadata={"help": "Cosine-decay each fit's learning rate to this fraction."}
+    )
     sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence."})
 
     def __post_init__(self) -> None:
@@ -74,15 +78,23 @@ def reading(method: str, rows: list[dict[str, Any]], base_kl: float) -> str:
     """One sentence: how the largest size compares with the best smaller one, beyond the seeds' spread."""
     means = [float(np.mean(row["held_out_kl"])) for row in rows]
     overfit = [row["transitions"] for row in rows if any(overfitted(curve) for curve in row["curves"])]
-    note = f" Its fits overfitted while training at {overfit} transitions (the held-out KL rose late in the fit)." if overfit else ""
+    note = (
+        f" Its fits overfitted while training at {overfit} transitions (the held-out KL rose late in the fit)."
+        if overfit
+        else ""
+    )
     if len(rows) < 2:
         return f"{method}: one size only ({rows[0]['transitions']} transitions), held-out KL {means[0]:.3g}; no trend to read.{note}"
     best = int(np.argmin(means[:-1]))
     spread = max(np.ptp(rows[-1]["held_out_kl"]), np.ptp(rows[best]["held_out_kl"]), FLAT * means[best])
     change = (means[-1] - means[best]) / max(means[best], 1e-12)
-    span = f"{means[best]:.3g} at {rows[best]['transitions']} -> {means[-1]:.3g} at {rows[-1]['transitions']} transitions"
+    span = (
+        f"{means[best]:.3g} at {rows[best]['transitions']} -> {means[-1]:.3g} at {rows[-1]['transitions']} transitions"
+    )
     if means[-1] >= base_kl:
-        verdict = f"no better than the base model ({means[-1]:.3g} against {base_kl:.3g}): the method does not fit this data."
+        verdict = (
+            f"no better than the base model ({means[-1]:.3g} against {base_kl:.3g}): the method does not fit this data."
+        )
     elif means[-1] < means[best] - spread:
         verdict = f"still improving ({span}, {change:+.0%}): more data of this kind should help."
     elif means[-1] <= means[best] + spread:
@@ -126,7 +138,9 @@ def data_curve(
     settings = MethodSettings(
         residual=residual or ResidualConfig(),
         fit=FitConfig(steps=config.steps, eval_every=max(1, config.steps // 10), lr_final_scale=config.lr_final_scale),
-        finetune=FitConfig(lr=1e-4, steps=config.steps, eval_every=max(1, config.steps // 10), lr_final_scale=config.lr_final_scale),
+        finetune=FitConfig(
+            lr=1e-4, steps=config.steps, eval_every=max(1, config.steps // 10), lr_final_scale=config.lr_final_scale
+        ),
     )
     base_kl = held_out_kl(base, held_out)
     methods: dict[str, list[dict[str, Any]]] = {name: [] for name in config.methods}
@@ -141,7 +155,12 @@ def data_curve(
                     say(f"data curve: {name} on {size} transitions, seed {seed}")
                     try:
                         model, result = method.adapt(
-                            base, sequences, seed=seed, settings=settings, log_dir=Path(scratch) / f"{name}-{size}-{seed}", quiet=True
+                            base,
+                            sequences,
+                            seed=seed,
+                            settings=settings,
+                            log_dir=Path(scratch) / f"{name}-{size}-{seed}",
+                            quiet=True,
                         )
                     except FitError:  # never beat the base on its own held-out split
                         kls.append(base_kl)

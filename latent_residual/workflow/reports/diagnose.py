@@ -28,9 +28,14 @@ from latent_residual.observations import image_to_float
 from latent_residual.progress import METRICS_CSV_NAME
 from latent_residual.rollout import embed_sequences, imagine, observation_keys, observe, prev_actions
 from latent_residual.serialization import read_json_object
-from latent_residual.workflow.reports import coverage
-from latent_residual.workflow.adaptation.methods import ADAPTER_DIR_NAME, FIT_LOG_DIR_NAME, RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME
+from latent_residual.workflow.adaptation.methods import (
+    ADAPTER_DIR_NAME,
+    FIT_LOG_DIR_NAME,
+    RUN_FIT_INFO_NAME,
+    RUN_FIT_LOG_DIR_NAME,
+)
 from latent_residual.workflow.data.datasets import Dataset
+from latent_residual.workflow.reports import coverage
 from latent_residual.workflow.reports.html import REPORT_JSON_NAME, write_report
 
 #: The models a report compares, in this order.
@@ -41,33 +46,63 @@ MODELS = ("base", "adapted")
 class DiagnoseConfig:
     """Settings of ``latent-residual diagnose``; flags map one to one."""
 
-    horizon: int = field(default=15, metadata={"help": "Open-loop horizon H: steps imagined with the recorded actions."})
-    warmup: int = field(default=8, metadata={"help": "Steps filtered before each open-loop start (the model's context)."})
-    max_windows: int = field(default=256, metadata={"help": "Held-out windows (warmup + H steps each) evaluated at most."})
-    sensitivity_horizon: int = field(default=5, metadata={"help": "Imagined steps before the action-sensitivity check compares."})
-    sensitivity_action: float = field(default=0.6, metadata={"help": "Size of the constant commands +a and -a the check imagines."})
+    horizon: int = field(
+        default=15, metadata={"help": "Open-loop horizon H: steps imagined with the recorded actions."}
+    )
+    warmup: int = field(
+        default=8, metadata={"help": "Steps filtered before each open-loop start (the model's context)."}
+    )
+    max_windows: int = field(
+        default=256, metadata={"help": "Held-out windows (warmup + H steps each) evaluated at most."}
+    )
+    sensitivity_horizon: int = field(
+        default=5, metadata={"help": "Imagined steps before the action-sensitivity check compares."}
+    )
+    sensitivity_action: float = field(
+        default=0.6, metadata={"help": "Size of the constant commands +a and -a the check imagines."}
+    )
     sensitivity_ratio: float = field(
         default=0.25,
-        metadata={"help": "Warn when the adapted model's response to an action, on any observation key, is below this fraction of the base's."},
+        metadata={
+            "help": "Warn when the adapted model's response to an action, on any observation key, is below this fraction of the base's."
+        },
     )
     sensitivity_floor: float = field(
         default=0.02,
         metadata={"help": "Warn when a response is below this many data standard deviations, whatever the base does."},
     )
-    quantile: float = field(default=coverage.DEFAULT_QUANTILE, metadata={"help": "Quantile of held-out surprise the alarm threshold sits at."})
-    consecutive: int = field(
-        default=coverage.DEFAULT_CONSECUTIVE, metadata={"help": "Consecutive steps above the threshold before the alarm fires."}
+    quantile: float = field(
+        default=coverage.DEFAULT_QUANTILE,
+        metadata={"help": "Quantile of held-out surprise the alarm threshold sits at."},
     )
-    strips: int = field(default=3, metadata={"help": "Held-out windows shown as decoded predictions beside the recordings."})
-    strip_samples: int = field(default=8, metadata={"help": "Imagined latent paths averaged into each shown prediction."})
+    consecutive: int = field(
+        default=coverage.DEFAULT_CONSECUTIVE,
+        metadata={"help": "Consecutive steps above the threshold before the alarm fires."},
+    )
+    strips: int = field(
+        default=3, metadata={"help": "Held-out windows shown as decoded predictions beside the recordings."}
+    )
+    strip_samples: int = field(
+        default=8, metadata={"help": "Imagined latent paths averaged into each shown prediction."}
+    )
     holdout: float = field(
         default=0.1,
-        metadata={"help": "When --data is the adapter's own fit data, diagnose its last fraction of episodes (the fit's held-out split)."},
+        metadata={
+            "help": "When --data is the adapter's own fit data, diagnose its last fraction of episodes (the fit's held-out split)."
+        },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the imagined samples."})
 
     def __post_init__(self) -> None:
-        for name in ("horizon", "warmup", "max_windows", "sensitivity_horizon", "consecutive", "strips", "strip_samples"):
+        for name in (
+            "horizon",
+            "warmup",
+            "max_windows",
+            "sensitivity_horizon",
+            "consecutive",
+            "strips",
+            "strip_samples",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"DiagnoseConfig.{name} must be an integer >= 1, got {value!r}.")
@@ -86,7 +121,9 @@ class DiagnoseConfig:
 # ----------------------------------------------------------------------------------------------
 
 
-def held_out_episodes(dataset: Dataset, adapted: WorldModel | None, data_path: Path | None, holdout: float) -> tuple[Dataset, str]:
+def held_out_episodes(
+    dataset: Dataset, adapted: WorldModel | None, data_path: Path | None, holdout: float
+) -> tuple[Dataset, str]:
     """The episodes to diagnose on: the fit's held-out tail when ``data_path`` is the adapter's own
     fit data (recorded in its data summary), else all of them; and a sentence saying which."""
     fitted_on = None
@@ -97,7 +134,10 @@ def held_out_episodes(dataset: Dataset, adapted: WorldModel | None, data_path: P
         if keep >= len(dataset.episodes):
             raise DatasetError(f"{data_path}: {len(dataset.episodes)} episodes are too few to hold out {holdout:.0%}.")
         subset = dataclasses.replace(dataset, episodes=dataset.episodes[-keep:])
-        return subset, f"the last {keep} of {len(dataset.episodes)} episodes of the adapter's own fit data (its held-out split)"
+        return (
+            subset,
+            f"the last {keep} of {len(dataset.episodes)} episodes of the adapter's own fit data (its held-out split)",
+        )
     return dataset, f"all {len(dataset.episodes)} episodes of {data_path or 'the given data'} (not seen by the fit)"
 
 
@@ -130,7 +170,9 @@ def _filtered(model: WorldModel, windows: Mapping[str, Tensor]) -> dict[str, Any
     """Posterior-mode filtering of the windows (as the deployed policy filters)."""
     embed = embed_sequences(model, windows)
     with torch.no_grad():
-        return observe(model, prev_actions(windows["action"].float()), windows["is_first"].bool(), embed=embed, sample=False)
+        return observe(
+            model, prev_actions(windows["action"].float()), windows["is_first"].bool(), embed=embed, sample=False
+        )
 
 
 def _state_at(filtered: Mapping[str, Any], t: int) -> State:
@@ -171,7 +213,9 @@ def decoded(model: WorldModel, features: Tensor) -> dict[str, np.ndarray] | None
         return None
 
 
-def mean_prediction(model: WorldModel, windows: Mapping[str, Tensor], start: State, config: DiagnoseConfig) -> dict[str, np.ndarray] | None:
+def mean_prediction(
+    model: WorldModel, windows: Mapping[str, Tensor], start: State, config: DiagnoseConfig
+) -> dict[str, np.ndarray] | None:
     """The first ``strips`` windows' decoded open-loop predictions (strips, H, *shape), averaged over
     ``strip_samples`` imagined latent paths (one path alone is mostly sampling noise)."""
     count, t0, repeat = config.strips, config.warmup - 1, config.strip_samples
@@ -196,7 +240,9 @@ def recorded(windows: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------
 
 
-def _action_pairs(windows: Mapping[str, Tensor], action_size: int, config: DiagnoseConfig) -> dict[str, tuple[Tensor, Tensor]]:
+def _action_pairs(
+    windows: Mapping[str, Tensor], action_size: int, config: DiagnoseConfig
+) -> dict[str, tuple[Tensor, Tensor]]:
     """Opposite action sequences (W, h, A): +a / -a on each action dimension alone, and the recorded ones against their negation."""
     W, h, t0 = windows["action"].shape[0], config.sensitivity_horizon, config.warmup - 1
     pairs = {}
@@ -245,7 +291,11 @@ def action_sensitivity(
             if not name.startswith("action["):
                 continue
             adapted, base = row["adapted"]["per_key"], row["base"]["per_key"]
-            blind = [key for key in adapted if adapted[key] < max(config.sensitivity_ratio * base[key], config.sensitivity_floor)]
+            blind = [
+                key
+                for key in adapted
+                if adapted[key] < max(config.sensitivity_ratio * base[key], config.sensitivity_floor)
+            ]
             if blind:
                 detail = ", ".join(f"{key!r} by {adapted[key]:.3f} (base {base[key]:.3f})" for key in blind)
                 warnings.append(
@@ -263,7 +313,9 @@ def action_sensitivity(
 # ----------------------------------------------------------------------------------------------
 
 
-def residual_size(adapted: WorldModel, windows: Mapping[str, Tensor], filtered: Mapping[str, Any]) -> dict[str, float] | None:
+def residual_size(
+    adapted: WorldModel, windows: Mapping[str, Tensor], filtered: Mapping[str, Any]
+) -> dict[str, float] | None:
     """RMS of the residual's logit offsets over the RMS of the frozen prior's logits (both centred per
     group, since softmax ignores a shift), on the held-out steps; None without a residual adapter."""
     if not isinstance(adapted, ResidualWorldModel) or adapted.active_adapter is None:
@@ -328,7 +380,9 @@ def _calibrated_check(
     """Calibrate ``score``'s threshold on the first half of the held-out episodes and check it on the rest and on ``others``."""
     episodes = held_out.episodes
     if len(episodes) < 2:
-        raise DatasetError(f"The coverage check needs at least 2 held-out episodes (half to calibrate, half to check); got {len(episodes)}.")
+        raise DatasetError(
+            f"The coverage check needs at least 2 held-out episodes (half to calibrate, half to check); got {len(episodes)}."
+        )
     half = len(episodes) // 2
     scores = coverage.per_episode(score, model, episodes)
     threshold = coverage.calibrate_threshold(scores[:half], config.quantile)

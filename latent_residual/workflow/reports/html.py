@@ -134,7 +134,11 @@ def sensitivity_figure(sensitivity: Mapping[str, Any]) -> bytes:
 def fit_figure(curves: Mapping[str, list[list[float]]]) -> bytes:
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(5, 3))
-    styles = {"train_kl": ("train (batch)", "tab:gray"), "held_out_kl": ("held-out", "tab:blue"), "held_out_kl_base": ("base, held-out", "tab:red")}
+    styles = {
+        "train_kl": ("train (batch)", "tab:gray"),
+        "held_out_kl": ("held-out", "tab:blue"),
+        "held_out_kl_base": ("base, held-out", "tab:red"),
+    }
     for metric, (label, colour) in styles.items():
         if metric in curves:
             points = np.asarray(curves[metric])
@@ -170,26 +174,44 @@ def data_curve_figure(curve: Mapping[str, Any]) -> bytes:
         colour = next(colours)
         axis.plot(sizes, means, marker="o", color=colour, label=method)
         for row in rows:
-            axis.scatter([row["transitions"]] * len(row["held_out_kl"]), row["held_out_kl"], color=colour, s=8, alpha=0.5)
+            axis.scatter(
+                [row["transitions"]] * len(row["held_out_kl"]), row["held_out_kl"], color=colour, s=8, alpha=0.5
+            )
     axis.axhline(curve["base_kl"], color="tab:red", ls="--", label="base")
     return _kl_axes(figure, axis, "target transitions used for fitting (scored on held-out episodes)", log_x=True)
 
 
-def figures(report: Mapping[str, Any], strips: Mapping[str, Mapping[str, np.ndarray]] | None) -> dict[str, tuple[str, bytes]]:
+def figures(
+    report: Mapping[str, Any], strips: Mapping[str, Mapping[str, np.ndarray]] | None
+) -> dict[str, tuple[str, bytes]]:
     """Every picture of the report: file name -> (caption, PNG bytes)."""
-    out = {"open_loop_kl.png": ("Open-loop prediction quality per horizon, base vs adapted", open_loop_figure(report["open_loop_kl"]))}
+    out = {
+        "open_loop_kl.png": (
+            "Open-loop prediction quality per horizon, base vs adapted",
+            open_loop_figure(report["open_loop_kl"]),
+        )
+    }
     if strips is not None:
         for key, value in strips["recorded"].items():
             image = value.ndim == 5 and value.shape[-1] in (1, 3)
             plot = image_strip_figure if image else trajectory_figure
             kind = "frames" if image else "trajectories"
-            out[f"predictions_{key}.png"] = (f"Decoded open-loop {kind} of {key!r}: recorded / base / adapted", plot(strips, key))
-    out["action_sensitivity.png"] = ("How far predictions separate under opposite actions", sensitivity_figure(report["action_sensitivity"]))
+            out[f"predictions_{key}.png"] = (
+                f"Decoded open-loop {kind} of {key!r}: recorded / base / adapted",
+                plot(strips, key),
+            )
+    out["action_sensitivity.png"] = (
+        "How far predictions separate under opposite actions",
+        sensitivity_figure(report["action_sensitivity"]),
+    )
     if report.get("fit_curves"):
         out["fit_curves.png"] = ("The fit's training and held-out KL", fit_figure(report["fit_curves"]))
     out["surprise.png"] = ("Per-step surprise against the calibrated threshold", surprise_figure(report["coverage"]))
     if report.get("data_curve"):
-        out["data_curve.png"] = ("Held-out KL against the amount of target data", data_curve_figure(report["data_curve"]))
+        out["data_curve.png"] = (
+            "Held-out KL against the amount of target data",
+            data_curve_figure(report["data_curve"]),
+        )
     return out
 
 
@@ -222,14 +244,22 @@ def _figure(name: str, caption: str, data: bytes) -> str:
 
 def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -> str:
     """The HTML page: warnings first, then each section's numbers and picture."""
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>latent-residual diagnose</title><style>{_STYLE}</style></head><body>"]
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>latent-residual diagnose</title><style>{_STYLE}</style></head><body>"
+    ]
     parts.append("<h1>latent-residual diagnose</h1>")
-    parts.append(f"<p>Data: {html.escape(report['data']['source'])}; {report['data']['windows']} windows of {report['data']['window']} steps.</p>")
+    parts.append(
+        f"<p>Data: {html.escape(report['data']['source'])}; {report['data']['windows']} windows of {report['data']['window']} steps.</p>"
+    )
     warnings = report["warnings"]
-    parts += [f"<div class='warn'>{html.escape(text)}</div>" for text in warnings] or ["<div class='ok'>No warnings.</div>"]
+    parts += [f"<div class='warn'>{html.escape(text)}</div>" for text in warnings] or [
+        "<div class='ok'>No warnings.</div>"
+    ]
     kl = report["open_loop_kl"]
     parts.append("<h2>Open-loop prediction</h2>")
-    parts.append(_table(["k", *kl], [[k + 1, *(kl[label][k] for label in kl)] for k in range(len(next(iter(kl.values()))))]))
+    parts.append(
+        _table(["k", *kl], [[k + 1, *(kl[label][k] for label in kl)] for k in range(len(next(iter(kl.values()))))])
+    )
     for name, (caption, data) in pictures.items():
         if name.startswith(("open_loop", "predictions_")):
             parts.append(_figure(name, caption, data))
@@ -238,12 +268,19 @@ def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -
     parts.append("<h2>Action sensitivity</h2>")
     pairs = report["action_sensitivity"]["pairs"]
     labels = list(next(iter(pairs.values())))
-    parts.append(_table(["actions", *labels], [[name, *(row[label]["separation"] for label in labels)] for name, row in pairs.items()]))
+    parts.append(
+        _table(
+            ["actions", *labels],
+            [[name, *(row[label]["separation"] for label in labels)] for name, row in pairs.items()],
+        )
+    )
     parts.append(_figure("action_sensitivity.png", *pictures["action_sensitivity.png"]))
     parts.append("<h2>The fit and the residual</h2>")
     size = report.get("residual_size")
     if size:
-        parts.append(f"<p>Residual offsets: RMS {size['offset_rms']:.3g} against the frozen prior logits' {size['prior_rms']:.3g} (ratio {size['ratio']:.3g}).</p>")
+        parts.append(
+            f"<p>Residual offsets: RMS {size['offset_rms']:.3g} against the frozen prior logits' {size['prior_rms']:.3g} (ratio {size['ratio']:.3g}).</p>"
+        )
     if "fit_curves.png" in pictures:
         parts.append(_figure("fit_curves.png", *pictures["fit_curves.png"]))
     else:
@@ -254,8 +291,19 @@ def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -
         f"<p>Threshold {cover['threshold']:.4g} (the {cover['quantile']:.0%} quantile of held-out surprise over "
         f"{cover['calibration_episodes']} episodes); the alarm fires after {cover['consecutive']} consecutive steps above it.</p>"
     )
-    rows = [["held-out (own target)", cover["held_out"]["episodes"], cover["held_out"]["over_rate"], cover["held_out"]["alarm_rate"], cover["held_out"]["flagged"]]]
-    rows += [[name, other["episodes"], other["over_rate"], other["alarm_rate"], other["flagged"]] for name, other in cover["others"].items()]
+    rows = [
+        [
+            "held-out (own target)",
+            cover["held_out"]["episodes"],
+            cover["held_out"]["over_rate"],
+            cover["held_out"]["alarm_rate"],
+            cover["held_out"]["flagged"],
+        ]
+    ]
+    rows += [
+        [name, other["episodes"], other["over_rate"], other["alarm_rate"], other["flagged"]]
+        for name, other in cover["others"].items()
+    ]
     parts.append(_table(["data", "episodes", "steps above", "steps alarmed", "episodes flagged"], rows))
     parts.append(_figure("surprise.png", *pictures["surprise.png"]))
     if "data_curve.png" in pictures:
@@ -291,7 +339,9 @@ def _tensorboard(directory: Path, report: Mapping[str, Any], pictures: Mapping[s
         writer.close()
 
 
-def write_report(out_dir: Path, report: Mapping[str, Any], strips: Mapping[str, Mapping[str, np.ndarray]] | None) -> None:
+def write_report(
+    out_dir: Path, report: Mapping[str, Any], strips: Mapping[str, Mapping[str, np.ndarray]] | None
+) -> None:
     """Write the report directory whole (a directory already there is replaced)."""
     pictures = figures(report, strips)
     text = page(report, pictures)

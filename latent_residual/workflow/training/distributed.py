@@ -57,7 +57,9 @@ def ranks_from_environment(environ: Mapping[str, str] | None = None) -> Ranks:
         try:
             values[name] = int(text)
         except ValueError:
-            raise ConfigError(f"Environment variable {name} must be an integer (torchrun sets it), got {text!r}.") from None
+            raise ConfigError(
+                f"Environment variable {name} must be an integer (torchrun sets it), got {text!r}."
+            ) from None
     ranks = Ranks(rank=values["RANK"], world_size=values["WORLD_SIZE"], local_rank=values["LOCAL_RANK"])
     if ranks.world_size < 1 or not 0 <= ranks.rank < ranks.world_size or ranks.local_rank < 0:
         raise ConfigError(

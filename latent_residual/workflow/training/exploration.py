@@ -15,7 +15,14 @@ class Disagreement(nn.Module):
     """``members`` MLPs mapping [features_t, a_t] to embed_{t+1}; intrinsic reward = their std."""
 
     def __init__(
-        self, feature_size: int, action_size: int, embed_size: int, *, members: int = 8, hidden: int = 512, layers: int = 2
+        self,
+        feature_size: int,
+        action_size: int,
+        embed_size: int,
+        *,
+        members: int = 8,
+        hidden: int = 512,
+        layers: int = 2,
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(

@@ -80,9 +80,13 @@ def check_step_options(precision: str, compile: bool, device: str | torch.device
         if not torch.amp.is_autocast_available(device.type):
             raise ConfigError(f"precision 'bf16' needs autocast, which torch has no support for on {device.type!r}.")
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            raise ConfigError(f"precision 'bf16' needs a GPU with bfloat16 support; {torch.cuda.get_device_name(device)} has none.")
+            raise ConfigError(
+                f"precision 'bf16' needs a GPU with bfloat16 support; {torch.cuda.get_device_name(device)} has none."
+            )
     if compile and not torch._dynamo.is_dynamo_supported():
-        raise ConfigError("compile needs torch.compile, which this Python or platform does not support; drop --compile.")
+        raise ConfigError(
+            "compile needs torch.compile, which this Python or platform does not support; drop --compile."
+        )
 
 
 class WorldModelLoss(nn.Module):
@@ -116,10 +120,10 @@ class WorldModelTrainer:
         *,
         precision: str = "fp32",
         compile: bool = False,
-        ranks: Ranks = Ranks(),
+        ranks: Ranks | None = None,
     ) -> None:
         check_step_options(precision, compile, model.device())
-        self.model, self.optimiser, self.grad_clip, self.ranks = model, optimiser, grad_clip, ranks
+        self.model, self.optimiser, self.grad_clip, self.ranks = model, optimiser, grad_clip, ranks or Ranks()
         self.autocast_dtype = PRECISIONS[precision]
         loss = data_parallel(WorldModelLoss(model), ranks)
         self.loss = torch.compile(loss) if compile else loss
@@ -204,7 +208,9 @@ def train_world_model(
         trainer = WorldModelTrainer(model, optimiser, grad_clip, precision=precision, compile=compile, ranks=ranks)
         main = ranks.is_main
         log_dir = log_dir if main else None
-        with RunLogger(log_dir, updates, "train world model", quiet=quiet or not main, initial=min(done, updates)) as run:
+        with RunLogger(
+            log_dir, updates, "train world model", quiet=quiet or not main, initial=min(done, updates)
+        ) as run:
             for update in range(done + 1, updates + 1):
                 metrics = trainer.step(replay.sample(batch_size, rng, model.device()))
                 run.advance()
@@ -238,7 +244,11 @@ def read_optimiser_state(out: Path) -> dict[str, Tensor]:
 
 
 def write_run_state(
-    out: Path, model: WorldModel, model_extra: Mapping[str, Any], optimiser_state: dict[str, Tensor], progress: Mapping[str, Any]
+    out: Path,
+    model: WorldModel,
+    model_extra: Mapping[str, Any],
+    optimiser_state: dict[str, Tensor],
+    progress: Mapping[str, Any],
 ) -> None:
     """Write a training run's checkpoint into ``out``: the world model, the optimiser state and, last
     (its presence marks a checkpoint to resume from), ``progress.json``; each file atomically."""
@@ -258,10 +268,18 @@ def _resume(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path) -> i
     return int(progress["updates"])
 
 
-def _checkpoint(model: WorldModel, optimiser: torch.optim.Optimizer, out: Path, updates: int, done: bool, ranks: Ranks) -> None:
+def _checkpoint(
+    model: WorldModel, optimiser: torch.optim.Optimizer, out: Path, updates: int, done: bool, ranks: Ranks
+) -> None:
     """Rank 0 writes the model, its optimiser and the progress; the others wait."""
     if ranks.is_main:
-        write_run_state(out, model, {"model_updates": updates}, optimizer_tensors(optimiser, "model_opt"), {"updates": updates, "done": done})
+        write_run_state(
+            out,
+            model,
+            {"model_updates": updates},
+            optimizer_tensors(optimiser, "model_opt"),
+            {"updates": updates, "done": done},
+        )
     barrier(ranks)
 
 
@@ -270,20 +288,27 @@ class OfflinePretrainConfig:
     """Offline world-model pretraining from a simulation dataset (``pretrain-offline``); defaults are the paper's."""
 
     backbone: str = field(
-        default="", metadata={"help": "Backbone id (see `latent-residual plugins`); empty: the one the dataset's environment names."}
+        default="",
+        metadata={
+            "help": "Backbone id (see `latent-residual plugins`); empty: the one the dataset's environment names."
+        },
     )
     backbone_preset: str = field(
         default="", metadata={"help": "A preset the backbone registers (such as 'cpu'); backbone_kwargs override it."}
     )
     backbone_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Backbone kwargs (JSON)."})
-    updates: int = field(default=10_000, metadata={"help": "Gradient steps in total (a resumed run continues up to it)."})
+    updates: int = field(
+        default=10_000, metadata={"help": "Gradient steps in total (a resumed run continues up to it)."}
+    )
     batch_size: int = field(default=16, metadata={"help": "Sequences per batch (under torchrun: per process)."})
     seq_len: int = field(default=64, metadata={"help": "Steps per sequence."})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate."})
     grad_clip: float = field(default=1000.0, metadata={"help": "Gradient norm clip."})
     checkpoint_every: int = field(default=1000, metadata={"help": "Updates between checkpoints."})
     seed: int = field(default=0, metadata={"help": "Seed for the networks and the batches (under torchrun, rank 0's)."})
-    device: str = field(default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."})
+    device: str = field(
+        default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."}
+    )
     precision: str = field(
         default="fp32", metadata={"help": "Loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
     )
@@ -294,15 +319,21 @@ class OfflinePretrainConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"OfflinePretrainConfig.{name} must be >= 1, got {getattr(self, name)!r}.")
         if not self.lr > 0 or not self.grad_clip > 0:
-            raise ConfigError(f"OfflinePretrainConfig.lr and grad_clip must be > 0, got {self.lr!r} and {self.grad_clip!r}.")
+            raise ConfigError(
+                f"OfflinePretrainConfig.lr and grad_clip must be > 0, got {self.lr!r} and {self.grad_clip!r}."
+            )
         check_precision(self.precision, "OfflinePretrainConfig.")
 
 
-def pretrain_offline(config: OfflinePretrainConfig, data: str | Path, out_dir: str | Path, *, quiet: bool = False) -> WorldModel:
+def pretrain_offline(
+    config: OfflinePretrainConfig, data: str | Path, out_dir: str | Path, *, quiet: bool = False
+) -> WorldModel:
     """Train a world model on the dataset at ``data`` into ``out_dir`` (``world_model/``, metrics, checkpoints);
     re-running with the same ``out_dir`` resumes; data-parallel under torchrun (see :func:`train_world_model`)."""
     dataset = load_dataset(data)
-    backbone, kwargs = resolve_backbone(str(dataset.info.get("env_id", "")), config.backbone, config.backbone_preset, config.backbone_kwargs)
+    backbone, kwargs = resolve_backbone(
+        str(dataset.info.get("env_id", "")), config.backbone, config.backbone_preset, config.backbone_kwargs
+    )
     with process_group(config.device) as (_, device):
         torch.manual_seed(config.seed)
         model = make_backbone(backbone, dataset.observation_space, dataset.action_space, **kwargs).to(device)

@@ -65,7 +65,9 @@ def train_policy(
         actor_critic = ActorCritic(model.feature_size, model.action_size, ac_config).to(model.device())
     with RunLogger(log_dir, config.steps, "train policy", quiet=quiet) as run:
         for update in range(1, config.steps + 1):
-            metrics = actor_critic.train_step(model, subsample_states(bank, config.starts, generator), generator=generator)
+            metrics = actor_critic.train_step(
+                model, subsample_states(bank, config.starts, generator), generator=generator
+            )
             run.advance()
             if update % 50 == 0 or update == config.steps:
                 run.log(update, **metrics)

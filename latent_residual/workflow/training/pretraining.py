@@ -29,6 +29,8 @@ from latent_residual.rollout import posterior_states, step, subsample_states
 from latent_residual.serialization import load_optimizer_tensors, optimizer_tensors
 from latent_residual.workflow.data.collection import EpisodeCollector, begin_episode
 from latent_residual.workflow.data.datasets import DatasetWriter, load_dataset
+from latent_residual.workflow.data.recording import Episode
+from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.training.distributed import (
     Ranks,
     all_true,
@@ -41,7 +43,6 @@ from latent_residual.workflow.training.distributed import (
     rank_seed,
 )
 from latent_residual.workflow.training.exploration import Disagreement
-from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.training.model_training import (
     COMPILE_HELP,
     PROGRESS_NAME,
@@ -53,7 +54,6 @@ from latent_residual.workflow.training.model_training import (
     resolve_backbone,
     write_run_state,
 )
-from latent_residual.workflow.data.recording import Episode
 from latent_residual.workflow.training.replay import ReplayBuffer
 
 EXPLORATION = ("plan2explore", "reward", "random")
@@ -69,7 +69,8 @@ class PretrainConfig:
     env_id: str = field(default="", metadata={"help": "Simulation environment id; empty: the registered demo source."})
     env_kwargs: dict[str, Any] = field(default_factory=dict, metadata={"help": "Environment kwargs (JSON)."})
     backbone: str = field(
-        default="", metadata={"help": "Backbone id (see `latent-residual plugins`); empty: the one the environment names."}
+        default="",
+        metadata={"help": "Backbone id (see `latent-residual plugins`); empty: the one the environment names."},
     )
     backbone_preset: str = field(
         default="", metadata={"help": "A preset the backbone registers (such as 'cpu'); backbone_kwargs override it."}
@@ -80,7 +81,9 @@ class PretrainConfig:
         metadata={"help": "Behaviour that collects data: plan2explore (paper), reward or random."},
     )
     env_steps: int = field(default=100_000, metadata={"help": "Environment steps to collect."})
-    prefill: int = field(default=2500, metadata={"help": "Steps collected before training starts (random after any expert steps)."})
+    prefill: int = field(
+        default=2500, metadata={"help": "Steps collected before training starts (random after any expert steps)."}
+    )
     expert_steps: int = field(
         default=0,
         metadata={
@@ -100,11 +103,17 @@ class PretrainConfig:
     )
     checkpoint_every: int = field(default=5000, metadata={"help": "Environment steps between checkpoints."})
     seed: int = field(
-        default=0, metadata={"help": "Seed for environment, networks and sampling (under torchrun, rank 0's; others derive theirs)."}
+        default=0,
+        metadata={
+            "help": "Seed for environment, networks and sampling (under torchrun, rank 0's; others derive theirs)."
+        },
     )
-    device: str = field(default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."})
+    device: str = field(
+        default="cpu", metadata={"help": "Torch device ('cuda' under torchrun: each process takes cuda:LOCAL_RANK)."}
+    )
     precision: str = field(
-        default="fp32", metadata={"help": "World-model loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."}
+        default="fp32",
+        metadata={"help": "World-model loss precision: fp32, or bf16 (bfloat16 autocast; weights stay fp32)."},
     )
     compile: bool = field(default=False, metadata={"help": COMPILE_HELP})
 
@@ -256,7 +265,9 @@ class _PretrainRun:
         if self.progress:
             self.model = load_world_model(self.out / WORLD_MODEL_NAME, device=config.device)
         else:
-            self.model = make_backbone(config.backbone, obs_space, act_space, **config.backbone_kwargs).to(config.device)
+            self.model = make_backbone(config.backbone, obs_space, act_space, **config.backbone_kwargs).to(
+                config.device
+            )
         F, A = self.model.feature_size, self.model.action_size
         self.task = ActorCritic(F, A, ac_config).to(config.device)
         self.explore: ActorCritic | None = None
@@ -264,13 +275,23 @@ class _PretrainRun:
         if config.exploration == "plan2explore":
             self.explore = ActorCritic(F, A, ac_config).to(config.device)
             self.disagreement = Disagreement(
-                F, A, self._embed_size(), members=config.disagreement_members, hidden=ac_config.hidden, layers=ac_config.layers
+                F,
+                A,
+                self._embed_size(),
+                members=config.disagreement_members,
+                hidden=ac_config.hidden,
+                layers=ac_config.layers,
             ).to(config.device)
             self.disagreement_opt = torch.optim.Adam(self.disagreement.parameters(), lr=config.model_lr, eps=1e-8)
         self.model_opt = torch.optim.Adam(self.model.parameters(), lr=config.model_lr, eps=1e-8)
         # The loss runs through DDP, which also copies rank 0's world model to every rank here.
         self.trainer = WorldModelTrainer(
-            self.model, self.model_opt, config.model_grad_clip, precision=config.precision, compile=config.compile, ranks=self.ranks
+            self.model,
+            self.model_opt,
+            config.model_grad_clip,
+            precision=config.precision,
+            compile=config.compile,
+            ranks=self.ranks,
         )
 
     def _synchronise_networks(self) -> None:
@@ -319,7 +340,7 @@ class _PretrainRun:
         load_optimizer_tensors(self.model_opt, tensors, "model_opt")
         if self.explore is not None:
             self.explore = load_actor_critic(self.out / EXPLORE_ACTOR_CRITIC_NAME, device=self.config.device)
-            weights = {k[len("disagreement."):]: v for k, v in tensors.items() if k.startswith("disagreement.")}
+            weights = {k[len("disagreement.") :]: v for k, v in tensors.items() if k.startswith("disagreement.")}
             self.disagreement.load_state_dict(weights)
             load_optimizer_tensors(self.disagreement_opt, tensors, "disagreement_opt")
 
@@ -361,7 +382,9 @@ class _PretrainRun:
         filtered = posterior_states(self.model, batch)
         starts = {key: value.flatten(0, 1) for key, value in filtered["states"].items()}
         starts = subsample_states(starts, config.imagination_starts, self.generator)
-        metrics.update({f"task/{k}": v for k, v in self.task.train_step(self.model, starts, generator=self.generator).items()})
+        metrics.update(
+            {f"task/{k}": v for k, v in self.task.train_step(self.model, starts, generator=self.generator).items()}
+        )
         average_buffers(self.task, self.ranks)
         if self.disagreement is not None:
             features, embed, actions = filtered["features"], filtered["embed"], batch["action"].float()
@@ -440,7 +463,9 @@ def pretrain(
         start = time.monotonic()
         collector = EpisodeCollector(run.env, _PretrainBehaviour(run), seed=run.seed)
         main = ranks.is_main
-        with RunLogger(out if main else None, config.env_steps, "pretrain", quiet=quiet or not main, initial=run.env_steps) as log:
+        with RunLogger(
+            out if main else None, config.env_steps, "pretrain", quiet=quiet or not main, initial=run.env_steps
+        ) as log:
 
             def after_step(taken: int) -> bool:
                 if taken:  # the reset records a step but takes none

@@ -28,9 +28,9 @@ from latent_residual.registry.lookup import env_spec, make_backbone, make_env, s
 from latent_residual.serialization import write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.training.model_training import train_world_model
-from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 
@@ -73,11 +73,15 @@ class SourceRecipe:
         plan = tuple(step if isinstance(step, DataStep) else DataStep(*step) for step in self.data_plan)
         object.__setattr__(self, "data_plan", plan)
         if not plan or any(step.behaviour not in ("expert", "random") or step.noise < 0 for step in plan):
-            raise ConfigError(f"SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, got {plan!r}.")
+            raise ConfigError(
+                f"SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, got {plan!r}."
+            )
         if any(later.until <= earlier.until for earlier, later in zip(plan, plan[1:])) or plan[0].until < 1:
             raise ConfigError(f"SourceRecipe.data_plan: each step's 'until' must exceed the one before, got {plan!r}.")
         if min(self.batch_size, self.seq_len, self.model_updates, self.policy_updates, self.policy_starts) < 1:
-            raise ConfigError("SourceRecipe: batch_size, seq_len, model_updates, policy_updates and policy_starts must be >= 1.")
+            raise ConfigError(
+                "SourceRecipe: batch_size, seq_len, model_updates, policy_updates and policy_starts must be >= 1."
+            )
         ActorCriticConfig(**self.actor_critic)  # an unknown or bad field fails here, not after the data is collected
 
 
@@ -92,14 +96,21 @@ def source_recipe(env_id: str, **overrides: Any) -> SourceRecipe:
     try:
         return SourceRecipe(**{**spec.recipe, **overrides})
     except TypeError as exc:
-        raise RegistrationError(f"Environment {env_id!r} (plugin {spec.plugin!r}): recipe is malformed: {exc}.") from None
+        raise RegistrationError(
+            f"Environment {env_id!r} (plugin {spec.plugin!r}): recipe is malformed: {exc}."
+        ) from None
 
 
 def _commit() -> str | None:
     """The git commit of the library's checkout, when it runs from one."""
     try:
         done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None
@@ -131,7 +142,9 @@ def build_source(
     started = time.monotonic()
     for step in recipe.data_plan:
         say(f"collecting {step.behaviour} (noise {step.noise}) until {step.until} transitions -> {data_dir}")
-        dataset = collect(env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+        dataset = collect(
+            env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet
+        )
     env = make_env(env_id)
     torch.manual_seed(seed)
     model = make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
