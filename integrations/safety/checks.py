@@ -315,11 +315,26 @@ class CoverageAlarm(Check):
 
 #: The checks a controller runs, in order: within a stage, the first that fires decides the stop.
 CHECKS: list[type[Check]] = [
-    BadStamp, FutureStamp, FrameDecodes, FiniteReading,
-    NoFrame, StaleFrame, VelocityFault, VelocitySilent,
+    # input
+    BadStamp,
+    FutureStamp,
+    FrameDecodes,
+    FiniteReading,
+    # state
+    NoFrame,
+    StaleFrame,
+    VelocityFault,
+    VelocitySilent,
+    # observation
     FiniteObservation,
-    LateCallRunning, DeadlineMissed, ObservationRefused, PolicyRaised,
-    FiniteAction, CoverageAlarm,
+    # inference
+    LateCallRunning,
+    DeadlineMissed,
+    ObservationRefused,
+    PolicyRaised,
+    # action
+    FiniteAction,
+    CoverageAlarm,
 ]
 
 

@@ -86,7 +86,9 @@ class LaneFollowingController:
         self.last_action = np.zeros(2, dtype=np.float32)
         self.wheel_speeds = WheelSpeeds(self.settings, self.calibration, self.reads_velocity)
         self._decode = partial(
-            decode_frame, size=self.image_size, crop_square=self.settings.crop_square,
+            decode_frame,
+            size=self.image_size,
+            crop_square=self.settings.crop_square,
             camera_size=self.settings.camera_size,
         )
         built = [check(self) for check in _checks.CHECKS]  # a check may refuse the settings or the policy

@@ -116,24 +116,34 @@ CONTROLLER_SETTINGS: list[Setting] = [
         "inference_deadline", 0.0, "s", "how long the policy may take; 0: half a period", validate=inference_deadline
     ),
     Setting(
-        "velocity_source", "encoders", "", "the velocity observation: encoders, odometry, command or zero",
+        "velocity_source",
+        "encoders",
+        "",
+        "the velocity observation: encoders, odometry, command or zero",
         ("encoders", "odometry", "command", "zero"),
     ),
     Setting(
-        "velocity_fallback", "stop", "", "encoders/odometry silent: stop, or the last command's velocity, or zeros",
+        "velocity_fallback",
+        "stop",
+        "",
+        "encoders/odometry silent: stop, or the last command's velocity, or zeros",
         ("stop", "command", "zero"),
     ),
     Setting("velocity_timeout", 0.5, "s", "encoders/odometry silent after this long", validate=positive),
     Setting("crop_square", False, "", "crop the frame's centre square before resizing"),
     Setting(
-        "camera_size", CAMERA_SIZE, "",
+        "camera_size",
+        CAMERA_SIZE,
+        "",
         "the camera's WIDTHxHEIGHT before the resize, or its calibration .yaml (image_width, image_height): a "
         "frame of another size stops the wheels (bad_frame); the ROS 1 node's default is the robot's own "
         "calibration when it has one",
         validate=camera_size,
     ),
     Setting(
-        "surprise_steps", 0, "",
+        "surprise_steps",
+        0,
+        "",
         "coverage alarm: respond after this many steps in a row above the policy's surprise threshold (0: off)",
         validate=count,
     ),
