@@ -1,5 +1,6 @@
-"""The onboard safety layer without ROS: the ROS 1 node's controller on a fake ROS clock, the control loop in real time, with faults injected into a real exported policy.
-Over real ROS 2 middleware the same faults are measured in test_ros2_node.py; nothing here imports rospy or rclpy."""
+"""The onboard safety layer without ROS: the ROS 1 node's controller on a fake ROS clock, the control loop in real
+time, with faults injected into a real exported policy. Over real ROS 2 middleware the same faults are measured in
+test_ros2_node.py; nothing here imports rospy or rclpy."""
 
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from latent_residual_integrations.duckiebot_ros import build_controller, parse_a
 from latent_residual_integrations.safety import (
     CONTROLLER_SETTINGS,
     Command,
-    ControlLoop,
     ControllerSettings,
+    ControlLoop,
     InferenceBusy,
     InferenceTimeout,
     InferenceWorker,
@@ -383,7 +384,9 @@ def test_every_stop_is_counted_by_reason_and_shutdown_stops_for_good(export, fra
     assert_stopped(command, StopReason.SHUTDOWN)
     assert_stopped(drive(controller, clock, frames), StopReason.SHUTDOWN)
     assert controller.stop_counts == {
-        StopReason.INFERENCE_ERROR: 2, StopReason.NON_FINITE_ACTION: 1, StopReason.SHUTDOWN: 1
+        StopReason.INFERENCE_ERROR: 2,
+        StopReason.NON_FINITE_ACTION: 1,
+        StopReason.SHUTDOWN: 1,
     }
     assert "stops while running: inference_error 2, non_finite_action 1, shutdown 1" in caplog.text
 
@@ -411,10 +414,16 @@ def test_bad_bounds_are_one_line_errors(export):
         ({"rate_hz": 0}, "rate_hz must be a positive number"),
         ({"max_frame_age": float("nan")}, "max_frame_age must be a positive number"),
         ({"max_future": -1}, "max_future must be a non-negative number"),
-        ({"inference_deadline": 0.1}, r"inference_deadline must lie between 0 and the control period \(0.100 s at 10 Hz\)"),
+        (
+            {"inference_deadline": 0.1},
+            r"inference_deadline must lie between 0 and the control period \(0.100 s at 10 Hz\)",
+        ),
         ({"velocity_fallback": "guess"}, "velocity_fallback must be one of"),
         ({"velocity_source": "lidar"}, "velocity_source must be one of"),
-        ({"camera_size": "640"}, "camera_size must be WIDTHxHEIGHT in pixels, like '640x480', or a camera calibration .yaml, got '640'"),
+        (
+            {"camera_size": "640"},
+            "camera_size must be WIDTHxHEIGHT in pixels, like '640x480', or a camera calibration .yaml, got '640'",
+        ),
         ({"camera_size": (0, 480)}, "camera_size must be WIDTHxHEIGHT"),
     ]:
         with pytest.raises(ValueError, match=message) as info:
@@ -424,8 +433,12 @@ def test_bad_bounds_are_one_line_errors(export):
 
 def test_the_ros1_node_refuses_a_policy_that_disagrees_with_its_graph(export, tmp_path):
     # main() turns this ValueError into one logfatal line and exit status 2, before publishing anything.
-    directory = tampered_export(export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3]))
-    with pytest.raises(PolicyFileError, match=r"'image' is uint8\[batch, 64, 64, 3\] in the graph but policy.json's inputs\[0\]") as error:
+    directory = tampered_export(
+        export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3])
+    )
+    with pytest.raises(
+        PolicyFileError, match=r"'image' is uint8\[batch, 64, 64, 3\] in the graph but policy.json's inputs\[0\]"
+    ) as error:
         build_controller(parse_args(["--robot", "db21", "--policy", str(directory), "--threads", "1"]))
     assert "\n" not in str(error.value)
 
@@ -441,7 +454,10 @@ def test_the_camera_size_comes_from_the_robots_camera_calibration(export, clock,
     assert ros1_controller(export, clock).settings.camera_size == (320, 240)
     assert ros1_controller(export, clock, "--camera-size", "640x480").settings.camera_size == (640, 480)
     (tmp_path / "other.yml").write_text("image_width: 1280\nimage_height: 720\n")
-    assert ros1_controller(export, clock, "--camera-size", str(tmp_path / "other.yml")).settings.camera_size == (1280, 720)
+    assert ros1_controller(export, clock, "--camera-size", str(tmp_path / "other.yml")).settings.camera_size == (
+        1280,
+        720,
+    )
     for text, message in [
         ("image_width: 320\n", "key 'image_height' is None, expected a positive number of pixels"),
         ("image_width: 320.5\nimage_height: 240\n", "key 'image_width' is 320.5"),
@@ -459,10 +475,19 @@ def test_the_camera_size_comes_from_the_robots_camera_calibration(export, clock,
 def test_node_arguments_parse_without_ros():
     args = parse_args(["--robot", "db21", "--policy", "/data/policy", "--crop-square"])
     assert (args.robot, str(args.policy), args.rate, args.velocity_source, args.threads) == (
-        "db21", "/data/policy", 10.0, "encoders", 1
+        "db21",
+        "/data/policy",
+        10.0,
+        "encoders",
+        1,
     )
     assert args.crop_square and args.calibration is None
-    assert (args.max_frame_age, args.max_future, args.inference_deadline, args.velocity_fallback) == (0.5, 0.05, 0.0, "stop")
+    assert (args.max_frame_age, args.max_future, args.inference_deadline, args.velocity_fallback) == (
+        0.5,
+        0.05,
+        0.0,
+        "stop",
+    )
     # 0 is the default deadline, half a period, as for the ROS 2 parameter.
     settings = ControllerSettings(**controller_keywords(vars(args) | {"camera_size": "640x480"}))
     assert settings.inference_deadline == pytest.approx(PERIOD / 2)
@@ -589,7 +614,9 @@ def test_the_loop_publishes_every_period_and_stops_within_one(export, frames):
         recorder.wait(lambda c: not c.stopped, time.monotonic())
         for fault, seconds in (("raise", 0), ("hang", 0.3)):
             fired = []
-            controller.policy.on_event = lambda kind, at: fired.append((kind, time.monotonic())) if kind == fault else None
+            controller.policy.on_event = lambda kind, at, fired=fired, fault=fault: (
+                fired.append((kind, time.monotonic())) if kind == fault else None
+            )
             controller.policy.inject(fault, seconds)
             t, command = recorder.wait(lambda c: c.stopped, time.monotonic())
             assert command.reason in (StopReason.INFERENCE_ERROR, StopReason.INFERENCE_DEADLINE)
