@@ -44,7 +44,8 @@ def main() -> None:
     print(f"data: {sequences['is_first'].numel()} transitions in {sequences['is_first'].shape[0]} sequences")
     print(f"residual extra inputs: {list(args.extra_inputs) or 'none'}")
     print(
-        f"held-out KL: base {result.held_out_kl_base:.4f}, best {result.held_out_kl_best:.4f} at step {result.best_step}"
+        f"held-out KL: base {result.held_out_kl_base:.4f}, best {result.held_out_kl_best:.4f} "
+        f"at step {result.best_step}"
     )
     print(f"within 2% of best ({threshold:.4f}) at step {reached['step']}, {reached['seconds']:.1f} s")
     print(f"{result.steps} steps in {total:.1f} s ({result.steps / total:.1f} steps/s)")

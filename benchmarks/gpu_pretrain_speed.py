@@ -66,8 +66,13 @@ def main() -> None:
                         help="Which backbones to time (default: both).")  # fmt: skip
     parser.add_argument("--draw-preset", default="paper", help="DRAW preset (default: the paper's sizes).")
     parser.add_argument("--rssm-preset", default="S", help="RSSM preset (default: S, the RSSM's default).")
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=None,
-                        help="Default: fp32 and bf16 on CPU (compiling takes minutes there); all four on CUDA.")  # fmt: skip
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=sorted(VARIANTS),
+        default=None,
+        help="Default: fp32 and bf16 on CPU (compiling takes minutes there); all four on CUDA.",
+    )
     parser.add_argument("--batch", type=int, default=16, help="Sequences per batch and process (paper: 16).")
     parser.add_argument("--length", type=int, default=64, help="Steps per sequence (paper: 64).")
     parser.add_argument("--steps", type=int, default=None, help="Timed steps (default 2 on CPU, 50 on CUDA).")
@@ -90,7 +95,8 @@ def main() -> None:
             f"per process, 64x64 RGB + velocity; {args.steps} timed steps after {args.warmup} warm-up"
         )
         say(
-            f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} {'states/s':>10} {'loss':>10} {'warm-up s':>10}"
+            f"{'backbone':<9} {'preset':<7} {'variant':<13} {'steps/s':>9} "
+            f"{'states/s':>10} {'loss':>10} {'warm-up s':>10}"
         )
         presets = {"draw-v0": args.draw_preset, "rssm-v0": args.rssm_preset}
         for backbone in args.backbones:
@@ -99,7 +105,8 @@ def main() -> None:
                 steps_per_s, loss, warmup_s = measure(backbone, preset, variant, device, ranks, args)
                 states = steps_per_s * args.batch * args.length * ranks.world_size
                 say(
-                    f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} {states:10.0f} {loss:10.2f} {warmup_s:10.1f}"
+                    f"{backbone:<9} {preset:<7} {variant:<13} {steps_per_s:9.3f} "
+                    f"{states:10.0f} {loss:10.2f} {warmup_s:10.1f}"
                 )
 
 

@@ -25,14 +25,18 @@ def main() -> None:
         [
             sys.executable,
             "-c",
-            "import sys, latent_residual; print(sorted(m for m in ('torch', 'mujoco', 'onnx', 'dm_control') if m in sys.modules))",
+            (
+                "import sys, latent_residual; "
+                "print(sorted(m for m in ('torch', 'mujoco', 'onnx', 'dm_control') if m in sys.modules))"
+            ),
         ],
         check=True,
         capture_output=True,
         text=True,
     ).stdout.strip()
     print(
-        f"import latent_residual: median {statistics.median(times):.3f} s, max {max(times):.3f} s over {args.repeat} runs"
+        f"import latent_residual: median {statistics.median(times):.3f} s, max {max(times):.3f} s "
+        f"over {args.repeat} runs"
     )
     print(f"heavy modules imported: {heavy}")
 

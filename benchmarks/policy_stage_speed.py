@@ -64,7 +64,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads")
     print(f"settings: {policy_config}, {ac_config}")
     print(
-        f"policy stage: {args.steps} updates in {seconds:.1f} s ({args.steps / seconds:.2f} updates/s, start bank included); "
+        f"policy stage: {args.steps} updates in {seconds:.1f} s "
+        f"({args.steps / seconds:.2f} updates/s, start bank included); "
         f"CPU time {cpu_seconds:.1f} s ({args.steps / cpu_seconds:.2f} updates per CPU second)"
     )
     print(f"actor checksum: {checksum:.6f}")

@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         results = json.loads(report.read_text())
     print(
-        f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, python {platform.python_version()}"
+        f"{platform.machine()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+        f"python {platform.python_version()}"
     )
     print(f"{'fault':<24} {'trials':>6} {'within 100 ms':>14} {'median ms':>10} {'max ms':>8} {'resume median ms':>17}")
     for fault in TESTS.values():

@@ -15,8 +15,10 @@ Usage::
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1
     SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 2 --precision fp32 bf16
     python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --profile   # ours only, with a profile
-    python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --library-imagination   # ours, the library's imagination
-    SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1 --compile   # our world-model loss compiled
+    # ours, the library's imagination
+    python benchmarks/rssm_vs_sheeprl.py --threads 1 --no-sheeprl --library-imagination
+    # our world-model loss compiled
+    SHEEPRL_VENV=/tmp/sheeprl-venv MUJOCO_GL=egl python benchmarks/rssm_vs_sheeprl.py --threads 1 --compile
 """
 
 from __future__ import annotations
@@ -212,13 +214,14 @@ def main() -> None:
         imagination = "library defaults" if args.library_imagination else "sheeprl's"
         compiled = ", compiled world-model loss" if args.compile else ""
         print(
-            f"ours {precision}{compiled}, {imagination} imagination: {rate:.3f} gradient steps/s ({cpu_rate:.3f} per CPU second; {args.steps} steps, "
+            f"ours {precision}{compiled}, {imagination} imagination: {rate:.3f} gradient steps/s "
+            f"({cpu_rate:.3f} per CPU second; {args.steps} steps, "
             f"batch {args.batch_size} x {args.seq_len}, {torch.get_num_threads()} threads)"
         )
         print(
             f"ours {precision}: {flops / 1e9:.2f} GFLOP per gradient step, {achieved:.1f} GFLOP/s = "
-            f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, {100 * achieved / measured:.0f}% of "
-            f"the {measured:.0f} measured now; load average {loadavg()}"
+            f"{100 * achieved / peak:.0f}% of the {peak:.0f} GFLOP/s reference peak, "
+            f"{100 * achieved / measured:.0f}% of the {measured:.0f} measured now; load average {loadavg()}"
         )
         sys.stdout.flush()
     if args.no_sheeprl:

@@ -95,7 +95,10 @@ def stamp_seconds(seconds: float) -> float | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - needs a ROS master
-    """Start the node: subscribe to the camera (and encoders), publish wheel commands at ``--rate``; SIGTERM stops the wheels."""
+    """Start the node: subscribe to the camera (and encoders), publish wheel commands at ``--rate``.
+
+    SIGTERM stops the wheels.
+    """
     import rospy
     from duckietown_msgs.msg import WheelEncoderStamped, WheelsCmdStamped
     from sensor_msgs.msg import CompressedImage

@@ -354,7 +354,8 @@ class ResidualWorldModel(WorldModel):
         if stored["latent_spec"] != self.latent.to_dict() or stored["action_size"] != self.action_size:
             raise IncompatibleAdapterError(
                 f"{file}: adapter expects latent {stored['latent_spec']} (key 'latent_spec') and action size "
-                f"{stored['action_size']} (key 'action_size'); this model has {self.latent.to_dict()} and {self.action_size}."
+                f"{stored['action_size']} (key 'action_size'); this model has {self.latent.to_dict()} "
+                f"and {self.action_size}."
             )
         config = stored["config"]
         # The base's fingerprint matched, so inputs this base lacks mean the stored config is wrong.
@@ -482,7 +483,8 @@ def _adapter_files(path: Path) -> list[Path]:
             )
         )
         raise AdapterFileError(
-            f"{path}: expected an adapter directory holding {ADAPTER_WEIGHTS_NAME} (written by save_pretrained()); {seen}."
+            f"{path}: expected an adapter directory holding {ADAPTER_WEIGHTS_NAME} "
+            f"(written by save_pretrained()); {seen}."
         )
     return nested
 

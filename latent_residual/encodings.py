@@ -65,8 +65,8 @@ def twohot_cross_entropy(log_prob: Tensor, index: Tensor, weight: Tensor) -> Ten
     # gather neither broadcasts nor checks the leading axes: a smaller index would silently read a corner.
     if index.shape != weight.shape or index.shape[:-1] != log_prob.shape[:-1]:
         raise ValueError(
-            f"twohot_cross_entropy: index {tuple(index.shape)} and weight {tuple(weight.shape)} must match each other and "
-            f"log_prob {tuple(log_prob.shape)} on every axis but the last."
+            f"twohot_cross_entropy: index {tuple(index.shape)} and weight {tuple(weight.shape)} "
+            f"must match each other and log_prob {tuple(log_prob.shape)} on every axis but the last."
         )
     return -(log_prob.gather(-1, index) * weight).sum(-1)
 

@@ -49,7 +49,10 @@ class FitConfig:
     patience: int = field(
         default=0,
         metadata={
-            "help": "Evaluations without improvement before stopping early; 0 never stops (the best weights are restored either way)."
+            "help": (
+                "Evaluations without improvement before stopping early; "
+                "0 never stops (the best weights are restored either way)."
+            )
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed for batching and latent samples."})

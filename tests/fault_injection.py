@@ -1,5 +1,5 @@
-"""Fault injection for the safety tests: a real exported policy that raises, hangs or returns NaN on demand, a settable clock, camera frames.
-No middleware here and nothing mocked: test_safety.py (no ROS) and ros2_harness.py (ROS 2 processes) use these pieces."""
+"""Fault injection for the safety tests: an exported policy that raises, hangs or returns NaN, a clock, frames.
+Nothing mocked, no middleware: test_safety.py (no ROS) and ros2_harness.py (ROS 2 processes) use these pieces."""
 
 from __future__ import annotations
 

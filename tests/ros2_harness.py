@@ -1,4 +1,4 @@
-"""The processes test_ros2_node.py starts: the ROS 2 node with a fault-injecting policy, and a fake camera (with odometry).
+"""The processes test_ros2_node.py starts: the ROS 2 node with a fault-injecting policy, a fake camera (with odometry).
 No test logic here; each process takes commands on stdin and prints timestamped events (time.time()) on stdout."""
 
 # python ros2_harness.py node ARGS...   # ros2_node.run(ARGS) with FaultyPolicy; stdin: "raise", "hang SECONDS", "nan"

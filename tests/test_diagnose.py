@@ -40,7 +40,8 @@ SMALL = ["--horizon", "5", "--warmup", "4", "--max-windows", "24", "--strips", "
 
 @pytest.fixture(scope="module")
 def pendulum(tmp_path_factory):
-    """The shipped pendulum model, short reversed-pendulum data (fit, held out) and source data, a briefly fitted adapter."""
+    """The shipped pendulum model, short reversed-pendulum data (fit, held out) and source data, a briefly
+    fitted adapter."""
     root = tmp_path_factory.mktemp("diagnose")
     for name, env_id, transitions, seed in (
         ("fit", TARGET, 1200, 0),

@@ -273,7 +273,8 @@ def test_a_torchrun_worker_ends_without_pythons_shutdown():
     An atexit hook stands for that shutdown: it must not run, and the output must still arrive."""
     program = (
         "import atexit, sys; atexit.register(lambda: print('python shut down', flush=True)); "
-        "from latent_residual.workflow.cli.main import main; sys.argv = ['latent-residual', '--version']; sys.exit(main())"
+        "from latent_residual.workflow.cli.main import main; "
+        "sys.argv = ['latent-residual', '--version']; sys.exit(main())"
     )
     torchrun = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for env, shut_down in ((torchrun, False), ({}, True)):

@@ -162,7 +162,8 @@ def violations(sources: dict[str, str]) -> list[str]:
             top = target.split(".")[0]
             if own in THIRD_PARTY and top not in sys.stdlib_module_names and top not in THIRD_PARTY[own]:
                 problems.append(
-                    f"{module} -> {target}: the {own} layer imports only {sorted(THIRD_PARTY[own])} and the standard library"
+                    f"{module} -> {target}: the {own} layer imports only {sorted(THIRD_PARTY[own])} "
+                    "and the standard library"
                 )
     return problems
 
@@ -213,7 +214,10 @@ def test_there_is_no_import_cycle():
                 "latent_residual.fitting": "from latent_residual.workflow.data.datasets import load_dataset\n",
                 "latent_residual.workflow.data.datasets": "",
             },
-            "latent_residual.fitting -> latent_residual.workflow.data.datasets: the kernel layer may not import the workflow layer",
+            (
+                "latent_residual.fitting -> latent_residual.workflow.data.datasets: "
+                "the kernel layer may not import the workflow layer"
+            ),
         ),
         (
             {"latent_residual.rollout": "def f():\n    import gymnasium\n"},
@@ -236,7 +240,10 @@ def test_there_is_no_import_cycle():
                 "latent_residual_plugins.draw.model": "from latent_residual_plugins.dmc import env\n",
                 "latent_residual_plugins.dmc.env": "",
             },
-            "latent_residual_plugins.draw.model -> latent_residual_plugins.dmc.env: the plugin layer may not import the plugin layer",
+            (
+                "latent_residual_plugins.draw.model -> latent_residual_plugins.dmc.env: "
+                "the plugin layer may not import the plugin layer"
+            ),
         ),
     ],
 )

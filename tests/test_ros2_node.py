@@ -1,5 +1,5 @@
-"""The ROS 2 node over real middleware: the node and a fake camera in their own processes on loopback, faults injected into a real exported policy, latencies measured.
-Skipped without rclpy (pip install ros-rclpy ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-rmw-fastrtps-cpp); the ROS-free checks are in test_safety.py."""
+"""The ROS 2 node over real middleware: node and fake camera as loopback processes, faulty real policy, latencies timed.
+Skips without ros-rclpy ros-sensor-msgs ros-std-msgs ros-geometry-msgs ros-rmw-fastrtps-cpp; no-ROS: test_safety.py."""
 
 from __future__ import annotations
 
@@ -297,7 +297,8 @@ def _report() -> None:
 
 
 def _trials(rig: Rig, fault: str, inject, recover=None, extra=None, trials: int = TRIALS) -> list[float]:
-    """Run ``trials`` times: drive, inject (returns the fault's time), measure the zero, recover, see it drive after a reset."""
+    """Run ``trials`` times: drive, inject (returns the fault's time), measure the zero, recover, see it drive
+    after a reset."""
     latencies, resumes = [], []
     for _ in range(trials):
         rig.driving()
@@ -459,7 +460,10 @@ def test_a_policy_that_disagrees_with_its_graph_or_does_not_load_is_refused_at_s
             tampered_export(
                 export, tmp_path / "resized", lambda description: description["inputs"][0].update(shape=[32, 32, 3])
             ),
-            "policy.onnx: 'image' is uint8[batch, 64, 64, 3] in the graph but policy.json's inputs[0] says uint8[32, 32, 3]",
+            (
+                "policy.onnx: 'image' is uint8[batch, 64, 64, 3] in the graph "
+                "but policy.json's inputs[0] says uint8[32, 32, 3]"
+            ),
         ),
         (
             tampered_export(

@@ -244,7 +244,8 @@ def test_unsupported_options_are_named(tmp_path, edit, pattern):
 
 
 def test_any_suite_task_imports_without_a_flag_at_its_own_action_repeat(tmp_path, capsys):
-    """cartpole swingup (not one of the paper's tasks) at action repeat 1: the suite's id, the repeat from sheeprl's config."""
+    """cartpole swingup (not one of the paper's tasks) at action repeat 1: the suite's id, the repeat from
+    sheeprl's config."""
     out = tmp_path / "imported"
     assert main(["import", "sheeprl", str(checkpoint_of("cartpole")), "--out", str(out)]) == 0
     provenance = json.loads((out / "provenance.json").read_text())

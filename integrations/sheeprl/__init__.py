@@ -18,7 +18,9 @@ def register_importers(register: Callable[..., Any]) -> None:
     register(
         "sheeprl",
         "latent_residual_integrations.sheeprl.convert:import_checkpoint",
-        description="sheeprl DreamerV3 / P2E-DV3 checkpoint (ckpt_<step>_<rank>.ckpt) into an rssm-v0 model and actor-critic.",
+        description=(
+            "sheeprl DreamerV3 / P2E-DV3 checkpoint (ckpt_<step>_<rank>.ckpt) into an rssm-v0 model and actor-critic."
+        ),
     )
 
 

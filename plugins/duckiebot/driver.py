@@ -97,8 +97,9 @@ class LaneExpert:
 
     With probability ``manoeuvres`` per step it starts holding a random command for
     ``manoeuvre_steps`` steps (a speed uniform in [-1, 1], a turn in [-0.3, 0.3]: backing up,
-    speeding, slowing), then drives on. Measured: data of the pure driver, even with per-step noise 0.5, taught the residual
-    that the robot moves forward whatever the command, because one noisy step barely moves it.
+    speeding, slowing), then drives on. Measured: data of the pure driver, even with per-step noise
+    0.5, taught the residual that the robot moves forward whatever the command, because one noisy
+    step barely moves it.
     """
 
     def __init__(

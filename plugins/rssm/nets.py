@@ -1,4 +1,4 @@
-"""The RSSM's networks: LayerNorm GRU cell, bias-free MLPs, the stacked-image/vector encoder and decoder, DreamerV3 init.
+"""The RSSM's networks: LayerNorm GRU cell, bias-free MLPs, stacked-image/vector encoder and decoder, DreamerV3 init.
 
 The world model that wires them together is in ``model.py``; image CNNs, observation layout, loss and KL are the core's.
 """

@@ -107,7 +107,10 @@ class Policy(nn.Module):
         return state, torch.zeros(batch_size, self.model.action_size, device=device)
 
     def reset(self, seed: int | None = None) -> None:
-        """Start an episode: the next :meth:`act` forgets the carried state. ``seed`` is unused (the policy is deterministic)."""
+        """Start an episode: the next :meth:`act` forgets the carried state.
+
+        ``seed`` is unused (the policy is deterministic).
+        """
         self._carried = None
 
     @torch.no_grad()

@@ -1,7 +1,8 @@
 """The coverage alarm: per-step surprise (how badly the corrected prior predicted the new observation), its
 threshold calibrated on held-out target data, and which episodes of a dataset leave the model's coverage.
 
-The same score runs onboard in the exported ONNX graph (``export.py``, ``surprise=True``); the report is in ``diagnose.py``.
+The same score runs onboard in the exported ONNX graph (``export.py``, ``surprise=True``); the report is in
+``diagnose.py``.
 """
 
 from __future__ import annotations
@@ -95,7 +96,10 @@ def disagreement(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
 
 
 def episode_surprise(model: WorldModel, episodes: Sequence[Mapping[str, np.ndarray]]) -> list[np.ndarray]:
-    """Per-step surprise of whole episodes (each a dict of (T, ...) arrays, as ``Dataset.episodes``), one (T,) array each."""
+    """Per-step surprise of whole episodes (each a dict of (T, ...) arrays, as ``Dataset.episodes``).
+
+    One (T,) array each.
+    """
     return per_episode(surprise, model, episodes)
 
 

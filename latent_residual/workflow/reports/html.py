@@ -219,13 +219,15 @@ def figures(
 # The page
 # ----------------------------------------------------------------------------------------------
 
-_STYLE = """
-body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }
-.warn { background: #fff3cd; border-left: 4px solid #e0a800; padding: 0.5em 1em; margin: 0.5em 0; }
-.ok { background: #e8f5e9; border-left: 4px solid #43a047; padding: 0.5em 1em; }
-table { border-collapse: collapse; margin: 0.5em 0; } td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }
-img { max-width: 100%; }
-"""
+_STYLE = (
+    "\n"
+    "body { font-family: sans-serif; max-width: 60em; margin: 2em auto; color: #222; }\n"
+    ".warn { background: #fff3cd; border-left: 4px solid #e0a800; padding: 0.5em 1em; margin: 0.5em 0; }\n"
+    ".ok { background: #e8f5e9; border-left: 4px solid #43a047; padding: 0.5em 1em; }\n"
+    "table { border-collapse: collapse; margin: 0.5em 0; } "
+    "td, th { border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: right; }\n"
+    "img { max-width: 100%; }\n"
+)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -239,17 +241,22 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _figure(name: str, caption: str, data: bytes) -> str:
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-    return f'<figure><img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(caption)} ({html.escape(name)})</figcaption></figure>'
+    return (
+        f'<figure><img src="{uri}" alt="{html.escape(name)}">'
+        f"<figcaption>{html.escape(caption)} ({html.escape(name)})</figcaption></figure>"
+    )
 
 
 def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -> str:
     """The HTML page: warnings first, then each section's numbers and picture."""
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>latent-residual diagnose</title><style>{_STYLE}</style></head><body>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>latent-residual diagnose</title>"
+        f"<style>{_STYLE}</style></head><body>"
     ]
     parts.append("<h1>latent-residual diagnose</h1>")
     parts.append(
-        f"<p>Data: {html.escape(report['data']['source'])}; {report['data']['windows']} windows of {report['data']['window']} steps.</p>"
+        f"<p>Data: {html.escape(report['data']['source'])}; "
+        f"{report['data']['windows']} windows of {report['data']['window']} steps.</p>"
     )
     warnings = report["warnings"]
     parts += [f"<div class='warn'>{html.escape(text)}</div>" for text in warnings] or [
@@ -279,7 +286,8 @@ def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -
     size = report.get("residual_size")
     if size:
         parts.append(
-            f"<p>Residual offsets: RMS {size['offset_rms']:.3g} against the frozen prior logits' {size['prior_rms']:.3g} (ratio {size['ratio']:.3g}).</p>"
+            f"<p>Residual offsets: RMS {size['offset_rms']:.3g} against the frozen prior logits' "
+            f"{size['prior_rms']:.3g} (ratio {size['ratio']:.3g}).</p>"
         )
     if "fit_curves.png" in pictures:
         parts.append(_figure("fit_curves.png", *pictures["fit_curves.png"]))
@@ -289,7 +297,8 @@ def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -
     parts.append("<h2>Coverage alarm</h2>")
     parts.append(
         f"<p>Threshold {cover['threshold']:.4g} (the {cover['quantile']:.0%} quantile of held-out surprise over "
-        f"{cover['calibration_episodes']} episodes); the alarm fires after {cover['consecutive']} consecutive steps above it.</p>"
+        f"{cover['calibration_episodes']} episodes); "
+        f"the alarm fires after {cover['consecutive']} consecutive steps above it.</p>"
     )
     rows = [
         [
@@ -316,7 +325,8 @@ def page(report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -
 
 
 def _tensorboard(directory: Path, report: Mapping[str, Any], pictures: Mapping[str, tuple[str, bytes]]) -> None:
-    """The report's scalars (open-loop KL by horizon, separations, coverage rates) and pictures as TensorBoard events."""
+    """The report's scalars (open-loop KL by horizon, separations, coverage rates) and pictures as
+    TensorBoard events."""
     import matplotlib.image
     from torch.utils.tensorboard import SummaryWriter
 

@@ -74,7 +74,8 @@ class SourceRecipe:
         object.__setattr__(self, "data_plan", plan)
         if not plan or any(step.behaviour not in ("expert", "random") or step.noise < 0 for step in plan):
             raise ConfigError(
-                f"SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, got {plan!r}."
+                "SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, "
+                f"got {plan!r}."
             )
         if any(later.until <= earlier.until for earlier, later in zip(plan, plan[1:])) or plan[0].until < 1:
             raise ConfigError(f"SourceRecipe.data_plan: each step's 'until' must exceed the one before, got {plan!r}.")
