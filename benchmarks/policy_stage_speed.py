@@ -1,7 +1,7 @@
 """Benchmark: the demo's slowest stage, the policy update in imagination, at the demo's settings.
 
 ``train_policy`` over the shipped pendulum DRAW with a ReDRAW adapter, 256 starts, horizon 15, actor-critic
-width 128 (``CPU_DEFAULTS`` in ``workflow/cli/commands.py``); it times updates and prints a checksum of the
+width 128 (``CPU_DEFAULTS`` in ``workflow/experiments/defaults.py``); it times updates and prints a checksum of the
 trained actor, so two code versions can be compared for speed and for results on the same inputs.
 
 Usage (the adapter and data of a demo run, e.g. ``runs/demo/runs/redraw-40000-seed0/adapter`` and
@@ -22,17 +22,16 @@ import torch
 import latent_residual as lr
 from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.registry.lookup import demo_env, env_pretrained, source_target
-from latent_residual.workflow.cli.commands import CPU_DEFAULTS
-from latent_residual.workflow.cli.options import config_from_options
 from latent_residual.workflow.deployment.policy import Policy
+from latent_residual.workflow.experiments.defaults import CPU_DEFAULTS
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.experiments.experiment import EVAL_SEED
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 
 
 def demo_ac_config() -> ActorCriticConfig:
-    """The actor-critic settings the demo passes (its ``ac_*`` options), built as the demo builds them."""
-    return config_from_options(ActorCriticConfig, CPU_DEFAULTS, prefix="ac-")
+    """The actor-critic settings the demo passes (its CPU defaults over the config's)."""
+    return ActorCriticConfig(**CPU_DEFAULTS.actor_critic)
 
 
 def main() -> None:
@@ -53,7 +52,7 @@ def main() -> None:
     model = lr.ResidualWorldModel(base)
     model.load_adapter(args.adapter, trainable=False)
     sequences = lr.load_dataset(args.data, max_transitions=args.transitions).sequences(32)
-    policy_config = PolicyTrainConfig(steps=args.steps, starts=CPU_DEFAULTS["policy_starts"], seed=args.seed)
+    policy_config = PolicyTrainConfig(steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], seed=args.seed)
     ac_config = demo_ac_config()
     torch.manual_seed(args.seed)
     started, cpu_started = time.perf_counter(), time.process_time()

@@ -33,8 +33,10 @@ from latent_residual.registry.lookup import (
     make_backbone,
     make_env,
     make_method,
+    method_config,
 )
 from latent_residual.registry.plugins import list_plugins, load_plugins
+from latent_residual.registry.specs import ExperimentDefaults
 from latent_residual.version import __version__
 
 # name -> module that defines it; imported on first attribute access (PEP 562).
@@ -53,6 +55,7 @@ _LAZY = {
     "observe": "latent_residual.rollout",
     "imagine": "latent_residual.rollout",
     "FitConfig": "latent_residual.fitting",
+    "FinetuneConfig": "latent_residual.fitting",
     "fit_residual": "latent_residual.fitting",
     "finetune_dynamics": "latent_residual.fitting",
     "save_world_model": "latent_residual.checkpoints",
@@ -80,6 +83,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "DatasetError",
+    "ExperimentDefaults",
     "ExportError",
     "FileFormatError",
     "FitError",
@@ -101,6 +105,7 @@ __all__ = [
     "make_backbone",
     "make_env",
     "make_method",
+    "method_config",
     *_LAZY,
 ]
 
@@ -122,7 +127,7 @@ if TYPE_CHECKING:
     from latent_residual.adapters import ResidualWorldModel, attach_residual, load_adapter, read_adapter_info
     from latent_residual.checkpoints import save_world_model
     from latent_residual.contract import LatentSpec, WorldModel
-    from latent_residual.fitting import FitConfig, finetune_dynamics, fit_residual
+    from latent_residual.fitting import FinetuneConfig, FitConfig, finetune_dynamics, fit_residual
     from latent_residual.onnx_policy import OnnxPolicy
     from latent_residual.residual import ResidualConfig
     from latent_residual.rollout import imagine, observe

@@ -58,18 +58,28 @@ class FitConfig:
     seed: int = field(default=0, metadata={"help": "Seed for batching and latent samples."})
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_every"):
-            value = getattr(self, name)
+        name = type(self).__name__
+        for key in ("steps", "batch_size", "eval_every"):
+            value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"FitConfig.{name} must be an integer >= 1, got {value!r}.")
+                raise ConfigError(f"{name}.{key} must be an integer >= 1, got {value!r}.")
         if not 0.0 < self.holdout < 1.0:
-            raise ConfigError(f"FitConfig.holdout must be in (0, 1), got {self.holdout!r}.")
+            raise ConfigError(f"{name}.holdout must be in (0, 1), got {self.holdout!r}.")
         if self.lr <= 0:
-            raise ConfigError(f"FitConfig.lr must be > 0, got {self.lr!r}.")
+            raise ConfigError(f"{name}.lr must be > 0, got {self.lr!r}.")
         if not 0.0 < self.lr_final_scale <= 1.0:
-            raise ConfigError(f"FitConfig.lr_final_scale must be in (0, 1], got {self.lr_final_scale!r}.")
+            raise ConfigError(f"{name}.lr_final_scale must be in (0, 1], got {self.lr_final_scale!r}.")
         if self.patience < 0:
-            raise ConfigError(f"FitConfig.patience must be >= 0, got {self.patience!r}.")
+            raise ConfigError(f"{name}.patience must be >= 0, got {self.patience!r}.")
+
+
+@dataclass
+class FinetuneConfig(FitConfig):
+    """Settings of the finetune baselines (:func:`finetune_dynamics`): a fit at the world model's own learning rate."""
+
+    lr: float = field(
+        default=1e-4, metadata={"help": "Adam learning rate of the prior (the world model's own, in the paper)."}
+    )
 
 
 @dataclass
@@ -165,6 +175,26 @@ def _optimiser(params: list[nn.Parameter], config: FitConfig) -> tuple[torch.opt
     return optimiser, schedule
 
 
+def _step(
+    model: WorldModel,
+    cache: _Cache,
+    train_idx: Tensor,
+    generator: torch.Generator,
+    optimiser: torch.optim.Optimizer,
+    schedule: Any,
+    batch_size: int,
+    train_loss: Callable[[Tensor, torch.Generator], Tensor] | None,
+) -> Tensor:
+    """One Adam step on a random batch of training sequences (the target KL, or ``train_loss``); returns its loss."""
+    pick = train_idx[torch.randint(len(train_idx), (batch_size,), generator=generator, device=train_idx.device)]
+    loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(pick, generator)
+    optimiser.zero_grad(set_to_none=True)
+    loss.backward()
+    optimiser.step()
+    schedule.step()
+    return loss
+
+
 def _fit(
     model: WorldModel,
     params: list[nn.Parameter],
@@ -201,28 +231,13 @@ def _fit(
     with RunLogger(log_dir, config.steps, desc, quiet=quiet) as run:
         run.log(0, held_out_kl=best_kl, held_out_kl_base=base_kl)
         for step in range(1, config.steps + 1):
-            pick = train_idx[
-                torch.randint(len(train_idx), (config.batch_size,), generator=generator, device=train_idx.device)
-            ]
-            loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(pick, generator)
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
-            schedule.step()
+            loss = _step(model, cache, train_idx, generator, optimiser, schedule, config.batch_size, train_loss)
             run.advance()
             if step % config.eval_every == 0 or step == config.steps:
                 kl_now = cache.held_out_kl(model, held_idx, config.seed + 1)
-                rate = optimiser.param_groups[0]["lr"]
-                history.append(
-                    {
-                        "step": step,
-                        "seconds": time.monotonic() - start,
-                        "train_kl": loss.item(),
-                        "held_out_kl": kl_now,
-                        "lr": rate,
-                    }
-                )
-                run.log(step, train_kl=loss.item(), held_out_kl=kl_now, lr=rate)
+                row = {"train_kl": loss.item(), "held_out_kl": kl_now, "lr": optimiser.param_groups[0]["lr"]}
+                history.append({"step": step, "seconds": time.monotonic() - start, **row})
+                run.log(step, **row)
                 if kl_now < best_kl:
                     best_kl, best_step, stale = kl_now, step, 0
                     best_state = copy.deepcopy(trained.state_dict())
@@ -320,7 +335,7 @@ def finetune_dynamics(
     """
     if objective not in OBJECTIVES:
         raise ConfigError(f"finetune_dynamics: objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}.")
-    config = config or FitConfig(lr=1e-4)
+    config = config or FinetuneConfig()
     _check_sequences(sequences)  # before anything else: keys, shapes, finite values
     tuned = copy.deepcopy(model)
     params: Iterable[nn.Parameter] = list(tuned.dynamics_parameters())

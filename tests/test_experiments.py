@@ -7,8 +7,9 @@ import json
 import pytest
 
 from latent_residual.errors import ConfigError
-from latent_residual.fitting import FitConfig
+from latent_residual.fitting import FinetuneConfig, FitConfig
 from latent_residual.residual import ResidualConfig
+from latent_residual.workflow.adaptation.residual import ResidualMethodConfig
 from latent_residual.workflow.cli.main import main
 from latent_residual.workflow.experiments.experiment import ExperimentConfig, run_experiment
 from latent_residual.workflow.reports.diagnose import fit_curves
@@ -25,13 +26,18 @@ TINY = dict(
 )
 
 
+def _method_configs(residual=None, steps=10, eval_every=5):
+    """Tiny configs of the built-in methods (ReDRAW's shared by the replacement ablation, as on the command line)."""
+    redraw = ResidualMethodConfig(residual or ResidualConfig(hidden=16), FitConfig(steps=steps, eval_every=eval_every))
+    finetune = FinetuneConfig(steps=steps, eval_every=eval_every)
+    return {"redraw": redraw, "replacement": redraw, "finetune": finetune, "dreamer-finetune": finetune}
+
+
 def _run(pretrained_dir, out, lines, residual_config=None, **config):
     return run_experiment(
         ExperimentConfig(pretrained=str(pretrained_dir), **{**TINY, **config}),
         out,
-        residual_config=residual_config or ResidualConfig(hidden=16),
-        fit_config=FitConfig(steps=10, eval_every=5),
-        finetune_config=FitConfig(steps=10, eval_every=5, lr=1e-4),
+        method_configs=_method_configs(residual_config),
         policy_config=PolicyTrainConfig(steps=3, starts=32),
         quiet=True,
         say=lines.append,
@@ -67,7 +73,7 @@ def test_every_stage_runs_and_a_rerun_resumes(pretrained, tmp_path):
     assert again["redraw@300/seed0"] == results["redraw@300/seed0"]
 
     # Other settings in the same directory would silently reuse the kept stages: refused, nothing rerun.
-    with pytest.raises(ConfigError, match=r"residual.extra_inputs \(\[\] -> \['belief'\]\).*new --out"):
+    with pytest.raises(ConfigError, match=r"methods.redraw.residual.extra_inputs \(\[\] -> \['belief'\]\).*new --out"):
         _run(pretrained_dir, tmp_path, [], ResidualConfig(hidden=16, extra_inputs=("belief",)))
     assert (tmp_path / "runs" / "redraw-300-seed0" / "fit.json").stat().st_mtime_ns == stamp
 
@@ -202,8 +208,7 @@ def test_a_third_party_method_runs_as_a_registered_entry(pretrained, tmp_path):
             **{**TINY, "transitions": (300,), "methods": ("testplug-zero-start",), "export": False},
         ),
         tmp_path,
-        residual_config=ResidualConfig(hidden=16),
-        fit_config=FitConfig(steps=4, eval_every=2),
+        method_configs={"testplug-zero-start": _method_configs(steps=4, eval_every=2)["redraw"]},
         policy_config=PolicyTrainConfig(steps=2, starts=32),
         quiet=True,
         say=lambda line: None,
@@ -224,13 +229,14 @@ def test_unknown_method_suggests_the_closest(registry):
 def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(registry, tmp_path, monkeypatch):
     """The demo takes the source plugin's recommendations (pendulum: the belief as a residual input); a flag
     given on the command line wins; compare keeps the paper's settings."""
-    from latent_residual.workflow.cli import commands
+    from latent_residual.workflow.experiments.defaults import CPU_DEFAULTS
 
     seen = {}
-    monkeypatch.setattr(
-        "latent_residual.workflow.experiments.experiment.run_experiment",
-        lambda config, out, **kwargs: seen.update(config=config, residual=kwargs["residual_config"]),
-    )
+
+    def record(config, out, **kwargs):
+        seen.update(config=config, residual=kwargs["method_configs"]["redraw"].residual)
+
+    monkeypatch.setattr("latent_residual.workflow.experiments.experiment.run_experiment", record)
     assert main(["demo", "--out", str(tmp_path / "a")]) == 0
     assert seen["residual"].extra_inputs == ("belief",)
     assert (seen["config"].source, seen["config"].target) == (
@@ -246,7 +252,7 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
     assert seen["residual"].extra_inputs == ()  # they differ: neither is applied to both
     assert main(["compare", "--out", str(tmp_path / "c")]) == 0
     assert seen["residual"].extra_inputs == ()
-    assert commands.CPU_DEFAULTS["pretrain_backbone_preset"] == "cpu"
+    assert CPU_DEFAULTS.pretrain["backbone_preset"] == "cpu"
 
 
 def test_combined_table_puts_each_backbone_beside_the_other():
@@ -285,9 +291,7 @@ def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretra
             **{**TINY, "transitions": (300,), "methods": ("redraw", "dreamer-finetune")},
         ),
         tmp_path,
-        residual_config=ResidualConfig(hidden=16),
-        fit_config=FitConfig(steps=4, eval_every=2),
-        finetune_config=FitConfig(steps=4, eval_every=2, lr=1e-4),
+        method_configs=_method_configs(steps=4, eval_every=2),
         policy_config=PolicyTrainConfig(steps=2, starts=32),
         quiet=True,
         say=lambda line: None,
@@ -308,3 +312,35 @@ def test_the_rssm_goes_through_every_stage_with_the_dreamer_baseline(rssm_pretra
     assert sim_steps > 0
     assert actor_steps(tmp_path / "runs" / "dreamer-finetune-300-seed0" / ACTOR_CRITIC_NAME) == sim_steps + 2
     assert actor_steps(tmp_path / "runs" / "redraw-300-seed0" / ACTOR_CRITIC_NAME) == 2
+
+
+def test_a_plugin_method_with_its_own_hyperparameter_runs_in_compare_with_its_flag_and_is_exported(
+    pretrained, tmp_path
+):
+    """tests/lr_testplugin/narrow.py (a method and its config dataclass) plus one registration line: `compare`
+    takes the method's own flag, the method gets the value (results.json records it, its adapter has that width),
+    and --export-method makes its policy the exported one."""
+    from latent_residual.actor_critic import load_actor_critic
+    from latent_residual.adapters import read_adapter_info
+    from latent_residual.workflow.deployment.export import example_observations, verify_export
+    from latent_residual.workflow.deployment.loading import load_world_model
+    from latent_residual.workflow.deployment.policy import Policy
+
+    pretrained_dir, _ = pretrained
+    out = tmp_path / "run"
+    tiny = ["--transitions", "300", "--seeds", "1", "--eval-episodes", "1", "--sequence-length", "8"]
+    tiny += ["--episode-steps", "40", "--fit-steps", "4", "--fit-eval-every", "2", "--policy-steps", "2", "--jobs", "1"]
+    method = ["--methods", "testplug-narrow", "--testplug-narrow-width", "8", "--export-method", "testplug-narrow"]
+    assert main(["compare", "--pretrained", str(pretrained_dir), "--out", str(out), *tiny, *method]) == 0
+
+    results = json.loads((out / "results.json").read_text())
+    recorded = results["settings"]["methods"]["testplug-narrow"]
+    assert recorded["width"] == 8 and recorded["fit"]["steps"] == 4  # its own flag and ReDRAW's shared --fit-*
+    run = out / "runs" / "testplug-narrow-300-seed0"
+    assert read_adapter_info(run / "adapter")[0]["config"]["hidden"] == 8
+    # The exported graph is this method's policy: ONNX Runtime gives its actor's actions.
+    policy = Policy(
+        load_world_model(pretrained_dir / "world_model"), load_actor_critic(run / "actor_critic.safetensors").actor
+    )
+    assert verify_export(out / "onnx", policy, example_observations(policy.model.observation_space, 16)) <= 1e-4
+    assert results["onnx_episode_max_abs_diff"] <= 1e-4 and "onnx" in results

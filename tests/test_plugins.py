@@ -220,16 +220,95 @@ def test_override_covers_only_the_registration_that_asks_for_it(fresh_registry):
 
 
 def test_recommended_settings_apply_per_backbone():
+    from latent_residual import ExperimentDefaults
     from latent_residual.registry.specs import EnvSpec
 
     spec = EnvSpec(
         "lab/arm-v0",
         "lab.arm:Arm",
         backbone="draw-v0",
-        recommended={"fit_steps": 10, "draw-v0": {"residual_extra_inputs": ["belief"]}, "rssm-v0": {"fit_steps": 20}},
+        recommended={
+            "*": ExperimentDefaults(methods={"fit": {"steps": 10}}),
+            "draw-v0": ExperimentDefaults(methods={"residual": {"extra_inputs": ["belief"]}}),
+            "rssm-v0": ExperimentDefaults(methods={"fit": {"steps": 20}}),
+        },
     )
-    assert spec.recommended_for(None) == {"fit_steps": 10, "residual_extra_inputs": ["belief"]}
-    assert spec.recommended_for("rssm-v0") == {"fit_steps": 20}
-    assert spec.recommended_for("other-v0") == {"fit_steps": 10}
-    with pytest.raises(RegistrationError, match=r"recommended\['rssm-v0'\] must be a dict"):
-        EnvSpec("lab/arm-v0", "lab.arm:Arm", recommended={"rssm-v0": ["deter"]})
+    assert spec.recommended_for(None).settings() == {
+        ("methods", "fit", "steps"): 10,
+        ("methods", "residual", "extra_inputs"): ("belief",),
+    }
+    assert spec.recommended_for("rssm-v0").settings() == {("methods", "fit", "steps"): 20}
+    assert spec.recommended_for("other-v0").settings() == {("methods", "fit", "steps"): 10}
+    with pytest.raises(RegistrationError, match=r"^Environment 'lab/arm-v0': recommended\['rssm-v0'\] must be an Exp"):
+        EnvSpec("lab/arm-v0", "lab.arm:Arm", recommended={"rssm-v0": {"residual_extra_inputs": ["deter"]}})
+    with pytest.raises(RegistrationError, match=r"recommended\['rssm'\] names no backbone id"):
+        EnvSpec("lab/arm-v0", "lab.arm:Arm", recommended={"rssm": ExperimentDefaults()})
+
+
+def test_a_recommended_setting_that_names_no_field_is_one_line_naming_the_env_and_the_field(registry):
+    """Recommendations name config fields, not flags; a wrong one fails before the run, saying which."""
+    from latent_residual import ExperimentDefaults
+    from latent_residual.registry.specs import EnvSpec
+    from latent_residual.workflow.adaptation.groups import MethodSettingGroups
+    from latent_residual.workflow.experiments.defaults import check_defaults
+
+    groups = MethodSettingGroups()
+    for spec in latent_residual.list_envs():  # every shipped recommendation names real fields
+        for defaults in spec.recommended.values():
+            check_defaults(defaults, groups, f"Environment {spec.id!r} recommends", RegistrationError)
+    spec = EnvSpec(
+        "lab/arm-v0", "lab.arm:Arm", recommended=ExperimentDefaults(methods={"residual": {"extra_input": ()}})
+    )
+    with pytest.raises(RegistrationError) as caught:
+        check_defaults(spec.recommended_for(None), groups, f"Environment {spec.id!r} recommends", RegistrationError)
+    assert str(caught.value) == (
+        "Environment 'lab/arm-v0' recommends methods.residual.extra_input, which is no field of ResidualConfig to set. "
+        'Did you mean "extra_inputs"?'
+    )
+    with pytest.raises(RegistrationError, match=r"policy\.step, which is no field of PolicyTrainConfig"):
+        check_defaults(ExperimentDefaults(policy={"step": 1}), groups, "x", RegistrationError)
+    with pytest.raises(RegistrationError, match=r"methods\.residal\.hidden, but no registered method reads"):
+        check_defaults(ExperimentDefaults(methods={"residal": {"hidden": 1}}), groups, "x", RegistrationError)
+
+
+def test_a_method_registers_its_config_dataclass_and_its_settings_make_groups(registry):
+    """register(id, entry_point, config=...): a dataclass (or 'module:attr'); nested configs are groups of settings
+    shared by every method with that field, a method's other fields a group named after it."""
+    from dataclasses import dataclass, field
+
+    from latent_residual.fitting import FinetuneConfig, FitConfig
+    from latent_residual.registry.specs import MethodSpec
+    from latent_residual.workflow.adaptation.groups import MethodSettingGroups
+
+    with pytest.raises(RegistrationError, match=r"^Method 'lab-x': config=.* must be a dataclass\.$"):
+        MethodSpec("lab-x", "lab.x:X", config=dict)
+    with pytest.raises(RegistrationError, match="must be a class or 'module:attr'"):
+        MethodSpec("lab-x", "lab.x:X", config="lab.x.Config")
+    assert latent_residual.method_config("finetune") == FinetuneConfig() and FinetuneConfig().lr == 1e-4
+    assert latent_residual.method_config("zero-shot") is None
+
+    groups = MethodSettingGroups()
+    assert groups.groups["fit"].methods == ("redraw", "replacement", "testplug-narrow", "testplug-zero-start")
+    assert "mode" not in groups.groups["residual"].fields  # the method sets it
+    assert groups.groups["testplug-narrow"].fields == ("width",)
+    narrow = groups.config("testplug-narrow", {"testplug-narrow": groups.groups["testplug-narrow"].default})
+    assert narrow.width == 32 and narrow.fit == FitConfig()
+
+    @dataclass
+    class Clashing:
+        fit: FitConfig = field(default_factory=lambda: FitConfig(steps=5))  # `fit`, but not ReDRAW's
+
+    class Plugin:
+        @latent_residual.hookimpl
+        def register_methods(self, register):
+            register("lab-clash", "lr_testplugin.methods:ZeroStartResidual", config=Clashing)
+
+    plugins.register(Plugin(), "clash")
+    try:
+        groups = MethodSettingGroups()
+        with pytest.raises(latent_residual.ConfigError, match=r"^Method 'lab-clash' cannot be configured: .*'fit'"):
+            groups.config("lab-clash", {})
+        assert groups.groups["fit"].default == FitConfig()
+    finally:
+        plugins.unload_plugins()
+        plugins.load_plugins()

@@ -66,9 +66,13 @@ def register_envs(register: Callable[..., Any]) -> None:
         (source) environment: ``target`` is the id of its usual target ("real") environment;
         ``pretrained`` a ``"package:relative/dir"`` holding a shipped pretraining directory (or a
         dict from backbone id to one, a default per backbone);
-        ``backbone`` the backbone id pretraining uses by default; ``recommended`` experiment
-        settings (flag destinations of ``latent-residual demo``, such as
-        ``residual_extra_inputs``) that ``demo`` applies; ``recipe`` the fields of a
+        ``backbone`` the backbone id pretraining uses by default; ``recommended`` the experiment
+        settings ``demo`` applies (``compare`` does not): a
+        :class:`latent_residual.ExperimentDefaults`, whose fields name the configs' fields
+        (``ExperimentDefaults(methods={"residual": {"extra_inputs": ("belief",)}})``), or a dict
+        from a backbone id (or ``"*"``, every backbone) to one; a field that names no config
+        field is a :class:`RegistrationError` naming the environment and the field when
+        ``demo`` applies it; ``recipe`` the fields of a
         :class:`latent_residual.workflow.training.recipes.SourceRecipe` (a data plan from the expert and
         random actions, sizes, updates) that ``latent-residual build-source`` follows to build the
         source's world model and policy offline; ``demo`` marks the source that
@@ -81,7 +85,8 @@ def register_envs(register: Callable[..., Any]) -> None:
     .. versionchanged:: 0.2
         ``target``, ``pretrained``, ``backbone``, ``recommended`` and ``demo``.
     .. versionchanged:: 0.3
-        ``recipe``.
+        ``recipe``; ``recommended`` is an :class:`ExperimentDefaults` (or one per backbone), keyed by
+        config fields, not by ``demo``'s flags.
     """
 
 
@@ -89,15 +94,23 @@ def register_envs(register: Callable[..., Any]) -> None:
 def register_methods(register: Callable[..., Any]) -> None:
     """Register adaptation methods (ways to turn a simulation model into a target policy).
 
-    :param register: Call as ``register(id, entry_point, *, description="")``. ``id`` is a
-        short lowercase name (``"redraw"``), used by ``compare --methods``. ``entry_point`` is a
-        class or a ``"module:attr"`` string imported only when the method runs; it is called
-        with no arguments and returns a :class:`latent_residual.workflow.adaptation.methods.AdaptationMethod`.
+    :param register: Call as ``register(id, entry_point, *, config=None, description="")``.
+        ``id`` is a short lowercase name (``"redraw"``), used by ``compare --methods``.
+        ``entry_point`` is a class or a ``"module:attr"`` string imported only when the method
+        runs; it is called with no arguments and returns a
+        :class:`latent_residual.workflow.adaptation.base.AdaptationMethod`. ``config`` is the
+        dataclass of the method's hyperparameters (a class or a ``"module:attr"`` string); its
+        ``adapt`` receives an instance, ``run_experiment(method_configs=...)`` takes one, and
+        ``compare`` and ``demo`` have a flag per field: ``--ID-FIELD`` for a plain field, and for a
+        field that is itself a config, ``--FIELD-SUBFIELD``, shared by every method whose config
+        has that field (ReDRAW's ``residual`` and ``fit``: ``--residual-hidden``, ``--fit-lr``).
 
     Every implementation is called, each on its own: one that raises is reported as broken
     and skipped.
 
     .. versionadded:: 0.2
+    .. versionchanged:: 0.3
+        ``config``.
     """
 
 

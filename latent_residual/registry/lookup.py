@@ -6,6 +6,7 @@ accessor loads plugins first, so a fresh process sees what is installed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Callable
 from pathlib import Path
@@ -131,8 +132,27 @@ def make_env(id: str, **kwargs: Any) -> gymnasium.Env:
 
 
 def make_method(id: str) -> Any:
-    """Build adaptation method ``id`` (see ``latent_residual.workflow.adaptation.methods``)."""
+    """Build adaptation method ``id`` (see ``latent_residual.workflow.adaptation.base``)."""
     return load_entry_point(method_spec(id).entry_point)()
+
+
+def method_config_class(id: str) -> type | None:
+    """The config dataclass adaptation method ``id`` was registered with (imported now), or None if it has none."""
+    spec = method_spec(id)
+    if spec.config is None:
+        return None
+    config = load_entry_point(spec.config)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        raise RegistrationError(
+            f"Method {id!r} (plugin {spec.plugin!r}): config {spec.config!r} is {config!r}, not a dataclass."
+        )
+    return config
+
+
+def method_config(id: str) -> Any:
+    """Adaptation method ``id``'s config at its defaults (None for a method registered without one)."""
+    config = method_config_class(id)
+    return None if config is None else config()
 
 
 def env_metrics(id: str) -> Callable[..., Any] | None:

@@ -1,17 +1,19 @@
 """What plugins register: the spec dataclasses of backbones, environments, adaptation methods and importers, the
-tables that hold them, and the staging that adds one plugin's registrations all at once or not at all.
+experiment defaults an environment recommends, the tables that hold them, and the staging that adds one plugin's
+registrations all at once or not at all.
 
 Looking specs up and making things from them is ``registry/lookup.py``; discovering plugins is ``registry/plugins.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from latent_residual.errors import RegistrationError
+from latent_residual.errors import ConfigError, RegistrationError
 
 _BACKBONE_ID = re.compile(r"^(?P<name>[A-Za-z0-9_.\-]+?)-v(?P<version>\d+)$")
 _ENV_ID = re.compile(r"^(?P<namespace>[A-Za-z0-9_.\-]+)/(?P<name>[A-Za-z0-9_.\-]+?)-v(?P<version>\d+)$")
@@ -44,14 +46,104 @@ class BackboneSpec:
         self.id_version = int(match["version"])
 
 
+#: The key of an environment's ``recommended`` whose settings apply with every backbone.
+EVERY_BACKBONE = "*"
+_CONFIG_GROUPS = ("experiment", "pretrain", "policy", "actor_critic")
+
+
+@dataclass(frozen=True)
+class ExperimentDefaults:
+    """Values that replace the defaults of an experiment's configs in ``demo`` and ``compare``, one dict per config,
+    from the config's field names to values (``policy={"steps": 1500}``).
+
+    ``demo`` and ``compare`` start from CPU-sized ones (``workflow/experiments/settings.py``); an environment's
+    ``recommended=`` is one more that ``demo`` applies. The field names are checked against the configs when the
+    settings are applied (the configs live above this layer); each value by its config.
+    """
+
+    experiment: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "ExperimentConfig fields."})
+    pretrain: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "PretrainConfig fields."})
+    policy: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "PolicyTrainConfig fields."})
+    actor_critic: Mapping[str, Any] = field(default_factory=dict, metadata={"help": "ActorCriticConfig fields."})
+    methods: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "The adaptation methods' settings, by group: a config nested in methods' configs (residual, "
+            "fit: every method whose config has that field) or a method id (that method's own fields)."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        for name in _CONFIG_GROUPS:
+            object.__setattr__(self, name, _settings_dict(getattr(self, name), name))
+        groups = _settings_dict(self.methods, "methods")
+        object.__setattr__(
+            self, "methods", {key: _settings_dict(value, f"methods[{key!r}]") for key, value in groups.items()}
+        )
+
+    def settings(self) -> dict[tuple[str, ...], Any]:
+        """Every value by its path: ``("policy", "steps")``, ``("methods", "residual", "extra_inputs")``."""
+        paths: dict[tuple[str, ...], Any] = {}
+        for name in _CONFIG_GROUPS:
+            paths.update({(name, key): value for key, value in getattr(self, name).items()})
+        for group, values in self.methods.items():
+            paths.update({("methods", group, key): value for key, value in values.items()})
+        return paths
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[tuple[str, ...], Any]) -> ExperimentDefaults:
+        """The defaults holding ``settings`` (paths as :meth:`settings` gives them)."""
+        values: dict[str, dict[str, Any]] = {"methods": {}}
+        for path, value in settings.items():
+            if path[0] == "methods":
+                values["methods"].setdefault(path[1], {})[path[2]] = value
+            else:
+                values.setdefault(path[0], {})[path[1]] = value
+        return cls(**values)
+
+    def merged(self, other: ExperimentDefaults) -> ExperimentDefaults:
+        """These settings with ``other``'s on top."""
+        return ExperimentDefaults.from_settings({**self.settings(), **other.settings()})
+
+
+def _settings_dict(value: Any, where: str) -> dict[str, Any]:
+    """A copy of one config's settings (a list becomes a tuple, as the configs' sequence fields are)."""
+    if not isinstance(value, Mapping) or not all(isinstance(key, str) for key in value):
+        raise ConfigError(f"ExperimentDefaults.{where} must be a dict from field names to values, got {value!r}.")
+    return {key: tuple(item) if isinstance(item, list) else item for key, item in value.items()}
+
+
+def _recommended(env_id: str, value: Any) -> dict[str, ExperimentDefaults]:
+    """An environment's ``recommended`` as a dict from a backbone id (or ``"*"``) to its defaults."""
+    if isinstance(value, ExperimentDefaults):
+        return {EVERY_BACKBONE: value}
+    if not isinstance(value, Mapping):
+        raise RegistrationError(
+            f"Environment {env_id!r}: recommended={value!r} must be an ExperimentDefaults, or a dict from a backbone "
+            "id (or '*', every backbone) to one."
+        )
+    for key, item in value.items():
+        if key != EVERY_BACKBONE and not (isinstance(key, str) and _BACKBONE_ID.match(key)):
+            raise RegistrationError(
+                f"Environment {env_id!r}: recommended[{key!r}] names no backbone id ('name-vN') nor '*' "
+                "(every backbone)."
+            )
+        if not isinstance(item, ExperimentDefaults):
+            raise RegistrationError(
+                f"Environment {env_id!r}: recommended[{key!r}] must be an ExperimentDefaults, got {item!r}."
+            )
+    return dict(value)
+
+
 @dataclass
 class EnvSpec:
     """A registered environment; the same id is registered with Gymnasium.
 
     The fields after ``expert`` describe a simulation (source) environment's place in an
     experiment: its usual ``target``, a shipped ``pretrained`` directory, the ``backbone`` that
-    pretraining uses by default, ``recommended`` experiment settings (for every backbone, or under a
-    backbone id for that backbone only), the source ``recipe`` that builds its model offline (fields of
+    pretraining uses by default, the settings ``demo`` takes from it (``recommended``: an
+    :class:`ExperimentDefaults`, or a dict from a backbone id, or ``"*"`` for every backbone, to one), the
+    source ``recipe`` that builds its model offline (fields of
     ``latent_residual.workflow.training.recipes.SourceRecipe``), and whether it is the ``demo`` source.
     """
 
@@ -65,7 +157,7 @@ class EnvSpec:
     target: str | None = None
     pretrained: str | dict[str, str] | None = None
     backbone: str | None = None
-    recommended: dict[str, Any] = field(default_factory=dict)
+    recommended: ExperimentDefaults | dict[str, ExperimentDefaults] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
     demo: bool = False
     plugin: str = ""
@@ -88,31 +180,27 @@ class EnvSpec:
                 f"Environment {self.id!r}: pretrained={self.pretrained!r} must be 'package:relative/dir', or a "
                 "dict from backbone id to one."
             )
-        for key, value in self.recommended.items():
-            if _BACKBONE_ID.match(key) and not isinstance(value, dict):
-                raise RegistrationError(
-                    f"Environment {self.id!r}: recommended[{key!r}] must be a dict of settings for backbone {key!r}, "
-                    f"got {value!r}."
-                )
+        self.recommended = _recommended(self.id, self.recommended)
         if not isinstance(self.recipe, dict) or (self.recipe and "data_plan" not in self.recipe):
             raise RegistrationError(
-                f"Environment {self.id!r}: recipe={self.recipe!r} must be a dict of SourceRecipe fields with a 'data_plan'."
+                f"Environment {self.id!r}: recipe={self.recipe!r} must be a dict of SourceRecipe fields with a "
+                "'data_plan'."
             )
         self.namespace = match["namespace"]
         self.name = match["name"]
         self.id_version = int(match["version"])
 
-    def recommended_for(self, backbone: str | None) -> dict[str, Any]:
-        """The settings recommended with ``backbone`` (the default backbone when ``None``): the settings
-        for every backbone, then those under the backbone's id (``{"draw-v0": {...}}``) on top."""
+    def recommended_for(self, backbone: str | None) -> ExperimentDefaults:
+        """The settings recommended with ``backbone`` (the default backbone when ``None``): those for every
+        backbone (``"*"``), then those under the backbone's id on top."""
         backbone = backbone or self.backbone
-        common = {key: value for key, value in self.recommended.items() if not _BACKBONE_ID.match(key)}
-        return {**common, **self.recommended.get(backbone or "", {})}
+        every = self.recommended.get(EVERY_BACKBONE, ExperimentDefaults())
+        return every.merged(self.recommended.get(backbone or "", ExperimentDefaults()))
 
 
 @dataclass
-class MethodSpec:
-    """A registered adaptation method (ReDRAW's residual, a baseline, yours)."""
+class _NamedSpec:
+    """What every registration by a short lowercase name has: the name, the entry point and where it came from."""
 
     id: str
     entry_point: EntryPoint
@@ -121,7 +209,7 @@ class MethodSpec:
     package: str = ""
     version: str = ""
     #: What the id names and an example of one, for the malformed-id message.
-    _kind = ("Method", "redraw")
+    _kind: ClassVar[tuple[str, str]] = ("Name", "name")
 
     def __post_init__(self) -> None:
         if not _METHOD_ID.match(self.id):
@@ -132,11 +220,30 @@ class MethodSpec:
 
 
 @dataclass
-class ImporterSpec(MethodSpec):
-    """A registered importer of another codebase's checkpoints (``latent-residual import ID``); its fields
-    and id rule are a method's."""
+class MethodSpec(_NamedSpec):
+    """A registered adaptation method (ReDRAW's residual, a baseline, yours) and its ``config``: the dataclass of
+    its hyperparameters (a class, or a ``"module:attr"`` string imported only when it is needed), or None."""
 
-    _kind = ("Importer", "sheeprl")
+    config: type | str | None = None
+    _kind: ClassVar[tuple[str, str]] = ("Method", "redraw")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.config, str) and ":" not in self.config:
+            raise RegistrationError(f"Method {self.id!r}: config={self.config!r} must be a class or 'module:attr'.")
+        if self.config is not None and not isinstance(self.config, str) and not _is_dataclass_class(self.config):
+            raise RegistrationError(f"Method {self.id!r}: config={self.config!r} must be a dataclass.")
+
+
+@dataclass
+class ImporterSpec(_NamedSpec):
+    """A registered importer of another codebase's checkpoints (``latent-residual import ID``)."""
+
+    _kind: ClassVar[tuple[str, str]] = ("Importer", "sheeprl")
+
+
+def _is_dataclass_class(value: Any) -> bool:
+    return isinstance(value, type) and dataclasses.is_dataclass(value)
 
 
 backbones: dict[str, BackboneSpec] = {}

@@ -1,6 +1,6 @@
 """Checks, made before any work, that an output directory or file can be written: one plain error
-(``OutputPathError``) for the Python API, which the command line turns into a usage error; and, for an
-input directory of the wrong kind, what it looks like instead.
+(``OutputPathError``) for the Python API, which the command line turns into a usage error; for an
+input directory of the wrong kind, what it looks like instead; and removing what a failed step wrote.
 
 Writing itself (atomic files and directories) is ``latent_residual.serialization``'s.
 """
@@ -8,6 +8,9 @@ Writing itself (atomic files and directories) is ``latent_residual.serialization
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from latent_residual.adapters import ADAPTER_WEIGHTS_NAME
@@ -114,3 +117,23 @@ def expect_directory(path: Path, marker: str, error: type[FileFormatError]) -> N
     """Raise ``error`` unless ``path`` holds ``marker``, saying what was expected and what ``path`` looks like."""
     if not (path / marker).is_file():
         raise error(f"{path}: expected {DIRECTORY_KINDS[marker]} holding {marker}; {looks_like(path)}.")
+
+
+@contextmanager
+def removed_on_failure(directory: Path) -> Iterator[None]:
+    """Remove what the block created under ``directory`` (logs) if it fails, so a failed step leaves nothing
+    behind: the directory itself if it did not exist, else the entries it added."""
+    existed = directory.exists()
+    before = set(directory.iterdir()) if existed else set()
+    try:
+        yield
+    except BaseException:
+        if not existed:
+            shutil.rmtree(directory, ignore_errors=True)
+        elif directory.is_dir():
+            for entry in set(directory.iterdir()) - before:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        raise

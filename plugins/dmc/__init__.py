@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from latent_residual import hookimpl
+from latent_residual import ExperimentDefaults, hookimpl
 
 ENTRY_POINT = "latent_residual_plugins.dmc.env:DMCEnv"
 # Scripted experts by domain (see experts.py); the others have none.
@@ -49,8 +49,8 @@ _SOURCES: dict[str, dict[str, Any]] = {
         # one of 5 seeds swung up; the RSSM's h (deter) took ReDRAW from 1.5 to 472.1 over 3 seeds
         # (0.99 x its simulation policy).
         "recommended": {
-            "draw-v0": {"residual_extra_inputs": ["belief"]},
-            "rssm-v0": {"residual_extra_inputs": ["deter"]},
+            "draw-v0": ExperimentDefaults(methods={"residual": {"extra_inputs": ("belief",)}}),
+            "rssm-v0": ExperimentDefaults(methods={"residual": {"extra_inputs": ("deter",)}}),
         },
     },
     # The reacher needs a finer latent than the pendulum: with the pendulum's 32 groups the model's

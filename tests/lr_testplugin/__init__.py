@@ -1,4 +1,4 @@
-"""A third-party plugin used by the tests: a recurrent (GRU) backbone and a tiny environment.
+"""A third-party plugin used by the tests: a recurrent (GRU) backbone, a tiny environment and two adaptation methods.
 
 It registers through the ``latent_residual`` entry-point group exactly as an external package would.
 """
@@ -21,8 +21,15 @@ def register_envs(register):
     )
 
 
+_REDRAW_CONFIG = "latent_residual.workflow.adaptation.residual:ResidualMethodConfig"
+
+
 @hookimpl
 def register_methods(register):
     register(
-        "testplug-zero-start", "lr_testplugin.methods:ZeroStartResidual", description="A residual that starts at zero."
+        "testplug-zero-start",
+        "lr_testplugin.methods:ZeroStartResidual",
+        config=_REDRAW_CONFIG,
+        description="A residual that starts at zero.",
     )
+    register("testplug-narrow", "lr_testplugin.narrow:NarrowResidual", config="lr_testplugin.narrow:NarrowConfig")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from latent_residual.workflow.adaptation.methods import ResidualMethod
+from latent_residual.workflow.adaptation.residual import ResidualMethod
 
 
 class ZeroStartResidual(ResidualMethod):
-    def adapt(self, base, sequences, *, seed, settings, log_dir, quiet):
-        settings = dataclasses.replace(settings, residual=dataclasses.replace(settings.residual, zero_init=True))
-        return super().adapt(base, sequences, seed=seed, settings=settings, log_dir=log_dir, quiet=quiet)
+    def adapt(self, base, sequences, *, seed, config, log_dir, quiet):
+        config = dataclasses.replace(config, residual=dataclasses.replace(config.residual, zero_init=True))
+        return super().adapt(base, sequences, seed=seed, config=config, log_dir=log_dir, quiet=quiet)

@@ -1,6 +1,6 @@
 """Flags from config dataclasses: one click option per field, and the config built back from parsed options.
 
-The commands that use them are in ``commands.py`` and ``cli.py``.
+The commands that use them are in ``commands.py`` and ``experiments.py``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,12 @@ import click
 
 
 def _option_name(prefix: str, name: str) -> tuple[str, str]:
-    return f"{prefix}{name}".replace("_", "-"), f"{prefix}{name}".replace("-", "_")
+    return f"{prefix}{name}".replace("_", "-"), option_dest(prefix, name)
+
+
+def option_dest(prefix: str, name: str) -> str:
+    """The parameter name of field ``name``'s option under ``prefix`` (``"fit-"``, ``"lr"`` -> ``"fit_lr"``)."""
+    return f"{prefix}{name}".replace("-", "_").replace(".", "_")
 
 
 def json_object(value: str, option: str) -> dict[str, Any]:
@@ -29,13 +34,17 @@ def json_object(value: str, option: str) -> dict[str, Any]:
     return parsed
 
 
-def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ...] = ()) -> Callable:
+def config_options(
+    config_cls: type, *, prefix: str = "", exclude: tuple[str, ...] = (), defaults: Any = None
+) -> Callable:
     """Decorate a click command with one option per field of ``config_cls``.
 
     ``--hidden`` maps to field ``hidden`` (with ``prefix="fit-"``, ``--fit-lr`` to ``lr``); the
     field's ``help`` metadata and default show in ``--help``. Dict fields take JSON, tuple
     fields repeat (``--transitions 10000 --transitions 40000``), and an empty value empties one
     (``--residual-extra-inputs ''``). Build the config back with :func:`config_from_options`.
+
+    :param defaults: An instance whose values are the defaults, instead of the fields' own.
     """
     hints = typing.get_type_hints(config_cls)
 
@@ -45,7 +54,12 @@ def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ..
                 continue
             flag, dest = _option_name(prefix, field.name)
             kind = hints[field.name]
-            default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+            if defaults is not None:
+                default = getattr(defaults, field.name)
+            elif field.default is not dataclasses.MISSING:
+                default = field.default
+            else:
+                default = field.default_factory()
             common = {"show_default": True, "help": field.metadata.get("help", "")}
             if kind is bool:
                 option = click.option(f"--{flag}/--no-{flag}", dest, default=default, **common)
@@ -62,8 +76,9 @@ def config_options(config_cls: type, *, prefix: str = "", exclude: tuple[str, ..
     return decorate
 
 
-def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: str = "") -> Any:
-    """Build ``config_cls`` from the parsed options that :func:`config_options` added."""
+def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: str = "", defaults: Any = None) -> Any:
+    """Build ``config_cls`` from the parsed options that :func:`config_options` added; a field without an option
+    keeps ``defaults``' value (the class's default without ``defaults``)."""
     hints = typing.get_type_hints(config_cls)
     values = {}
     for field in dataclasses.fields(config_cls):
@@ -76,4 +91,4 @@ def config_from_options(config_cls: type, options: dict[str, Any], *, prefix: st
         elif isinstance(value, (list, tuple)):
             value = tuple(item for item in value if item != "")
         values[field.name] = value
-    return config_cls(**values)
+    return config_cls(**values) if defaults is None else dataclasses.replace(defaults, **values)

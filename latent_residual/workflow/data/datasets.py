@@ -505,3 +505,13 @@ def load_dataset(directory: str | Path, *, max_transitions: int | None = None, c
     if max_transitions is None:
         _check_transitions(directory, info, stored)
     return Dataset(episodes, observation_space, action_space, info)
+
+
+def reward_free_sequences(
+    directory: str | Path, length: int, *, max_transitions: int | None = None
+) -> dict[str, torch.Tensor]:
+    """The (N, ``length``, ...) training sequences of a target dataset, without its rewards (adaptation never
+    uses target rewards)."""
+    sequences = load_dataset(directory, max_transitions=max_transitions).sequences(length)
+    sequences.pop("reward", None)
+    return sequences

@@ -656,7 +656,8 @@ def _difference(torch_action: np.ndarray, onnx_action: np.ndarray) -> float:
         if bad.any():
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ExportError(
-                f"{side} returned {int(bad.sum())} non-finite action value(s), the first at index {first}; the parity check cannot pass."
+                f"{side} returned {int(bad.sum())} non-finite action value(s), the first at index {first}; the "
+                "parity check cannot pass."
             )
     return float(np.max(np.abs(torch_action.astype(np.float64) - onnx_action.astype(np.float64))))
 
@@ -689,8 +690,8 @@ def verify_export(
     Both sides see the same observations and return actions in the action space's units (the
     torch side goes through the same rescaling as the graph). A memoryless policy takes them as
     one batch; a recurrent one as the steps of one episode, in order, each side carrying its own
-    state. A few 1e-7 is typical; more than :data:`PARITY_TOLERANCE` (1e-4) means the export is not faithful. With the coverage
-    alarm, each step's surprise is compared too (relative above 1), and the larger difference is
+    state. A few 1e-7 is typical; more than :data:`PARITY_TOLERANCE` (1e-4) means the export is not faithful. With
+    the coverage alarm, each step's surprise is compared too (relative above 1), and the larger difference is
     returned. A non-finite action or surprise on either side is an :class:`ExportError`.
 
     :param directory: The export directory (or the ``policy.onnx`` path).
@@ -743,3 +744,45 @@ def verify_episodes(
     finally:
         env.close()
     return worst
+
+def export_and_verify(
+    policy: Policy,
+    directory: str | Path,
+    *,
+    env_id: str | None = None,
+    episode_steps: int = 200,
+    seed: int = 0,
+    env_kwargs: dict[str, Any] | None = None,
+    say: Callable[[str], Any] | None = None,
+    **export_options: Any,
+) -> dict[str, float]:
+    """Export ``policy`` (:func:`export_policy`) and check it against torch before it replaces ``directory``: on
+    example observations and, with ``env_id``, over ``episode_steps`` steps of whole episodes there (from ``seed``).
+
+    A difference above :data:`PARITY_TOLERANCE` is an :class:`ExportError` and ``directory`` keeps what it held.
+
+    :param say: Told each difference as it is measured (``checked the export: ...``).
+    :param export_options: ``opset``, ``exporter``, ``surprise`` and ``surprise_threshold`` of :func:`export_policy`.
+    :returns: ``max_abs_diff`` on the examples and, with ``env_id``, ``episode_max_abs_diff``.
+    """
+    say = say or (lambda _text: None)
+    label = "max difference (action, surprise)" if export_options.get("surprise") else "max |onnx - torch|"
+    found: dict[str, float] = {}
+
+    def check(written: Path) -> None:
+        found["max_abs_diff"] = verify_export(written, policy, example_observations(policy.model.observation_space, 64))
+        say(f"checked the export: {label} = {found['max_abs_diff']:.2e}")
+        if env_id is not None:
+            found["episode_max_abs_diff"] = verify_episodes(
+                written, policy, env_id, steps=episode_steps, seed=seed, env_kwargs=env_kwargs
+            )
+            say(f"over {episode_steps} steps of {env_id} episodes: {label} = {found['episode_max_abs_diff']:.2e}")
+        difference = max(found.values())
+        if difference > PARITY_TOLERANCE:
+            raise ExportError(
+                f"{directory}: ONNX Runtime differs from torch by {difference:.2e}, more than {PARITY_TOLERANCE}; the "
+                "export is not faithful to the policy, so it was not written."
+            )
+
+    export_policy(policy, directory, env_id=env_id, check=check, **export_options)
+    return found

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from latent_residual.actor_critic import load_actor_critic
+from latent_residual.adapters import load_adapter
 from latent_residual.checkpoints import BUILT_FROM, MODEL_WEIGHTS_NAME, load_weights, read_world_model
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CheckpointError, ConfigError, NameNotFound
@@ -44,6 +45,10 @@ def load_world_model(directory: str | Path, *, device: str | torch.device = "cpu
     return load_weights(model, tensors, directory, hint=BUILT_FROM).to(device)
 
 
-def load_policy(world_model: str | Path, actor_critic: str | Path) -> Policy:
-    """The deployable policy of a world-model checkpoint and an ``actor_critic.safetensors`` file."""
-    return Policy(load_world_model(world_model), load_actor_critic(actor_critic).actor)
+def load_policy(world_model: str | Path, actor_critic: str | Path, *, adapter: str | Path | None = None) -> Policy:
+    """The deployable policy of a world-model checkpoint and an ``actor_critic.safetensors`` file; with ``adapter``,
+    on the adapted model (whose corrected prior the coverage alarm compares with)."""
+    model = load_world_model(world_model)
+    if adapter is not None:
+        model = load_adapter(model, adapter, trainable=False)
+    return Policy(model, load_actor_critic(actor_critic).actor)

@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,26 +23,22 @@ from latent_residual.actor_critic import ActorCriticConfig, load_actor_critic, s
 from latent_residual.config import config_to_dict
 from latent_residual.contract import WorldModel
 from latent_residual.errors import CellError, ConfigError
-from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import ONNX_NAME, OnnxPolicy
 from latent_residual.progress import clock
-from latent_residual.registry.lookup import demo_env, env_pretrained, make_method, method_spec, source_target
-from latent_residual.residual import ResidualConfig
+from latent_residual.registry.lookup import (
+    demo_env,
+    env_pretrained,
+    make_method,
+    method_config,
+    method_config_class,
+    method_spec,
+    source_target,
+)
 from latent_residual.serialization import write_text
-from latent_residual.workflow.adaptation.methods import (
-    RUN_FIT_INFO_NAME,
-    RUN_FIT_LOG_DIR_NAME,
-    AdaptationMethod,
-    MethodSettings,
-)
+from latent_residual.workflow.adaptation.base import RUN_FIT_INFO_NAME, RUN_FIT_LOG_DIR_NAME, AdaptationMethod
 from latent_residual.workflow.data.collection import collect
-from latent_residual.workflow.data.datasets import load_dataset
-from latent_residual.workflow.deployment.export import (
-    example_observations,
-    export_policy,
-    verify_episodes,
-    verify_export,
-)
+from latent_residual.workflow.data.datasets import reward_free_sequences
+from latent_residual.workflow.deployment.export import export_and_verify
 from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
@@ -93,7 +89,8 @@ class ExperimentConfig:
     methods: tuple[str, ...] = field(
         default=("redraw",),
         metadata={
-            "help": "Adaptation methods besides zero-shot (see `latent-residual plugins`): redraw, finetune, replacement, ..."
+            "help": "Adaptation methods besides zero-shot (see `latent-residual plugins`): redraw, finetune, "
+            "replacement, ..."
         },
     )
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
@@ -103,7 +100,18 @@ class ExperimentConfig:
         default=0, metadata={"help": "Cap on episode length in collection and evaluation; 0 keeps the environment's."}
     )
     export: bool = field(
-        default=True, metadata={"help": "Export the first ReDRAW policy to ONNX and evaluate it there."}
+        default=True,
+        metadata={
+            "help": "Export the first policy of the export method (--export-method) to ONNX, checked against torch, "
+            "and evaluate it."
+        },
+    )
+    export_method: str = field(
+        default="redraw",
+        metadata={
+            "help": "The method whose policy is exported: its first cell (smallest data size, seed 0); nothing is "
+            "exported when it is not among the methods run."
+        },
     )
     jobs: int = field(
         default=0,
@@ -114,7 +122,7 @@ class ExperimentConfig:
     )
 
     def __post_init__(self) -> None:
-        for method in self.methods:
+        for method in (*self.methods, self.export_method):
             method_spec(method)  # NameNotFound, with the closest match, for an unknown method
         if self.behaviour not in BEHAVIOURS:
             raise ConfigError(
@@ -160,29 +168,6 @@ class _Results:
 _EXTENDABLE = {"experiment": ("seeds", "methods", "export", "jobs")}
 
 
-def _check_settings(
-    results: _Results, settings: dict[str, dict[str, Any]], defaults: dict[str, dict[str, Any]]
-) -> None:
-    """Refuse to resume a run whose kept stages were made with other settings, then record these.
-
-    A setting the kept run does not record (added by a later version) counts as its default.
-    """
-    if "settings" in results:
-        kept = results["settings"]
-        changed = [
-            f"{group}.{key} ({kept.get(group, {}).get(key)!r} -> {value!r})"
-            for group, values in settings.items()
-            for key, value in values.items()
-            if key not in _EXTENDABLE.get(group, ()) and kept.get(group, {}).get(key, defaults[group].get(key)) != value
-        ]
-        if changed:
-            raise ConfigError(
-                f"{results.path} was written with other settings: {', '.join(changed)}. Its finished stages "
-                "would be reused as they are; pass a new --out directory (or delete this one) to run with these."
-            )
-    results.put("settings", settings)
-
-
 @dataclass
 class _Run:
     """One experiment in progress: its settings, outputs and the models and policies shared by its stages."""
@@ -190,7 +175,7 @@ class _Run:
     config: ExperimentConfig
     out: Path
     results: _Results
-    settings: MethodSettings
+    method_configs: dict[str, Any]
     policy_config: PolicyTrainConfig
     ac_config: ActorCriticConfig | None
     quiet: bool
@@ -290,14 +275,19 @@ class _Cell:
 
 
 def _adapted(
-    run: _Run, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
+    run: _Run, name: str, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
 ) -> tuple[WorldModel, dict[str, Any]]:
     """A method's corrected world model, fitted once and reloaded on a re-run."""
     info_path = run_dir / RUN_FIT_INFO_NAME
     if info_path.exists():
         return method.load(run.base, run_dir), json.loads(info_path.read_text())
     model, result = method.adapt(
-        run.base, sequences, seed=seed, settings=run.settings, log_dir=run_dir / RUN_FIT_LOG_DIR_NAME, quiet=run.quiet
+        run.base,
+        sequences,
+        seed=seed,
+        config=run.method_configs[name],
+        log_dir=run_dir / RUN_FIT_LOG_DIR_NAME,
+        quiet=run.quiet,
     )
     method.save(model, run_dir)
     info = {
@@ -314,7 +304,8 @@ def _adapted(
 def _target_policy(
     run: _Run, name: str, model: WorldModel, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int, size: int
 ) -> Policy:
-    """A policy trained in ``model``'s imagination (fresh, or the simulation policy further), once; a re-run loads it."""
+    """A policy trained in ``model``'s imagination (fresh, or the simulation policy further), once; a re-run
+    loads it."""
     policy_path = run_dir / ACTOR_CRITIC_NAME
     if not policy_path.exists():
         torch.manual_seed(seed)
@@ -336,7 +327,7 @@ def _target_policy(
 def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Adapt, train a policy in imagination and evaluate it in the target, for one cell; returns its results row."""
     method, run_dir = make_method(cell.method), cell.directory(run.out)
-    model, fit_info = _adapted(run, method, sequences, run_dir, cell.seed)
+    model, fit_info = _adapted(run, cell.method, method, sequences, run_dir, cell.seed)
     policy = (
         _target_policy(run, cell.method, model, sequences, run_dir, cell.seed, cell.size)
         if method.trains_policy
@@ -359,7 +350,7 @@ def _cells(config: ExperimentConfig) -> list[_Cell]:
 def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
     """Stages 4-5: adapt and train a policy in imagination, per method, data size and seed.
 
-    :returns: The first ReDRAW policy, the one that is exported.
+    :returns: The policy of ``export_method``'s first cell, the one that is exported (None if it did not run).
     """
     cells = _cells(run.config)
     todo = [cell for cell in cells if cell.key not in run.results]
@@ -376,7 +367,7 @@ def _adapt_all(run: _Run, data_dir: Path) -> Policy | None:
     for cell, row in rows:
         run.results.put(cell.key, row)
         progress.show(cell, row)
-    first = next((cell for cell in cells if cell.method == "redraw"), None)
+    first = next((cell for cell in cells if cell.method == run.config.export_method), None)
     if first is None:
         return None
     return Policy(run.base, load_actor_critic(first.directory(run.out) / ACTOR_CRITIC_NAME).actor)
@@ -387,14 +378,10 @@ def _rows_here(run: _Run, data_dir: Path, todo: list[_Cell]) -> Iterator[tuple[_
     sequences: dict[int, dict[str, torch.Tensor]] = {}
     for cell in todo:
         if cell.size not in sequences:
-            sequences = {cell.size: _target_sequences(data_dir, cell.size, run.config.sequence_length)}
+            sequences = {
+                cell.size: reward_free_sequences(data_dir, run.config.sequence_length, max_transitions=cell.size)
+            }
         yield cell, _cell_row(run, cell, sequences[cell.size])
-
-
-def _target_sequences(data_dir: Path, size: int, length: int) -> dict[str, torch.Tensor]:
-    sequences = load_dataset(data_dir, max_transitions=size).sequences(length)
-    sequences.pop("reward", None)  # ReDRAW never uses target rewards
-    return sequences
 
 
 # -- cells in worker processes ------------------------------------------------------------------
@@ -426,7 +413,7 @@ class _WorkerSpec:
     out: Path
     data_dir: Path
     pretrained: Path
-    settings: MethodSettings
+    method_configs: dict[str, Any]
     policy_config: PolicyTrainConfig
     ac_config: ActorCriticConfig
 
@@ -447,7 +434,14 @@ def _worker_cell(spec: _WorkerSpec, cell: _Cell) -> dict[str, Any]:
             base = load_world_model(spec.pretrained / "world_model")
             # No results.json here: the worker returns rows and the parent alone writes them.
             run = _Run(
-                spec.config, spec.out, None, spec.settings, spec.policy_config, spec.ac_config, True, lambda _: None
+                spec.config,
+                spec.out,
+                None,
+                spec.method_configs,
+                spec.policy_config,
+                spec.ac_config,
+                True,
+                lambda _: None,
             )
             run.pretrained, run.base = spec.pretrained, base
             run.sim_policy = Policy(base, load_actor_critic(spec.pretrained / ACTOR_CRITIC_NAME).actor)
@@ -456,7 +450,9 @@ def _worker_cell(spec: _WorkerSpec, cell: _Cell) -> dict[str, Any]:
         sequences = _worker_state["sequences"]
         if cell.size not in sequences:
             sequences.clear()
-            sequences[cell.size] = _target_sequences(spec.data_dir, cell.size, spec.config.sequence_length)
+            sequences[cell.size] = reward_free_sequences(
+                spec.data_dir, spec.config.sequence_length, max_transitions=cell.size
+            )
         return _cell_row(_worker_state["run"], cell, sequences[cell.size])
     except Exception as exc:  # noqa: BLE001 - the parent re-raises it; not every error class survives pickling
         raise CellError(f"{cell.key} failed in a worker process: {type(exc).__name__}: {exc}") from None
@@ -464,7 +460,9 @@ def _worker_cell(spec: _WorkerSpec, cell: _Cell) -> dict[str, Any]:
 
 def _rows_in_workers(run: _Run, data_dir: Path, todo: list[_Cell], jobs: int) -> Iterator[tuple[_Cell, dict[str, Any]]]:
     """Each cell's row as its worker finishes it; the first failure cancels the cells not yet started."""
-    spec = _WorkerSpec(run.config, run.out, data_dir, run.pretrained, run.settings, run.policy_config, run.ac_config)
+    spec = _WorkerSpec(
+        run.config, run.out, data_dir, run.pretrained, run.method_configs, run.policy_config, run.ac_config
+    )
     # spawn, not fork: a forked child inherits torch's thread pools and locks mid-use.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_start) as pool:
@@ -499,19 +497,14 @@ class _CellProgress:
 
 
 def _export(run: _Run, policy: Policy) -> None:
-    """Stage 6: the deployable artefact: ONNX, checked against torch and run in the target."""
+    """Stage 6: the deployable artefact: ONNX, checked against torch before it is written, and run in the target."""
     onnx_dir = run.out / "onnx"
-    run.say(f"[6/6] exporting the ReDRAW policy to ONNX -> {onnx_dir}")
-    if not (onnx_dir / ONNX_NAME).exists():
-        export_policy(policy, onnx_dir, env_id=run.config.target)
-    if "onnx_episode_max_abs_diff" not in run.results:
-        difference = verify_export(onnx_dir, policy, example_observations(run.base.observation_space, 64))
-        run.results.put("onnx_max_abs_diff", difference)
-        # Whole episodes in the target, the ONNX runner fed the torch policy's observations step by step.
-        run.results.put(
-            "onnx_episode_max_abs_diff",
-            verify_episodes(onnx_dir, policy, run.config.target, steps=200, seed=EVAL_SEED, env_kwargs=run.env_kwargs),
-        )
+    run.say(f"[6/6] exporting the {run.config.export_method} policy to ONNX -> {onnx_dir}")
+    if "onnx_episode_max_abs_diff" not in run.results or not (onnx_dir / ONNX_NAME).exists():
+        # Whole episodes in the target too, the ONNX runner fed the torch policy's observations step by step.
+        check = export_and_verify(policy, onnx_dir, env_id=run.config.target, seed=EVAL_SEED, env_kwargs=run.env_kwargs)
+        run.results.put("onnx_max_abs_diff", check["max_abs_diff"])
+        run.results.put("onnx_episode_max_abs_diff", check["episode_max_abs_diff"])
     run.evaluated("onnx", OnnxPolicy(onnx_dir), run.config.target)
 
 
@@ -519,10 +512,8 @@ def run_experiment(
     config: ExperimentConfig,
     out_dir: str | Path,
     *,
+    method_configs: Mapping[str, Any] | None = None,
     pretrain_config: PretrainConfig | None = None,
-    residual_config: ResidualConfig | None = None,
-    fit_config: FitConfig | None = None,
-    finetune_config: FitConfig | None = None,
     policy_config: PolicyTrainConfig | None = None,
     ac_config: ActorCriticConfig | None = None,
     quiet: bool = False,
@@ -530,15 +521,16 @@ def run_experiment(
 ) -> dict[str, Any]:
     """Run (or resume) every stage and return the results dict (also in ``out_dir/results.json``).
 
+    :param method_configs: Method id -> its config, an instance of the class the method was registered with; a
+        method run without one takes that class's defaults. ``results.json`` records each method's config.
+
     With several ``backbones`` each runs in ``out_dir/<backbone>/``, ``out_dir/results.md`` holds
     one table of them all, and the return value maps each backbone to its results.
     """
     config = config.resolved()
     options = {
         "pretrain_config": pretrain_config,
-        "settings": MethodSettings(
-            residual_config or ResidualConfig(), fit_config or FitConfig(), finetune_config or FitConfig(lr=1e-4)
-        ),
+        "method_configs": _method_configs(config, method_configs or {}),
         "policy_config": policy_config or PolicyTrainConfig(),
         "ac_config": ac_config,
         "quiet": quiet,
@@ -558,19 +550,32 @@ def run_experiment(
     return runs
 
 
+def _method_configs(config: ExperimentConfig, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The config of every method the run evaluates: the one given, else its registered class's defaults."""
+    for name, value in given.items():
+        expected = method_config_class(name)  # NameNotFound, with the closest match, for an unknown method
+        if expected is None or not isinstance(value, expected):
+            wanted = "no config" if expected is None else f"a {expected.__name__}"
+            raise ConfigError(f"method_configs[{name!r}] is {type(value).__name__} {value!r}; {name} takes {wanted}.")
+    return {
+        name: given[name] if name in given else method_config(name)
+        for name in dict.fromkeys((ZERO_SHOT, *config.methods))
+    }
+
+
 def _run_one(
     config: ExperimentConfig,
     out: Path,
     *,
     pretrain_config: PretrainConfig | None,
-    settings: MethodSettings,
+    method_configs: dict[str, Any],
     policy_config: PolicyTrainConfig,
     ac_config: ActorCriticConfig | None,
     quiet: bool,
     say: Callable[[str], Any],
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    run = _Run(config, out, _Results(out / RESULTS_NAME), settings, policy_config, ac_config, quiet, say)
+    run = _Run(config, out, _Results(out / RESULTS_NAME), method_configs, policy_config, ac_config, quiet, say)
     started = time.monotonic()
     run.pretrained = _pretrained(run, pretrain_config)
     say(f"[1/6] simulation-pretrained model and policy: {run.pretrained}")
@@ -578,11 +583,11 @@ def _run_one(
     sim_actor_critic = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME)
     run.sim_policy = Policy(run.base, sim_actor_critic.actor)
     run.ac_config = ac_config or sim_actor_critic.config
-    _check_settings(run.results, _settings(config, settings, policy_config, run.ac_config), _default_settings())
+    _check_settings(run.results, _settings(config, method_configs, policy_config, run.ac_config))
     _references(run)
-    first_redraw = _adapt_all(run, _target_data(run))
-    if config.export and first_redraw is not None:
-        _export(run, first_redraw)
+    exported = _adapt_all(run, _target_data(run))
+    if config.export and exported is not None:
+        _export(run, exported)
     run.results.put("seconds", run.results.data.get("seconds", 0.0) + time.monotonic() - started)
     table = comparison_table(run.results.data)
     write_text(out / "results.md", table + "\n")
@@ -590,20 +595,97 @@ def _run_one(
     return run.results.data
 
 
+# -- the settings a run records and a re-run checks ------------------------------------------------
+
+
 def _settings(
-    config: ExperimentConfig, settings: MethodSettings, policy: PolicyTrainConfig, ac: ActorCriticConfig
-) -> dict[str, dict[str, Any]]:
-    """Every setting the kept stages depend on, by group, as recorded in results.json."""
+    config: ExperimentConfig, method_configs: Mapping[str, Any], policy: PolicyTrainConfig, ac: ActorCriticConfig
+) -> dict[str, Any]:
+    """Every config the kept stages depend on, by group (each method's under ``methods``)."""
     return {
-        "experiment": config_to_dict(config),
-        "residual": config_to_dict(settings.residual),
-        "fit": config_to_dict(settings.fit),
-        "finetune": config_to_dict(settings.finetune),
-        "policy": config_to_dict(policy),
-        "actor_critic": config_to_dict(ac),
+        "experiment": config,
+        "methods": {name: value for name, value in method_configs.items() if value is not None},
+        "policy": policy,
+        "actor_critic": ac,
     }
 
 
-def _default_settings() -> dict[str, dict[str, Any]]:
+def _default_settings(methods: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of a run left at every default (what a kept run that lacks a setting had)."""
-    return _settings(ExperimentConfig(), MethodSettings(), PolicyTrainConfig(), ActorCriticConfig())
+    return _settings(
+        ExperimentConfig(), {name: method_config(name) for name in methods}, PolicyTrainConfig(), ActorCriticConfig()
+    )
+
+
+def _leaves(config: Any, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """A config's settings by path, as results.json holds them; a nested config's fields one by one."""
+    leaves: dict[tuple[str, ...], Any] = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            leaves.update(_leaves(value, (*path, item.name)))
+        else:
+            leaves[(*path, item.name)] = json.loads(json.dumps(value))
+    return leaves
+
+
+_MISSING = object()
+
+
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return _MISSING
+        data = data[key]
+    return data
+
+
+def _kept_value(kept: dict[str, Any], where: tuple[str, ...], path: tuple[str, ...], default: Any) -> Any:
+    """The kept run's value of setting ``path`` of config ``where``; its default if the run does not record it.
+
+    A run written before methods had configs of their own recorded a method's settings by group at the top
+    (``residual``, ``fit``; ``finetune``, a method's own fields, under its id): they are read there.
+    """
+    value = _at(kept, (*where, *path))
+    if value is _MISSING and where[0] == "methods" and "methods" not in kept:
+        value = _at(kept, path if len(path) > 1 else (where[1], *path))
+    return default if value is _MISSING else value
+
+
+def _check_settings(results: _Results, settings: dict[str, Any]) -> None:
+    """Refuse to resume a run whose kept stages were made with other settings, then record these.
+
+    A setting the kept run does not record (added by a later version) counts as its default; a method it did not
+    run is new, not changed.
+    """
+    if "settings" in results:
+        kept = results["settings"]
+        defaults = _default_settings(settings["methods"])
+        configs = [((group,), config) for group, config in settings.items() if group != "methods"]
+        configs += [
+            (("methods", name), config)
+            for name, config in settings["methods"].items()
+            if "methods" not in kept or name in kept["methods"]
+        ]
+        changed = []
+        for where, config in configs:
+            default = _leaves(_at(defaults, where))
+            for path, value in _leaves(config).items():
+                before = _kept_value(kept, where, path, default.get(path))
+                if path[0] not in _EXTENDABLE.get(where[0], ()) and before != value:
+                    changed.append(f"{'.'.join((*where, *path))} ({before!r} -> {value!r})")
+        if changed:
+            raise ConfigError(
+                f"{results.path} was written with other settings: {', '.join(changed)}. Its finished stages "
+                "would be reused as they are; pass a new --out directory (or delete this one) to run with these."
+            )
+    results.put("settings", _as_json(settings))
+
+
+def _as_json(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        group: {name: config_to_dict(value) for name, value in config.items()}
+        if group == "methods"
+        else config_to_dict(config)
+        for group, config in settings.items()
+    }

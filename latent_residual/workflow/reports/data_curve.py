@@ -1,7 +1,7 @@
 """Is the target data enough? Short fits of registered adaptation methods on nested subsets of a dataset, each
 scored on the same held-out episodes, with a plain-language reading (still improving, flat, overfitting).
 
-The methods are the registry's (``methods.py``); the score is the one-step KL of ``coverage.surprise``.
+The methods are the registry's (``adaptation/``); the score is the one-step KL of ``coverage.surprise``.
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import torch
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, FitError
 from latent_residual.fitting import FitConfig
-from latent_residual.registry.lookup import make_method
+from latent_residual.registry.lookup import make_method, method_config
 from latent_residual.residual import ResidualConfig
-from latent_residual.workflow.adaptation.methods import MethodSettings
-from latent_residual.workflow.data.datasets import load_dataset
+from latent_residual.workflow.data.datasets import load_dataset, reward_free_sequences
 from latent_residual.workflow.reports import coverage
 
 #: A change smaller than this fraction (or than the spread between seeds) reads as flat.
@@ -84,7 +83,10 @@ def reading(method: str, rows: list[dict[str, Any]], base_kl: float) -> str:
         else ""
     )
     if len(rows) < 2:
-        return f"{method}: one size only ({rows[0]['transitions']} transitions), held-out KL {means[0]:.3g}; no trend to read.{note}"
+        return (
+            f"{method}: one size only ({rows[0]['transitions']} transitions), held-out KL {means[0]:.3g}; no trend to "
+            f"read.{note}"
+        )
     best = int(np.argmin(means[:-1]))
     spread = max(np.ptp(rows[-1]["held_out_kl"]), np.ptp(rows[best]["held_out_kl"]), FLAT * means[best])
     change = (means[-1] - means[best]) / max(means[best], 1e-12)
@@ -108,6 +110,43 @@ def reading(method: str, rows: list[dict[str, Any]], base_kl: float) -> str:
             "episodes; check the added episodes and fit with early stopping."
         )
     return f"{method}: {verdict}{note}"
+
+
+def short_fit_config(config: Any, curve: DataCurveConfig, residual: ResidualConfig | None = None) -> Any:
+    """A method's config for the curve's short fits: every fit in it (a ``FitConfig``, nested or the config itself)
+    cut to ``curve.steps`` steps with a decayed rate, and every residual in it ``residual`` when given."""
+    if isinstance(config, FitConfig):
+        return dataclasses.replace(
+            config, steps=curve.steps, eval_every=max(1, curve.steps // 10), lr_final_scale=curve.lr_final_scale
+        )
+    if isinstance(config, ResidualConfig):
+        return residual or config
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        fields = [item.name for item in dataclasses.fields(config) if item.init]
+        return dataclasses.replace(
+            config, **{name: short_fit_config(getattr(config, name), curve, residual) for name in fields}
+        )
+    return config
+
+
+def _short_fit(
+    method: Any,
+    base: WorldModel,
+    sequences: dict[str, torch.Tensor],
+    held_out: Sequence[dict[str, np.ndarray]],
+    seed: int,
+    config: Any,
+    log_dir: Path,
+    base_kl: float,
+) -> tuple[float, list[float] | None]:
+    """One fit's held-out KL on ``held_out`` and its curve on its own split; a fit that never beat the base on its
+    own held-out split (``FitError``) scores as the base, with no curve."""
+    try:
+        model, result = method.adapt(base, sequences, seed=seed, config=config, log_dir=log_dir, quiet=True)
+    except FitError:
+        return base_kl, None
+    model.eval()
+    return held_out_kl(model, held_out), [row["held_out_kl"] for row in result.history]
 
 
 def data_curve(
@@ -135,39 +174,21 @@ def data_curve(
     say = say or (lambda _text: None)
     total = min(load_dataset(data).transitions, limit or np.inf)
     sizes = sorted({int(min(size, total)) for size in config.sizes})
-    settings = MethodSettings(
-        residual=residual or ResidualConfig(),
-        fit=FitConfig(steps=config.steps, eval_every=max(1, config.steps // 10), lr_final_scale=config.lr_final_scale),
-        finetune=FitConfig(
-            lr=1e-4, steps=config.steps, eval_every=max(1, config.steps // 10), lr_final_scale=config.lr_final_scale
-        ),
-    )
+    configs = {name: short_fit_config(method_config(name), config, residual) for name in config.methods}
     base_kl = held_out_kl(base, held_out)
     methods: dict[str, list[dict[str, Any]]] = {name: [] for name in config.methods}
     methods_made = {name: make_method(name) for name in config.methods}
     with tempfile.TemporaryDirectory(prefix="data-curve-") as scratch:
         for size in sizes:
-            sequences = load_dataset(data, max_transitions=size).sequences(config.sequence_length)
-            sequences.pop("reward", None)
+            sequences = reward_free_sequences(data, config.sequence_length, max_transitions=size)
             for name, method in methods_made.items():
                 kls, curves = [], []
                 for seed in range(config.seeds):
                     say(f"data curve: {name} on {size} transitions, seed {seed}")
-                    try:
-                        model, result = method.adapt(
-                            base,
-                            sequences,
-                            seed=seed,
-                            settings=settings,
-                            log_dir=Path(scratch) / f"{name}-{size}-{seed}",
-                            quiet=True,
-                        )
-                    except FitError:  # never beat the base on its own held-out split
-                        kls.append(base_kl)
-                        continue
-                    model.eval()
-                    kls.append(held_out_kl(model, held_out))
-                    curves.append([row["held_out_kl"] for row in result.history])
+                    log_dir = Path(scratch) / f"{name}-{size}-{seed}"
+                    kl, curve = _short_fit(method, base, sequences, held_out, seed, configs[name], log_dir, base_kl)
+                    kls.append(kl)
+                    curves.extend([curve] if curve is not None else [])
                 methods[name].append({"transitions": size, "held_out_kl": kls, "curves": curves})
     readings = [reading(name, rows, base_kl) for name, rows in methods.items()]
     worrying = ("no better", "worse with more", "overfitted")

@@ -21,21 +21,24 @@ import torch
 from torch import Tensor
 
 from latent_residual import distributions
-from latent_residual.adapters import ResidualWorldModel
+from latent_residual.adapters import ResidualWorldModel, load_adapter
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.observations import image_to_float
 from latent_residual.progress import METRICS_CSV_NAME
 from latent_residual.rollout import embed_sequences, imagine, observation_keys, observe, prev_actions
 from latent_residual.serialization import read_json_object
-from latent_residual.workflow.adaptation.methods import (
+from latent_residual.workflow.adaptation.base import (
     ADAPTER_DIR_NAME,
     FIT_LOG_DIR_NAME,
     RUN_FIT_INFO_NAME,
     RUN_FIT_LOG_DIR_NAME,
 )
-from latent_residual.workflow.data.datasets import Dataset
+from latent_residual.workflow.data.datasets import Dataset, load_dataset
+from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.reports import coverage
+from latent_residual.workflow.reports.data_curve import DataCurveConfig
+from latent_residual.workflow.reports.data_curve import data_curve as fit_data_curve
 from latent_residual.workflow.reports.html import REPORT_JSON_NAME, write_report
 
 #: The models a report compares, in this order.
@@ -64,7 +67,8 @@ class DiagnoseConfig:
     sensitivity_ratio: float = field(
         default=0.25,
         metadata={
-            "help": "Warn when the adapted model's response to an action, on any observation key, is below this fraction of the base's."
+            "help": "Warn when the adapted model's response to an action, on any observation key, is below this "
+            "fraction of the base's."
         },
     )
     sensitivity_floor: float = field(
@@ -88,7 +92,8 @@ class DiagnoseConfig:
     holdout: float = field(
         default=0.1,
         metadata={
-            "help": "When --data is the adapter's own fit data, diagnose its last fraction of episodes (the fit's held-out split)."
+            "help": "When --data is the adapter's own fit data, diagnose its last fraction of episodes (the fit's "
+            "held-out split)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of the imagined samples."})
@@ -243,7 +248,8 @@ def recorded(windows: Mapping[str, Tensor]) -> dict[str, np.ndarray]:
 def _action_pairs(
     windows: Mapping[str, Tensor], action_size: int, config: DiagnoseConfig
 ) -> dict[str, tuple[Tensor, Tensor]]:
-    """Opposite action sequences (W, h, A): +a / -a on each action dimension alone, and the recorded ones against their negation."""
+    """Opposite action sequences (W, h, A): +a / -a on each action dimension alone, and the recorded ones against
+    their negation."""
     W, h, t0 = windows["action"].shape[0], config.sensitivity_horizon, config.warmup - 1
     pairs = {}
     for dim in range(action_size):
@@ -299,9 +305,9 @@ def action_sensitivity(
             if blind:
                 detail = ", ".join(f"{key!r} by {adapted[key]:.3f} (base {base[key]:.3f})" for key in blind)
                 warnings.append(
-                    f"The adapted model barely responds to {name.split(' ')[0]}: after {config.sensitivity_horizon} imagined "
-                    f"steps of {name} its predictions separate, in data standard deviations, {detail}. The target "
-                    "data probably never shows what this action does (for example a driver that always moves "
+                    f"The adapted model barely responds to {name.split(' ')[0]}: after {config.sensitivity_horizon} "
+                    f"imagined steps of {name} its predictions separate, in data standard deviations, {detail}. The "
+                    "target data probably never shows what this action does (for example a driver that always moves "
                     "forward). Record data that varies it: manoeuvres, reversing, holding commands of both signs "
                     "for several steps, or more action noise held over time; then fit again."
                 )
@@ -377,11 +383,13 @@ def coverage_check(
 def _calibrated_check(
     score: Any, model: WorldModel, held_out: Dataset, others: Mapping[str, Dataset], config: DiagnoseConfig
 ) -> dict[str, Any]:
-    """Calibrate ``score``'s threshold on the first half of the held-out episodes and check it on the rest and on ``others``."""
+    """Calibrate ``score``'s threshold on the first half of the held-out episodes and check it on the rest and on
+    ``others``."""
     episodes = held_out.episodes
     if len(episodes) < 2:
         raise DatasetError(
-            f"The coverage check needs at least 2 held-out episodes (half to calibrate, half to check); got {len(episodes)}."
+            "The coverage check needs at least 2 held-out episodes (half to calibrate, half to check); got "
+            f"{len(episodes)}."
         )
     half = len(episodes) // 2
     scores = coverage.per_episode(score, model, episodes)
@@ -437,7 +445,8 @@ def diagnose(
     adapter_dir: str | Path | None = None,
     data_path: str | Path | None = None,
     check_data: Mapping[str, Dataset] | None = None,
-    data_curve: Mapping[str, Any] | None = None,
+    data_curve: Mapping[str, Any] | DataCurveConfig | None = None,
+    curve_data: str | Path | None = None,
     say: Any = None,
 ) -> dict[str, Any]:
     """Compare ``base`` and ``adapted`` on held-out target ``data`` and write the report to ``out_dir``.
@@ -452,7 +461,9 @@ def diagnose(
     :param data_path: Where ``data`` was loaded from: when it is the adapter's own fit data, only
         the held-out tail of its episodes is used.
     :param check_data: Other datasets (name -> dataset) whose episodes the coverage alarm checks.
-    :param data_curve: A data-sufficiency result from :func:`data_curve.data_curve` to include.
+    :param data_curve: A data-sufficiency result from :func:`data_curve.data_curve` to include, or the
+        :class:`DataCurveConfig` to fit one with, first: on ``curve_data`` (default: the adapter's own fit data, else
+        ``data_path``), scored on the episodes diagnosed here (fitting on those very data, it stops before them).
     :returns: The report as written to ``report.json``.
     """
     say = say or (lambda _text: None)
@@ -460,20 +471,14 @@ def diagnose(
     started = time.monotonic()
     out = Path(out_dir)
     held_out, source = held_out_episodes(data, adapted, Path(data_path) if data_path else None, config.holdout)
+    if isinstance(data_curve, DataCurveConfig):
+        data_curve = _fitted_curve(base, adapted, data, data_path, held_out, data_curve, curve_data, say)
     windows = _windows(held_out, config)
     models = {"base": base} if adapted is None else {"base": base, "adapted": adapted}
-    for model in models.values():
-        model.eval()
     say(f"diagnosing on {windows['is_first'].shape[0]} windows of {config.window} steps from {source}")
-    runs = {label: open_loop(model, windows, config) for label, model in models.items()}
-    kl = {label: run["kl"] for label, run in runs.items()}
-    starts = {label: _state_at(run["filtered"], config.warmup - 1) for label, run in runs.items()}
-    predictions = {label: mean_prediction(model, windows, starts[label], config) for label, model in models.items()}
-    say("action sensitivity")
-    sensitivity = action_sensitivity(models, windows, starts, config)
+    runs, kl, predictions, sensitivity = _predictions(models, windows, config, say)
     say("coverage")
-    alarm_model = models.get("adapted", base)
-    covered = coverage_check(alarm_model, held_out, dict(check_data or {}), config)
+    covered = coverage_check(models.get("adapted", base), held_out, dict(check_data or {}), config)
     report: dict[str, Any] = {
         "data": {"source": source, "windows": int(windows["is_first"].shape[0]), "window": config.window},
         "config": dataclasses.asdict(config),
@@ -487,13 +492,92 @@ def diagnose(
     }
     report["warnings"] = _reading(kl) + sensitivity["warnings"] + (data_curve or {}).get("warnings", [])
     _check_finite(report)
-    strips = {
+    report["seconds"] = time.monotonic() - started
+    write_report(out, report, _strips(windows, predictions, config))
+    return report
+
+
+def _strips(windows: dict[str, Tensor], predictions: dict[str, Any], config: DiagnoseConfig) -> dict[str, Any] | None:
+    """The report's picture strips: recorded observations beside each model's predictions (none without a decoder)."""
+    if predictions["base"] is None:
+        return None
+    return {
         "recorded": {key: value[: config.strips, config.warmup :] for key, value in recorded(windows).items()},
         **{label: pred for label, pred in predictions.items() if pred},
     }
-    report["seconds"] = time.monotonic() - started
-    write_report(out, report, strips if predictions["base"] is not None else None)
-    return report
+
+
+def _predictions(
+    models: dict[str, WorldModel], windows: dict[str, Tensor], config: DiagnoseConfig, say: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any], dict[str, Any]]:
+    """Each model's open-loop run and KL, its mean decoded prediction, and their action sensitivity."""
+    for model in models.values():
+        model.eval()
+    runs = {label: open_loop(model, windows, config) for label, model in models.items()}
+    kl = {label: run["kl"] for label, run in runs.items()}
+    starts = {label: _state_at(run["filtered"], config.warmup - 1) for label, run in runs.items()}
+    predictions = {label: mean_prediction(model, windows, starts[label], config) for label, model in models.items()}
+    say("action sensitivity")
+    return runs, kl, predictions, action_sensitivity(models, windows, starts, config)
+
+
+def _fitted_curve(
+    base: WorldModel,
+    adapted: WorldModel | None,
+    data: Dataset,
+    data_path: str | Path | None,
+    held_out: Dataset,
+    config: DataCurveConfig,
+    curve_data: str | Path | None,
+    say: Any,
+) -> dict[str, Any]:
+    """The data curve of :func:`diagnose` (see its ``data_curve``), with the adapter's residual settings."""
+    residual = isinstance(adapted, ResidualWorldModel) and adapted.active_adapter is not None
+    summary = adapted.data_summaries.get(adapted.active_adapter, {}) if residual else {}
+    curve_data = Path(curve_data or summary.get("dataset") or data_path)
+    # Fitting on the diagnosed data itself: stop before its held-out tail.
+    same = data_path is not None and curve_data.resolve() == Path(data_path).resolve()
+    limit = data.transitions - held_out.transitions if same else None
+    return fit_data_curve(
+        base,
+        curve_data,
+        held_out.episodes,
+        config,
+        residual=adapted.adapter_configs[adapted.active_adapter] if residual else None,
+        limit=limit or None,
+        say=say,
+    )
+
+
+def diagnose_saved(
+    world_model: str | Path,
+    data: str | Path,
+    out_dir: str | Path,
+    *,
+    adapter: str | Path | None = None,
+    check_data: tuple[str | Path, ...] = (),
+    config: DiagnoseConfig | None = None,
+    data_curve: DataCurveConfig | None = None,
+    curve_data: str | Path | None = None,
+    say: Any = None,
+) -> dict[str, Any]:
+    """:func:`diagnose` on files: a world-model checkpoint, its adapter (or none), held-out target data, and the
+    datasets the coverage alarm checks (named after their directories)."""
+    base = load_world_model(world_model)
+    adapted = load_adapter(base, adapter, trainable=False) if adapter is not None else None
+    return diagnose(
+        base,
+        load_dataset(data),
+        out_dir,
+        adapted=adapted,
+        config=config,
+        adapter_dir=adapter,
+        data_path=data,
+        check_data={Path(path).name: load_dataset(path) for path in check_data},
+        data_curve=data_curve,
+        curve_data=curve_data,
+        say=say,
+    )
 
 
 def _check_finite(value: Any, where: str = "report") -> None:

@@ -1,5 +1,6 @@
 """Training a fresh actor-critic purely in a world model's imagination, from posterior states of recorded
-data (ReDRAW's step 3). The actor-critic itself is the kernel's (``actor_critic.py``).
+data (ReDRAW's step 3), and the ``train-policy`` step on saved files. The actor-critic itself is the kernel's
+(``actor_critic.py``).
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
+from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_actor_critic
+from latent_residual.adapters import load_adapter
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
 from latent_residual.rollout import posterior_states, subsample_states
+from latent_residual.workflow.data.datasets import reward_free_sequences
+from latent_residual.workflow.deployment.loading import load_world_model
 
 
 @dataclass
@@ -71,4 +75,26 @@ def train_policy(
             run.advance()
             if update % 50 == 0 or update == config.steps:
                 run.log(update, **metrics)
+    return actor_critic
+
+
+def train_saved_policy(
+    world_model: Path,
+    data: Path,
+    out: Path,
+    config: PolicyTrainConfig,
+    *,
+    ac_config: ActorCriticConfig | None = None,
+    adapter: Path | None = None,
+    max_transitions: int | None = None,
+    sequence_length: int = 32,
+) -> ActorCritic:
+    """Train a fresh actor-critic in the imagination of a saved world model (with ``adapter``, the adapted one) from
+    the target dataset ``data``, and save it to the file ``out`` (its metrics in ``policy_logs`` beside it)."""
+    model = load_world_model(world_model)
+    if adapter is not None:
+        model = load_adapter(model, adapter, trainable=False)
+    sequences = reward_free_sequences(data, sequence_length, max_transitions=max_transitions)
+    actor_critic = train_policy(model, sequences, config, ac_config=ac_config, log_dir=out.parent / "policy_logs")
+    save_actor_critic(actor_critic, out, extra={"world_model": str(world_model), "adapter": str(adapter or "")})
     return actor_critic
