@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,11 @@ STATE_PREFIX = "state_"
 NEXT_STATE_PREFIX = "next_state_"
 #: The coverage alarm's per-step output (``policy.json``'s ``surprise`` section names it and its threshold).
 SURPRISE_NAME = "surprise"
+#: Precisions an export can have (``policy.json``'s ``precision``; absent in older exports: float32).
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Float observations up to this size are checked for NaN and infinity value by value (cheaper than NumPy's
+#: reduction for a handful of values, right after a run has evicted the caches); larger ones with NumPy.
+_SMALL_FLOAT_OBSERVATION = 256
 #: Execution providers tried in this order when none are given (TensorRT only when asked for:
 #: building its engine takes minutes on a Jetson).
 PREFERRED_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
@@ -244,6 +250,9 @@ class OnnxPolicy:
         env_id = self.config.get("env_id")
         if env_id is not None and not isinstance(env_id, str):
             raise fields.error("env_id", env_id, "a string or null")
+        #: The graph's numeric precision (:data:`PRECISIONS`): "fp32" keeps the torch parity; "fp16" and "int8"
+        #: are opt-in variants. A precision this runner does not know still runs: it is the graph that computes.
+        self.precision: str = fields.name(self.config.get("precision", "fp32"), "precision")
         recurrent = self.config.get("recurrent")
         recurrent = {} if recurrent is None else fields.section(recurrent, "recurrent")
         #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
@@ -274,6 +283,9 @@ class OnnxPolicy:
         # What every step asks the graph for: the action, the next state, the surprise (with the alarm).
         self._outputs = [self.output_name, *(output for _, output, _ in self.state.values())]
         self._outputs += [self.surprise_output] if self.surprise_output else []
+        self._action_output = [self.output_name]
+        # (key, dtype, shape, whether to check for NaN and infinity) per input, for act()'s fast path.
+        self._single = [(key, dtype, shape, dtype.kind == "f") for key, (dtype, shape) in self.inputs.items()]
         # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
         self._check_graph(onnx_path, config_path)
 
@@ -406,6 +418,25 @@ class OnnxPolicy:
             raise ValueError("The batch is empty (batch size 0).")
         return feeds
 
+    def _single_feeds(self, obs: Any) -> dict[str, np.ndarray] | None:
+        """:meth:`validate`'s feeds for one observation when it is a dict of arrays of exactly the expected dtypes
+        and shapes, all finite: the checks act() needs, done cheaply. ``None`` for anything else, which
+        :meth:`validate` then checks again and names."""
+        if obs.__class__ is not dict:
+            return None
+        feeds = {}
+        isfinite = math.isfinite
+        for key, dtype, shape, floating in self._single:
+            value = obs.get(key)
+            if value.__class__ is not np.ndarray or value.dtype != dtype or value.shape != shape:
+                return None
+            if floating:
+                small = value.size <= _SMALL_FLOAT_OBSERVATION
+                if not (all(map(isfinite, value.ravel().tolist())) if small else np.isfinite(value).all()):
+                    return None
+            feeds[key] = value[None] if value.flags.c_contiguous else np.ascontiguousarray(value[None])
+        return feeds
+
     def act_batch(self, obs: Mapping[str, Any]) -> np.ndarray:
         """Return float32 actions (B, *action_shape) for a batch of observations, one (B, *shape) array per key.
 
@@ -471,10 +502,12 @@ class OnnxPolicy:
 
         A recurrent policy carries its state from call to call; call :meth:`reset` at each episode start.
         """
+        feeds = self._single_feeds(obs)
+        if feeds is None:
+            feeds = self.validate(obs, batched=False)  # raises, naming the key, if the observation is wrong
         if not self.recurrent:
-            (action,) = self.session.run([self.output_name], self.validate(obs, batched=False))
+            (action,) = self.session.run(self._action_output, feeds)
             return action[0]
-        feeds = self.validate(obs, batched=False)
         first = self._carried is None
         state, prev_action = self.blank_state(1) if first else self._carried
         action, state = self._step(feeds, state, prev_action, np.array([first]))

@@ -44,6 +44,7 @@ from latent_residual.onnx_policy import (
 from latent_residual.registry.lookup import make_env
 from latent_residual.serialization import atomic_write_directory, fingerprint, is_orphan
 from latent_residual.version import __version__
+from latent_residual.workflow.deployment import onnx_graph
 from latent_residual.workflow.deployment.policy import Policy, filter_state_shapes
 from latent_residual.workflow.reports.coverage import step_surprise
 
@@ -411,6 +412,35 @@ def _export_graph(module: ExportablePolicy, opset: int | None, order: list[str])
     raise ExportError("Could not export the policy to ONNX. " + " | ".join(failures))
 
 
+def _optimised(module: ExportablePolicy, data: bytes, proto: Any) -> tuple[bytes, Any, dict[str, int]]:
+    """The graph after ``onnx_graph.optimise_graph``'s exact rewrites, checked as the export was; the graph as
+    exported (and a warning) if a rewrite fails, since the export itself is sound."""
+    try:
+        rewritten, applied = onnx_graph.optimise_graph(data)
+        if not applied:
+            return data, proto, {}
+        checked = _check_onnx(rewritten, module)
+        _smoke_run(rewritten, module)
+    except Exception as exc:  # a rewrite's bug must not cost the export
+        logger.warning("Kept the exported ONNX graph as it is: the graph rewrites failed (%s).", _summary(exc))
+        return data, proto, {}
+    return rewritten, checked, applied
+
+
+def _reduced(module: ExportablePolicy, data: bytes, precision: str) -> tuple[bytes, Any, float]:
+    """The graph at ``precision``, checked as the export was, and its largest action difference from ``data``."""
+    try:
+        reduced = onnx_graph.reduce_precision(data, precision)
+    except Exception as exc:  # onnxruntime.quantization raises what it likes
+        raise ExportError(f"Could not make the {precision} graph: {_summary(exc)}") from exc
+    proto = _check_onnx(reduced, module)
+    _smoke_run(reduced, module)
+    difference = onnx_graph.max_output_difference(data, reduced, module.example_inputs(64, seed=7), ACTION_OUTPUT_NAME)
+    if not np.isfinite(difference):
+        raise ExportError(f"The {precision} graph's actions are not finite where the float32 graph's are.")
+    return reduced, proto, difference
+
+
 def _description(
     module: ExportablePolicy,
     data: bytes,
@@ -419,8 +449,10 @@ def _description(
     env_id: str | None,
     action_space: gymnasium.spaces.Box,
     surprise_threshold: float | None,
+    graph: dict[str, Any] | None = None,
 ) -> str:
-    """``policy.json``: the graph's inputs and output, the action bounds and where the policy came from."""
+    """``policy.json``: the graph's inputs and output, the action bounds and where the policy came from;
+    ``graph`` adds how the graph was made (``precision``, ``graph_rewrites``, ...)."""
     model = module.policy.model
     description = {
         "format": FILE_FORMAT,
@@ -446,6 +478,7 @@ def _description(
         "exporter": used,
         "opset": _opset_of(proto),
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        **(graph or {}),
     }
     if module.carries_state:
         description["recurrent"] = _recurrent_description(module)
@@ -492,6 +525,8 @@ def export_policy(
     surprise: bool = False,
     surprise_threshold: float | None = None,
     check: Callable[[Path], None] | None = None,
+    optimise: bool = True,
+    precision: str = "fp32",
 ) -> Path:
     """Export ``policy`` to ``directory/policy.onnx`` and describe it in ``directory/policy.json``.
 
@@ -523,7 +558,14 @@ def export_policy(
         in its report.json).
     :param check: Called with the temporary directory once both files are in it, before the swap: if
         it raises (a parity check above :data:`PARITY_TOLERANCE`, say), ``directory`` keeps what it
-        held and the error propagates.
+        held and the error propagates. With a reduced ``precision`` it sees the float32 graph the
+        reduced one is made from (the faithful export); the reduced one replaces it after the check.
+    :param optimise: Apply the exact graph rewrites of ``onnx_graph.optimise_graph`` (recorded in
+        ``policy.json``'s ``graph_rewrites``); ``False`` writes the exporter's graph as it comes.
+    :param precision: ``"fp32"`` (the torch parity), or the opt-in ``"fp16"`` or ``"int8"`` (onnxruntime's
+        dynamic quantisation of the MatMul/Gemm weights), which give up that parity for size or speed:
+        ``policy.json`` records the precision and ``precision_max_abs_diff``, the largest action
+        difference from the float32 graph on 64 example inputs. Measure its returns before using it.
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
@@ -541,25 +583,38 @@ def export_policy(
         raise ConfigError(
             "export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm."
         )
+    if precision not in onnx_graph.PRECISIONS:
+        raise ConfigError(f"Unknown precision {precision!r}; choose one of {list(onnx_graph.PRECISIONS)}.")
     directory = Path(directory)
     check_export_target(directory)
     module = ExportablePolicy(policy, surprise=surprise)
     _, action_space = _check_spaces(policy)
     with _evaluating(policy):
         data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
-    text = _description(
-        module, data, proto, used, env_id, action_space, float(surprise_threshold) if surprise else None
-    )
+    graph: dict[str, Any] = {"precision": "fp32", "graph_rewrites": {}}
+    if optimise:
+        data, proto, graph["graph_rewrites"] = _optimised(module, data, proto)
+    threshold = float(surprise_threshold) if surprise else None
+    text = _description(module, data, proto, used, env_id, action_space, threshold, graph)
+    reduced_files = None  # (policy.onnx, policy.json) at a reduced precision
+    if precision != "fp32":
+        reduced, reduced_proto, difference = _reduced(module, data, precision)
+        graph = {**graph, "precision": precision, "precision_max_abs_diff": difference}
+        reduced_text = _description(module, reduced, reduced_proto, used, env_id, action_space, threshold, graph)
+        reduced_files = (reduced, reduced_text)
 
     def write(tmp: Path) -> None:
         (tmp / ONNX_NAME).write_bytes(data)
         (tmp / POLICY_CONFIG_NAME).write_text(text, encoding="utf-8")
         if check is not None:
             check(tmp)
+        if reduced_files is not None:
+            (tmp / ONNX_NAME).write_bytes(reduced_files[0])
+            (tmp / POLICY_CONFIG_NAME).write_text(reduced_files[1], encoding="utf-8")
 
     atomic_write_directory(directory, write)
     onnx_path = directory / ONNX_NAME
-    logger.info("Exported %s with the %s exporter (opset %s).", onnx_path, used, _opset_of(proto))
+    logger.info("Exported %s with the %s exporter (opset %s, %s).", onnx_path, used, _opset_of(proto), precision)
     return onnx_path
 
 
@@ -744,6 +799,7 @@ def verify_episodes(
     finally:
         env.close()
     return worst
+
 
 def export_and_verify(
     policy: Policy,

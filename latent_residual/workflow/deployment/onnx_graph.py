@@ -379,8 +379,10 @@ def _fp16(model: Any) -> Any:
     (onnxruntime.transformers' converter; the operators it keeps in float32 get casts around them)."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    with _quiet_quantizer(), contextlib.redirect_stdout(None):
-        return convert_float_to_float16(model, keep_io_types=True)
+    with _quiet_quantizer():
+        converted = convert_float_to_float16(model, keep_io_types=True)
+    _tidy(converted.graph)  # the converter appends the inputs' casts after the nodes that read them
+    return converted
 
 
 def reduce_precision(data: bytes, precision: str) -> bytes:
