@@ -125,7 +125,7 @@ class WorldModelTrainer:
         check_step_options(precision, compile, model.device())
         self.model, self.optimiser, self.grad_clip, self.ranks = model, optimiser, grad_clip, ranks or Ranks()
         self.autocast_dtype = PRECISIONS[precision]
-        loss = data_parallel(WorldModelLoss(model), ranks)
+        loss = data_parallel(WorldModelLoss(model), self.ranks)
         self.loss = torch.compile(loss) if compile else loss
 
     def step(self, batch: Mapping[str, Tensor]) -> dict[str, float]:
