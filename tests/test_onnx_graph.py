@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, UserDict
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -218,3 +219,18 @@ def test_export_module_names_its_precisions():
     with pytest.raises(ValueError, match="Unknown precision"):
         onnx_graph.reduce_precision(b"", "int4")
     assert export_module.onnx_graph is onnx_graph
+
+
+def test_the_export_command_takes_a_precision(tmp_path, capsys):
+    """`latent-residual export --precision int8` on the shipped pendulum policy: checked in float32, then int8."""
+    from latent_residual.workflow.cli.main import main
+
+    pretrained = Path(__file__).resolve().parents[1] / "plugins" / "dmc" / "pretrained" / "pendulum-swingup"
+    command = ["export", "--world-model", str(pretrained / "world_model"), "--policy"]
+    command += [str(pretrained / "actor_critic.safetensors"), "--out", str(tmp_path / "int8"), "--precision", "int8"]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "checked the export: max |onnx - torch| = " in printed
+    assert "the int8 graph: max |onnx - torch| = " in printed and "(int8)" in printed
+    assert _description(tmp_path / "int8")["precision"] == "int8"
+    assert OnnxPolicy(tmp_path / "int8", providers=["CPUExecutionProvider"]).precision == "int8"

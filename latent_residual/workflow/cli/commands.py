@@ -35,8 +35,15 @@ from latent_residual.workflow.cli.common import (
 )
 from latent_residual.workflow.cli.options import config_from_options, config_options, json_object
 from latent_residual.workflow.data.collection import collect
-from latent_residual.workflow.deployment.export import check_export_target, export_and_verify
+from latent_residual.workflow.deployment.export import (
+    check_export_target,
+    example_observations,
+    export_and_verify,
+    verify_episodes,
+    verify_export,
+)
 from latent_residual.workflow.deployment.loading import load_policy
+from latent_residual.workflow.deployment.onnx_graph import PRECISIONS
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.reports.data_curve import DataCurveConfig
 from latent_residual.workflow.reports.diagnose import DiagnoseConfig, diagnose_saved
@@ -284,8 +291,16 @@ def _export_command(group: click.Group) -> None:
     @click.option(
         "--adapter", type=PATH, default=None, help="Adapter whose corrected prior the surprise output compares with."
     )
+    @click.option(
+        "--precision",
+        type=click.Choice(PRECISIONS),
+        default="fp32",
+        show_default=True,
+        help="fp16 or int8: a smaller (fp16) or faster (int8) graph that gives up the 1e-4 parity; the check runs on "
+        "the float32 graph it is made from and its own difference is printed. Measure its returns (evaluate --onnx).",
+    )
     def export_command(
-        world_model: Path, policy: Path, out: Path, overwrite: bool, env_id, surprise_threshold, adapter
+        world_model: Path, policy: Path, out: Path, overwrite: bool, env_id, surprise_threshold, adapter, precision
     ) -> None:
         """Export the deployable policy (encoder + posterior + actor) to ONNX and check it.
 
@@ -293,7 +308,9 @@ def _export_command(group: click.Group) -> None:
         or the new one. The new one is checked against torch before the swap: above 1e-4 the command
         fails and OUT keeps what it held. With --env-id the check also runs 200 steps of whole episodes
         there, torch and ONNX Runtime side by side. With --surprise-threshold (and --adapter) the graph
-        also returns the coverage alarm's per-step surprise, which the check compares too (docs/diagnose.md)."""
+        also returns the coverage alarm's per-step surprise, which the check compares too (docs/diagnose.md).
+        With --precision fp16 or int8 the check runs on the float32 graph, which the reduced one then replaces;
+        the reduced graph's own difference from torch is printed (docs/deployment.md)."""
         check_output_directory(out, finished=(ONNX_NAME, POLICY_CONFIG_NAME), overwrite=overwrite, beside=True)
         check_export_target(out)
         if adapter is not None and surprise_threshold is None:
@@ -302,8 +319,13 @@ def _export_command(group: click.Group) -> None:
             {"surprise": True, "surprise_threshold": surprise_threshold} if surprise_threshold is not None else {}
         )
         loaded = load_policy(world_model, policy, adapter=adapter)
-        export_and_verify(loaded, out, env_id=env_id, say=click.echo, **surprise)
-        click.echo(f"wrote {out / ONNX_NAME}")
+        export_and_verify(loaded, out, env_id=env_id, say=click.echo, precision=precision, **surprise)
+        if precision != "fp32":
+            observations = example_observations(loaded.model.observation_space, 64)
+            click.echo(f"the {precision} graph: max |onnx - torch| = {verify_export(out, loaded, observations):.2e}")
+            if env_id is not None:
+                click.echo(f"  over 200 steps of {env_id} episodes: {verify_episodes(out, loaded, env_id):.2e}")
+        click.echo(f"wrote {out / ONNX_NAME}" + (f" ({precision})" if precision != "fp32" else ""))
 
 
 def _diagnose_command(group: click.Group) -> None:
