@@ -214,6 +214,15 @@ class ResidualWorldModel(WorldModel):
         parts += [state[key].flatten(1) for key in config.extra_inputs]
         return self.residuals[name](torch.cat(parts, -1))
 
+    def member_prior_logits(self, state: State, action: Tensor) -> Tensor:
+        """Each ensemble member's corrected prior logits (members, B, groups, classes), away from episode
+        starts: what the ensemble's disagreement is measured on."""
+        no_reset = torch.zeros(action.shape[0], dtype=torch.bool, device=action.device)
+        with self._frozen():
+            logits, _ = self.base.dynamics(state, action, no_reset)
+        members = self.corrections(state, action)  # (members, B, groups, classes)
+        return members if self.adapter_configs[self.active_adapter].mode == "replacement" else logits + members
+
     def mean_correction(self, state: State, action: Tensor) -> Tensor:
         """The active adapter's logit offset (B, groups, classes): its members' mean (one member's own)."""
         members = self.corrections(state, action)

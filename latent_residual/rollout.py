@@ -139,6 +139,7 @@ def imagine(
     horizon: int,
     *,
     generator: torch.Generator | None = None,
+    keep_states: bool = False,
 ) -> dict[str, Tensor]:
     """Roll the prior forward from ``start`` for ``horizon`` steps, acting with ``policy``.
 
@@ -146,14 +147,17 @@ def imagine(
     :param policy: Maps features (B, F) to actions (B, A).
     :returns: ``features`` (B, horizon + 1, F) starting with the start state's, ``actions``
         (B, horizon, A) with ``actions[:, t]`` taken at ``features[:, t]``, and ``prior_logits``
-        (B, horizon, G, C).
+        (B, horizon, G, C); with ``keep_states``, also ``states``, each state tensor (B, horizon, ...)
+        of the states the actions were taken in.
     """
     B = start["stoch"].shape[0]
     no_reset = torch.zeros(B, dtype=torch.bool, device=start["stoch"].device)
     state = start
     features = [model.features(state)]
-    actions, priors = [], []
+    actions, priors, states = [], [], []
     for _ in range(horizon):
+        if keep_states:
+            states.append(state)
         action = policy(features[-1])
         prior, deter = model.dynamics(state, action, no_reset)
         prob = distributions.probs(prior, model.prior_unimix)
@@ -161,11 +165,14 @@ def imagine(
         features.append(model.features(state))
         actions.append(action)
         priors.append(prior)
-    return {
+    rollout = {
         "features": torch.stack(features, 1),
         "actions": torch.stack(actions, 1),
         "prior_logits": torch.stack(priors, 1),
     }
+    if keep_states:
+        rollout["states"] = {key: torch.stack([s[key] for s in states], 1) for key in start}
+    return rollout
 
 
 def prev_actions(action: Tensor) -> Tensor:

@@ -53,6 +53,7 @@ from latent_residual.workflow.training.model_training import WORLD_MODEL_NAME, O
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_saved_policy
 from latent_residual.workflow.training.pretraining import PretrainConfig, pretrain
 from latent_residual.workflow.training.recipes import build_source, source_recipe
+from latent_residual.workflow.training.selection import SelectionConfig
 
 
 def _pretrain_configs(options: dict[str, Any]) -> tuple[PretrainConfig, ActorCriticConfig]:
@@ -220,6 +221,7 @@ def _train_policy_command(group: click.Group) -> None:
     @overwrite_option("a policy file")
     @data_options
     @config_options(PolicyTrainConfig)
+    @config_options(SelectionConfig)
     @config_options(ActorCriticConfig, prefix="ac-")
     def train_policy_command(
         world_model: Path,
@@ -231,7 +233,8 @@ def _train_policy_command(group: click.Group) -> None:
         sequence_length,
         **options: Any,
     ) -> None:
-        """Train a fresh actor-critic in the (adapted) world model's imagination."""
+        """Train a fresh actor-critic in the (adapted) world model's imagination; with --candidates or
+        --snapshots, several, one chosen without real reward (scores in OUT's .selection.json)."""
         check_output_file(out, overwrite=overwrite)
         train_saved_policy(
             world_model,
@@ -242,6 +245,7 @@ def _train_policy_command(group: click.Group) -> None:
             adapter=adapter,
             max_transitions=max_transitions,
             sequence_length=sequence_length,
+            selection=config_from_options(SelectionConfig, options),
         )
         click.echo(f"policy written to {out}")
 

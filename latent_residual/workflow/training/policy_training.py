@@ -5,7 +5,10 @@ data (ReDRAW's step 3), and the ``train-policy`` step on saved files. The actor-
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,8 +21,10 @@ from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
 from latent_residual.rollout import posterior_states, subsample_states
+from latent_residual.serialization import write_text
 from latent_residual.workflow.data.datasets import reward_free_sequences
 from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.training.selection import Selection, SelectionConfig, choose
 
 
 @dataclass
@@ -51,6 +56,7 @@ def train_policy(
     actor_critic: ActorCritic | None = None,
     log_dir: str | Path | None = None,
     quiet: bool = False,
+    on_update: Callable[[int, ActorCritic], None] | None = None,
 ) -> ActorCritic:
     """Train a re-initialised actor-critic in ``model``'s imagination (ReDRAW's step 3).
 
@@ -60,6 +66,8 @@ def train_policy(
     :param actor_critic: Train this one further (its optimisers' moments included) instead of a
         fresh one, as the Dreamer-finetune baseline keeps training the simulation policy;
         ``ac_config`` is then its own.
+    :param on_update: Called with the update's number (from 1) and the actor-critic after each update
+        (snapshots along training, for selection).
     """
     config = config or PolicyTrainConfig()
     torch.manual_seed(config.seed)
@@ -73,9 +81,50 @@ def train_policy(
                 model, subsample_states(bank, config.starts, generator), generator=generator
             )
             run.advance()
+            if on_update is not None:
+                on_update(update, actor_critic)
             if update % 50 == 0 or update == config.steps:
                 run.log(update, **metrics)
     return actor_critic
+
+
+def _snapshot_updates(steps: int, snapshots: int) -> list[int]:
+    """Evenly spaced updates ending at the last one."""
+    return sorted({max(1, round(steps * (k + 1) / snapshots)) for k in range(snapshots)})
+
+
+def train_candidates(
+    model: WorldModel,
+    sequences: Mapping[str, Tensor],
+    config: PolicyTrainConfig,
+    selection: SelectionConfig,
+    *,
+    ac_config: ActorCriticConfig | None = None,
+    log_dir: str | Path | None = None,
+    quiet: bool = False,
+) -> Selection:
+    """Train ``selection.candidates`` policies (seeds ``config.seed`` on), keep ``selection.snapshots`` of each
+    along training, and choose one by the offline criterion (``selection.py``). No reward of the data is read."""
+    sequences = {key: value for key, value in sequences.items() if key != "reward"}
+    keep = _snapshot_updates(config.steps, selection.snapshots)
+    candidates: list[tuple[int, int, ActorCritic]] = []
+    for offset in range(selection.candidates):
+        seed = config.seed + offset
+
+        def snapshot(update: int, actor_critic: ActorCritic, seed: int = seed) -> None:
+            if update in keep:
+                candidates.append((seed, update, copy.deepcopy(actor_critic)))
+
+        train_policy(
+            model,
+            sequences,
+            dataclasses.replace(config, seed=seed),
+            ac_config=ac_config,
+            log_dir=None if log_dir is None else Path(log_dir) / f"seed{seed}",
+            quiet=quiet,
+            on_update=snapshot,
+        )
+    return choose(model, candidates, sequences, selection)
 
 
 def train_saved_policy(
@@ -88,13 +137,30 @@ def train_saved_policy(
     adapter: Path | None = None,
     max_transitions: int | None = None,
     sequence_length: int = 32,
+    selection: SelectionConfig | None = None,
 ) -> ActorCritic:
     """Train a fresh actor-critic in the imagination of a saved world model (with ``adapter``, the adapted one) from
-    the target dataset ``data``, and save it to the file ``out`` (its metrics in ``policy_logs`` beside it)."""
+    the target dataset ``data``, and save it to the file ``out`` (its metrics in ``policy_logs`` beside it).
+
+    With ``selection`` asking for more than one candidate, the chosen one is saved and every candidate's score
+    goes to ``<out>.selection.json``."""
     model = load_world_model(world_model)
     if adapter is not None:
         model = load_adapter(model, adapter, trainable=False)
     sequences = reward_free_sequences(data, sequence_length, max_transitions=max_transitions)
-    actor_critic = train_policy(model, sequences, config, ac_config=ac_config, log_dir=out.parent / "policy_logs")
+    log_dir = out.parent / "policy_logs"
+    chosen = None
+    if selection is not None and selection.candidates * selection.snapshots > 1:
+        chosen = train_candidates(model, sequences, config, selection, ac_config=ac_config, log_dir=log_dir)
+        actor_critic = chosen.actor_critic
+    else:
+        actor_critic = train_policy(model, sequences, config, ac_config=ac_config, log_dir=log_dir)
     save_actor_critic(actor_critic, out, extra={"world_model": str(world_model), "adapter": str(adapter or "")})
+    if chosen is not None:
+        write_text(selection_path(out), json.dumps(chosen.to_dict(), indent=2) + "\n")
     return actor_critic
+
+
+def selection_path(policy_file: Path) -> Path:
+    """Where ``train-policy --candidates`` records the candidates' scores beside the policy file."""
+    return policy_file.with_name(policy_file.name.removesuffix(".safetensors") + ".selection.json")

@@ -1,0 +1,167 @@
+"""Choosing a policy without real reward: candidates (seeds, and snapshots along training) scored in the corrected
+model from posterior states of held-out target data, less the residual ensemble's disagreement on the way.
+
+Training the candidates is ``policy_training.py``; the criterion reads the model and reward-free data only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from latent_residual import distributions
+from latent_residual.actor_critic import ActorCritic
+from latent_residual.adapters import ResidualWorldModel
+from latent_residual.contract import State, WorldModel
+from latent_residual.errors import ConfigError
+from latent_residual.rollout import imagine, posterior_states, subsample_states
+
+#: What the score is, in words, for results files.
+CRITERION = (
+    "imagined return of the deterministic actor from posterior states of the held-out target sequences, "
+    "discounted and continuation-weighted, minus penalty x the residual ensemble's disagreement (nats per step)"
+)
+
+
+@dataclass
+class SelectionConfig:
+    """How candidates are made and scored; defaults score ``starts`` held-out states over a long horizon."""
+
+    candidates: int = field(
+        default=1, metadata={"help": "Policies trained with seeds seed, seed+1, ...; the criterion picks one."}
+    )
+    snapshots: int = field(
+        default=1, metadata={"help": "Candidates per seed along training, evenly spaced, the last update included."}
+    )
+    score_holdout: float = field(
+        default=0.1, metadata={"help": "Fraction of sequences (the last) whose posterior states start the scoring."}
+    )
+    score_starts: int = field(default=512, metadata={"help": "Held-out states each candidate is scored from."})
+    score_horizon: int = field(default=50, metadata={"help": "Imagined steps of each scoring rollout."})
+    score_penalty: float = field(
+        default=1.0, metadata={"help": "Weight of the ensemble's disagreement (nats a step) against the reward."}
+    )
+    score_seed: int = field(
+        default=0, metadata={"help": "Seed of the scoring rollouts (the same for every candidate)."}
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("candidates", "snapshots", "score_starts", "score_horizon"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"SelectionConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if not 0.0 < self.score_holdout < 1.0:
+            raise ConfigError(f"SelectionConfig.score_holdout must be in (0, 1), got {self.score_holdout}.")
+        if self.score_penalty < 0.0:
+            raise ConfigError(f"SelectionConfig.score_penalty must be >= 0, got {self.score_penalty}.")
+
+
+@dataclass
+class CandidateScore:
+    """One candidate: which seed and update it is, and its criterion."""
+
+    seed: int
+    update: int
+    imagined_return: float
+    disagreement: float
+    score: float
+
+
+@dataclass
+class Selection:
+    """The chosen candidate's actor-critic and every candidate's score."""
+
+    actor_critic: ActorCritic
+    chosen: int
+    scores: list[CandidateScore]
+    config: SelectionConfig
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "criterion": CRITERION,
+            "config": dataclasses.asdict(self.config),
+            "chosen": self.chosen,
+            "candidates": [dataclasses.asdict(score) for score in self.scores],
+        }
+
+
+def held_out_starts(model: WorldModel, sequences: Mapping[str, Tensor], config: SelectionConfig) -> State:
+    """``config.score_starts`` posterior states of the last ``score_holdout`` fraction of the (N, T) sequences."""
+    N = sequences["is_first"].shape[0]
+    held = max(1, round(N * config.score_holdout))
+    tail = {key: value[N - held :] for key, value in sequences.items() if key != "reward"}
+    generator = torch.Generator(device=model.device()).manual_seed(config.score_seed)
+    states = posterior_states(model, tail, generator=generator)["states"]
+    bank = {key: value.flatten(0, 1) for key, value in states.items()}
+    return subsample_states(bank, config.score_starts, torch.Generator().manual_seed(config.score_seed))
+
+
+def _disagreement(model: WorldModel, states: State, actions: Tensor) -> Tensor:
+    """Per step (B, H): the ensemble members' mean KL from their mean prediction, summed over groups; zero
+    without an ensemble."""
+    B, H = actions.shape[:2]
+    if not isinstance(model, ResidualWorldModel) or model.active_adapter is None:
+        return actions.new_zeros(B, H)
+    if model.adapter_configs[model.active_adapter].members < 2:
+        return actions.new_zeros(B, H)
+    flat = {key: value.flatten(0, 1) for key, value in states.items()}
+    logits = model.member_prior_logits(flat, actions.flatten(0, 1))  # (members, B * H, groups, classes)
+    probs = distributions.probs(logits, model.prior_unimix)
+    mean = probs.mean(0, keepdim=True)
+    kl = (probs * (probs.clamp_min(1e-8).log() - mean.clamp_min(1e-8).log())).sum((-1, -2))  # (members, B * H)
+    return kl.mean(0).reshape(B, H)
+
+
+@torch.no_grad()
+def score_policy(
+    model: WorldModel, actor_critic: ActorCritic, starts: State, config: SelectionConfig
+) -> tuple[float, float]:
+    """The deterministic actor's imagined return and ensemble disagreement from ``starts``, both discounted by
+    the actor-critic's gamma and weighted by the predicted continuation."""
+    generator = torch.Generator(device=model.device()).manual_seed(config.score_seed)
+    rollout = imagine(
+        model,
+        starts,
+        lambda features: actor_critic.act(features, sample=False),
+        config.score_horizon,
+        generator=generator,
+        keep_states=True,
+    )
+    features = rollout["features"]  # (B, H + 1, F)
+    B, H1, F = features.shape
+    arrived = features[:, 1:].reshape(B * (H1 - 1), F)
+    reward = model.reward(arrived).reshape(B, H1 - 1)
+    cont = model.continuation(arrived).reshape(B, H1 - 1)
+    discount = actor_critic.config.gamma ** torch.arange(H1 - 1, dtype=reward.dtype, device=reward.device)
+    # A step counts as much as the chance that the episode is still running when it is reached.
+    alive = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, :-1]], 1), 1)
+    weight = discount * alive  # (B, H)
+    disagreement = _disagreement(model, rollout["states"], rollout["actions"])
+    imagined = (weight * reward).sum(1).mean()
+    spread = (weight * disagreement).sum(1).mean()
+    imagined, spread = torch.stack([imagined, spread]).tolist()
+    if not (math.isfinite(imagined) and math.isfinite(spread)):
+        raise ValueError(f"score_policy: non-finite imagined return {imagined} or disagreement {spread}.")
+    return imagined, spread
+
+
+def choose(
+    model: WorldModel,
+    candidates: list[tuple[int, int, ActorCritic]],
+    sequences: Mapping[str, Tensor],
+    config: SelectionConfig,
+) -> Selection:
+    """Score ``candidates`` (seed, update, actor-critic) from the held-out part of ``sequences`` and pick the
+    highest score (the first of equals). The sequences' rewards, if any, are not read."""
+    starts = held_out_starts(model, sequences, config)
+    scores = []
+    for seed, update, actor_critic in candidates:
+        imagined, spread = score_policy(model, actor_critic, starts, config)
+        scores.append(CandidateScore(seed, update, imagined, spread, imagined - config.score_penalty * spread))
+    chosen = max(range(len(scores)), key=lambda index: scores[index].score)
+    return Selection(candidates[chosen][2], chosen, scores, config)
