@@ -20,14 +20,16 @@ from typing import Any
 
 import torch
 
-from latent_residual.actor_critic import ActorCriticConfig, save_actor_critic
+from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_actor_critic
 from latent_residual.checkpoints import save_world_model
 from latent_residual.config import config_to_dict
+from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, NameNotFound, RegistrationError
 from latent_residual.registry.lookup import env_spec, make_backbone, make_env, source_backbone
 from latent_residual.serialization import write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.data.collection import collect
+from latent_residual.workflow.data.datasets import Dataset
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.training.model_training import train_world_model
@@ -139,13 +141,42 @@ def build_source(
     if not recipe.backbone:
         recipe = dataclasses.replace(recipe, backbone=source_backbone(env_id))
     out = Path(out)
-    data_dir = Path(data_dir) if data_dir is not None else out / "sim_data"
     started = time.monotonic()
+    dataset = _collect_plan(
+        env_id, recipe, Path(data_dir) if data_dir is not None else out / "sim_data", seed, quiet, say
+    )
+    model, actor_critic = _train_source(env_id, recipe, dataset, out, seed, quiet, say)
+    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED)
+    provenance = {
+        "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
+        "command": command,
+        "version": __version__,
+        "commit": _commit(),
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
+        "seed": seed,
+        "recipe": config_to_dict(recipe),
+        "seconds": round(time.monotonic() - started),
+        "simulation_policy_in_simulation": {"seed": EVAL_SEED, **result.to_dict()},
+    }
+    write_text(out / PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
+    return provenance
+
+
+def _collect_plan(env_id: str, recipe: SourceRecipe, data_dir: Path, seed: int, quiet: bool, say) -> Dataset:
+    """Collect the recipe's data plan into ``data_dir`` (each step resumes where the last stopped)."""
     for step in recipe.data_plan:
         say(f"collecting {step.behaviour} (noise {step.noise}) until {step.until} transitions -> {data_dir}")
         dataset = collect(
             env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet
         )
+    return dataset
+
+
+def _train_source(
+    env_id: str, recipe: SourceRecipe, dataset: Dataset, out: Path, seed: int, quiet: bool, say
+) -> tuple[WorldModel, ActorCritic]:
+    """Train the world model offline on ``dataset`` and the policy in its imagination; save both under ``out``."""
     env = make_env(env_id)
     torch.manual_seed(seed)
     model = make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
@@ -164,18 +195,4 @@ def build_source(
         ac_config=ActorCriticConfig(**recipe.actor_critic), log_dir=out / "logs" / "policy", quiet=quiet,
     )  # fmt: skip
     save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
-    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED)
-    provenance = {
-        "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
-        "command": command,
-        "version": __version__,
-        "commit": _commit(),
-        "date": datetime.date.today().isoformat(),
-        "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
-        "seed": seed,
-        "recipe": config_to_dict(recipe),
-        "seconds": round(time.monotonic() - started),
-        "simulation_policy_in_simulation": {"seed": EVAL_SEED, **result.to_dict()},
-    }
-    write_text(out / PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
-    return provenance
+    return model, actor_critic
