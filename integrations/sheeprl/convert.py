@@ -207,6 +207,13 @@ _ACTIVATIONS = [
 def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
     """Check every option the conversion depends on and work out the RSSM, the actor-critic and the spaces."""
     algo = _get(cfg, "algo.name")
+    encoder_keys = _check_options(cfg, algo)
+    env_id, env_kwargs, observation_space, action_space, slices = _spaces(cfg, env_id, encoder_keys)
+    return Plan(algo, env_id, env_kwargs, _rssm_kwargs(cfg), _ac_config(cfg), observation_space, action_space, slices)
+
+
+def _check_options(cfg: Mapping[str, Any], algo: str) -> list[str]:
+    """Refuse every sheeprl option the conversion does not reproduce; return the encoder's observation keys."""
     if algo not in PARTS:
         raise ConfigError(f"unsupported sheeprl algorithm algo.name={algo!r}; this importer reads {sorted(PARTS)}.")
     if _get(cfg, "algo.cnn_keys.encoder") or _get(cfg, "algo.cnn_keys.decoder"):
@@ -240,7 +247,12 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
     )
     for key in ("dense_units", "mlp_layers"):
         _require(cfg, f"algo.critic.{key}", _get(cfg, f"algo.actor.{key}"), "one size for actor and critic")
+    return encoder_keys
 
+
+def _spaces(cfg: Mapping[str, Any], env_id: str | None, encoder_keys: list[str]) -> tuple[Any, ...]:
+    """The environment the checkpoint was trained on: its id and keywords, spaces, and where each observation key
+    sits in sheeprl's state vector."""
     env_id, dmc_order = _environment(cfg, env_id)
     # sheeprl repeats each action env.action_repeat times around its DMC wrapper; DMCEnv takes it as a keyword.
     env_kwargs = {"action_repeat": _get(cfg, "env.action_repeat")} if dmc_order else {}
@@ -266,8 +278,12 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
     for key in order:
         slices[key] = (offset, vector_keys[key])
         offset += vector_keys[key]
+    return env_id, env_kwargs, observation_space, action_space, slices
 
-    rssm_kwargs = {
+
+def _rssm_kwargs(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``rssm-v0``'s keywords for the checkpoint's world model."""
+    return {
         "preset": "XS",
         "stoch": _get(cfg, f"{_WM}.stochastic_size"),
         "classes": _get(cfg, f"{_WM}.discrete_size"),
@@ -279,7 +295,11 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         "unimix": _get(cfg, "algo.unimix"),
         "decoupled": bool(_get(cfg, f"{_WM}.decoupled_rssm")),
     }
-    ac_config = ActorCriticConfig(
+
+
+def _ac_config(cfg: Mapping[str, Any]) -> ActorCriticConfig:
+    """The actor-critic's config for the checkpoint's actor and critic, imagining as sheeprl does."""
+    return ActorCriticConfig(
         hidden=_get(cfg, "algo.actor.dense_units"),
         layers=_get(cfg, "algo.actor.mlp_layers"),
         horizon=_get(cfg, "algo.horizon"),
@@ -296,7 +316,6 @@ def check_config(cfg: Mapping[str, Any], env_id: str | None) -> Plan:
         continuation="mode",
         detach_actor_input=True,
     )
-    return Plan(algo, env_id, env_kwargs, rssm_kwargs, ac_config, observation_space, action_space, slices)
 
 
 def _environment(cfg: Mapping[str, Any], env_id: str | None) -> tuple[str, bool]:
