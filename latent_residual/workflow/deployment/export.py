@@ -412,11 +412,11 @@ def _export_graph(module: ExportablePolicy, opset: int | None, order: list[str])
     raise ExportError("Could not export the policy to ONNX. " + " | ".join(failures))
 
 
-def _optimised(module: ExportablePolicy, data: bytes, proto: Any) -> tuple[bytes, Any, dict[str, int]]:
-    """The graph after ``onnx_graph.optimise_graph``'s exact rewrites, checked as the export was; the graph as
-    exported (and a warning) if a rewrite fails, since the export itself is sound."""
+def _optimised(module: ExportablePolicy, data: bytes, proto: Any, precision: str) -> tuple[bytes, Any, dict[str, int]]:
+    """The graph after ``onnx_graph.optimise_graph``'s exact rewrites (those that help ``precision``), checked as the
+    export was; the graph as exported (and a warning) if a rewrite fails, since the export itself is sound."""
     try:
-        rewritten, applied = onnx_graph.optimise_graph(data)
+        rewritten, applied = onnx_graph.optimise_graph(data, precision)
         if not applied:
             return data, proto, {}
         checked = _check_onnx(rewritten, module)
@@ -560,8 +560,8 @@ def export_policy(
         it raises (a parity check above :data:`PARITY_TOLERANCE`, say), ``directory`` keeps what it
         held and the error propagates. With a reduced ``precision`` it sees the float32 graph the
         reduced one is made from (the faithful export); the reduced one replaces it after the check.
-    :param optimise: Apply the exact graph rewrites of ``onnx_graph.optimise_graph`` (recorded in
-        ``policy.json``'s ``graph_rewrites``); ``False`` writes the exporter's graph as it comes.
+    :param optimise: Apply the exact graph rewrites of ``onnx_graph.optimise_graph`` that help ``precision``
+        (recorded in ``policy.json``'s ``graph_rewrites``); ``False`` writes the exporter's graph as it comes.
     :param precision: ``"fp32"`` (the torch parity), or the opt-in ``"fp16"`` or ``"int8"`` (onnxruntime's
         dynamic quantisation of the MatMul/Gemm weights), which give up that parity for size or speed:
         ``policy.json`` records the precision and ``precision_max_abs_diff``, the largest action
@@ -593,7 +593,7 @@ def export_policy(
         data, proto, used = _export_graph(module, opset, _exporter_order(exporter, opset))
     graph: dict[str, Any] = {"precision": "fp32", "graph_rewrites": {}}
     if optimise:
-        data, proto, graph["graph_rewrites"] = _optimised(module, data, proto)
+        data, proto, graph["graph_rewrites"] = _optimised(module, data, proto, precision)
     threshold = float(surprise_threshold) if surprise else None
     text = _description(module, data, proto, used, env_id, action_space, threshold, graph)
     reduced_files = None  # (policy.onnx, policy.json) at a reduced precision

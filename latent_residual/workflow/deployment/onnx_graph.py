@@ -283,16 +283,18 @@ def one_hot_matmul_as_gather(model: Any) -> int:
     return rewritten
 
 
-#: The exact rewrites, in the order they run: name -> function(model) -> how many places it rewrote.
-REWRITES: dict[str, Callable[[Any], int]] = {
-    "silu_before_transpose": silu_before_transpose,
-    "one_hot_matmul_as_gather": one_hot_matmul_as_gather,
+#: The exact rewrites, in the order they run: name -> (function(model) -> how many places it rewrote, the
+#: precisions it is applied for). The gather costs an int8 graph more than the quantised matrix it replaces
+#: (which already reads a quarter of the float32 bytes): 0.46 against 0.43 ms for the paper-size state policy.
+REWRITES: dict[str, tuple[Callable[[Any], int], tuple[str, ...]]] = {
+    "silu_before_transpose": (silu_before_transpose, PRECISIONS),
+    "one_hot_matmul_as_gather": (one_hot_matmul_as_gather, ("fp32", "fp16")),
 }
 
 
-def optimise_graph(data: bytes) -> tuple[bytes, dict[str, int]]:
-    """Apply the exact rewrites (:data:`REWRITES`) to a serialised ONNX model; return the new bytes and
-    how many places each rewrite changed (rewrites that found nothing are left out).
+def optimise_graph(data: bytes, precision: str = "fp32") -> tuple[bytes, dict[str, int]]:
+    """Apply the exact rewrites (:data:`REWRITES`) that help a graph headed for ``precision`` to a serialised ONNX
+    model; return the new bytes and how many places each rewrite changed (rewrites that found nothing are left out).
 
     What is left to onnxruntime: constant folding, the SiLU and LayerNormalization fusions and the NCHWc
     convolution layout happen when a session loads the graph, on the robot's own hardware; a graph saved
@@ -301,7 +303,7 @@ def optimise_graph(data: bytes) -> tuple[bytes, dict[str, int]]:
     import onnx
 
     model = onnx.load_from_string(data)
-    applied = {name: rewrite(model) for name, rewrite in REWRITES.items()}
+    applied = {name: rewrite(model) for name, (rewrite, precisions) in REWRITES.items() if precision in precisions}
     applied = {name: count for name, count in applied.items() if count}
     return (model.SerializeToString() if applied else data), applied
 
