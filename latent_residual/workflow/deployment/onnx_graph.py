@@ -238,8 +238,10 @@ def one_hot_matmul_as_gather(model: Any) -> int:
         if options.get("transA", 0) or options.get("alpha", 1.0) != 1.0 or options.get("beta", 1.0) != 1.0:
             continue
         source = _one_hot_source(graph, gemm.input[0], shapes)
+        if source is None:
+            continue
         weight = numpy_helper.to_array(initializers[gemm.input[1]])
-        if source is None or weight.ndim != 2 or weight.dtype != np.float32:
+        if weight.ndim != 2 or weight.dtype != np.float32:
             continue
         index, groups, classes = source
         rows = weight.T if options.get("transB", 0) else weight  # (G * C, N)
