@@ -13,8 +13,8 @@ from latent_residual import ConfigError, FitConfig, ResidualConfig, attach_resid
 from latent_residual.workflow.training.policy_training import PolicyTrainConfig, _snapshot_updates, train_candidates
 from latent_residual.workflow.training.selection import SelectionConfig, held_out_starts, score_policy
 
-POLICY = PolicyTrainConfig(steps=4, starts=16, seed=3)
-SELECTION = SelectionConfig(candidates=2, snapshots=2, score_starts=24, score_horizon=6, score_penalty=0.5)
+POLICY = PolicyTrainConfig(steps=4, starts=16, seed=3, candidates=2, snapshots=2)
+SELECTION = SelectionConfig(score_starts=24, score_horizon=6, score_penalty=0.5)
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +65,13 @@ def test_a_single_member_residual_has_no_disagreement(gru_model):
     selection = train_candidates(
         model,
         drift_sequences(-0.1),
-        POLICY,
+        PolicyTrainConfig(steps=4, starts=16, seed=3),
         SelectionConfig(score_starts=8, score_horizon=3),
         ac_config=TINY_AC,
         quiet=True,
     )
     assert [s.disagreement for s in selection.scores] == [0.0]
-    assert selection.scores[0].update == POLICY.steps
+    assert selection.scores[0].update == 4
 
 
 def test_snapshots_are_evenly_spaced_and_end_at_the_last_update():
@@ -80,11 +80,18 @@ def test_snapshots_are_evenly_spaced_and_end_at_the_last_update():
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("candidates", 0), ("score_horizon", 0), ("score_holdout", 1.0), ("score_penalty", -1.0)]
+    ("config", "field", "value"),
+    [
+        (PolicyTrainConfig, "candidates", 0),
+        (PolicyTrainConfig, "snapshots", 0),
+        (SelectionConfig, "score_horizon", 0),
+        (SelectionConfig, "score_holdout", 1.0),
+        (SelectionConfig, "score_penalty", -1.0),
+    ],
 )
-def test_bad_selection_settings_name_the_field(field, value):
-    with pytest.raises(ConfigError, match=f"SelectionConfig.{field}"):
-        SelectionConfig(**{field: value})
+def test_bad_selection_settings_name_the_field(config, field, value):
+    with pytest.raises(ConfigError, match=f"{config.__name__}.{field}"):
+        config(**{field: value})
 
 
 def test_train_policy_command_keeps_the_chosen_candidate_and_writes_every_score(pretrained, tmp_path, capsys):
@@ -102,3 +109,19 @@ def test_train_policy_command_keeps_the_chosen_candidate_and_writes_every_score(
     chosen = record["candidates"][record["chosen"]]
     assert chosen["score"] == max(c["score"] for c in record["candidates"])
     assert load_actor_critic(policy).feature_size > 0
+
+
+def test_compare_chooses_each_cells_policy_among_candidates_and_records_the_scores(pretrained, tmp_path):
+    from latent_residual.workflow.cli.main import main
+
+    pretrained_dir, _ = pretrained
+    out = tmp_path / "run"
+    tiny = ["--transitions", "300", "--seeds", "1", "--eval-episodes", "1", "--sequence-length", "8"]
+    tiny += ["--episode-steps", "40", "--fit-steps", "4", "--fit-eval-every", "2", "--policy-steps", "2", "--jobs", "1"]
+    select = ["--methods", "redraw", "--policy-candidates", "2", "--policy-snapshots", "2", "--no-export"]
+    assert main(["compare", "--pretrained", str(pretrained_dir), "--out", str(out), *tiny, *select]) == 0
+    results = json.loads((out / "results.json").read_text())
+    row = results["redraw@300/seed0"]
+    assert [(c["seed"], c["update"]) for c in row["selection"]["candidates"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert results["settings"]["policy"]["candidates"] == 2
+    assert (out / "runs" / "redraw-300-seed0" / "selection.json").exists()

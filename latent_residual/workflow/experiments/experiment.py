@@ -43,11 +43,14 @@ from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.reports.tables import combined_table, comparison_table
-from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_candidates, train_policy
 from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME, PretrainConfig, pretrain
+from latent_residual.workflow.training.selection import SelectionConfig
 
 BEHAVIOURS = ("expert", "random", "sim-policy")
 RESULTS_NAME = "results.json"
+#: A cell that chose its policy among candidates: every candidate's score (``selection.py``).
+SELECTION_NAME = "selection.json"
 #: The reference every comparison starts from (the simulation policy in the target).
 ZERO_SHOT = "zero-shot"
 EVAL_SEED = 10_000
@@ -309,17 +312,17 @@ def _target_policy(
     policy_path = run_dir / ACTOR_CRITIC_NAME
     if not policy_path.exists():
         torch.manual_seed(seed)
-        continued = make_method(name).continues_simulation_policy
-        start = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME) if continued else None
-        actor_critic = train_policy(
-            model,
-            sequences,
-            PolicyTrainConfig(steps=run.policy_config.steps, starts=run.policy_config.starts, seed=seed),
-            ac_config=run.ac_config,
-            actor_critic=start,
-            log_dir=run_dir / "policy_logs",
-            quiet=run.quiet,
-        )
+        config = dataclasses.replace(run.policy_config, seed=seed)
+        options = {"ac_config": run.ac_config, "log_dir": run_dir / "policy_logs", "quiet": run.quiet}
+        if make_method(name).continues_simulation_policy:
+            start = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME)
+            actor_critic = train_policy(model, sequences, config, actor_critic=start, **options)
+        elif config.selects:
+            selection = train_candidates(model, sequences, config, SelectionConfig(), **options)
+            actor_critic = selection.actor_critic
+            write_text(run_dir / SELECTION_NAME, json.dumps(selection.to_dict(), indent=2) + "\n")
+        else:
+            actor_critic = train_policy(model, sequences, config, **options)
         save_actor_critic(actor_critic, policy_path, extra={"method": name, "transitions": size})
     return Policy(run.base, load_actor_critic(policy_path).actor)
 
@@ -333,7 +336,10 @@ def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dic
         if method.trains_policy
         else run.sim_policy
     )
-    return run.evaluation(policy, run.config.target, fit=fit_info)
+    row = run.evaluation(policy, run.config.target, fit=fit_info)
+    if (run_dir / SELECTION_NAME).exists():  # the candidates' scores, beside the chosen policy's return
+        row["selection"] = json.loads((run_dir / SELECTION_NAME).read_text())
+    return row
 
 
 def _cells(config: ExperimentConfig) -> list[_Cell]:

@@ -34,10 +34,23 @@ class PolicyTrainConfig:
     steps: int = field(default=2000, metadata={"help": "Actor-critic updates."})
     starts: int = field(default=1024, metadata={"help": "Imagination starts per update (paper: 16 x 64)."})
     seed: int = field(default=0, metadata={"help": "Seed for networks and sampling."})
+    candidates: int = field(
+        default=1,
+        metadata={"help": "Policies trained, seeds seed, seed+1, ...; one is chosen without real reward."},
+    )
+    snapshots: int = field(
+        default=1, metadata={"help": "Candidates kept per seed along training, evenly spaced, the last included."}
+    )
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.starts < 1:
-            raise ConfigError(f"PolicyTrainConfig: steps and starts must be >= 1, got {self.steps}, {self.starts}.")
+        for name in ("steps", "starts", "candidates", "snapshots"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"PolicyTrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+
+    @property
+    def selects(self) -> bool:
+        """Whether more than one candidate is trained, so one is chosen (``selection.py``)."""
+        return self.candidates * self.snapshots > 1
 
 
 def start_bank(model: WorldModel, sequences: Mapping[str, Tensor], *, seed: int = 0) -> State:
@@ -103,12 +116,12 @@ def train_candidates(
     log_dir: str | Path | None = None,
     quiet: bool = False,
 ) -> Selection:
-    """Train ``selection.candidates`` policies (seeds ``config.seed`` on), keep ``selection.snapshots`` of each
-    along training, and choose one by the offline criterion (``selection.py``). No reward of the data is read."""
+    """Train ``config.candidates`` policies (seeds ``config.seed`` on), keep ``config.snapshots`` of each along
+    training, and choose one by the offline criterion (``selection.py``). No reward of the data is read."""
     sequences = {key: value for key, value in sequences.items() if key != "reward"}
-    keep = _snapshot_updates(config.steps, selection.snapshots)
+    keep = _snapshot_updates(config.steps, config.snapshots)
     candidates: list[tuple[int, int, ActorCritic]] = []
-    for offset in range(selection.candidates):
+    for offset in range(config.candidates):
         seed = config.seed + offset
 
         def snapshot(update: int, actor_critic: ActorCritic, seed: int = seed) -> None:
@@ -118,7 +131,7 @@ def train_candidates(
         train_policy(
             model,
             sequences,
-            dataclasses.replace(config, seed=seed),
+            dataclasses.replace(config, seed=seed, candidates=1, snapshots=1),
             ac_config=ac_config,
             log_dir=None if log_dir is None else Path(log_dir) / f"seed{seed}",
             quiet=quiet,
@@ -142,16 +155,18 @@ def train_saved_policy(
     """Train a fresh actor-critic in the imagination of a saved world model (with ``adapter``, the adapted one) from
     the target dataset ``data``, and save it to the file ``out`` (its metrics in ``policy_logs`` beside it).
 
-    With ``selection`` asking for more than one candidate, the chosen one is saved and every candidate's score
-    goes to ``<out>.selection.json``."""
+    With more than one candidate (``config.candidates``, ``config.snapshots``), the one ``selection`` chooses is
+    saved and every candidate's score goes to ``<out>.selection.json``."""
     model = load_world_model(world_model)
     if adapter is not None:
         model = load_adapter(model, adapter, trainable=False)
     sequences = reward_free_sequences(data, sequence_length, max_transitions=max_transitions)
     log_dir = out.parent / "policy_logs"
     chosen = None
-    if selection is not None and selection.candidates * selection.snapshots > 1:
-        chosen = train_candidates(model, sequences, config, selection, ac_config=ac_config, log_dir=log_dir)
+    if config.selects:
+        chosen = train_candidates(
+            model, sequences, config, selection or SelectionConfig(), ac_config=ac_config, log_dir=log_dir
+        )
         actor_critic = chosen.actor_critic
     else:
         actor_critic = train_policy(model, sequences, config, ac_config=ac_config, log_dir=log_dir)

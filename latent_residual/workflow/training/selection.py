@@ -31,14 +31,8 @@ CRITERION = (
 
 @dataclass
 class SelectionConfig:
-    """How candidates are made and scored; defaults score ``starts`` held-out states over a long horizon."""
+    """How candidates are scored (how many there are is ``PolicyTrainConfig``'s ``candidates`` and ``snapshots``)."""
 
-    candidates: int = field(
-        default=1, metadata={"help": "Policies trained with seeds seed, seed+1, ...; the criterion picks one."}
-    )
-    snapshots: int = field(
-        default=1, metadata={"help": "Candidates per seed along training, evenly spaced, the last update included."}
-    )
     score_holdout: float = field(
         default=0.1, metadata={"help": "Fraction of sequences (the last) whose posterior states start the scoring."}
     )
@@ -52,7 +46,7 @@ class SelectionConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("candidates", "snapshots", "score_starts", "score_horizon"):
+        for name in ("score_starts", "score_horizon"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"SelectionConfig.{name} must be >= 1, got {getattr(self, name)}.")
         if not 0.0 < self.score_holdout < 1.0:
