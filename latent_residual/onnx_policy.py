@@ -46,7 +46,8 @@ def _export_paths(path: Path) -> tuple[Path, Path]:
     config_path = directory / POLICY_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(
-            f"{config_path}: no policy description; export with latent_residual.workflow.deployment.export.export_policy, "
+            f"{config_path}: no policy description; export with "
+            "latent_residual.workflow.deployment.export.export_policy, "
             f"which writes {ONNX_NAME} and {POLICY_CONFIG_NAME} together."
         )
     if not onnx_path.is_file():
@@ -142,7 +143,8 @@ def _read_description(config_path: Path) -> dict[str, Any]:
 
 
 def _session(onnx_path: Path, data: bytes, providers: Sequence[str] | None, threads: int | None) -> Any:
-    """An onnxruntime session on ``data`` (read from ``onnx_path``): CUDA when available unless ``providers`` are given."""
+    """An onnxruntime session on ``data`` (read from ``onnx_path``): CUDA when available unless ``providers`` are
+    given."""
     import onnxruntime
     from onnxruntime.capi import onnxruntime_pybind11_state
 
@@ -290,7 +292,8 @@ class OnnxPolicy:
         self._check_graph(onnx_path, config_path)
 
     def _check_graph(self, onnx_path: Path, config_path: Path) -> None:
-        """Refuse a graph whose inputs and outputs (names, dtypes, shapes) are not the ones ``policy.json`` describes."""
+        """Refuse a graph whose inputs and outputs (names, dtypes, shapes) are not the ones ``policy.json``
+        describes."""
         graph_inputs = [item.name for item in self.session.get_inputs()]
         extra = [name for name, _, _ in self.state.values()] + (
             [PREV_ACTION_NAME, IS_FIRST_NAME] if self.recurrent else []
@@ -307,7 +310,8 @@ class OnnxPolicy:
                 f"{onnx_path} has outputs {graph_outputs} but {config_path.name} also names {missing}; "
                 "copy both files from the same export."
             )
-        # (where policy.json describes it, dtype, shape without the batch axis) of every graph tensor the runner touches.
+        # (where policy.json describes it, dtype, shape without the batch axis) of every graph tensor the runner
+        # touches.
         float32 = np.dtype(np.float32)
         described = {
             **{

@@ -1,4 +1,5 @@
-"""ONNX export of policies: the graph's contract, fidelity to torch, the torch-free runner, the Duckiebot node's pure parts."""
+"""ONNX export of policies: the graph's contract, fidelity to torch, the torch-free runner, the Duckiebot node's
+pure parts."""
 
 from __future__ import annotations
 

@@ -127,7 +127,8 @@ def test_a_malformed_hash_is_named(exports, tmp_path):
         (
             "alarm",
             _set("recurrent", "state", 0, "shape", value=[8, 5]),
-            "'state_belief' is float32[batch, 8, 4] in the graph but policy.json's recurrent.state[0] says float32[8, 5]",
+            "'state_belief' is float32[batch, 8, 4] in the graph but policy.json's recurrent.state[0] says "
+            "float32[8, 5]",
         ),
         (
             "plain",
