@@ -208,6 +208,32 @@ class OnnxPolicy:
         onnx_path, config_path = _export_paths(Path(path))
         self.config: dict[str, Any] = _read_description(config_path)
         fields = _Fields(config_path)
+        data = self._read_graph(onnx_path, config_path, fields, check_hash)
+        self._read_inputs(fields)
+        self._read_output(fields)
+        env_id = self.config.get("env_id")
+        if env_id is not None and not isinstance(env_id, str):
+            raise fields.error("env_id", env_id, "a string or null")
+        #: The graph's numeric precision (:data:`PRECISIONS`): "fp32" keeps the torch parity; "fp16" and "int8"
+        #: are opt-in variants. A precision this runner does not know still runs: it is the graph that computes.
+        self.precision: str = fields.name(self.config.get("precision", "fp32"), "precision")
+        self._read_recurrent(fields)
+        self._read_surprise(fields)
+        self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        #: The latest step's surprise (with the alarm): a float after :meth:`act`, (B,) after :meth:`step_batch`.
+        self.last_surprise: float | np.ndarray | None = None
+        self.session = _session(onnx_path, data, providers, threads)
+        # What every step asks the graph for: the action, the next state, the surprise (with the alarm).
+        self._outputs = [self.output_name, *(output for _, output, _ in self.state.values())]
+        self._outputs += [self.surprise_output] if self.surprise_output else []
+        self._action_output = [self.output_name]
+        # (key, dtype, shape, whether to check for NaN and infinity) per input, for act()'s fast path.
+        self._single = [(key, dtype, shape, dtype.kind == "f") for key, (dtype, shape) in self.inputs.items()]
+        # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
+        self._check_graph(onnx_path, config_path)
+
+    def _read_graph(self, onnx_path: Path, config_path: Path, fields: _Fields, check_hash: bool) -> bytes:
+        """policy.onnx's bytes, refused when they are not the file policy.json records (its SHA-256)."""
         data = onnx_path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         recorded = self.config.get("onnx_sha256")
@@ -218,6 +244,10 @@ class OnnxPolicy:
                 f"{onnx_path} (sha256 {digest[:12]}...) is not the file {config_path.name} describes "
                 f"(sha256 {recorded[:12]}...); copy both files from the same export."
             )
+        return data
+
+    def _read_inputs(self, fields: _Fields) -> None:
+        """The observation inputs, in the graph's order."""
         #: key -> (dtype, shape without the batch axis), in the graph's input order.
         self.inputs: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}
         for index, item in enumerate(fields.sections(self.config.get("inputs", _MISSING), "inputs")):
@@ -231,6 +261,9 @@ class OnnxPolicy:
             )
         if not self.inputs:
             raise fields.error("inputs", [], "at least one input")
+
+    def _read_output(self, fields: _Fields) -> None:
+        """The action output and the action bounds."""
         output = fields.section(self.config.get("output", _MISSING), "output")
         self.output_name: str = fields.name(output.get("name", _MISSING), "output.name")
         if fields.dtype(output.get("dtype", _MISSING), "output.dtype") != np.float32:
@@ -249,12 +282,9 @@ class OnnxPolicy:
                 self.config["action_high"],
                 f"bounds no lower than action_low {self.config['action_low']}",
             )
-        env_id = self.config.get("env_id")
-        if env_id is not None and not isinstance(env_id, str):
-            raise fields.error("env_id", env_id, "a string or null")
-        #: The graph's numeric precision (:data:`PRECISIONS`): "fp32" keeps the torch parity; "fp16" and "int8"
-        #: are opt-in variants. A precision this runner does not know still runs: it is the graph that computes.
-        self.precision: str = fields.name(self.config.get("precision", "fp32"), "precision")
+
+    def _read_recurrent(self, fields: _Fields) -> None:
+        """A recurrent policy's carried state (empty for a memoryless one)."""
         recurrent = self.config.get("recurrent")
         recurrent = {} if recurrent is None else fields.section(recurrent, "recurrent")
         #: A recurrent policy's state: key -> (graph input, graph output, shape without the batch axis).
@@ -266,6 +296,9 @@ class OnnxPolicy:
                 fields.name(item.get("output", _MISSING), f"{key}.output"),
                 fields.shape(item.get("shape", _MISSING), f"{key}.shape"),
             )
+
+    def _read_surprise(self, fields: _Fields) -> None:
+        """The coverage alarm's output and threshold, if the export has it."""
         surprise = self.config.get("surprise")
         surprise = None if surprise is None else fields.section(surprise, "surprise")
         #: The graph's surprise output, and the threshold calibrated for it; ``None`` without the alarm.
@@ -278,18 +311,6 @@ class OnnxPolicy:
             if type(threshold) not in (int, float) or not np.isfinite(threshold) or threshold < 0:
                 raise fields.error("surprise.threshold", threshold, "a finite number >= 0")
             self.surprise_threshold = float(threshold)
-        self._carried: tuple[dict[str, np.ndarray], np.ndarray] | None = None
-        #: The latest step's surprise (with the alarm): a float after :meth:`act`, (B,) after :meth:`step_batch`.
-        self.last_surprise: float | np.ndarray | None = None
-        self.session = _session(onnx_path, data, providers, threads)
-        # What every step asks the graph for: the action, the next state, the surprise (with the alarm).
-        self._outputs = [self.output_name, *(output for _, output, _ in self.state.values())]
-        self._outputs += [self.surprise_output] if self.surprise_output else []
-        self._action_output = [self.output_name]
-        # (key, dtype, shape, whether to check for NaN and infinity) per input, for act()'s fast path.
-        self._single = [(key, dtype, shape, dtype.kind == "f") for key, (dtype, shape) in self.inputs.items()]
-        # Checked here rather than at the first step, which on a robot is when the wheels already wait for it.
-        self._check_graph(onnx_path, config_path)
 
     def _check_graph(self, onnx_path: Path, config_path: Path) -> None:
         """Refuse a graph whose inputs and outputs (names, dtypes, shapes) are not the ones ``policy.json``

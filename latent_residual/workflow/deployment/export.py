@@ -515,6 +515,26 @@ def _recurrent_description(module: ExportablePolicy) -> dict[str, Any]:
     }
 
 
+def _check_alarm_and_precision(surprise: bool, surprise_threshold: float | None, precision: str) -> None:
+    """Refuse an alarm without a usable threshold (or a threshold without the alarm) and an unknown precision."""
+    if surprise and (
+        isinstance(surprise_threshold, bool)
+        or not isinstance(surprise_threshold, (int, float))
+        or not np.isfinite(surprise_threshold)
+        or surprise_threshold < 0
+    ):
+        raise ConfigError(
+            f"export_policy(surprise=True) needs surprise_threshold, a finite number >= 0, got {surprise_threshold!r}; "
+            "calibrate it with `latent-residual diagnose` (coverage.threshold in report.json)."
+        )
+    if not surprise and surprise_threshold is not None:
+        raise ConfigError(
+            "export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm."
+        )
+    if precision not in onnx_graph.PRECISIONS:
+        raise ConfigError(f"Unknown precision {precision!r}; choose one of {list(onnx_graph.PRECISIONS)}.")
+
+
 def export_policy(
     policy: Policy,
     directory: str | Path,
@@ -569,22 +589,7 @@ def export_policy(
     :returns: The path of ``policy.onnx``.
     """
     _check_arguments(env_id, opset, exporter)
-    if surprise and (
-        isinstance(surprise_threshold, bool)
-        or not isinstance(surprise_threshold, (int, float))
-        or not np.isfinite(surprise_threshold)
-        or surprise_threshold < 0
-    ):
-        raise ConfigError(
-            f"export_policy(surprise=True) needs surprise_threshold, a finite number >= 0, got {surprise_threshold!r}; "
-            "calibrate it with `latent-residual diagnose` (coverage.threshold in report.json)."
-        )
-    if not surprise and surprise_threshold is not None:
-        raise ConfigError(
-            "export_policy: surprise_threshold is given but surprise=False; pass surprise=True to export the alarm."
-        )
-    if precision not in onnx_graph.PRECISIONS:
-        raise ConfigError(f"Unknown precision {precision!r}; choose one of {list(onnx_graph.PRECISIONS)}.")
+    _check_alarm_and_precision(surprise, surprise_threshold, precision)
     directory = Path(directory)
     check_export_target(directory)
     module = ExportablePolicy(policy, surprise=surprise)
