@@ -56,7 +56,7 @@ class ExperimentDefaults:
     """Values that replace the defaults of an experiment's configs in ``demo`` and ``compare``, one dict per config,
     from the config's field names to values (``policy={"steps": 1500}``).
 
-    ``demo`` and ``compare`` start from CPU-sized ones (``workflow/experiments/settings.py``); an environment's
+    ``demo`` and ``compare`` start from CPU-sized ones (``workflow/experiments/defaults.py``); an environment's
     ``recommended=`` is one more that ``demo`` applies. The field names are checked against the configs when the
     settings are applied (the configs live above this layer); each value by its config.
     """
