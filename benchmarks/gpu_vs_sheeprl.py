@@ -546,17 +546,6 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True)
@@ -671,6 +660,8 @@ def main() -> None:
         args.compile_mode = None
     args.precompile = (cuda and not args.resume) if args.precompile is None else args.precompile
     args.sheeprl_python = None if args.no_sheeprl else (args.sheeprl_python or default_sheeprl_python())
+    from draw_train_speed import cpu_name  # the sibling benchmark's; it imports torch, which this process need not
+
     runner = Runner(args)
     runner.meta.update(
         {
