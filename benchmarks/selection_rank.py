@@ -91,8 +91,12 @@ def main() -> None:
         policy = Policy(base, actor_critic.actor)
         result = evaluate(policy, target, episodes=10, seed=EVAL_SEED, env_kwargs=env_kwargs).to_dict()
         rows.append({"seed": seed, "update": update, "score": score.score, "real_return": result["return_mean"]})
+        rows[-1].update(imagined_return=score.imagined_return, disagreement=score.disagreement)
         rows[-1]["metrics"] = result.get("metrics", {})
-        print(f"seed {seed} update {update}: score {score.score:.3f}, real return {result['return_mean']:.1f}")
+        print(
+            f"seed {seed} update {update}: score {score.score:.3f} (imagined return {score.imagined_return:.3f}, "
+            f"disagreement {score.disagreement:.3f}), real return {result['return_mean']:.1f}"
+        )
     rho = spearman([row["score"] for row in rows], [row["real_return"] for row in rows])
     record = {"rows": rows, "chosen": selection.chosen, "spearman": rho, "seconds": time.monotonic() - started}
     with open(args.out, "w", encoding="utf-8") as file:
