@@ -1,7 +1,7 @@
 """Benchmark: how well the offline selection criterion ranks policies by their real return.
 
-Trains ``--seeds`` policies in a fitted adapter's corrected model, keeps ``--snapshots`` of each along training
-(as ``train-policy --candidates --snapshots`` does), scores them with ``selection.choose`` (the model and the
+Trains ``--seeds`` policies in a fitted adapter's corrected model and keeps ``--snapshots`` of each along
+training, scoring them as ``train-policy --candidates --snapshots`` does (``train_candidates``: the model and the
 reward-free target data only), then evaluates every candidate in the target and prints each one's score and
 real return and the Spearman rank correlation between them. The actor-critic settings are the demo's.
 
@@ -17,7 +17,6 @@ Usage (the adapter and data of a ``demo`` or ``compare`` run)::
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import time
 
@@ -25,14 +24,14 @@ import numpy as np
 import torch
 
 import latent_residual as lr
-from latent_residual.actor_critic import ActorCritic, ActorCriticConfig
+from latent_residual.actor_critic import ActorCriticConfig
 from latent_residual.registry.lookup import demo_env, env_pretrained, source_target
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.defaults import CPU_DEFAULTS
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.experiments.experiment import EVAL_SEED
-from latent_residual.workflow.training.policy_training import PolicyTrainConfig, _snapshot_updates, train_policy
-from latent_residual.workflow.training.selection import SelectionConfig, choose
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_candidates
+from latent_residual.workflow.training.selection import SelectionConfig
 
 
 def spearman(x: list[float], y: list[float]) -> float:
@@ -73,21 +72,15 @@ def main() -> None:
     sequences = lr.load_dataset(args.data).sequences(args.sequence_length)
     sequences.pop("reward", None)
     ac_config = ActorCriticConfig(**CPU_DEFAULTS.actor_critic)
-    keep = _snapshot_updates(args.steps, args.snapshots)
-    candidates: list[tuple[int, int, ActorCritic]] = []
+    config = PolicyTrainConfig(
+        steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], candidates=args.seeds, snapshots=args.snapshots
+    )
     started = time.monotonic()
-    for seed in range(args.seeds):
-
-        def snapshot(update: int, actor_critic: ActorCritic, seed: int = seed) -> None:
-            if update in keep:
-                candidates.append((seed, update, copy.deepcopy(actor_critic)))
-
-        config = PolicyTrainConfig(steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], seed=seed)
-        train_policy(model, sequences, config, ac_config=ac_config, quiet=True, on_update=snapshot)
-        print(f"seed {seed} trained, {time.monotonic() - started:.0f} s", flush=True)
-    selection = choose(model, candidates, sequences, SelectionConfig())
+    selection = train_candidates(model, sequences, config, SelectionConfig(), ac_config=ac_config, quiet=True)
+    print(f"{len(selection.candidates)} candidates trained, {time.monotonic() - started:.0f} s", flush=True)
     rows = []
-    for (seed, update, actor_critic), score in zip(candidates, selection.scores, strict=True):
+    for actor_critic, score in zip(selection.candidates, selection.scores, strict=True):
+        seed, update = score.seed, score.update
         policy = Policy(base, actor_critic.actor)
         result = evaluate(policy, target, episodes=10, seed=EVAL_SEED, env_kwargs=env_kwargs).to_dict()
         rows.append({"seed": seed, "update": update, "score": score.score, "real_return": result["return_mean"]})

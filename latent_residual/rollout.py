@@ -228,3 +228,11 @@ def subsample_states(states: State, count: int, generator: torch.Generator) -> S
         return states
     index = torch.randperm(total, generator=generator)[:count].to(states["stoch"].device)
     return {key: value[index] for key, value in states.items()}
+
+
+def start_bank(model: WorldModel, sequences: Mapping[str, Tensor], *, seed: int = 0) -> State:
+    """Posterior states of every step of ``sequences`` under ``model`` (adapted or not), flattened to (N * T, ...):
+    where imagination starts."""
+    generator = torch.Generator(device=model.device()).manual_seed(seed)
+    states = posterior_states(model, sequences, generator=generator)["states"]
+    return {key: value.flatten(0, 1) for key, value in states.items()}

@@ -17,10 +17,10 @@ from torch import Tensor
 
 from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_actor_critic
 from latent_residual.adapters import load_adapter
-from latent_residual.contract import State, WorldModel
+from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.progress import RunLogger
-from latent_residual.rollout import posterior_states, subsample_states
+from latent_residual.rollout import start_bank, subsample_states
 from latent_residual.serialization import write_text
 from latent_residual.workflow.data.datasets import reward_free_sequences
 from latent_residual.workflow.deployment.loading import load_world_model
@@ -51,13 +51,6 @@ class PolicyTrainConfig:
     def selects(self) -> bool:
         """Whether more than one candidate is trained, so one is chosen (``selection.py``)."""
         return self.candidates * self.snapshots > 1
-
-
-def start_bank(model: WorldModel, sequences: Mapping[str, Tensor], *, seed: int = 0) -> State:
-    """Posterior states of every step of ``sequences`` under ``model`` (adapted or not), flattened."""
-    generator = torch.Generator(device=model.device()).manual_seed(seed)
-    states = posterior_states(model, sequences, generator=generator)["states"]
-    return {key: value.flatten(0, 1) for key, value in states.items()}
 
 
 def train_policy(

@@ -20,7 +20,7 @@ from latent_residual.actor_critic import ActorCritic
 from latent_residual.adapters import ResidualWorldModel
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
-from latent_residual.rollout import imagine, posterior_states, subsample_states
+from latent_residual.rollout import imagine, start_bank, subsample_states
 
 #: What the score is, in words, for results files.
 CRITERION = (
@@ -68,12 +68,14 @@ class CandidateScore:
 
 @dataclass
 class Selection:
-    """The chosen candidate's actor-critic and every candidate's score."""
+    """The chosen candidate's actor-critic, every candidate's score and actor-critic."""
 
     actor_critic: ActorCritic
     chosen: int
     scores: list[CandidateScore]
     config: SelectionConfig
+    #: Every candidate's actor-critic, in the order of ``scores``.
+    candidates: list[ActorCritic]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -89,9 +91,7 @@ def held_out_starts(model: WorldModel, sequences: Mapping[str, Tensor], config: 
     N = sequences["is_first"].shape[0]
     held = max(1, round(N * config.score_holdout))
     tail = {key: value[N - held :] for key, value in sequences.items() if key != "reward"}
-    generator = torch.Generator(device=model.device()).manual_seed(config.score_seed)
-    states = posterior_states(model, tail, generator=generator)["states"]
-    bank = {key: value.flatten(0, 1) for key, value in states.items()}
+    bank = start_bank(model, tail, seed=config.score_seed)
     return subsample_states(bank, config.score_starts, torch.Generator().manual_seed(config.score_seed))
 
 
@@ -105,10 +105,9 @@ def _disagreement(model: WorldModel, states: State, actions: Tensor) -> Tensor:
         return actions.new_zeros(B, H)
     flat = {key: value.flatten(0, 1) for key, value in states.items()}
     logits = model.member_prior_logits(flat, actions.flatten(0, 1))  # (members, B * H, groups, classes)
-    probs = distributions.probs(logits, model.prior_unimix)
-    mean = probs.mean(0, keepdim=True)
-    kl = (probs * (probs.clamp_min(1e-8).log() - mean.clamp_min(1e-8).log())).sum((-1, -2))  # (members, B * H)
-    return kl.mean(0).reshape(B, H)
+    members = distributions.log_probs(logits, model.prior_unimix)
+    mean = torch.logsumexp(members, 0) - math.log(members.shape[0])  # log of the members' mean probabilities
+    return distributions.kl(members, mean.expand_as(members)).mean(0).reshape(B, H)
 
 
 @torch.no_grad()
@@ -158,4 +157,4 @@ def choose(
         imagined, spread = score_policy(model, actor_critic, starts, config)
         scores.append(CandidateScore(seed, update, imagined, spread, imagined - config.score_penalty * spread))
     chosen = max(range(len(scores)), key=lambda index: scores[index].score)
-    return Selection(candidates[chosen][2], chosen, scores, config)
+    return Selection(candidates[chosen][2], chosen, scores, config, [actor_critic for _, _, actor_critic in candidates])
