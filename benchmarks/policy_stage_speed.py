@@ -9,6 +9,10 @@ Usage (the adapter and data of a demo run, e.g. ``runs/demo/runs/redraw-40000-se
 
     OMP_NUM_THREADS=1 python benchmarks/policy_stage_speed.py --adapter DIR --data DIR [--steps 100]
     OMP_NUM_THREADS=1 python benchmarks/policy_stage_speed.py --adapter DIR --data DIR --steps 1500 --evaluate
+    OMP_NUM_THREADS=1 python benchmarks/policy_stage_speed.py --adapter DIR --data DIR --workers 1 2   # side by side
+
+With several ``--workers`` values each is run in turn (``PolicyTrainConfig.workers``: processes sharing each
+update's starts); CPU time is this process's only, so it is left out for runs of more than one worker.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="Policy updates to time (the demo runs 1500).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1], help="Policy workers; several: one run each.")
     parser.add_argument(
         "--evaluate", action="store_true", help="Evaluate the trained policy in the target (10 episodes)."
     )
@@ -52,25 +57,27 @@ def main() -> None:
     model = lr.ResidualWorldModel(base)
     model.load_adapter(args.adapter, trainable=False)
     sequences = lr.load_dataset(args.data, max_transitions=args.transitions).sequences(32)
-    policy_config = PolicyTrainConfig(steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], seed=args.seed)
-    ac_config = demo_ac_config()
-    torch.manual_seed(args.seed)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    actor_critic = train_policy(model, sequences, policy_config, ac_config=ac_config, quiet=True)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    checksum = sum(float(p.detach().double().abs().sum()) for p in actor_critic.actor.parameters())
     print(f"library: {lr.__file__}")
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads")
-    print(f"settings: {policy_config}, {ac_config}")
-    print(
-        f"policy stage: {args.steps} updates in {seconds:.1f} s "
-        f"({args.steps / seconds:.2f} updates/s, start bank included); "
-        f"CPU time {cpu_seconds:.1f} s ({args.steps / cpu_seconds:.2f} updates per CPU second)"
-    )
-    print(f"actor checksum: {checksum:.6f}")
-    if args.evaluate:
-        result = evaluate(Policy(base, actor_critic.actor), source_target(source), episodes=10, seed=EVAL_SEED)
-        print(f"return in the target: {result.to_dict()['return_mean']:.1f}")
+    for workers in args.workers:
+        policy_config = PolicyTrainConfig(
+            steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], seed=args.seed, workers=workers
+        )
+        ac_config = demo_ac_config()
+        torch.manual_seed(args.seed)
+        started, cpu_started = time.perf_counter(), time.process_time()
+        actor_critic = train_policy(model, sequences, policy_config, ac_config=ac_config, quiet=True)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+        checksum = sum(float(p.detach().double().abs().sum()) for p in actor_critic.actor.parameters())
+        cpu = f"; CPU time {cpu_seconds:.1f} s" if workers == 1 else ""
+        print(
+            f"policy stage, {workers} worker(s): {args.steps} updates in {seconds:.1f} s "
+            f"({args.steps / seconds:.2f} updates/s, start bank and worker start included){cpu}; "
+            f"actor checksum {checksum:.6f}"
+        )
+        if args.evaluate:
+            result = evaluate(Policy(base, actor_critic.actor), source_target(source), episodes=10, seed=EVAL_SEED)
+            print(f"  return in the target: {result.to_dict()['return_mean']:.1f}")
 
 
 if __name__ == "__main__":

@@ -89,3 +89,8 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 class CellError(LatentResidualError):
     """One cell of a comparison (a method, data size and seed) failed in a worker process; the message
     names the cell and the worker's own error."""
+
+
+class WorkerError(LatentResidualError):
+    """A process of a data-parallel run on this machine's cores failed; the message names the worker and
+    the last line of its own error (its traceback was printed by the worker)."""

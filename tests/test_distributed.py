@@ -3,6 +3,7 @@ gradients over the whole batch; pretraining under torchrun to the end and resume
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -16,10 +17,13 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import TINY_AC, drift_sequences
+from lr_testplugin.gru import GRUWorldModel
 from safetensors.torch import load_file, save_file
 
 from latent_residual import ConfigError, TrainingDivergedError, make_backbone
 from latent_residual.actor_critic import ActorCriticConfig
+from latent_residual.errors import WorkerError
 from latent_residual.workflow.cli.main import main
 from latent_residual.workflow.training.distributed import (
     Ranks,
@@ -30,6 +34,7 @@ from latent_residual.workflow.training.distributed import (
     ranks_from_environment,
 )
 from latent_residual.workflow.training.model_training import WorldModelLoss, WorldModelTrainer, train_world_model
+from latent_residual.workflow.training.policy_training import PolicyTrainConfig, train_policy
 from latent_residual.workflow.training.pretraining import _PretrainRun
 
 OBSERVATIONS = gymnasium.spaces.Dict(
@@ -395,3 +400,50 @@ def test_precision_and_compile_flags_reach_the_training_step(registry, tmp_path,
     assert trainer.autocast_dtype == torch.bfloat16
     assert main(["pretrain", "--out", str(tmp_path), "--precision", "fp16"]) == 1
     assert "precision must be one of fp32, bf16; got 'fp16'" in capsys.readouterr().err
+
+
+# Policy training on this machine's cores: ``PolicyTrainConfig.workers`` spawns the other ranks itself.
+
+
+class _RewardFailsInWorker(GRUWorldModel):
+    """The GRU test model whose reward head raises on rank 1 only: a worker that breaks mid-run."""
+
+    def reward(self, features):
+        if torch.distributed.is_initialized() and torch.distributed.get_rank() == 1:
+            raise RuntimeError("reward head broke in the worker")
+        return super().reward(features)
+
+
+def _policy(model, workers: int, steps: int = 4):
+    return train_policy(
+        model,
+        drift_sequences(0.1, episodes=8),
+        PolicyTrainConfig(steps=steps, starts=16, seed=3, workers=workers),
+        ac_config=TINY_AC,
+        quiet=True,
+    )
+
+
+def test_policy_workers_train_one_model_the_same_every_time(gru_model):
+    before = {key: value.clone() for key, value in gru_model.state_dict().items()}
+    first, again = _policy(gru_model, 2), _policy(gru_model, 2)
+    # Every rank ends with the same networks (train_policy checks it; a rank whose gradients were not
+    # averaged fails that check), and the run is a function of its seed and worker count.
+    for key, value in first.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
+    alone = _policy(gru_model, 1)
+    assert any(not torch.equal(a, b) for a, b in zip(first.actor.parameters(), alone.actor.parameters()))
+    assert all(torch.equal(before[key], value) for key, value in gru_model.state_dict().items())
+    assert float(first.return_scale) != 1.0  # the averaged return scale moved
+
+
+def test_a_failed_policy_worker_is_one_line_naming_it(gru_model):
+    broken = copy.deepcopy(gru_model)
+    broken.__class__ = _RewardFailsInWorker
+    with pytest.raises(WorkerError, match=r"training worker 1 failed: RuntimeError: reward head broke in the worker"):
+        _policy(broken, 2)
+
+
+def test_policy_workers_must_share_the_starts_evenly():
+    with pytest.raises(ConfigError, match=r"starts \(10\) must divide evenly among its 3 workers"):
+        PolicyTrainConfig(starts=10, workers=3)

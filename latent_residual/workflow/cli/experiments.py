@@ -20,7 +20,7 @@ from latent_residual.workflow.cli.options import config_from_options, config_opt
 from latent_residual.workflow.experiments import experiment
 from latent_residual.workflow.experiments.defaults import (
     COMPARE_DEFAULTS,
-    CPU_DEFAULTS,
+    DEMO_DEFAULTS,
     EXPERIMENT_CONFIGS,
     QUICK_DEFAULTS,
     recommended_defaults,
@@ -153,6 +153,6 @@ def add_experiment_commands(group: click.Group) -> None:
         "demo",
         "The whole ReDRAW story on the registered demo source and its target on a CPU, with the settings "
         "the source's plugin recommends.",
-        CPU_DEFAULTS,
+        DEMO_DEFAULTS,
         recommended=True,
     )

@@ -1,5 +1,5 @@
-"""Data-parallel training across the processes that ``torchrun`` starts: who this process is (rank, world
-size, device), the process group's lifetime, and the few collectives that pretraining needs.
+"""Data-parallel training across processes: who this process is (rank, world size, device), the lifetime of
+torchrun's process group or of one this process spawns on its own cores, and the few collectives training needs.
 
 What is trained and when is ``pretraining.py`` and ``model_training.py``. Without torchrun's variables
 in the environment no process group starts and every collective here returns its input unchanged.
@@ -8,17 +8,23 @@ in the environment no process group starts and every collective here returns its
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.hooks import RemovableHandle
 
-from latent_residual.errors import ConfigError
+from latent_residual.errors import ConfigError, LatentResidualError, WorkerError
 
 #: The variables torchrun sets for every process it starts (``LOCAL_RANK``: the process's index on its node).
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -133,6 +139,70 @@ def process_group(device: str) -> Iterator[tuple[Ranks, str]]:
             dist.destroy_process_group()
 
 
+#: How long a collective waits for a rank before it fails (a worker that died is noticed sooner, by its socket).
+LOCAL_GROUP_TIMEOUT = timedelta(minutes=5)
+
+
+@contextmanager
+def joined_group(init_method: str, rank: int, world_size: int) -> Iterator[Ranks]:
+    """Join the gloo group at ``init_method`` as ``rank`` of ``world_size`` for the block (a process that
+    :func:`spawned_group` started)."""
+    dist.init_process_group(
+        "gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=LOCAL_GROUP_TIMEOUT
+    )
+    try:
+        yield Ranks(rank=rank, world_size=world_size, local_rank=rank)
+    finally:
+        dist.destroy_process_group()
+
+
+@contextmanager
+def spawned_group(world_size: int, worker: Callable[..., None], args: tuple[Any, ...]) -> Iterator[Ranks]:
+    """Run the block as rank 0 of a gloo group of ``world_size`` processes on this machine: the others are
+    spawned and run ``worker(index, init_method, world_size, *args)``, which joins as rank ``index + 1``
+    through :func:`joined_group`.
+
+    The arguments travel to the workers by pickling between this process and its children (no file is
+    read). When a worker fails, its error is raised here instead of the broken collective it causes.
+
+    :raises ConfigError: A process group is already running (torchrun's): its ranks train alone.
+    """
+    if dist.is_initialized():
+        raise ConfigError(
+            f"{world_size} local workers cannot start inside a running process group (torchrun): use 1 there."
+        )
+    with tempfile.TemporaryDirectory(prefix="latent-residual-group-") as tmp:
+        init_method = (Path(tmp) / "store").as_uri()
+        workers = mp.start_processes(
+            worker, args=(init_method, world_size, *args), nprocs=world_size - 1, join=False, start_method="spawn"
+        )
+        try:
+            with joined_group(init_method, 0, world_size) as ranks:
+                yield ranks
+            workers.join()
+        except BaseException as exc:
+            failure = _stop_workers(workers)
+            # Our own error (a diverged loss every rank sees) stays; a broken collective is the worker's doing.
+            if failure and not isinstance(exc, LatentResidualError):
+                raise WorkerError(failure) from exc
+            raise
+
+
+def _stop_workers(workers: mp.ProcessContext) -> str:
+    """Stop the workers; returns what the first failed one said (its error's last line), or ''."""
+    try:
+        workers.join(timeout=10)
+    except mp.ProcessRaisedException as failed:
+        return f"training worker {failed.error_index + 1} failed: {failed.msg.strip().splitlines()[-1]}"
+    except mp.ProcessExitedException as exited:
+        return f"training worker {exited.error_index + 1} exited with code {exited.exit_code}"
+    finally:
+        for process in workers.processes:
+            if process.is_alive():
+                process.terminate()
+    return ""
+
+
 def rank_seed(seed: int, ranks: Ranks) -> int:
     """The seed of this rank's environment and sampling: ``seed`` itself on rank 0 (a run of one process
     is unchanged), a distinct stream derived from ``(seed, rank)`` on the others."""
@@ -192,17 +262,18 @@ def _average_gradients(params: list[Tensor], world_size: int) -> None:
         offset += grad.numel()
 
 
-def average_gradients_at_step(optimiser: torch.optim.Optimizer, ranks: Ranks) -> None:
-    """Make ``optimiser.step()`` average its parameters' gradients over the ranks first.
+def average_gradients_at_step(optimiser: torch.optim.Optimizer, ranks: Ranks) -> RemovableHandle | None:
+    """Make ``optimiser.step()`` average its parameters' gradients over the ranks first; returns the hook's
+    handle (None for one process), to remove it when the group ends before the optimiser does.
 
     For networks updated outside DDP (the actor-critics and the disagreement ensemble): each rank's
     step applies the same averaged gradient to the same weights, so the networks stay equal. The
     gradients are averaged as the step finds them, after any clipping the caller did.
     """
     if not ranks.parallel:
-        return
+        return None
     params = [p for group in optimiser.param_groups for p in group["params"] if p.requires_grad]
-    optimiser.register_step_pre_hook(lambda *_: _average_gradients(params, ranks.world_size))
+    return optimiser.register_step_pre_hook(lambda *_: _average_gradients(params, ranks.world_size))
 
 
 def all_true(flag: bool, ranks: Ranks) -> bool:
@@ -236,6 +307,27 @@ def gather_ints(value: int, ranks: Ranks) -> list[int]:
     values = [torch.zeros((), dtype=torch.int64) for _ in range(ranks.world_size)]
     dist.all_gather(values, torch.tensor(value, dtype=torch.int64))
     return [int(v) for v in values]
+
+
+def check_in_sync(module: nn.Module, name: str, ranks: Ranks) -> None:
+    """Refuse to go on when the ranks' copies of ``module`` differ (equal updates from equal weights must
+    keep them equal; a difference means a rank trained on something the others did not see).
+
+    :raises WorkerError: Naming ``name`` and how many of its values differ.
+    """
+    if not ranks.parallel:
+        return
+    values = [t.detach().reshape(-1).double() for t in module.state_dict().values() if t.is_floating_point()]
+    flat = torch.cat(values)
+    low, high = flat.clone(), flat.clone()
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    differ = int((low != high).sum())
+    if differ:
+        raise WorkerError(
+            f"the {ranks.world_size} workers' copies of the {name} differ after training in {differ} of "
+            f"{flat.numel()} values; the result is not one model."
+        )
 
 
 def barrier(ranks: Ranks) -> None:

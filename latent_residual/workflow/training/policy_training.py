@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +19,22 @@ from torch import Tensor
 from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_actor_critic
 from latent_residual.adapters import load_adapter
 from latent_residual.contract import WorldModel
-from latent_residual.errors import ConfigError
+from latent_residual.errors import ConfigError, TrainingDivergedError
 from latent_residual.progress import RunLogger
 from latent_residual.rollout import start_bank, subsample_states
 from latent_residual.serialization import write_text
 from latent_residual.workflow.data.datasets import reward_free_sequences
 from latent_residual.workflow.deployment.loading import load_world_model
+from latent_residual.workflow.training.distributed import (
+    Ranks,
+    average_buffers,
+    average_gradients_at_step,
+    average_scalars,
+    check_in_sync,
+    joined_group,
+    rank_seed,
+    spawned_group,
+)
 from latent_residual.workflow.training.selection import Selection, SelectionConfig, choose
 
 
@@ -41,11 +52,22 @@ class PolicyTrainConfig:
     snapshots: int = field(
         default=1, metadata={"help": "Candidates kept per seed along training, evenly spaced, the last included."}
     )
+    workers: int = field(
+        default=1,
+        metadata={
+            "help": "Processes that share each update's starts, data-parallel on this machine's cores (gradients "
+            "and the return scale averaged every update). The result depends on this number, not on the cores."
+        },
+    )
 
     def __post_init__(self) -> None:
-        for name in ("steps", "starts", "candidates", "snapshots"):
+        for name in ("steps", "starts", "candidates", "snapshots", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PolicyTrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
+        if self.starts % self.workers:
+            raise ConfigError(
+                f"PolicyTrainConfig.starts ({self.starts}) must divide evenly among its {self.workers} workers."
+            )
 
     @property
     def selects(self) -> bool:
@@ -67,31 +89,90 @@ def train_policy(
     """Train a re-initialised actor-critic in ``model``'s imagination (ReDRAW's step 3).
 
     Imagination starts from posterior states of ``sequences`` (the target data); rewards come
-    from the model's frozen reward head, so the data needs no rewards.
+    from the model's frozen reward head, so the data needs no rewards. With ``config.workers`` > 1 the
+    other workers are spawned processes (a script that calls this needs Python's
+    ``if __name__ == "__main__":`` guard), each with one torch thread.
 
     :param actor_critic: Train this one further (its optimisers' moments included) instead of a
         fresh one, as the Dreamer-finetune baseline keeps training the simulation policy;
         ``ac_config`` is then its own.
     :param on_update: Called with the update's number (from 1) and the actor-critic after each update
         (snapshots along training, for selection).
+    :raises TrainingDivergedError: An update's losses or imagined returns are NaN or infinite.
     """
     config = config or PolicyTrainConfig()
+    if config.workers == 1:
+        return _train(model, sequences, config, ac_config, actor_critic, Ranks(), log_dir, quiet, on_update)
+    args = (model, dict(sequences), config, ac_config, actor_critic)
+    with spawned_group(config.workers, _policy_worker, args) as ranks:
+        return _train(model, sequences, config, ac_config, actor_critic, ranks, log_dir, quiet, on_update)
+
+
+def _policy_worker(
+    index: int,
+    init_method: str,
+    world_size: int,
+    model: WorldModel,
+    sequences: Mapping[str, Tensor],
+    config: PolicyTrainConfig,
+    ac_config: ActorCriticConfig | None,
+    actor_critic: ActorCritic | None,
+) -> None:
+    """One spawned worker of a data-parallel :func:`train_policy`: the same updates on its share of the starts."""
+    torch.set_num_threads(1)
+    with joined_group(init_method, index + 1, world_size) as ranks:
+        _train(model, sequences, config, ac_config, actor_critic, ranks, None, True, None)
+
+
+def _train(
+    model: WorldModel,
+    sequences: Mapping[str, Tensor],
+    config: PolicyTrainConfig,
+    ac_config: ActorCriticConfig | None,
+    actor_critic: ActorCritic | None,
+    ranks: Ranks,
+    log_dir: str | Path | None,
+    quiet: bool,
+    on_update: Callable[[int, ActorCritic], None] | None,
+) -> ActorCritic:
+    """:func:`train_policy`'s updates on this rank; every rank starts from the same networks and bank and
+    samples its own starts."""
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(rank_seed(config.seed, ranks))
     bank = start_bank(model, sequences, seed=config.seed)
     if actor_critic is None:
         actor_critic = ActorCritic(model.feature_size, model.action_size, ac_config).to(model.device())
-    with RunLogger(log_dir, config.steps, "train policy", quiet=quiet) as run:
-        for update in range(1, config.steps + 1):
-            metrics = actor_critic.train_step(
-                model, subsample_states(bank, config.starts, generator), generator=generator
-            )
-            run.advance()
-            if on_update is not None:
-                on_update(update, actor_critic)
-            if update % 50 == 0 or update == config.steps:
-                run.log(update, **metrics)
+    starts = config.starts // ranks.world_size
+    hooks = [average_gradients_at_step(opt, ranks) for opt in (actor_critic.actor_opt, actor_critic.critic_opt)]
+    try:
+        with RunLogger(log_dir, config.steps, "train policy", quiet=quiet or not ranks.is_main) as run:
+            for update in range(1, config.steps + 1):
+                metrics = actor_critic.train_step(model, subsample_states(bank, starts, generator), generator=generator)
+                if ranks.parallel:
+                    average_buffers(actor_critic, ranks)  # the return scale each rank moved by its own starts
+                    metrics = average_scalars(metrics, ranks)
+                _check_finite(update, metrics)
+                run.advance()
+                if on_update is not None:
+                    on_update(update, actor_critic)
+                if update % 50 == 0 or update == config.steps:
+                    run.log(update, **metrics)
+        check_in_sync(actor_critic, "actor-critic", ranks)
+    finally:
+        for hook in hooks:
+            if hook is not None:
+                hook.remove()
     return actor_critic
+
+
+def _check_finite(update: int, metrics: Mapping[str, float]) -> None:
+    bad = {key: value for key, value in metrics.items() if not math.isfinite(value)}
+    if bad:
+        raise TrainingDivergedError(
+            f"policy training diverged at update {update}: "
+            + ", ".join(f"{key}={value}" for key, value in bad.items())
+            + " (try lower --ac-actor-lr / --ac-critic-lr, or check the world model's reward head)."
+        )
 
 
 def _snapshot_updates(steps: int, snapshots: int) -> list[int]:
