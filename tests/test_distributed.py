@@ -447,3 +447,21 @@ def test_a_failed_policy_worker_is_one_line_naming_it(gru_model):
 def test_policy_workers_must_share_the_starts_evenly():
     with pytest.raises(ConfigError, match=r"starts \(10\) must divide evenly among its 3 workers"):
         PolicyTrainConfig(starts=10, workers=3)
+
+
+def test_world_model_workers_share_the_batch_and_end_as_one_model(registry):
+    episodes = [
+        {key: value[i].numpy() for key, value in _batch(step).items()} for step in range(2) for i in range(BATCH)
+    ]
+    start = _model("draw-v0").state_dict()
+    trained = []
+    for _ in range(2):
+        model = _model("draw-v0")
+        # Rank 1 checks at the end that its copy equals rank 0's (a WorkerError otherwise).
+        train_world_model(model, episodes, updates=3, batch_size=BATCH, seq_len=LENGTH, lr=1e-3, workers=2, quiet=True)
+        trained.append(model.state_dict())
+    assert all(torch.equal(value, trained[1][key]) for key, value in trained[0].items())
+    assert torch.equal(start["unused_head.weight"], trained[0]["unused_head.weight"])  # no loss reaches it
+    assert any(not torch.equal(value, trained[0][key]) for key, value in start.items())
+    with pytest.raises(ConfigError, match=r"batch_size \(3\) must divide evenly among 2 workers"):
+        train_world_model(_model("draw-v0"), episodes, updates=1, batch_size=3, seq_len=LENGTH, workers=2)

@@ -39,20 +39,23 @@ def test_a_bad_recipe_is_refused_before_any_work():
         SourceRecipe(data_plan=(("scripted", 0.3, 100),))
     with pytest.raises(ConfigError, match="must exceed"):
         SourceRecipe(data_plan=(("expert", 0.3, 100), ("random", 0.0, 100)))
+    with pytest.raises(ConfigError, match=r"workers \(3\) must be >= 1 and divide batch_size \(32\)"):
+        SourceRecipe(data_plan=(("expert", 0.3, 100),), workers=3)
     with pytest.raises(TypeError, match="hiddn"):
         SourceRecipe(data_plan=(("expert", 0.3, 100),), actor_critic={"hiddn": 3})
 
 
 def test_build_source_collects_the_plan_trains_and_records_provenance(registry, tmp_path):
-    provenance = build_source(
-        "dmc/reacher-easy-v0", tmp_path / "src", recipe=SourceRecipe(**TINY_RECIPE), quiet=True, say=lambda _: None
-    )
+    # Two workers share every world-model and policy update (each rank checks that it ends with rank 0's networks).
+    recipe = SourceRecipe(**TINY_RECIPE, workers=2)
+    provenance = build_source("dmc/reacher-easy-v0", tmp_path / "src", recipe=recipe, quiet=True, say=lambda _: None)
     assert (tmp_path / "src" / "world_model" / "model.safetensors").exists()
     assert (tmp_path / "src" / "actor_critic.safetensors").exists()
     data = json.loads((tmp_path / "src" / "sim_data" / "dataset.json").read_text())
     assert data["transitions"] == 250
     written = json.loads((tmp_path / "src" / "provenance.json").read_text())
     assert written == provenance
+    assert written["recipe"]["workers"] == 2
     assert written["recipe"]["model_updates"] == 3 and written["simulation_policy_in_simulation"]["episodes"] == 10
     # The built directory is a source a comparison starts from.
     from latent_residual import load_world_model

@@ -110,12 +110,19 @@ def _build_source_command(group: click.Group) -> None:
     @click.option(
         "--policy-updates", type=COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]"
     )
+    @click.option(
+        "--workers",
+        type=COUNT,
+        default=None,
+        help="Processes that share every world-model and policy update, one torch thread each (the result "
+        "depends on this number, which provenance.json records)  [default: the recipe's]",
+    )
     def build_source_command(
-        env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates
+        env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates, workers
     ) -> None:
         """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
         the recipe's data plan, train the world model, train the policy in its imagination, score it."""
-        given = {"model_updates": model_updates, "policy_updates": policy_updates}
+        given = {"model_updates": model_updates, "policy_updates": policy_updates, "workers": workers}
         recipe = source_recipe(env_id, **{key: value for key, value in given.items() if value is not None})
         check_output_directory(out)
         flags = {

@@ -8,6 +8,7 @@ in the environment no process group starts and every collective here returns its
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -144,9 +145,8 @@ LOCAL_GROUP_TIMEOUT = timedelta(minutes=5)
 
 
 @contextmanager
-def joined_group(init_method: str, rank: int, world_size: int) -> Iterator[Ranks]:
-    """Join the gloo group at ``init_method`` as ``rank`` of ``world_size`` for the block (a process that
-    :func:`spawned_group` started)."""
+def _joined_group(init_method: str, rank: int, world_size: int) -> Iterator[Ranks]:
+    """Join the gloo group at ``init_method`` as ``rank`` of ``world_size`` for the block."""
     dist.init_process_group(
         "gloo", init_method=init_method, rank=rank, world_size=world_size, timeout=LOCAL_GROUP_TIMEOUT
     )
@@ -159,11 +159,11 @@ def joined_group(init_method: str, rank: int, world_size: int) -> Iterator[Ranks
 @contextmanager
 def spawned_group(world_size: int, worker: Callable[..., None], args: tuple[Any, ...]) -> Iterator[Ranks]:
     """Run the block as rank 0 of a gloo group of ``world_size`` processes on this machine: the others are
-    spawned and run ``worker(index, init_method, world_size, *args)``, which joins as rank ``index + 1``
-    through :func:`joined_group`.
+    spawned, each with one torch thread, and run ``worker(ranks, *args)`` as ranks 1, 2, ...
 
-    The arguments travel to the workers by pickling between this process and its children (no file is
-    read). When a worker fails, its error is raised here instead of the broken collective it causes.
+    ``args`` travel to the workers by pickling between this process and its children (no file is read);
+    their tensors arrive in memory shared with this process's, so a worker copies what it trains. When a
+    worker fails, its error is raised here instead of the broken collective it causes.
 
     :raises ConfigError: A process group is already running (torchrun's): its ranks train alone.
     """
@@ -174,10 +174,14 @@ def spawned_group(world_size: int, worker: Callable[..., None], args: tuple[Any,
     with tempfile.TemporaryDirectory(prefix="latent-residual-group-") as tmp:
         init_method = (Path(tmp) / "store").as_uri()
         workers = mp.start_processes(
-            worker, args=(init_method, world_size, *args), nprocs=world_size - 1, join=False, start_method="spawn"
+            _run_worker,
+            args=(init_method, world_size, worker, args),
+            nprocs=world_size - 1,
+            join=False,
+            start_method="spawn",
         )
         try:
-            with joined_group(init_method, 0, world_size) as ranks:
+            with _joined_group(init_method, 0, world_size) as ranks:
                 yield ranks
             workers.join()
         except BaseException as exc:
@@ -186,6 +190,24 @@ def spawned_group(world_size: int, worker: Callable[..., None], args: tuple[Any,
             if failure and not isinstance(exc, LatentResidualError):
                 raise WorkerError(failure) from exc
             raise
+
+
+def _run_worker(
+    index: int, init_method: str, world_size: int, worker: Callable[..., None], args: tuple[Any, ...]
+) -> None:
+    """A spawned process of :func:`spawned_group`: join as rank ``index + 1``, run ``worker``, and end at once.
+
+    Ending with ``os._exit`` skips Python's shutdown, during which gloo's threads, alive past the group's
+    end, abort the process ("terminate called without an active exception", pytorch/pytorch#38228; the
+    same reason as ``cli.main._leave_torchrun_worker``). A worker's error is raised normally: torch
+    records it for the parent before the process ends.
+    """
+    torch.set_num_threads(1)
+    with _joined_group(init_method, index + 1, world_size) as ranks:
+        worker(ranks, *args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _stop_workers(workers: mp.ProcessContext) -> str:

@@ -7,6 +7,7 @@ and collectives are ``distributed.py``.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Mapping
@@ -36,11 +37,13 @@ from latent_residual.workflow.training.distributed import (
     Ranks,
     average_scalars,
     barrier,
+    check_in_sync,
     check_model_device,
     data_parallel,
     process_group,
     rank_seed,
     ranks_from_environment,
+    spawned_group,
 )
 from latent_residual.workflow.training.replay import ReplayBuffer
 
@@ -171,6 +174,7 @@ def train_world_model(
     compile: bool = False,
     out_dir: str | Path | None = None,
     checkpoint_every: int = 1000,
+    workers: int = 1,
 ) -> WorldModel:
     """Train ``model`` offline on recorded episodes (for example a dataset's), in place.
 
@@ -189,37 +193,82 @@ def train_world_model(
         end (``world_model/``, ``optimizers.safetensors``, ``progress.json``); a directory that
         holds one is resumed from it: its weights and optimiser moments are loaded into ``model``
         and training continues up to ``updates``.
-    :raises ConfigError: A CUDA model on another process's GPU under torchrun.
+    :param workers: Processes on this machine's cores that share each update's ``batch_size`` windows
+        (spawned here, one torch thread each, gradients averaged as under torchrun); the result depends
+        on this number, not on the cores. A script calling this with ``workers`` > 1 needs Python's
+        ``if __name__ == "__main__":`` guard.
+    :raises ConfigError: A CUDA model on another process's GPU under torchrun; ``workers`` > 1 under torchrun,
+        or ``batch_size`` that does not divide evenly among them.
     :raises TrainingDivergedError: The loss became NaN or infinite.
     """
+    options = dict(
+        updates=updates, seq_len=seq_len, lr=lr, grad_clip=grad_clip, seed=seed, precision=precision,
+        compile=compile, out_dir=out_dir, checkpoint_every=checkpoint_every,
+    )  # fmt: skip
+    if workers > 1:
+        if batch_size % workers:
+            raise ConfigError(f"batch_size ({batch_size}) must divide evenly among {workers} workers.")
+        if ranks_from_environment().parallel:
+            raise ConfigError(f"workers={workers} cannot start under torchrun, whose processes train together already.")
+        options["batch_size"] = batch_size // workers
+        with spawned_group(workers, _model_worker, (model, episodes, options)) as ranks:
+            return _train_on_ranks(model, episodes, ranks, log_dir=log_dir, quiet=quiet, **options)
     check_model_device(model.device(), ranks_from_environment())
     with process_group(model.device().type) as (ranks, _):
-        replay = ReplayBuffer(seq_len)
-        for episode in episodes:
-            replay.add(episode)
-        optimiser = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
-        out = Path(out_dir) if out_dir is not None else None
-        done = _resume(model, optimiser, out) if out is not None else 0
-        stream = rank_seed(seed, ranks)
-        if done:  # a resumed run draws fresh batches, not the first run's again
-            stream = int(np.random.SeedSequence([stream, done]).generate_state(1)[0])
-        rng = np.random.default_rng(stream)
-        torch.manual_seed(stream)
-        trainer = WorldModelTrainer(model, optimiser, grad_clip, precision=precision, compile=compile, ranks=ranks)
-        main = ranks.is_main
-        log_dir = log_dir if main else None
-        with RunLogger(
-            log_dir, updates, "train world model", quiet=quiet or not main, initial=min(done, updates)
-        ) as run:
-            for update in range(done + 1, updates + 1):
-                metrics = trainer.step(replay.sample(batch_size, rng, model.device()))
-                run.advance()
-                if update % 100 == 1 or update == updates:
-                    run.log(update, **metrics)
-                if out is not None and update % checkpoint_every == 0 and update < updates:
-                    _checkpoint(model, optimiser, out, update, False, ranks)
-        if out is not None and updates > done:
-            _checkpoint(model, optimiser, out, updates, True, ranks)
+        return _train_on_ranks(model, episodes, ranks, batch_size=batch_size, log_dir=log_dir, quiet=quiet, **options)
+
+
+def _model_worker(
+    ranks: Ranks, model: WorldModel, episodes: list[Mapping[str, np.ndarray]], options: dict[str, Any]
+) -> None:
+    """A spawned worker of :func:`train_world_model` with ``workers`` > 1; it trains its own copy of ``model``."""
+    _train_on_ranks(copy.deepcopy(model), episodes, ranks, log_dir=None, quiet=True, **options)
+
+
+def _train_on_ranks(
+    model: WorldModel,
+    episodes: list[Mapping[str, np.ndarray]],
+    ranks: Ranks,
+    *,
+    updates: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float,
+    grad_clip: float,
+    seed: int,
+    log_dir: str | Path | None,
+    quiet: bool,
+    precision: str,
+    compile: bool,
+    out_dir: str | Path | None,
+    checkpoint_every: int,
+) -> WorldModel:
+    """:func:`train_world_model`'s loop on this rank (every rank of a group runs it together)."""
+    replay = ReplayBuffer(seq_len)
+    for episode in episodes:
+        replay.add(episode)
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, eps=1e-8)
+    out = Path(out_dir) if out_dir is not None else None
+    done = _resume(model, optimiser, out) if out is not None else 0
+    stream = rank_seed(seed, ranks)
+    if done:  # a resumed run draws fresh batches, not the first run's again
+        stream = int(np.random.SeedSequence([stream, done]).generate_state(1)[0])
+    rng = np.random.default_rng(stream)
+    torch.manual_seed(stream)
+    trainer = WorldModelTrainer(model, optimiser, grad_clip, precision=precision, compile=compile, ranks=ranks)
+    main = ranks.is_main
+    log_dir = log_dir if main else None
+    with RunLogger(log_dir, updates, "train world model", quiet=quiet or not main, initial=min(done, updates)) as run:
+        for update in range(done + 1, updates + 1):
+            metrics = trainer.step(replay.sample(batch_size, rng, model.device()))
+            run.advance()
+            if update % 100 == 1 or update == updates:
+                run.log(update, **metrics)
+            if out is not None and update % checkpoint_every == 0 and update < updates:
+                _checkpoint(model, optimiser, out, update, False, ranks)
+    if out is not None and updates > done:
+        _checkpoint(model, optimiser, out, updates, True, ranks)
+    check_in_sync(model, "world model", ranks)
     return model
 
 

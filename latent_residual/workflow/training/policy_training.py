@@ -31,7 +31,6 @@ from latent_residual.workflow.training.distributed import (
     average_gradients_at_step,
     average_scalars,
     check_in_sync,
-    joined_group,
     rank_seed,
     spawned_group,
 )
@@ -109,19 +108,16 @@ def train_policy(
 
 
 def _policy_worker(
-    index: int,
-    init_method: str,
-    world_size: int,
+    ranks: Ranks,
     model: WorldModel,
     sequences: Mapping[str, Tensor],
     config: PolicyTrainConfig,
     ac_config: ActorCriticConfig | None,
     actor_critic: ActorCritic | None,
 ) -> None:
-    """One spawned worker of a data-parallel :func:`train_policy`: the same updates on its share of the starts."""
-    torch.set_num_threads(1)
-    with joined_group(init_method, index + 1, world_size) as ranks:
-        _train(model, sequences, config, ac_config, actor_critic, ranks, None, True, None)
+    """A spawned worker of a data-parallel :func:`train_policy`: the same updates on its share of the starts."""
+    # The frozen model may stay in memory shared with rank 0; a policy trained further may not.
+    _train(model, sequences, config, ac_config, copy.deepcopy(actor_critic), ranks, None, True, None)
 
 
 def _train(

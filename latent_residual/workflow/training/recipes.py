@@ -70,6 +70,7 @@ class SourceRecipe:
     policy_updates: int = 1500
     policy_starts: int = 256
     policy_seq_len: int = 16
+    workers: int = 1  # processes sharing each update's batch and starts (train_world_model, PolicyTrainConfig)
 
     def __post_init__(self) -> None:
         plan = tuple(step if isinstance(step, DataStep) else DataStep(*step) for step in self.data_plan)
@@ -84,6 +85,11 @@ class SourceRecipe:
         if min(self.batch_size, self.seq_len, self.model_updates, self.policy_updates, self.policy_starts) < 1:
             raise ConfigError(
                 "SourceRecipe: batch_size, seq_len, model_updates, policy_updates and policy_starts must be >= 1."
+            )
+        if self.workers < 1 or self.batch_size % self.workers or self.policy_starts % self.workers:
+            raise ConfigError(
+                f"SourceRecipe.workers ({self.workers}) must be >= 1 and divide batch_size ({self.batch_size}) "
+                f"and policy_starts ({self.policy_starts}) evenly."
             )
         ActorCriticConfig(**self.actor_critic)  # an unknown or bad field fails here, not after the data is collected
 
@@ -184,14 +190,17 @@ def _train_source(
     say(f"training the world model: {recipe.model_updates} updates")
     train_world_model(
         model, dataset.episodes, updates=recipe.model_updates, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
-        lr=recipe.model_lr, seed=seed, log_dir=out / "logs" / "world_model", quiet=quiet,
+        lr=recipe.model_lr, seed=seed, log_dir=out / "logs" / "world_model", quiet=quiet, workers=recipe.workers,
     )  # fmt: skip
     save_world_model(model, out / "world_model", extra={"model_updates": recipe.model_updates})
     sequences = dataset.sequences(recipe.policy_seq_len)
     sequences.pop("reward")  # the policy's rewards come from the model's reward head
     say(f"training the simulation policy in imagination: {recipe.policy_updates} updates")
+    policy_config = PolicyTrainConfig(
+        steps=recipe.policy_updates, starts=recipe.policy_starts, seed=seed, workers=recipe.workers
+    )
     actor_critic = train_policy(
-        model, sequences, PolicyTrainConfig(steps=recipe.policy_updates, starts=recipe.policy_starts, seed=seed),
+        model, sequences, policy_config,
         ac_config=ActorCriticConfig(**recipe.actor_critic), log_dir=out / "logs" / "policy", quiet=quiet,
     )  # fmt: skip
     save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
