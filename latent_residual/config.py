@@ -58,9 +58,10 @@ class PresetConfig:
 
     A subclass is a ``@dataclass`` naming its presets in its class statement,
     ``class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper")``, and types each
-    field ``int``, ``float`` or ``bool``. Construction raises ``ConfigError`` quoting a bad value: an
-    ``int`` must be an integer >= 1 (>= 2 for the fields in ``at_least_two``), a ``bool`` true or
-    false, and any other field a finite number >= 0 (< 1 too for the fields in ``fractions``).
+    field ``int``, ``float``, ``bool`` or ``dict[str, float]``. Construction raises ``ConfigError`` quoting a bad
+    value: an ``int`` must be an integer >= 1 (>= 2 for the fields in ``at_least_two``), a ``bool`` true or
+    false, a dict names to finite numbers >= 0, and any other field a finite number >= 0 (< 1 too for the
+    fields in ``fractions``).
 
     :param label: Names the model in messages (``"Unknown DRAW preset ..."``).
     :param presets: Preset name -> the field values that replace the defaults.
@@ -97,6 +98,8 @@ class PresetConfig:
             if kind == "bool":
                 if not isinstance(value, bool):
                     raise ConfigError(f"{name}.{item.name} must be true or false, got {value!r}.")
+            elif kind.startswith("dict"):
+                self._check_weights(name, item.name, value)
             elif kind == "int":
                 minimum = 2 if item.name in self.at_least_two else 1
                 if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -108,6 +111,19 @@ class PresetConfig:
                     raise ConfigError(f"{name}.{item.name} must be >= 0, got {value!r}.")
                 if item.name in self.fractions and value >= 1:
                     raise ConfigError(f"{name}.{item.name} must be in [0, 1), got {value!r}.")
+
+    @staticmethod
+    def _check_weights(name: str, field_name: str, value: Any) -> None:
+        """A ``dict[str, float]`` field: names to finite weights >= 0."""
+        if not isinstance(value, dict) or not all(
+            isinstance(key, str)
+            and not isinstance(weight, bool)
+            and isinstance(weight, (int, float))
+            and math.isfinite(weight)
+            and weight >= 0
+            for key, weight in value.items()
+        ):
+            raise ConfigError(f"{name}.{field_name} must map names to finite numbers >= 0, got {value!r}.")
 
     @classmethod
     def from_preset(cls: type[P], preset: str | None = None, **overrides: Any) -> P:

@@ -24,6 +24,7 @@ class LossScales(Protocol):
     """The weights of the loss terms and the KL's free bits (fields of a backbone's config)."""
 
     recon_scale: float
+    recon_key_scales: Mapping[str, float]
     reward_scale: float
     cont_scale: float
     dyn_scale: float
@@ -54,7 +55,8 @@ def world_model_loss(
     :param layout: The observation keys; each is reconstructed from the features.
     :param decoder: (N, feature_size) features -> predictions per key, as
         :meth:`ObservationLayout.reconstruction_loss` scores them.
-    :param scales: ``recon_scale``, ``reward_scale``, ``cont_scale``, ``dyn_scale``, ``rep_scale``, ``free_bits``.
+    :param scales: ``recon_scale``, ``recon_key_scales`` (per observation key, 1 when not named), ``reward_scale``,
+        ``cont_scale``, ``dyn_scale``, ``rep_scale``, ``free_bits``.
     :param owner: Names the model in the ``DatasetError`` for missing keys (``"DRAW"`` -> ``DRAW.loss``).
     :param dtype: The model's parameter dtype; actions, rewards and targets are cast to it.
     :param reward_loss: (N,) features and raw reward targets (N,) -> the scalar reward loss.
@@ -84,7 +86,7 @@ def world_model_loss(
     features = out["features"].reshape(B * T, model.feature_size)
     targets = {key: batch[key].reshape(B * T, *layout.shape(key)) for key in layout.keys}
     recon = {key: value.mean() for key, value in layout.reconstruction_loss(decoder(features), targets).items()}
-    recon_loss = sum(recon.values())
+    recon_loss = sum(scales.recon_key_scales.get(key, 1.0) * value for key, value in recon.items())
     if "reward" in batch:
         reward = reward_loss(features, batch["reward"].reshape(B * T).to(dtype))
     else:

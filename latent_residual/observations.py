@@ -6,7 +6,7 @@ No networks (image CNNs are in ``nets.py``) and no Gymnasium import: spaces are 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from latent_residual import encodings
-from latent_residual.errors import ConfigError, DatasetError
+from latent_residual.errors import ConfigError, DatasetError, did_you_mean
 
 L = TypeVar("L", bound="ObservationLayout")
 
@@ -69,6 +69,15 @@ class ObservationLayout:
 
     def shape(self, key: str) -> tuple[int, ...]:
         return self.images[key] if key in self.images else self.vectors[key]
+
+    def check_names(self, names: Iterable[str], setting: str) -> None:
+        """Refuse a ``setting`` (e.g. ``"DRAWConfig.recon_key_scales"``) that names a key this layout lacks."""
+        unknown = sorted(set(names) - set(self.keys))
+        if unknown:
+            raise ConfigError(
+                f"{setting} names {unknown}, which the observation space lacks; its keys: {self.keys}."
+                f"{did_you_mean(unknown[0], self.keys)}"
+            )
 
     @property
     def vector_size(self) -> int:

@@ -236,6 +236,25 @@ def test_unknown_preset_and_field_suggest_close_matches():
         make_backbone("draw-v0", STATE_SPACE, ACTION_SPACE, hiden=64)
 
 
+def test_a_reconstruction_key_weight_scales_that_key_and_an_unknown_key_is_refused():
+    batch = synthetic_batch(STATE_SPACE, 2, 4)
+    losses = {}
+    for scales in ({}, {"velocity": 3.0}):
+        torch.manual_seed(0)
+        model = DRAW(STATE_SPACE, ACTION_SPACE, preset="tiny", recon_key_scales=scales)
+        torch.manual_seed(1)
+        losses[len(scales)] = model.loss(batch)
+    (plain, plain_metrics), (weighted, weighted_metrics) = losses[0], losses[1]
+    assert weighted_metrics["recon/velocity"] == pytest.approx(plain_metrics["recon/velocity"])
+    extra = 2.0 * plain_metrics["recon/velocity"]
+    assert weighted_metrics["recon"] == pytest.approx(plain_metrics["recon"] + extra, rel=1e-5)
+    assert weighted.item() == pytest.approx(plain.item() + extra, rel=1e-5)
+    with pytest.raises(ConfigError, match=r"recon_key_scales names \['velocty'\].*Did you mean \"velocity\""):
+        DRAW(STATE_SPACE, ACTION_SPACE, preset="tiny", recon_key_scales={"velocty": 2.0})
+    with pytest.raises(ConfigError, match=r"recon_key_scales must map names to finite numbers >= 0"):
+        DRAWConfig(recon_key_scales={"velocity": -1.0})
+
+
 def test_spaces_are_validated():
     odd_image = gymnasium.spaces.Dict({"image": gymnasium.spaces.Box(0, 255, (60, 60, 3), np.uint8)})
     with pytest.raises(ConfigError, match=r"\(60, 60, 3\).*divisible by 16"):

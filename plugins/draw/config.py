@@ -73,6 +73,13 @@ class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper"):
     head_layers: int = field(default=2, metadata={"help": "Hidden layers of the reward and continuation heads."})
     reward_bins: int = field(default=255, metadata={"help": "Symlog two-hot bins of the reward head."})
     recon_scale: float = field(default=1.0, metadata={"help": "Weight of the reconstruction loss."})
+    recon_key_scales: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Weight of each named observation key's reconstruction within it (1 for a key not named): a "
+            "quantity the task turns on but the loss barely sees, like the reacher's small to_target, may need more."
+        },
+    )
     reward_scale: float = field(default=1.0, metadata={"help": "Weight of the reward loss."})
     cont_scale: float = field(default=1.0, metadata={"help": "Weight of the continuation loss."})
     dyn_scale: float = field(

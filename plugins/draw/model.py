@@ -52,6 +52,7 @@ class DRAW(WorldModel):
             raise ConfigError(f"DRAW needs a Box action space, got {action_space!r}.")
         self.config = config
         self.layout = observation_layout(observation_space, config.cnn_layers)
+        self.layout.check_names(config.recon_key_scales, "DRAWConfig.recon_key_scales")
         self.latent = LatentSpec(config.groups, config.classes)
         self.action_size = math.prod(action_space.shape)
         self.feature_size = self.latent.size

@@ -57,6 +57,7 @@ class RSSM(WorldModel):
             raise ConfigError(f"The RSSM needs a Box action space, got {action_space!r}.")
         self.config = config
         self.layout = ObservationLayout.for_rssm(observation_space)
+        self.layout.check_names(config.recon_key_scales, "RSSMConfig.recon_key_scales")
         self.latent = LatentSpec(config.stoch, config.classes)
         self.action_size = math.prod(action_space.shape)
         self.deter_size = config.deter
