@@ -47,9 +47,9 @@ CPU_DEFAULTS = ExperimentDefaults(
 )
 #: ``demo``: the CPU settings with the policy stage on two processes, since a lone cell otherwise leaves the second
 #: core idle for most of the demo; two on any machine, so that the demo's figures do not depend on its cores. And
-#: 1,300 updates instead of 1,500: 792.1 / 669.5 / 679.8 over seeds 0-2, 0.90 of the simulation policy as before
-#: (docs/results.md, "The README demo, stage by stage").
-DEMO_DEFAULTS = CPU_DEFAULTS.merged(ExperimentDefaults(policy={"workers": 2, "steps": 1300}))
+#: 1,200 updates instead of 1,500, so that the demo takes 4 minutes: 713.5 / 651.7 / 671.8 over seeds 0-2 (0.85 of
+#: the simulation policy; 0.90 at 1,300; docs/results.md, "The README demo, stage by stage").
+DEMO_DEFAULTS = CPU_DEFAULTS.merged(ExperimentDefaults(policy={"workers": 2, "steps": 1200}))
 #: ``--quick``: every stage runs, on tiny data and few updates (a smoke run, not a result).
 QUICK_DEFAULTS = ExperimentDefaults(
     experiment={"transitions": (3000,), "seeds": 1, "eval_episodes": 2},
