@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--snapshots", type=int, default=3)
     parser.add_argument("--sequence-length", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=1, help="Processes per policy (PolicyTrainConfig.workers).")
     args = parser.parse_args()
     torch.set_num_threads(1)
     source = args.source or demo_env().id
@@ -73,7 +74,11 @@ def main() -> None:
     sequences.pop("reward", None)
     ac_config = ActorCriticConfig(**CPU_DEFAULTS.actor_critic)
     config = PolicyTrainConfig(
-        steps=args.steps, starts=CPU_DEFAULTS.policy["starts"], candidates=args.seeds, snapshots=args.snapshots
+        steps=args.steps,
+        starts=CPU_DEFAULTS.policy["starts"],
+        candidates=args.seeds,
+        snapshots=args.snapshots,
+        workers=args.workers,
     )
     started = time.monotonic()
     selection = train_candidates(model, sequences, config, SelectionConfig(), ac_config=ac_config, quiet=True)
