@@ -28,6 +28,7 @@ from latent_residual.workflow.cli.main import main
 from latent_residual.workflow.training.distributed import (
     Ranks,
     average_gradients_at_step,
+    check_cpu_workers,
     check_model_device,
     process_group,
     rank_device,
@@ -465,3 +466,10 @@ def test_world_model_workers_share_the_batch_and_end_as_one_model(registry):
     assert any(not torch.equal(value, trained[0][key]) for key, value in start.items())
     with pytest.raises(ConfigError, match=r"batch_size \(3\) must divide evenly among 2 workers"):
         train_world_model(_model("draw-v0"), episodes, updates=1, batch_size=3, seq_len=LENGTH, workers=2)
+
+
+def test_workers_on_this_machines_cores_refuse_a_model_off_the_cpu():
+    with pytest.raises(ConfigError, match=r"train_policy: workers=2 run on this machine's CPU cores, but the model"):
+        check_cpu_workers(torch.device("cuda", 0), 2, "train_policy")
+    check_cpu_workers(torch.device("cuda", 0), 1, "train_policy")  # one process: nothing spawned, nothing refused
+    check_cpu_workers(torch.device("cpu"), 2, "train_policy")

@@ -263,13 +263,31 @@ def broadcast_from_main(module: nn.Module, ranks: Ranks) -> None:
 def average_buffers(module: nn.Module, ranks: Ranks) -> None:
     """Average ``module``'s floating-point buffers over the ranks (running statistics each rank
     updated from its own batch), so every rank holds the same values again."""
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            average_in_place(buffer, ranks)
+
+
+def average_in_place(tensor: Tensor, ranks: Ranks) -> None:
+    """Replace ``tensor`` by its mean over the ranks (one all-reduce)."""
     if not ranks.parallel:
         return
     with torch.no_grad():
-        for buffer in module.buffers():
-            if buffer.is_floating_point():
-                dist.all_reduce(buffer)
-                buffer.div_(ranks.world_size)
+        dist.all_reduce(tensor)
+        tensor.div_(ranks.world_size)
+
+
+def check_cpu_workers(device: torch.device, workers: int, owner: str) -> None:
+    """Refuse ``workers`` > 1 for a model that is not on the CPU: the workers are this machine's cores
+    (gloo, shared memory); GPUs train together under torchrun.
+
+    :raises ConfigError: Naming ``owner`` and the device.
+    """
+    if workers > 1 and device.type != "cpu":
+        raise ConfigError(
+            f"{owner}: workers={workers} run on this machine's CPU cores, but the model is on {device}; use "
+            "workers=1 there, or torchrun for several GPUs (docs/distributed.md)."
+        )
 
 
 def _average_gradients(params: list[Tensor], world_size: int) -> None:

@@ -37,6 +37,7 @@ from latent_residual.workflow.training.distributed import (
     Ranks,
     average_scalars,
     barrier,
+    check_cpu_workers,
     check_in_sync,
     check_model_device,
     data_parallel,
@@ -205,6 +206,7 @@ def train_world_model(
         updates=updates, seq_len=seq_len, lr=lr, grad_clip=grad_clip, seed=seed, precision=precision,
         compile=compile, out_dir=out_dir, checkpoint_every=checkpoint_every,
     )  # fmt: skip
+    check_cpu_workers(model.device(), workers, "train_world_model")
     if workers > 1:
         if batch_size % workers:
             raise ConfigError(f"batch_size ({batch_size}) must divide evenly among {workers} workers.")

@@ -27,9 +27,10 @@ from latent_residual.workflow.data.datasets import reward_free_sequences
 from latent_residual.workflow.deployment.loading import load_world_model
 from latent_residual.workflow.training.distributed import (
     Ranks,
-    average_buffers,
     average_gradients_at_step,
+    average_in_place,
     average_scalars,
+    check_cpu_workers,
     check_in_sync,
     rank_seed,
     spawned_group,
@@ -100,6 +101,7 @@ def train_policy(
     :raises TrainingDivergedError: An update's losses or imagined returns are NaN or infinite.
     """
     config = config or PolicyTrainConfig()
+    check_cpu_workers(model.device(), config.workers, "train_policy")
     if config.workers == 1:
         return _train(model, sequences, config, ac_config, actor_critic, Ranks(), log_dir, quiet, on_update)
     args = (model, dict(sequences), config, ac_config, actor_critic)
@@ -145,7 +147,7 @@ def _train(
             for update in range(1, config.steps + 1):
                 metrics = actor_critic.train_step(model, subsample_states(bank, starts, generator), generator=generator)
                 if ranks.parallel:
-                    average_buffers(actor_critic, ranks)  # the return scale each rank moved by its own starts
+                    average_in_place(actor_critic.return_scale, ranks)  # each rank moved it by its own starts
                     metrics = average_scalars(metrics, ranks)
                 _check_finite(update, metrics)
                 run.advance()
