@@ -245,6 +245,16 @@ def test_recommended_settings_apply_per_backbone():
         EnvSpec("lab/arm-v0", "lab.arm:Arm", recommended={"rssm": ExperimentDefaults()})
 
 
+def test_a_recipe_is_one_or_one_per_backbone():
+    from latent_residual.registry.specs import EnvSpec
+
+    plan = {"data_plan": (("random", 0.0, 100),)}
+    assert EnvSpec("lab/arm-v0", "lab.arm:Arm", recipe={"draw-v0": plan, "rssm-v0": plan}).recipe["rssm-v0"] == plan
+    for recipe in ({"model_updates": 5}, {"draw-v0": plan, "rssm-v0": {"model_updates": 5}}, {"draw-v0": 3}, "x"):
+        with pytest.raises(RegistrationError, match=r"^Environment 'lab/arm-v0': recipe=.* or a dict from backbone id"):
+            EnvSpec("lab/arm-v0", "lab.arm:Arm", recipe=recipe)
+
+
 def test_a_recommended_setting_that_names_no_field_is_one_line_naming_the_env_and_the_field(registry):
     """Recommendations name config fields, not flags; a wrong one fails before the run, saying which."""
     from latent_residual import ExperimentDefaults

@@ -32,6 +32,17 @@ def test_the_registered_recipes_of_the_sources_with_an_expert(registry):
     assert source_recipe("dmc/reacher-easy-v0", model_updates=7).model_updates == 7
     with pytest.raises(NameNotFound, match="'dmc/cup-catch-v0' has no source recipe"):
         source_recipe("dmc/cup-catch-v0")
+    with pytest.raises(NameNotFound, match="no source recipe for backbone 'rssm-v0'.*registered one for 'draw-v0'"):
+        source_recipe("dmc/pendulum-swingup-v0", "rssm-v0")
+
+
+def test_a_recipe_per_backbone_is_picked_by_the_backbone(registry):
+    # The Duckiebot twin registers one recipe per backbone, as it ships one model per backbone.
+    assert source_recipe("duckiebot/lane-following-v0").backbone == "draw-v0"
+    rssm = source_recipe("duckiebot/lane-following-v0", "rssm-v0", model_updates=5)
+    assert rssm.backbone == "rssm-v0" and rssm.seq_len == 16 and rssm.model_updates == 5
+    with pytest.raises(NameNotFound, match=r"no source recipe for backbone 'nope'.*\['draw-v0', 'rssm-v0'\]"):
+        source_recipe("duckiebot/lane-following-v0", "nope")
 
 
 def test_a_bad_recipe_is_refused_before_any_work():
@@ -67,4 +78,8 @@ def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):
     assert main(["build-source", "dmc/finger-turn-hard-v0", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no source recipe" in err
+    assert not (tmp_path / "x").exists()
+    assert main(["build-source", "duckiebot/lane-following-v0", "--backbone", "nope", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no source recipe for backbone 'nope'" in err
     assert not (tmp_path / "x").exists()

@@ -144,7 +144,8 @@ class EnvSpec:
     pretraining uses by default, the settings ``demo`` takes from it (``recommended``: an
     :class:`ExperimentDefaults`, or a dict from a backbone id, or ``"*"`` for every backbone, to one), the
     source ``recipe`` that builds its model offline (fields of
-    ``latent_residual.workflow.training.recipes.SourceRecipe``), and whether it is the ``demo`` source.
+    ``latent_residual.workflow.training.recipes.SourceRecipe``, or a dict from a backbone id to them, as
+    ``pretrained``), and whether it is the ``demo`` source.
     """
 
     id: str
@@ -181,10 +182,11 @@ class EnvSpec:
                 "dict from backbone id to one."
             )
         self.recommended = _recommended(self.id, self.recommended)
-        if not isinstance(self.recipe, dict) or (self.recipe and "data_plan" not in self.recipe):
+        recipes = self.recipe if isinstance(self.recipe, dict) and "data_plan" not in self.recipe else {"": self.recipe}
+        if any(not isinstance(recipe, dict) or "data_plan" not in recipe for recipe in recipes.values()):
             raise RegistrationError(
                 f"Environment {self.id!r}: recipe={self.recipe!r} must be a dict of SourceRecipe fields with a "
-                "'data_plan'."
+                "'data_plan', or a dict from backbone id to one."
             )
         self.namespace = match["namespace"]
         self.name = match["name"]

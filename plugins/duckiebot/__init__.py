@@ -16,37 +16,57 @@ EXPERT = "latent_residual_plugins.duckiebot.driver:LaneExpert"
 # The paper's training episodes: 200 steps at 10 Hz.
 MAX_EPISODE_STEPS = 200
 
-# The simulation twin: its usual target, its shipped pixel model and the backbone it was built with.
+# The twin's data plan for every backbone: the pure-pursuit driver with growing action noise (lane exits
+# included) plus random actions, in the domain-randomised sim.
+_DATA_PLAN = (
+    ("expert", 0.1, 10_000),
+    ("expert", 0.2, 20_000),
+    ("expert", 0.4, 30_000),
+    ("random", 0.0, 33_000),
+)
+_ACTOR_CRITIC = {"hidden": 128, "layers": 2, "horizon": 15, "actor_lr": 3e-4, "critic_lr": 3e-4}
+
+# The simulation twin: its usual target, its shipped pixel models and the backbone pretraining uses.
 SOURCE = {
     "target": "duckiebot/lane-following-real-v0",
-    "pretrained": "latent_residual_plugins.duckiebot:pretrained/lane-following",
+    "pretrained": {
+        "draw-v0": "latent_residual_plugins.duckiebot:pretrained/lane-following",
+        "rssm-v0": "latent_residual_plugins.duckiebot:pretrained/lane-following-rssm",
+    },
     "backbone": "draw-v0",
-    # How `latent-residual build-source` builds it (examples/pretrain_duckiebot.py built the shipped one):
-    # the pure-pursuit driver with growing action noise (lane exits included) plus random actions, in
-    # the domain-randomised sim; DRAW at CPU scale, the 'small' preset with a narrower image encoder
-    # and decoder and 32 x 4 latents. DRAW's prior reads only the previous latent and action, so short
-    # windows lose nothing, and more of them per batch see more of the track.
+    # How `latent-residual build-source` builds each (examples/pretrain_duckiebot.py built the shipped DRAW).
     "recipe": {
-        "data_plan": (
-            ("expert", 0.1, 10_000),
-            ("expert", 0.2, 20_000),
-            ("expert", 0.4, 30_000),
-            ("random", 0.0, 33_000),
-        ),
-        "backbone": "draw-v0",
-        "backbone_kwargs": {
-            "preset": "small",
-            "cnn_depth": 8,
-            "groups": 32,
-            "hidden": 128,
-            "mlp_units": 128,
-            "head_units": 128,
+        # DRAW at CPU scale: the 'small' preset with a narrower image encoder and decoder and 32 x 4 latents.
+        # Its prior reads only the previous latent and action, so short windows lose nothing, and more of
+        # them per batch see more of the track.
+        "draw-v0": {
+            "data_plan": _DATA_PLAN,
+            "backbone_kwargs": {
+                "preset": "small",
+                "cnn_depth": 8,
+                "groups": 32,
+                "hidden": 128,
+                "mlp_units": 128,
+                "head_units": 128,
+            },
+            "actor_critic": _ACTOR_CRITIC,
+            "batch_size": 32,
+            "seq_len": 8,
+            "model_updates": 6000,
+            "policy_updates": 1500,
         },
-        "actor_critic": {"hidden": 128, "layers": 2, "horizon": 15, "actor_lr": 3e-4, "critic_lr": 3e-4},
-        "batch_size": 32,
-        "seq_len": 8,
-        "model_updates": 6000,
-        "policy_updates": 1500,
+        # The DreamerV3 RSSM (the poster's Dreamer rows) at CPU scale: the 'cpu' preset (XS, 16 x 16 latents)
+        # with the DRAW's narrow image encoder; its GRU needs longer windows to settle, so fewer of them.
+        "rssm-v0": {
+            "data_plan": _DATA_PLAN,
+            "backbone_kwargs": {"preset": "cpu", "cnn_multiplier": 8},
+            "actor_critic": _ACTOR_CRITIC,
+            "batch_size": 16,
+            "seq_len": 16,
+            "model_updates": 6000,
+            "policy_updates": 1500,
+            "workers": 2,
+        },
     },
 }
 

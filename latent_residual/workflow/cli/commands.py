@@ -106,6 +106,11 @@ def _build_source_command(group: click.Group) -> None:
         help="Simulation dataset directory (re-run to resume)  [default: OUT/sim_data]",
     )
     @click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of collection, model and policy.")
+    @click.option(
+        "--backbone",
+        default=None,
+        help="Whose recipe, where the plugin registers one per backbone  [default: the environment's backbone]",
+    )
     @click.option("--model-updates", type=COUNT, default=None, help="World-model updates  [default: the recipe's]")
     @click.option(
         "--policy-updates", type=COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]"
@@ -118,16 +123,17 @@ def _build_source_command(group: click.Group) -> None:
         "depends on this number, which provenance.json records)  [default: the recipe's]",
     )
     def build_source_command(
-        env_id: str, out: Path, data: Path | None, seed: int, model_updates, policy_updates, workers
+        env_id: str, out: Path, data: Path | None, seed: int, backbone, model_updates, policy_updates, workers
     ) -> None:
         """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
         the recipe's data plan, train the world model, train the policy in its imagination, score it."""
         given = {"model_updates": model_updates, "policy_updates": policy_updates, "workers": workers}
-        recipe = source_recipe(env_id, **{key: value for key, value in given.items() if value is not None})
+        recipe = source_recipe(env_id, backbone, **{key: value for key, value in given.items() if value is not None})
         check_output_directory(out)
         flags = {
             "--data": data,
             "--seed": seed,
+            "--backbone": backbone,
             **{f"--{key.replace('_', '-')}": value for key, value in given.items()},
         }
         command = f"latent-residual build-source {env_id} --out {out}" + "".join(

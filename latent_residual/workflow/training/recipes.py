@@ -94,16 +94,31 @@ class SourceRecipe:
         ActorCriticConfig(**self.actor_critic)  # an unknown or bad field fails here, not after the data is collected
 
 
-def source_recipe(env_id: str, **overrides: Any) -> SourceRecipe:
-    """The recipe ``env_id``'s plugin registered, with ``overrides`` (recipe fields) on top."""
+def source_recipe(env_id: str, backbone: str | None = None, **overrides: Any) -> SourceRecipe:
+    """The recipe ``env_id``'s plugin registered for ``backbone`` (its default backbone when ``None``), with
+    ``overrides`` (recipe fields) on top."""
     spec = env_spec(env_id)
     if not spec.recipe:
         raise NameNotFound(
             f"Environment {env_id!r} has no source recipe (plugin {spec.plugin!r} registered none); register one with "
             "register(..., recipe={...}) (see docs/plugins.md), or pretrain online with `latent-residual pretrain`."
         )
+    fields = spec.recipe
+    if "data_plan" not in fields:  # one recipe per backbone id
+        backbone = backbone or source_backbone(env_id)
+        if backbone not in fields:
+            raise NameNotFound(
+                f"Environment {env_id!r} has no source recipe for backbone {backbone!r}; its plugin "
+                f"({spec.plugin!r}) registered recipes for {sorted(fields)}."
+            )
+        fields = {**fields[backbone], "backbone": backbone}
+    elif backbone is not None and backbone != (fields.get("backbone") or source_backbone(env_id)):
+        raise NameNotFound(
+            f"Environment {env_id!r} has no source recipe for backbone {backbone!r}; its plugin ({spec.plugin!r}) "
+            f"registered one for {fields.get('backbone') or source_backbone(env_id)!r}."
+        )
     try:
-        return SourceRecipe(**{**spec.recipe, **overrides})
+        return SourceRecipe(**{**fields, **overrides})
     except TypeError as exc:
         raise RegistrationError(
             f"Environment {env_id!r} (plugin {spec.plugin!r}): recipe is malformed: {exc}."
