@@ -601,6 +601,17 @@ def drift_files(registry, gru_model, tmp_path_factory):
     return root
 
 
+def test_evaluate_takes_the_environment_kwargs_as_collect_does(drift_files, gru_model, tmp_path, capsys):
+    # compare evaluates on --episode-steps; evaluate reproduces its figures through --env-kwargs.
+    save_actor_critic(ActorCritic(gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1)), tmp_path / "ac")
+    args = ["evaluate", DRIFT_ENV, "--world-model", str(drift_files / "world_model"), "--policy", str(tmp_path / "ac")]
+    assert main([*args, "--episodes", "2", "--env-kwargs", '{"max_episode_steps": 7}', "--out", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r").read_text())["lengths"] == [7, 7]
+    capsys.readouterr()
+    assert main([*args, "--env-kwargs", "[7]"]) == 2
+    assert "--env-kwargs" in one_line_error(capsys)
+
+
 def test_zero_and_negative_counts_are_usage_errors(capsys, tmp_path):
     assert main(["evaluate", DRIFT_ENV, "--onnx", str(tmp_path), "--episodes", "0"]) == 2
     assert "--episodes" in one_line_error(capsys)

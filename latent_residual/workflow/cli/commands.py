@@ -270,18 +270,25 @@ def _evaluate_command(group: click.Group) -> None:
     @click.option("--onnx", type=PATH, help="An exported ONNX policy directory instead.")
     @click.option("--episodes", type=COUNT, default=10, show_default=True, help="Episodes to run.")
     @click.option("--seed", type=SEED, default=10_000, show_default=True, help="Seed of the first episode.")
+    @click.option(
+        "--env-kwargs",
+        default="{}",
+        show_default=True,
+        help='Environment kwargs (JSON), e.g. \'{"max_episode_steps": 400}\' as compare --episode-steps 400.',
+    )
     @click.option("--out", type=PATH, default=None, help="JSON file for the results.")
     @overwrite_option("a results file")
     def evaluate_command(
-        env_id: str, world_model, policy, onnx, episodes: int, seed: int, out, overwrite: bool
+        env_id: str, world_model, policy, onnx, episodes: int, seed: int, env_kwargs: str, out, overwrite: bool
     ) -> None:
         """Run a policy for N episodes; print mean ± std return and task metrics."""
+        kwargs = json_object(env_kwargs, "--env-kwargs")
         if out is not None:
             check_output_file(out, overwrite=overwrite)
         if onnx is None and (world_model is None or policy is None):
             raise click.UsageError("give --onnx DIR, or --world-model DIR and --policy FILE.")
         actor: Any = OnnxPolicy(onnx) if onnx is not None else load_policy(world_model, policy)
-        result = evaluate(actor, env_id, episodes=episodes, seed=seed, quiet=False)
+        result = evaluate(actor, env_id, episodes=episodes, seed=seed, env_kwargs=kwargs, quiet=False)
         if out is not None:
             write_text(out, json.dumps(result.to_dict(), indent=2) + "\n")
         click.echo(f"{env_id}: return {result.mean:.1f} ± {result.std:.1f} over {episodes} episodes")
