@@ -163,6 +163,7 @@ def build_source(
         recipe = dataclasses.replace(recipe, backbone=source_backbone(env_id))
     out = Path(out)
     started = time.monotonic()
+    commit = _commit()  # the code that runs is the checkout's now, not after an hour's build
     dataset = _collect_plan(
         env_id, recipe, Path(data_dir) if data_dir is not None else out / "sim_data", seed, quiet, say
     )
@@ -172,7 +173,7 @@ def build_source(
         "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
         "command": command,
         "version": __version__,
-        "commit": _commit(),
+        "commit": commit,
         "date": datetime.date.today().isoformat(),
         "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)",
         "seed": seed,
