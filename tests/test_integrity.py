@@ -605,7 +605,8 @@ def test_evaluate_takes_the_environment_kwargs_as_collect_does(drift_files, gru_
     # compare evaluates on --episode-steps; evaluate reproduces its figures through --env-kwargs.
     save_actor_critic(ActorCritic(gru_model.feature_size, 2, ActorCriticConfig(hidden=16, layers=1)), tmp_path / "ac")
     args = ["evaluate", DRIFT_ENV, "--world-model", str(drift_files / "world_model"), "--policy", str(tmp_path / "ac")]
-    assert main([*args, "--episodes", "2", "--env-kwargs", '{"max_episode_steps": 7}', "--out", str(tmp_path / "r")]) == 0
+    seven = ["--env-kwargs", '{"max_episode_steps": 7}']
+    assert main([*args, "--episodes", "2", *seven, "--out", str(tmp_path / "r")]) == 0
     assert json.loads((tmp_path / "r").read_text())["lengths"] == [7, 7]
     capsys.readouterr()
     assert main([*args, "--env-kwargs", "[7]"]) == 2

@@ -79,7 +79,8 @@ def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no source recipe" in err
     assert not (tmp_path / "x").exists()
-    assert main(["build-source", "duckiebot/lane-following-v0", "--backbone", "nope", "--out", str(tmp_path / "x")]) == 1
+    nope = ["--backbone", "nope", "--out", str(tmp_path / "x")]
+    assert main(["build-source", "duckiebot/lane-following-v0", *nope]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no source recipe for backbone 'nope'" in err
     assert not (tmp_path / "x").exists()

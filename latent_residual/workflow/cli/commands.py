@@ -274,7 +274,7 @@ def _evaluate_command(group: click.Group) -> None:
         "--env-kwargs",
         default="{}",
         show_default=True,
-        help='Environment kwargs (JSON), e.g. \'{"max_episode_steps": 400}\' as compare --episode-steps 400.',
+        help="Environment kwargs (JSON), e.g. '{\"max_episode_steps\": 400}' as compare --episode-steps 400.",
     )
     @click.option("--out", type=PATH, default=None, help="JSON file for the results.")
     @overwrite_option("a results file")
