@@ -112,10 +112,10 @@ def source_recipe(env_id: str, backbone: str | None = None, **overrides: Any) ->
                 f"({spec.plugin!r}) registered recipes for {sorted(fields)}."
             )
         fields = {**fields[backbone], "backbone": backbone}
-    elif backbone is not None and backbone != (fields.get("backbone") or source_backbone(env_id)):
+    elif backbone is not None and backbone != (registered := fields.get("backbone") or source_backbone(env_id)):
         raise NameNotFound(
             f"Environment {env_id!r} has no source recipe for backbone {backbone!r}; its plugin ({spec.plugin!r}) "
-            f"registered one for {fields.get('backbone') or source_backbone(env_id)!r}."
+            f"registered one for {registered!r}."
         )
     try:
         return SourceRecipe(**{**fields, **overrides})
