@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -18,7 +19,16 @@ import torch
 from latent_residual.workflow.training.recipes import SourceRecipe, build_source
 
 
-def main(source: str, recipe: SourceRecipe, script: str, default_data: str, doc: str) -> None:
+def main(
+    source: str,
+    recipe: SourceRecipe,
+    script: str,
+    default_data: str,
+    doc: str,
+    prepare: Callable[[Path, int], object] | None = None,
+) -> None:
+    """Parse the example's command line and build ``source`` by ``recipe``; ``prepare(data, seed)``, when given,
+    fills the data directory first (a plan the registered behaviours cannot collect)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=Path(default_data))
@@ -28,6 +38,8 @@ def main(source: str, recipe: SourceRecipe, script: str, default_data: str, doc:
     args = parser.parse_args()
     torch.set_num_threads(1)
     recipe = dataclasses.replace(recipe, model_updates=args.model_updates, policy_updates=args.policy_updates)
+    if prepare is not None:
+        prepare(args.data, args.seed)
     command = (
         f"MUJOCO_GL=egl python examples/{script} --out {args.out} --model-updates {args.model_updates} "
         f"--policy-updates {args.policy_updates} --seed {args.seed}"
