@@ -103,20 +103,18 @@ def source_recipe(env_id: str, backbone: str | None = None, **overrides: Any) ->
             f"Environment {env_id!r} has no source recipe (plugin {spec.plugin!r} registered none); register one with "
             "register(..., recipe={...}) (see docs/plugins.md), or pretrain online with `latent-residual pretrain`."
         )
-    fields = spec.recipe
-    if "data_plan" not in fields:  # one recipe per backbone id
-        backbone = backbone or source_backbone(env_id)
-        if backbone not in fields:
-            raise NameNotFound(
-                f"Environment {env_id!r} has no source recipe for backbone {backbone!r}; its plugin "
-                f"({spec.plugin!r}) registered recipes for {sorted(fields)}."
-            )
-        fields = {**fields[backbone], "backbone": backbone}
-    elif backbone is not None and backbone != (registered := fields.get("backbone") or source_backbone(env_id)):
+    recipes = spec.recipe
+    if "data_plan" in recipes:  # one recipe, for the backbone it names (the environment's when it names none)
+        recipes = {recipes.get("backbone") or source_backbone(env_id): recipes}
+    backbone = backbone or (next(iter(recipes)) if len(recipes) == 1 else source_backbone(env_id))
+    if backbone not in recipes:
+        names = sorted(recipes)
+        registered = f"one for {names[0]!r}" if len(names) == 1 else f"recipes for {names}"
         raise NameNotFound(
             f"Environment {env_id!r} has no source recipe for backbone {backbone!r}; its plugin ({spec.plugin!r}) "
-            f"registered one for {registered!r}."
+            f"registered {registered}."
         )
+    fields = {**recipes[backbone], "backbone": backbone}
     try:
         return SourceRecipe(**{**fields, **overrides})
     except TypeError as exc:
