@@ -37,7 +37,7 @@ SOURCE = {
     # What `demo` uses with DRAW: a 4-member residual ensemble (its members' mean corrects the prior) and 500
     # policy updates, against the paper's one member and 1,500. Measured over 3 seeds on each target
     # (docs/results.md, "Duckiebot sim-to-real"): real-reversed 85.8 -> 200.3, 'real' 82.4 -> 170.5; neither
-    # change alone helped (four members at 1,500 updates: 71.4-101.8; one member at 500: 2.8-9.3).
+    # change alone helped on real-reversed (four members at 1,500 updates: 71.4-101.8; one at 500: 2.8-9.3).
     "recommended": {"draw-v0": ExperimentDefaults(methods={"residual": {"members": 4}}, policy={"steps": 500})},
     # How `latent-residual build-source` builds each (examples/pretrain_duckiebot.py built the shipped DRAW).
     "recipe": {
