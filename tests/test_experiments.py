@@ -344,3 +344,40 @@ def test_a_plugin_method_with_its_own_hyperparameter_runs_in_compare_with_its_fl
     )
     assert verify_export(out / "onnx", policy, example_observations(policy.model.observation_space, 16)) <= 1e-4
     assert results["onnx_episode_max_abs_diff"] <= 1e-4 and "onnx" in results
+
+
+def test_backbone_methods_give_each_backbone_its_own_rows_in_one_run(registry, tmp_path, monkeypatch):
+    """The Duckiebot table in one command: DRAW runs --methods, the RSSM only the methods paired with it, each in
+    its own directory with its own methods' configs; a pair naming a backbone not compared is one error."""
+    from latent_residual import NameNotFound
+    from latent_residual.workflow.experiments import experiment
+
+    seen = {}
+
+    def record(config, out, **options):
+        seen[config.backbones] = (config.methods, sorted(options["method_configs"]), out.name)
+        return {}
+
+    monkeypatch.setattr(experiment, "_run_one", record)
+    config = ExperimentConfig(
+        backbones=("draw-v0", "rssm-v0"),
+        methods=("redraw", "finetune"),
+        backbone_methods=("rssm-v0=dreamer-finetune",),
+    )
+    assert config.all_methods == ("redraw", "finetune", "dreamer-finetune")
+    run_experiment(config, tmp_path, say=lambda line: None)
+    assert seen == {
+        ("draw-v0",): (("redraw", "finetune"), ["finetune", "redraw", "zero-shot"], "draw-v0"),
+        ("rssm-v0",): (("dreamer-finetune",), ["dreamer-finetune", "zero-shot"], "rssm-v0"),
+    }
+    with pytest.raises(ConfigError, match=r"backbone_methods: 'gru-v0' is not among --backbones"):
+        ExperimentConfig(backbones=("draw-v0",), backbone_methods=("gru-v0=redraw",))
+    with pytest.raises(ConfigError, match="expected BACKBONE=METHOD, got 'rssm-v0'"):
+        ExperimentConfig(backbones=("rssm-v0",), backbone_methods=("rssm-v0",))
+    with pytest.raises(NameNotFound, match='Did you mean "dreamer-finetune"'):
+        ExperimentConfig(backbones=("rssm-v0",), backbone_methods=("rssm-v0=dreamer-finetun",))
+    # From the command line, one flag per pair.
+    monkeypatch.setattr(experiment, "run_experiment", lambda config, out, **options: seen.update(cli=config))
+    args = ["compare", "--out", str(tmp_path / "c"), "--backbones", "draw-v0", "--backbones", "rssm-v0"]
+    assert main([*args, "--backbone-methods", "rssm-v0=dreamer-finetune"]) == 0
+    assert seen["cli"].for_backbone("rssm-v0").methods == ("dreamer-finetune",)

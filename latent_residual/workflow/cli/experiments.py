@@ -128,7 +128,7 @@ def _experiment_command(
         experiment.run_experiment(
             config,
             out,
-            method_configs=_method_configs(config.methods, groups, options),
+            method_configs=_method_configs(config.all_methods, groups, options),
             pretrain_config=config_from_options(EXPERIMENT_CONFIGS["pretrain"][0], options, prefix="pretrain-"),
             policy_config=config_from_options(EXPERIMENT_CONFIGS["policy"][0], options, prefix="policy-"),
             ac_config=config_from_options(EXPERIMENT_CONFIGS["actor_critic"][0], options, prefix="ac-"),

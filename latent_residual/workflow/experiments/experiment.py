@@ -7,6 +7,7 @@ this module only orders them and keeps their outputs on disk (a re-run skips wha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import multiprocessing
 import os
@@ -96,6 +97,13 @@ class ExperimentConfig:
             "replacement, ..."
         },
     )
+    backbone_methods: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "BACKBONE=METHOD pairs: a backbone of --backbones named here runs the methods paired with it "
+            "instead of --methods (e.g. rssm-v0=dreamer-finetune), so one run holds each backbone's own rows."
+        },
+    )
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
     eval_episodes: int = field(default=10, metadata={"help": "Evaluation episodes per policy."})
     sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence cut from the target data."})
@@ -141,6 +149,32 @@ class ExperimentConfig:
             raise ConfigError(
                 "ExperimentConfig: a --pretrained directory holds one backbone; give at most one --backbones."
             )
+        for backbone, method in self._pairs():
+            if backbone not in self.backbones:
+                raise ConfigError(
+                    f"ExperimentConfig.backbone_methods: {backbone!r} is not among --backbones "
+                    f"{list(self.backbones)}; pair methods only with backbones the run compares."
+                )
+            method_spec(method)
+
+    def _pairs(self) -> list[tuple[str, str]]:
+        pairs = []
+        for pair in self.backbone_methods:
+            backbone, sep, method = pair.partition("=")
+            if not (sep and backbone and method):
+                raise ConfigError(f"ExperimentConfig.backbone_methods: expected BACKBONE=METHOD, got {pair!r}.")
+            pairs.append((backbone, method))
+        return pairs
+
+    @property
+    def all_methods(self) -> tuple[str, ...]:
+        """Every method some backbone of the run runs: ``methods`` and those of ``backbone_methods``."""
+        return tuple(dict.fromkeys((*self.methods, *(method for _, method in self._pairs()))))
+
+    def for_backbone(self, backbone: str) -> ExperimentConfig:
+        """The run of one of ``backbones``: that backbone alone, with the methods paired with it (else ``methods``)."""
+        paired = tuple(method for name, method in self._pairs() if name == backbone)
+        return dataclasses.replace(self, backbones=(backbone,), methods=paired or self.methods, backbone_methods=())
 
     def resolved(self) -> ExperimentConfig:
         """This config with the registry's choices filled in: the demo source and the source's target."""
@@ -542,14 +576,17 @@ def run_experiment(
         "quiet": quiet,
         "say": say,
     }
-    if len(config.backbones) <= 1:
+    if not config.backbones:
         return _run_one(config, Path(out_dir), **options)
     runs = {}
     for backbone in config.backbones:
+        own = config.for_backbone(backbone)
+        configs = {name: options["method_configs"][name] for name in (ZERO_SHOT, *own.methods)}
+        run = functools.partial(_run_one, own, **{**options, "method_configs": configs})
+        if len(config.backbones) == 1:
+            return run(Path(out_dir))
         say(f"== {backbone}")
-        runs[backbone] = _run_one(
-            dataclasses.replace(config, backbones=(backbone,)), Path(out_dir) / backbone, **options
-        )
+        runs[backbone] = run(Path(out_dir) / backbone)
     table = combined_table(runs)
     write_text(Path(out_dir) / "results.md", table + "\n")
     say(table)
@@ -565,7 +602,7 @@ def _method_configs(config: ExperimentConfig, given: Mapping[str, Any]) -> dict[
             raise ConfigError(f"method_configs[{name!r}] is {type(value).__name__} {value!r}; {name} takes {wanted}.")
     return {
         name: given[name] if name in given else method_config(name)
-        for name in dict.fromkeys((ZERO_SHOT, *config.methods))
+        for name in dict.fromkeys((ZERO_SHOT, *config.all_methods))
     }
 
 
