@@ -101,7 +101,7 @@ class ExperimentConfig:
         default=(),
         metadata={
             "help": "BACKBONE=METHOD pairs: a backbone of --backbones named here runs the methods paired with it "
-            "instead of --methods (e.g. rssm-v0=dreamer-finetune), so one run holds each backbone's own rows."
+            "instead of --methods, so one run holds each backbone's own rows (a baseline of one backbone only)."
         },
     )
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from latent_residual import distributions
 from latent_residual.actor_critic import ActorCritic
-from latent_residual.adapters import ResidualWorldModel
+from latent_residual.adapters import ResidualWorldModel, ensemble_members
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.rollout import imagine, start_bank, subsample_states
@@ -99,10 +99,9 @@ def _disagreement(model: WorldModel, states: State, actions: Tensor) -> Tensor:
     """Per step (B, H): the ensemble members' mean KL from their mean prediction, summed over groups; zero
     without an ensemble."""
     B, H = actions.shape[:2]
-    if not isinstance(model, ResidualWorldModel) or model.active_adapter is None:
+    if ensemble_members(model) < 2:
         return actions.new_zeros(B, H)
-    if model.adapter_configs[model.active_adapter].members < 2:
-        return actions.new_zeros(B, H)
+    assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
     flat = {key: value.flatten(0, 1) for key, value in states.items()}
     logits = model.member_prior_logits(flat, actions.flatten(0, 1))  # (members, B * H, groups, classes)
     members = distributions.log_probs(logits, model.prior_unimix)
