@@ -79,7 +79,6 @@ class ResidualWorldModel(WorldModel):
         self.active_adapter: str | None = None
         self._disabled = False
         self._base_gradients = False
-        self._row_members: Tensor | None = None
         with torch.no_grad():
             initial = base.initial_state(1)
         self._state_sizes = {key: value[0].numel() for key, value in initial.items()}
@@ -133,23 +132,6 @@ class ResidualWorldModel(WorldModel):
             yield
         finally:
             self._disabled = previous
-
-    @contextlib.contextmanager
-    def members_by_row(self, members: Tensor) -> Iterator[None]:
-        """Within the block, row b of every batch follows ensemble member ``members[b]``'s correction instead of
-        the members' mean: imagination whose every trajectory stays in one member's model. ``members`` is (B,)."""
-        count = ensemble_members(self)
-        if members.dim() != 1 or members.numel() == 0 or int(members.min()) < 0 or int(members.max()) >= count:
-            values = "" if members.numel() == 0 else f", values {int(members.min())}..{int(members.max())}"
-            raise ConfigError(
-                f"members_by_row: expected (B,) indices of the active adapter's {count} member(s), got shape "
-                f"{tuple(members.shape)}{values}."
-            )
-        previous, self._row_members = self._row_members, members
-        try:
-            yield
-        finally:
-            self._row_members = previous
 
     @contextlib.contextmanager
     def base_gradients(self) -> Iterator[None]:
@@ -242,17 +224,9 @@ class ResidualWorldModel(WorldModel):
         return members if self.adapter_configs[self.active_adapter].mode == "replacement" else logits + members
 
     def mean_correction(self, state: State, action: Tensor) -> Tensor:
-        """The active adapter's logit offset (B, groups, classes): its members' mean (one member's own), or each
-        row's own member within :meth:`members_by_row`."""
-        members = self.corrections(state, action)  # (members, B, groups, classes)
-        if members.shape[0] == 1:
-            return members[0]
-        rows = self._row_members
-        if rows is None:
-            return members.mean(0)
-        if rows.shape != (members.shape[1],):
-            raise ConfigError(f"members_by_row: {rows.shape[0]} member indices for a batch of {members.shape[1]}.")
-        return members[rows, torch.arange(members.shape[1], device=rows.device)]
+        """The active adapter's logit offset (B, groups, classes): its members' mean (one member's own)."""
+        members = self.corrections(state, action)
+        return members[0] if members.shape[0] == 1 else members.mean(0)
 
     def dynamics(self, state: State, action: Tensor, is_first: Tensor) -> tuple[Tensor, State]:
         with self._frozen():

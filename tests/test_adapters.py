@@ -168,28 +168,6 @@ def test_ensemble_uses_the_mean_of_member_corrections(gru_model):
     assert torch.allclose(logits, base + members.mean(0), atol=1e-6)
 
 
-def test_members_by_row_gives_each_row_its_own_members_correction(gru_model):
-    adapted = attach_residual(gru_model, ResidualConfig(members=4, hidden=8))
-    state = adapted.initial_state(3)
-    action = torch.ones(3, 2)
-    no_reset = torch.zeros(3, dtype=torch.bool)
-    members = adapted.corrections(state, action)  # (4, 3, groups, classes)
-    base, _ = gru_model.dynamics(state, action, no_reset)
-    with adapted.members_by_row(torch.tensor([2, 0, 3])):
-        logits, _ = adapted.dynamics(state, action, no_reset)
-    for row, member in enumerate((2, 0, 3)):
-        assert torch.allclose(logits[row], base[row] + members[member, row], atol=1e-6)
-    mean, _ = adapted.dynamics(state, action, no_reset)  # the mean again after the block
-    assert torch.allclose(mean, base + members.mean(0), atol=1e-6)
-    with pytest.raises(ConfigError, match=r"active adapter's 4 member\(s\), got shape \(3,\), values 0..4"):
-        adapted.members_by_row(torch.tensor([0, 4, 1])).__enter__()
-    with (
-        adapted.members_by_row(torch.tensor([0, 1])),
-        pytest.raises(ConfigError, match="2 member indices for a batch of 3"),
-    ):
-        adapted.dynamics(state, action, no_reset)
-
-
 def test_several_named_adapters_switch_save_and_load(gru_model, tmp_path):
     adapted = attach_residual(gru_model, ResidualConfig(hidden=8), adapter_name="windy")
     adapted.add_adapter("reversed", ResidualConfig(hidden=12, extra_inputs=("deter",)))

@@ -12,6 +12,7 @@ import torch
 
 from latent_residual import ConfigError, attach_residual, fit_residual
 from latent_residual.actor_critic import load_actor_critic
+from latent_residual.adapters import ensemble_members
 from latent_residual.errors import ExportError
 from latent_residual.fitting import FitConfig
 from latent_residual.onnx_policy import OnnxPolicy
@@ -159,7 +160,7 @@ def test_a_residual_ensemble_s_disagreement_is_zero_for_identical_members_and_re
     episodes = held.episodes
     torch.manual_seed(1)
     ensemble = attach_residual(base, ResidualConfig(members=3, zero_init=False)).eval()
-    assert coverage.ensemble_members(ensemble) == 3 and coverage.ensemble_members(base) == 0
+    assert ensemble_members(ensemble) == 3 and ensemble_members(base) == 1
     scores = coverage.per_episode(coverage.disagreement, ensemble, episodes[:2])
     assert all(score[0] == 0.0 and (score[1:] > 0).all() and np.isfinite(score).all() for score in scores)
     members = ensemble.residuals["default"].members

@@ -66,43 +66,6 @@ def test_train_policy_in_imagination_from_target_sequences(pretrained):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_policy_imagination_follows_one_sampled_member_per_trajectory(pretrained):
-    """``members="sample"``: every update's imagined trajectories each follow one residual member, drawn from the
-    policy's seeded generator (a different policy from the mean's; the same twice)."""
-    out, _ = pretrained
-    from latent_residual.adapters import attach_residual
-    from latent_residual.residual import ResidualConfig
-    from latent_residual.workflow.data.datasets import load_dataset
-
-    torch.manual_seed(0)
-    model = attach_residual(load_world_model(out / "world_model"), ResidualConfig(members=3, hidden=8))
-    for parameter in model.trainable_parameters():  # members that differ, as fitted ones do
-        parameter.data.normal_(0.0, 0.5)
-    sequences = load_dataset(out / "replay").sequences(8)
-    seen = []
-    members_by_row = model.members_by_row
-
-    def recording(rows):
-        seen.append(rows.clone())
-        return members_by_row(rows)
-
-    model.members_by_row = recording
-
-    def trained(members):
-        config = PolicyTrainConfig(steps=2, starts=32, members=members)
-        actor_critic = train_policy(model, sequences, config, ac_config=TINY_AC, quiet=True)
-        return torch.cat([p.detach().flatten() for p in actor_critic.actor.parameters()])
-
-    mean = trained("mean")
-    assert seen == []
-    sampled = trained("sample")
-    assert len(seen) == 2 and all(rows.shape == (32,) and set(rows.tolist()) == {0, 1, 2} for rows in seen)
-    assert not torch.equal(mean, sampled)
-    assert torch.equal(sampled, trained("sample"))
-    with pytest.raises(ConfigError, match="PolicyTrainConfig.members must be one of mean, sample; got 'min'"):
-        PolicyTrainConfig(members="min")
-
-
 def test_replay_windows_start_as_episode_starts():
     buffer = ReplayBuffer(seq_len=4)
     episode = {"x": np.arange(10, dtype=np.float32), "is_first": np.eye(1, 10, dtype=bool)[0]}

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from latent_residual import distributions
-from latent_residual.adapters import ResidualWorldModel
+from latent_residual.adapters import ResidualWorldModel, ensemble_members
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.rollout import CHUNK, embed_sequences, observation_keys, observe, prev_actions
@@ -63,13 +63,6 @@ def surprise(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     return torch.cat(out).cpu()
 
 
-def ensemble_members(model: WorldModel) -> int:
-    """How many residual members the active adapter of ``model`` has (0: no active residual adapter)."""
-    if not isinstance(model, ResidualWorldModel) or model.active_adapter is None:
-        return 0
-    return model.adapter_configs[model.active_adapter].members
-
-
 def disagreement(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     """Per-step disagreement (N, T) of a residual ensemble: the mean over members of KL(member's corrected
     prior || the ensemble's prior), filtered as :func:`surprise` filters; 0 at episode starts.
@@ -78,6 +71,7 @@ def disagreement(model: WorldModel, sequences: Mapping[str, Tensor]) -> Tensor:
     """
     if ensemble_members(model) < 2:
         raise ConfigError("disagreement needs a ResidualWorldModel whose active adapter has 2 or more members.")
+    assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
     device = model.device()
     out = []
     with torch.no_grad():

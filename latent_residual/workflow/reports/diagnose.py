@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from latent_residual import distributions
-from latent_residual.adapters import ResidualWorldModel, load_adapter
+from latent_residual.adapters import ResidualWorldModel, ensemble_members, load_adapter
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.observations import image_to_float
@@ -375,7 +375,7 @@ def coverage_check(
     second half (its false-alarm rate) and on each other dataset (the episodes it flags); with a
     residual ensemble, the same for the members' disagreement (under ``"disagreement"``)."""
     result = _calibrated_check(coverage.surprise, model, held_out, others, config)
-    if coverage.ensemble_members(model) >= 2:  # the residual members' disagreement, alarmed the same way
+    if ensemble_members(model) >= 2:  # the residual members' disagreement, alarmed the same way
         result["disagreement"] = _calibrated_check(coverage.disagreement, model, held_out, others, config)
     return result
 

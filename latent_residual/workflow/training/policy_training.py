@@ -5,7 +5,6 @@ data (ReDRAW's step 3), and the ``train-policy`` step on saved files. The actor-
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import json
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from latent_residual.actor_critic import ActorCritic, ActorCriticConfig, save_actor_critic
-from latent_residual.adapters import ResidualWorldModel, ensemble_members, load_adapter
+from latent_residual.adapters import load_adapter
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, TrainingDivergedError
 from latent_residual.progress import RunLogger
@@ -38,9 +37,6 @@ from latent_residual.workflow.training.distributed import (
 )
 from latent_residual.workflow.training.selection import Selection, SelectionConfig, choose
 
-#: How a residual ensemble's members drive imagination (``PolicyTrainConfig.members``).
-MEMBER_MODES = ("mean", "sample")
-
 
 @dataclass
 class PolicyTrainConfig:
@@ -56,13 +52,6 @@ class PolicyTrainConfig:
     snapshots: int = field(
         default=1, metadata={"help": "Candidates kept per seed along training, evenly spaced, the last included."}
     )
-    members: str = field(
-        default="mean",
-        metadata={
-            "help": "How a residual ensemble drives imagination: mean (the members' mean correction, as the "
-            "paper) or sample (each imagined trajectory follows one member, drawn per start and update)."
-        },
-    )
     workers: int = field(
         default=1,
         metadata={
@@ -75,10 +64,6 @@ class PolicyTrainConfig:
         for name in ("steps", "starts", "candidates", "snapshots", "workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"PolicyTrainConfig.{name} must be >= 1, got {getattr(self, name)}.")
-        if self.members not in MEMBER_MODES:
-            raise ConfigError(
-                f"PolicyTrainConfig.members must be one of {', '.join(MEMBER_MODES)}; got {self.members!r}."
-            )
         if self.starts % self.workers:
             raise ConfigError(
                 f"PolicyTrainConfig.starts ({self.starts}) must divide evenly among its {self.workers} workers."
@@ -160,10 +145,7 @@ def _train(
     try:
         with RunLogger(log_dir, config.steps, "train policy", quiet=quiet or not ranks.is_main) as run:
             for update in range(1, config.steps + 1):
-                with _imagined_members(model, config.members, starts, generator):
-                    metrics = actor_critic.train_step(
-                        model, subsample_states(bank, starts, generator), generator=generator
-                    )
+                metrics = actor_critic.train_step(model, subsample_states(bank, starts, generator), generator=generator)
                 if ranks.parallel:
                     average_in_place(actor_critic.return_scale, ranks)  # each rank moved it by its own starts
                     metrics = average_scalars(metrics, ranks)
@@ -179,18 +161,6 @@ def _train(
             if hook is not None:
                 hook.remove()
     return actor_critic
-
-
-def _imagined_members(
-    model: WorldModel, mode: str, starts: int, generator: torch.Generator
-) -> contextlib.AbstractContextManager:
-    """With ``sample`` and an ensemble residual: each of the update's ``starts`` trajectories in one member drawn
-    for it; else the model as it is (the members' mean)."""
-    count = ensemble_members(model)
-    if mode != "sample" or count < 2:
-        return contextlib.nullcontext()
-    assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
-    return model.members_by_row(torch.randint(count, (starts,), generator=generator).to(model.device()))
 
 
 def _check_finite(update: int, metrics: Mapping[str, float]) -> None:
