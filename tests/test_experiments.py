@@ -171,8 +171,22 @@ def test_comparison_table_adds_the_environment_metrics():
     }
     table = comparison_table(results).splitlines()
     assert table[0].endswith("| / sim policy in sim | lap_time |")
-    assert "| redraw | 10 | 2 | 60.0 ± 10.0 | 0.60 | 24.00 |" in table
+    assert "| redraw | 10 | 2 | 60.0 ± 10.0 | 0.60 | 24.00 (1 of 2 seeds) |" in table
     assert "| zero-shot | - | 1 | 0.0 ± 0.0 | 0.00 | - |" in table
+
+
+def test_comparison_table_gives_each_metric_as_mean_and_std_over_seeds_with_counts_per_seed():
+    results = {
+        "sim-policy@source": {"return_mean": 100.0, "metrics": {"dense_reward": 0.84, "valid_laps": 15}},
+        **{
+            f"redraw@10/seed{seed}": {"return_mean": 50.0, "metrics": {"dense_reward": dense, "valid_laps": laps}}
+            for seed, (dense, laps) in enumerate([(0.8, 9), (0.7, 8), (0.3, 0)])
+        },
+    }
+    table = comparison_table(results).splitlines()
+    assert table[0].endswith("| dense_reward | valid_laps |")
+    assert "| sim-policy@source | - | 1 | 100.0 ± 0.0 | 1.00 | 0.84 | 15 |" in table
+    assert "| redraw | 10 | 3 | 50.0 ± 0.0 | 0.50 | 0.60 ± 0.22 | 5.67 ± 4.03 (9 / 8 / 0) |" in table
 
 
 def test_demo_quick_through_the_command(pretrained, tmp_path, capsys):

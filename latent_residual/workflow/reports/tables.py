@@ -40,12 +40,22 @@ def _rank(name: str) -> tuple[int, str, int]:
 
 
 def _metric(rows: list[dict[str, Any]], name: str) -> str:
+    """The metric's mean over the seeds that have one, ± its std over them with two or more; counts also
+    per seed; and how many seeds had one where some had none (a lap time without a valid lap)."""
     values = [row.get("metrics", {}).get(name) for row in rows]
-    values = [value for value in values if value is not None]
-    if not values:
+    present = [value for value in values if value is not None]
+    if not present:
         return "-"
-    mean = float(np.mean(values))
-    return f"{mean:.0f}" if mean.is_integer() and all(isinstance(v, int) for v in values) else f"{mean:.2f}"
+    counts = all(isinstance(value, int) for value in present)
+    mean = float(np.mean(present))
+    cell = f"{mean:.0f}" if counts and mean.is_integer() and len(present) == 1 else f"{mean:.2f}"
+    if len(present) > 1:
+        cell += f" ± {float(np.std(present)):.2f}"
+        if counts:
+            cell += " (" + " / ".join(str(value) for value in present) + ")"
+    if len(present) < len(values):
+        cell += f" ({len(present)} of {len(values)} seeds)"
+    return cell
 
 
 def _rows(results: dict[str, Any], metric_names: list[str]) -> list[list[str]]:
@@ -75,7 +85,7 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def comparison_table(results: dict[str, Any]) -> str:
     """A Markdown table: each method's mean return over seeds (± std over seeds), its ratio to
-    the simulation policy's return in simulation, and the environment's task metrics (means over
+    the simulation policy's return in simulation, and the environment's task metrics (mean ± std over
     seeds; '-' where no seed has one, such as a lap time without a valid lap)."""
     metric_names = _metric_names(_groups(results))
     return _markdown([*_HEADER, *metric_names], _rows(results, metric_names))
