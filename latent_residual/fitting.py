@@ -143,6 +143,27 @@ class _Cache:
         prior_log = distributions.log_probs(out["prior_logits"], model.prior_unimix)
         return distributions.masked_mean(distributions.kl(post_log, prior_log), ~is_first)
 
+    def member_kl(self, model: ResidualWorldModel, idx: Tensor, generator: torch.Generator) -> Tensor:
+        """The mean over the active adapter's members of each one's own KL(sg(posterior) || its corrected prior),
+        over non-start steps of sequences ``idx``: each member is then a model of the data by itself."""
+        is_first = self.is_first[idx]
+        action = self.prev_action[idx]  # (B, T, A)
+        out = observe(model, action, is_first, generator=generator, **{self.key: self.values[idx]})
+        B, T = is_first.shape
+        initial = model.initial_state(B)
+        # The prior at step t was made from the state after step t - 1 (the initial state at t = 0).
+        previous = {
+            key: torch.cat([initial[key].unsqueeze(1), value[:, :-1]], 1).flatten(0, 1)
+            for key, value in out["states"].items()
+        }
+        offsets = model.corrections(previous, action.flatten(0, 1))  # (members, B * T, G, C)
+        # The prior holds the members' mean offset; trading it for a member's own gives that member's prior in
+        # either mode (residual: base + offset; replacement: the offset alone).
+        members = out["prior_logits"].flatten(0, 1) + offsets - offsets.mean(0)  # (members, B * T, G, C)
+        post_log = distributions.log_probs(out["post_logits"].flatten(0, 1), model.posterior_unimix).detach()
+        kl = distributions.kl(post_log, distributions.log_probs(members, model.prior_unimix))  # (members, B * T)
+        return distributions.masked_mean(kl.mean(0).reshape(B, T), ~is_first)
+
     def held_out_kl(self, model: WorldModel, idx: Tensor, seed: int) -> float:
         """The KL over sequences ``idx``, weighted by their non-start steps, with fixed samples."""
         generator = torch.Generator(device=self.is_first.device).manual_seed(seed)
@@ -183,11 +204,11 @@ def _step(
     optimiser: torch.optim.Optimizer,
     schedule: Any,
     batch_size: int,
-    train_loss: Callable[[Tensor, torch.Generator], Tensor] | None,
+    train_loss: Callable[[_Cache, Tensor, torch.Generator], Tensor] | None,
 ) -> Tensor:
     """One Adam step on a random batch of training sequences (the target KL, or ``train_loss``); returns its loss."""
     pick = train_idx[torch.randint(len(train_idx), (batch_size,), generator=generator, device=train_idx.device)]
-    loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(pick, generator)
+    loss = cache.kl(model, pick, generator) if train_loss is None else train_loss(cache, pick, generator)
     optimiser.zero_grad(set_to_none=True)
     loss.backward()
     optimiser.step()
@@ -206,12 +227,12 @@ def _fit(
     desc: str,
     log_dir: str | Path | None,
     quiet: bool,
-    train_loss: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    train_loss: Callable[[_Cache, Tensor, torch.Generator], Tensor] | None = None,
 ) -> tuple[FitResult, dict[str, Any]]:
     """The shared loop: Adam on ``params``, held-out evaluation, early stopping, best weights of
     ``trained`` restored. ``base_context`` makes ``model`` predict as the unadapted base.
     ``sequences`` have passed :func:`_check_sequences`.
-    ``train_loss(indices, generator)`` replaces the target KL as what the steps minimise; the
+    ``train_loss(cache, indices, generator)`` replaces the target KL as what the steps minimise; the
     held-out KL still chooses the best weights."""
     start = time.monotonic()  # the clock includes caching the frozen encoder's outputs
     cache = _Cache(model, sequences)
@@ -277,7 +298,9 @@ def fit_residual(
 
     :param sequences: (N, T, ...) tensors: each observation key, ``action`` (the action taken
         at each step) and ``is_first``. Rewards are not needed. The last ``holdout`` fraction of
-        sequences is held out for early stopping.
+        sequences is held out for early stopping. An ensemble whose ``ensemble_fit`` is
+        ``"independent"`` minimises its members' own KLs, averaged; the held-out KL of the model
+        (the members' mean) chooses the weights either way.
     :param data_summary: Provenance recorded in the adapter file (dataset path, env id, ...).
     :raises FitError: The best held-out KL (the starting weights count, as step 0) is worse
         than the base's: the adapter would make the model worse. It is removed from ``model``.
@@ -290,6 +313,8 @@ def fit_residual(
     params = model.trainable_parameters()
     if not params:
         raise ConfigError(f"Adapter {name!r} is frozen; load it with trainable=True to fit it further.")
+    residual = model.adapter_configs[name]
+    independent = residual.members > 1 and residual.ensemble_fit == "independent"
     result, summary = _fit(
         model,
         params,
@@ -300,6 +325,7 @@ def fit_residual(
         desc=f"fit residual {name}",
         log_dir=log_dir,
         quiet=quiet,
+        train_loss=(lambda cache, idx, generator: cache.member_kl(model, idx, generator)) if independent else None,
     )
     if not result.held_out_kl_best <= result.held_out_kl_base:  # NaN counts as worse
         model.delete_adapter(name)
@@ -346,7 +372,7 @@ def finetune_dynamics(
     if objective == "world_model":
         device = tuned.device()
 
-        def train_loss(idx: Tensor, _: Any) -> Tensor:
+        def train_loss(_: _Cache, idx: Tensor, __: Any) -> Tensor:
             return tuned.loss({key: value[idx.cpu()].to(device) for key, value in sequences.items()})[0]
 
     result, _ = _fit(

@@ -14,6 +14,8 @@ from latent_residual.errors import ConfigError
 
 ADAPTER_TYPE = "latent_residual"
 MODES = ("residual", "replacement")
+#: How an ensemble's members are fitted (``ResidualConfig.ensemble_fit``).
+ENSEMBLE_FITS = ("mean", "independent")
 
 
 @dataclass
@@ -24,6 +26,14 @@ class ResidualConfig:
     layers: int = field(default=1, metadata={"help": "Hidden Linear-LayerNorm-SiLU blocks (the paper uses 1)."})
     members: int = field(
         default=1, metadata={"help": "Ensemble members; their corrections are averaged (paper ablation: 1/4/7/10)."}
+    )
+    ensemble_fit: str = field(
+        default="mean",
+        metadata={
+            "help": "How an ensemble is fitted: mean (the members' mean correction fits the data, as one wider "
+            "network) or independent (each member fits the data on its own, so where they disagree the data left "
+            "them free); the model predicts with the mean either way."
+        },
     )
     extra_inputs: tuple[str, ...] = field(
         default=(),
@@ -51,6 +61,10 @@ class ResidualConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ResidualConfig.{name} must be an integer >= 1, got {value!r}.")
+        if self.ensemble_fit not in ENSEMBLE_FITS:
+            raise ConfigError(
+                f"ResidualConfig.ensemble_fit must be one of {', '.join(ENSEMBLE_FITS)}; got {self.ensemble_fit!r}."
+            )
         if self.mode not in MODES:
             raise ConfigError(f"ResidualConfig.mode must be one of {', '.join(MODES)}; got {self.mode!r}.")
         if not 0.0 <= self.prior_unimix < 1.0:

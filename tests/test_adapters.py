@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import struct
 
@@ -25,6 +27,7 @@ from latent_residual import (
     read_adapter_info,
 )
 from latent_residual.adapters import ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME
+from latent_residual.fitting import _Cache, _split
 from latent_residual.rollout import imagine, observe, prev_actions
 
 QUICK = FitConfig(steps=40, eval_every=10, patience=0, lr=1e-2)
@@ -166,6 +169,52 @@ def test_ensemble_uses_the_mean_of_member_corrections(gru_model):
     logits, _ = adapted.dynamics(state, action, no_reset)
     base, _ = gru_model.dynamics(state, action, no_reset)
     assert torch.allclose(logits, base + members.mean(0), atol=1e-6)
+
+
+def _member_alone(base, adapted, member):
+    """A one-member adapter holding ``adapted``'s member ``member``: that member's own model."""
+    config = dataclasses.replace(adapted.adapter_configs["default"], members=1)
+    alone = attach_residual(base, config)
+    alone.residuals["default"].members[0].load_state_dict(adapted.residuals["default"].members[member].state_dict())
+    return alone
+
+
+def test_an_independent_ensemble_fits_each_member_on_its_own(gru_model):
+    """``ensemble_fit="independent"``: the loss is the members' mean own KL, so a member's gradient does not
+    depend on the others (it does when their mean is fitted), and after the fit each member alone beats the base."""
+    target = drift_sequences(-0.1, episodes=20, seed=100)
+    torch.manual_seed(0)
+    adapted = attach_residual(gru_model, ResidualConfig(hidden=16, members=3, ensemble_fit="independent"))
+    cache, idx = _Cache(adapted, target), torch.arange(6)
+    alone = [_member_alone(gru_model, adapted, member) for member in range(3)]
+    expected = torch.stack([cache.kl(model, idx, torch.Generator().manual_seed(0)) for model in alone]).mean()
+    assert cache.member_kl(adapted, idx, torch.Generator().manual_seed(0)).item() == pytest.approx(expected.item())
+
+    first, second = adapted.residuals["default"].members[:2]
+
+    def first_member_gradient(loss):
+        adapted.zero_grad()
+        loss(adapted, idx, torch.Generator().manual_seed(0)).backward()
+        return [parameter.grad.clone() for parameter in first.parameters()]
+
+    for loss, independent in ((cache.member_kl, True), (cache.kl, False)):
+        before = first_member_gradient(loss)
+        saved = copy.deepcopy(second.state_dict())
+        with torch.no_grad():
+            for parameter in second.parameters():
+                parameter.add_(0.5)
+        after = first_member_gradient(loss)
+        second.load_state_dict(saved)
+        assert all(torch.allclose(b, a) for b, a in zip(before, after, strict=True)) is independent
+
+    result = fit_residual(adapted, target, QUICK, quiet=True)
+    _, held = _split(cache, QUICK.holdout)
+    seed = QUICK.seed + 1
+    for member in range(3):
+        own = cache.held_out_kl(_member_alone(gru_model, adapted, member), held, seed)
+        assert own < result.held_out_kl_base
+    with pytest.raises(ConfigError, match="ensemble_fit must be one of mean, independent; got 'own'"):
+        ResidualConfig(ensemble_fit="own")
 
 
 def test_several_named_adapters_switch_save_and_load(gru_model, tmp_path):
