@@ -36,13 +36,21 @@ class RunLogger:
     files in ``directory/tensorboard``. With ``directory=None`` only progress is shown.
 
     :param initial: Steps already done before this run (a resumed job); the rate counts only new ones.
+    :param unit: What a step is, for the rate ("episodes": episodes/s).
     """
 
     def __init__(
-        self, directory: str | Path | None, total: int, desc: str, *, quiet: bool = False, initial: int = 0
+        self,
+        directory: str | Path | None,
+        total: int,
+        desc: str,
+        *,
+        quiet: bool = False,
+        initial: int = 0,
+        unit: str = "steps",
     ) -> None:
         self.directory = Path(directory) if directory is not None else None
-        self.total, self.desc, self.quiet = total, desc, quiet
+        self.total, self.desc, self.quiet, self.unit = total, desc, quiet, unit
         self._start = time.monotonic()
         self._initial = self._done = initial
         self._postfix: dict[str, float] = {}
@@ -78,7 +86,7 @@ class RunLogger:
         percent = 100.0 * self._done / self.total if self.total else 100.0
         scalars = " ".join(f"{key}={value:.4g}" for key, value in self._postfix.items())
         return (
-            f"{self.desc}: {self._done}/{self.total} ({percent:.0f}%) {rate:.3g} steps/s, "
+            f"{self.desc}: {self._done}/{self.total} ({percent:.0f}%) {rate:.3g} {self.unit}/s, "
             f"{clock(elapsed)} elapsed, ETA {clock(eta)}" + (f" | {scalars}" if scalars else "")
         )
 

@@ -26,3 +26,9 @@ def test_quiet_runs_print_nothing(capsys):
     with RunLogger(None, 3, "job", quiet=True) as run:
         run.advance(3)
     assert capsys.readouterr().err == ""
+
+
+def test_the_rate_names_what_is_counted():
+    run = RunLogger(None, 10, "evaluate", quiet=True, unit="episodes")
+    run.advance(2)
+    assert " episodes/s, " in run.line() and "steps/s" not in run.line()

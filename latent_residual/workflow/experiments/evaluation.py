@@ -68,7 +68,7 @@ def evaluate(
     env = make_env(env_id, **(env_kwargs or {}))
     summarise = env_metrics(env_id)
     returns, lengths, infos = [], [], []
-    with RunLogger(None, episodes, f"evaluate {env_id}", quiet=quiet) as run:
+    with RunLogger(None, episodes, f"evaluate {env_id}", quiet=quiet, unit="episodes") as run:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
             if hasattr(policy, "reset"):
