@@ -1,8 +1,10 @@
 """Offline policy selection: candidates scored in the corrected model from held-out reward-free data, the
-residual ensemble's disagreement as a penalty, deterministic, and blind to the data's rewards."""
+disagreement of an independently fitted residual ensemble as a penalty, deterministic, blind to rewards."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 
 import pytest
@@ -19,8 +21,8 @@ SELECTION = SelectionConfig(score_starts=24, score_horizon=6, score_penalty=0.5)
 
 @pytest.fixture(scope="module")
 def adapted(gru_model):
-    """A two-member residual fitted briefly on drift data of another gain (the target)."""
-    model = attach_residual(gru_model, ResidualConfig(hidden=16, members=2))
+    """A two-member residual, each member fitted briefly on drift data of another gain (the target)."""
+    model = attach_residual(gru_model, ResidualConfig(hidden=16, members=2, ensemble_fit="independent"))
     fit_residual(model, drift_sequences(-0.1, episodes=20, seed=100), FitConfig(steps=150, eval_every=25), quiet=True)
     return model
 
@@ -72,6 +74,18 @@ def test_a_single_member_residual_has_no_disagreement(gru_model):
     )
     assert [s.disagreement for s in selection.scores] == [0.0]
     assert selection.scores[0].update == 4
+
+
+def test_an_ensemble_fitted_through_its_mean_adds_no_disagreement(adapted):
+    """Its members split one correction, so their disagreement says nothing of the data: the score is the
+    imagined return alone; the same members read as independently fitted are penalised."""
+    mean_fit = copy.deepcopy(adapted)
+    mean_fit.adapter_configs["default"] = dataclasses.replace(mean_fit.adapter_configs["default"], ensemble_fit="mean")
+    starts = held_out_starts(adapted, drift_sequences(-0.1), SELECTION)
+    actor_critic = train_candidates(adapted, drift_sequences(-0.1), POLICY, SELECTION, ac_config=TINY_AC, quiet=True)
+    imagined, spread = score_policy(adapted, actor_critic.actor_critic, starts, SELECTION)
+    assert spread > 0.0
+    assert score_policy(mean_fit, actor_critic.actor_critic, starts, SELECTION) == pytest.approx((imagined, 0.0))
 
 
 def test_snapshots_are_evenly_spaced_and_end_at_the_last_update():

@@ -25,7 +25,8 @@ from latent_residual.rollout import imagine, start_bank, subsample_states
 #: What the score is, in words, for results files.
 CRITERION = (
     "imagined return of the deterministic actor from posterior states of the held-out target sequences, "
-    "discounted and continuation-weighted, minus penalty x the residual ensemble's disagreement (nats per step)"
+    "discounted and continuation-weighted, minus penalty x the disagreement of a residual ensemble whose members "
+    "were fitted independently (nats per step; zero otherwise)"
 )
 
 
@@ -97,11 +98,14 @@ def held_out_starts(model: WorldModel, sequences: Mapping[str, Tensor], config: 
 
 def _disagreement(model: WorldModel, states: State, actions: Tensor) -> Tensor:
     """Per step (B, H): the ensemble members' mean KL from their mean prediction, summed over groups; zero
-    without an ensemble."""
+    without an ensemble whose members were each fitted to the data (``ensemble_fit="independent"``)."""
     B, H = actions.shape[:2]
     if ensemble_members(model) < 2:
         return actions.new_zeros(B, H)
     assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
+    if model.adapter_configs[model.active_adapter].ensemble_fit != "independent":
+        # Members fitted through their mean split one correction: they disagree everywhere, data or not.
+        return actions.new_zeros(B, H)
     flat = {key: value.flatten(0, 1) for key, value in states.items()}
     logits = model.member_prior_logits(flat, actions.flatten(0, 1))  # (members, B * H, groups, classes)
     members = distributions.log_probs(logits, model.prior_unimix)
