@@ -435,6 +435,15 @@ def ensemble_members(model: WorldModel) -> int:
     return model.adapter_configs[model._active].members
 
 
+def fitted_independently(model: WorldModel) -> bool:
+    """Whether ``model``'s active adapter is an ensemble whose members were each fitted to the data
+    (``ensemble_fit="independent"``), so that where they disagree the data left them free."""
+    if ensemble_members(model) < 2:
+        return False
+    assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
+    return model.adapter_configs[model.active_adapter].ensemble_fit == "independent"
+
+
 def _valid_name(name: str) -> bool:
     return bool(name) and "/" not in name and not name.startswith(".")
 

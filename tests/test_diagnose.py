@@ -173,11 +173,14 @@ def test_a_residual_ensemble_s_disagreement_is_zero_for_identical_members_and_re
     with pytest.raises(ConfigError, match="2 or more members"):
         coverage.disagreement(pendulum["adapted"], held.sequences(20))
     torch.manual_seed(1)
-    ensemble = attach_residual(base, ResidualConfig(members=2, zero_init=False)).eval()
+    ensemble = attach_residual(base, ResidualConfig(members=2, zero_init=False, ensemble_fit="independent")).eval()
     result = coverage_check(ensemble, held, {}, DiagnoseConfig())
     assert result["disagreement"]["threshold"] > 0 and "disagreement" not in coverage_check(
         base, held, {}, DiagnoseConfig()
     )
+    # Members fitted through their mean split one correction: their disagreement is no reading of coverage.
+    mean_fit = attach_residual(base, ResidualConfig(members=2, zero_init=False)).eval()
+    assert "disagreement" not in coverage_check(mean_fit, held, {}, DiagnoseConfig())
 
 
 def test_the_alarm_counts_consecutive_steps_and_the_threshold_is_a_quantile():

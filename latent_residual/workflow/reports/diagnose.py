@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from latent_residual import distributions
-from latent_residual.adapters import ResidualWorldModel, ensemble_members, load_adapter
+from latent_residual.adapters import ResidualWorldModel, fitted_independently, load_adapter
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError, DatasetError
 from latent_residual.observations import image_to_float
@@ -373,9 +373,10 @@ def coverage_check(
 ) -> dict[str, Any]:
     """Calibrate the surprise threshold on the first half of the held-out episodes, check it on the
     second half (its false-alarm rate) and on each other dataset (the episodes it flags); with a
-    residual ensemble, the same for the members' disagreement (under ``"disagreement"``)."""
+    residual ensemble whose members were fitted independently, the same for their disagreement (under
+    ``"disagreement"``)."""
     result = _calibrated_check(coverage.surprise, model, held_out, others, config)
-    if ensemble_members(model) >= 2:  # the residual members' disagreement, alarmed the same way
+    if fitted_independently(model):  # the residual members' disagreement, alarmed the same way
         result["disagreement"] = _calibrated_check(coverage.disagreement, model, held_out, others, config)
     return result
 

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from latent_residual import distributions
 from latent_residual.actor_critic import ActorCritic
-from latent_residual.adapters import ResidualWorldModel, ensemble_members
+from latent_residual.adapters import ResidualWorldModel, fitted_independently
 from latent_residual.contract import State, WorldModel
 from latent_residual.errors import ConfigError
 from latent_residual.rollout import imagine, start_bank, subsample_states
@@ -100,12 +100,9 @@ def _disagreement(model: WorldModel, states: State, actions: Tensor) -> Tensor:
     """Per step (B, H): the ensemble members' mean KL from their mean prediction, summed over groups; zero
     without an ensemble whose members were each fitted to the data (``ensemble_fit="independent"``)."""
     B, H = actions.shape[:2]
-    if ensemble_members(model) < 2:
+    if not fitted_independently(model):  # members fitted through their mean disagree everywhere, data or not
         return actions.new_zeros(B, H)
     assert isinstance(model, ResidualWorldModel)  # only an adapted model has several members
-    if model.adapter_configs[model.active_adapter].ensemble_fit != "independent":
-        # Members fitted through their mean split one correction: they disagree everywhere, data or not.
-        return actions.new_zeros(B, H)
     flat = {key: value.flatten(0, 1) for key, value in states.items()}
     logits = model.member_prior_logits(flat, actions.flatten(0, 1))  # (members, B * H, groups, classes)
     members = distributions.log_probs(logits, model.prior_unimix)
