@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from latent_residual import distributions
-from latent_residual.adapters import ResidualWorldModel
+from latent_residual.adapters import ResidualWorldModel, fitted_independently
 from latent_residual.contract import WorldModel
 from latent_residual.errors import ConfigError, DatasetError, FitError
 from latent_residual.progress import RunLogger
@@ -313,8 +313,6 @@ def fit_residual(
     params = model.trainable_parameters()
     if not params:
         raise ConfigError(f"Adapter {name!r} is frozen; load it with trainable=True to fit it further.")
-    residual = model.adapter_configs[name]
-    independent = residual.members > 1 and residual.ensemble_fit == "independent"
     result, summary = _fit(
         model,
         params,
@@ -325,7 +323,9 @@ def fit_residual(
         desc=f"fit residual {name}",
         log_dir=log_dir,
         quiet=quiet,
-        train_loss=(lambda cache, idx, generator: cache.member_kl(model, idx, generator)) if independent else None,
+        train_loss=(lambda cache, idx, generator: cache.member_kl(model, idx, generator))
+        if fitted_independently(model)
+        else None,
     )
     if not result.held_out_kl_best <= result.held_out_kl_base:  # NaN counts as worse
         model.delete_adapter(name)
