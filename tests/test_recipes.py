@@ -54,6 +54,12 @@ def test_a_bad_recipe_is_refused_before_any_work():
         SourceRecipe(data_plan=(("expert", 0.3, 100),), workers=3)
     with pytest.raises(TypeError, match="hiddn"):
         SourceRecipe(data_plan=(("expert", 0.3, 100),), actor_critic={"hiddn": 3})
+    # The first policy needs data to be trained on, and a policy round's training is only its own.
+    for plan in ((("policy", 0.3, 100),), (("expert", 0.3, 100), ("policy", 0.3, 200), ("random", 0.0, 300))):
+        with pytest.raises(ConfigError, match="'policy' steps come last, after at least one 'expert' or 'random'"):
+            SourceRecipe(data_plan=plan)
+    with pytest.raises(ConfigError, match="round_model_updates, round_policy_updates and policy_starts must be >= 1"):
+        SourceRecipe(data_plan=(("expert", 0.3, 100),), round_model_updates=0)
 
 
 def test_build_source_collects_the_plan_trains_and_records_provenance(registry, tmp_path):
@@ -72,6 +78,26 @@ def test_build_source_collects_the_plan_trains_and_records_provenance(registry, 
     from latent_residual import load_world_model
 
     assert load_world_model(tmp_path / "src" / "world_model").action_space.shape == (2,)
+    assert [point["transitions"] for point in written["learning_curve"]] == [250]
+
+
+def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registry, tmp_path):
+    plan = (*TINY_RECIPE["data_plan"], ("policy", 0.3, 300), ("policy", 0.0, 340))
+    recipe = SourceRecipe(**{**TINY_RECIPE, "data_plan": plan}, round_model_updates=2, round_policy_updates=1)
+    provenance = build_source("dmc/reacher-easy-v0", tmp_path / "src", recipe=recipe, quiet=True, say=lambda _: None)
+    data = json.loads((tmp_path / "src" / "sim_data" / "dataset.json").read_text())
+    assert data["transitions"] == 340
+    assert [(session["behaviour"], session["noise"]) for session in data["resumes"][-2:]] == [
+        ("Policy", 0.3),
+        ("Policy", 0.0),
+    ]
+    curve = provenance["learning_curve"]
+    assert [point["transitions"] for point in curve] == [250, 300, 340]
+    assert curve[-1] == provenance["simulation_policy_in_simulation"]
+    # Each round trained both parts further, logging under its own directory.
+    for number in (1, 2):
+        assert (tmp_path / "src" / "logs" / f"round{number}" / "world_model" / "metrics.csv").exists()
+        assert (tmp_path / "src" / "logs" / f"round{number}" / "policy" / "metrics.csv").exists()
 
 
 def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):

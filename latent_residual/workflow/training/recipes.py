@@ -39,12 +39,15 @@ from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 PROVENANCE_NAME = "provenance.json"
 #: Where the simulation policy is scored after building: the seeds every comparison evaluates on.
 EVAL_EPISODES, EVAL_SEED = 10, 10_000
+#: A data plan's behaviours: collected before training, or by the policy in rounds after it.
+BEHAVIOURS = ("expert", "random", "policy")
 
 
 @dataclass(frozen=True)
 class DataStep:
-    """One step of a data plan: ``behaviour`` ("expert" or "random") with Gaussian action ``noise``
-    until the dataset holds ``until`` transitions."""
+    """One step of a data plan: ``behaviour`` with Gaussian action ``noise`` until the dataset holds ``until``
+    transitions. "expert" and "random" steps collect before any training; a "policy" step is a round of
+    Dreamer's loop: the current simulation policy collects, then the world model and the policy train on."""
 
     behaviour: str
     noise: float
@@ -56,7 +59,9 @@ class SourceRecipe:
     """What to collect in the simulation and how long to train on it; the defaults fit a 2-core CPU.
 
     Diverse data (an expert at two noise levels plus random actions) is the paper's advice for a
-    model that must later be corrected on another robot's data.
+    model that must later be corrected on another robot's data. "policy" steps at the end of the plan
+    add the policy's own states, where a policy trained offline finds the model's errors; each such
+    round trains the world model ``round_model_updates`` and the policy ``round_policy_updates`` more.
     """
 
     data_plan: tuple[DataStep, ...]
@@ -68,6 +73,8 @@ class SourceRecipe:
     model_lr: float = 3e-4
     model_updates: int = 14_000
     policy_updates: int = 1500
+    round_model_updates: int = 2000
+    round_policy_updates: int = 500
     policy_starts: int = 256
     policy_seq_len: int = 16
     workers: int = 1  # processes sharing each update's batch and starts (train_world_model, PolicyTrainConfig)
@@ -75,16 +82,24 @@ class SourceRecipe:
     def __post_init__(self) -> None:
         plan = tuple(step if isinstance(step, DataStep) else DataStep(*step) for step in self.data_plan)
         object.__setattr__(self, "data_plan", plan)
-        if not plan or any(step.behaviour not in ("expert", "random") or step.noise < 0 for step in plan):
+        if not plan or any(step.behaviour not in BEHAVIOURS or step.noise < 0 for step in plan):
             raise ConfigError(
-                "SourceRecipe.data_plan: expected (behaviour 'expert'|'random', noise >= 0, until) steps, "
+                "SourceRecipe.data_plan: expected (behaviour 'expert'|'random'|'policy', noise >= 0, until) steps, "
                 f"got {plan!r}."
+            )
+        offline = [step.behaviour != "policy" for step in plan]
+        if not offline[0] or sorted(offline, reverse=True) != offline:
+            raise ConfigError(
+                "SourceRecipe.data_plan: 'policy' steps come last, after at least one 'expert' or 'random' step "
+                f"(the first policy is trained on that data), got {plan!r}."
             )
         if any(later.until <= earlier.until for earlier, later in zip(plan, plan[1:])) or plan[0].until < 1:
             raise ConfigError(f"SourceRecipe.data_plan: each step's 'until' must exceed the one before, got {plan!r}.")
-        if min(self.batch_size, self.seq_len, self.model_updates, self.policy_updates, self.policy_starts) < 1:
+        counts = (self.batch_size, self.seq_len, self.model_updates, self.policy_updates, self.policy_starts)
+        if min(*counts, self.round_model_updates, self.round_policy_updates) < 1:
             raise ConfigError(
-                "SourceRecipe: batch_size, seq_len, model_updates, policy_updates and policy_starts must be >= 1."
+                "SourceRecipe: batch_size, seq_len, model_updates, policy_updates, round_model_updates, "
+                "round_policy_updates and policy_starts must be >= 1."
             )
         if self.workers < 1 or self.batch_size % self.workers or self.policy_starts % self.workers:
             raise ConfigError(
@@ -160,13 +175,21 @@ def build_source(
     if not recipe.backbone:
         recipe = dataclasses.replace(recipe, backbone=source_backbone(env_id))
     out = Path(out)
+    data_dir = Path(data_dir) if data_dir is not None else out / "sim_data"
     started = time.monotonic()
     commit = _commit()  # the code that runs is the checkout's now, not after an hour's build
-    dataset = _collect_plan(
-        env_id, recipe, Path(data_dir) if data_dir is not None else out / "sim_data", seed, quiet, say
-    )
+    rounds = [step for step in recipe.data_plan if step.behaviour == "policy"]
+    dataset = _collect_plan(env_id, recipe.data_plan[: len(recipe.data_plan) - len(rounds)], data_dir, seed, quiet, say)
     model, actor_critic = _train_source(env_id, recipe, dataset, out, seed, quiet, say)
-    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED)
+    curve = [_score(env_id, model, actor_critic, dataset.transitions, say)]
+    for number, step in enumerate(rounds, 1):
+        say(f"round {number} of {len(rounds)}: the policy (noise {step.noise}) collects until {step.until} transitions")
+        policy = Policy(model, actor_critic.actor)
+        dataset = collect(env_id, policy, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+        _train_round(model, actor_critic, recipe, dataset, out / "logs" / f"round{number}", seed + number, quiet, say)
+        curve.append(_score(env_id, model, actor_critic, dataset.transitions, say))
+    save_world_model(model, out / "world_model", extra={"model_updates": recipe.model_updates})
+    save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
     provenance = {
         "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
         "command": command,
@@ -177,15 +200,24 @@ def build_source(
         "seed": seed,
         "recipe": config_to_dict(recipe),
         "seconds": round(time.monotonic() - started),
-        "simulation_policy_in_simulation": {"seed": EVAL_SEED, **result.to_dict()},
+        "simulation_policy_in_simulation": curve[-1],
+        # The policy's score after the offline training and after each policy round, by transitions collected.
+        "learning_curve": curve,
     }
     write_text(out / PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
     return provenance
 
 
-def _collect_plan(env_id: str, recipe: SourceRecipe, data_dir: Path, seed: int, quiet: bool, say) -> Dataset:
-    """Collect the recipe's data plan into ``data_dir`` (each step resumes where the last stopped)."""
-    for step in recipe.data_plan:
+def _score(env_id: str, model: WorldModel, actor_critic: ActorCritic, transitions: int, say) -> dict[str, Any]:
+    """The simulation policy's return on the comparison's evaluation episodes, with the data it was built on."""
+    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED).to_dict()
+    say(f"simulation policy after {transitions} transitions: {result['return_mean']:.1f} ± {result['return_std']:.1f}")
+    return {"transitions": transitions, "seed": EVAL_SEED, **result}
+
+
+def _collect_plan(env_id: str, steps: tuple[DataStep, ...], data_dir: Path, seed: int, quiet: bool, say) -> Dataset:
+    """Collect the data plan's ``steps`` into ``data_dir`` (each step resumes where the last stopped)."""
+    for step in steps:
         say(f"collecting {step.behaviour} (noise {step.noise}) until {step.until} transitions -> {data_dir}")
         dataset = collect(
             env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet
@@ -196,7 +228,7 @@ def _collect_plan(env_id: str, recipe: SourceRecipe, data_dir: Path, seed: int, 
 def _train_source(
     env_id: str, recipe: SourceRecipe, dataset: Dataset, out: Path, seed: int, quiet: bool, say
 ) -> tuple[WorldModel, ActorCritic]:
-    """Train the world model offline on ``dataset`` and the policy in its imagination; save both under ``out``."""
+    """Train the world model offline on ``dataset`` and the policy in its imagination (logs under ``out``)."""
     env = make_env(env_id)
     torch.manual_seed(seed)
     model = make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
@@ -206,16 +238,39 @@ def _train_source(
         model, dataset.episodes, updates=recipe.model_updates, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
         lr=recipe.model_lr, seed=seed, log_dir=out / "logs" / "world_model", quiet=quiet, workers=recipe.workers,
     )  # fmt: skip
-    save_world_model(model, out / "world_model", extra={"model_updates": recipe.model_updates})
-    sequences = dataset.sequences(recipe.policy_seq_len)
-    sequences.pop("reward")  # the policy's rewards come from the model's reward head
     say(f"training the simulation policy in imagination: {recipe.policy_updates} updates")
     policy_config = PolicyTrainConfig(
         steps=recipe.policy_updates, starts=recipe.policy_starts, seed=seed, workers=recipe.workers
     )
     actor_critic = train_policy(
-        model, sequences, policy_config,
+        model, _starts(dataset, recipe), policy_config,
         ac_config=ActorCriticConfig(**recipe.actor_critic), log_dir=out / "logs" / "policy", quiet=quiet,
     )  # fmt: skip
-    save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
     return model, actor_critic
+
+
+def _train_round(
+    model: WorldModel, actor_critic: ActorCritic, recipe: SourceRecipe, dataset: Dataset, logs: Path, seed: int,
+    quiet: bool, say,
+) -> None:  # fmt: skip
+    """One policy round's training, both parts continued in place on the data so far (the policy's included)."""
+    say(f"training the world model {recipe.round_model_updates} updates more")
+    train_world_model(
+        model, dataset.episodes, updates=recipe.round_model_updates, batch_size=recipe.batch_size,
+        seq_len=recipe.seq_len, lr=recipe.model_lr, seed=seed, log_dir=logs / "world_model", quiet=quiet,
+        workers=recipe.workers,
+    )  # fmt: skip
+    say(f"training the simulation policy {recipe.round_policy_updates} updates more")
+    policy_config = PolicyTrainConfig(
+        steps=recipe.round_policy_updates, starts=recipe.policy_starts, seed=seed, workers=recipe.workers
+    )
+    train_policy(
+        model, _starts(dataset, recipe), policy_config, actor_critic=actor_critic, log_dir=logs / "policy", quiet=quiet
+    )
+
+
+def _starts(dataset: Dataset, recipe: SourceRecipe) -> dict[str, torch.Tensor]:
+    """The windows imagination starts from, without rewards: the policy's come from the model's reward head."""
+    sequences = dataset.sequences(recipe.policy_seq_len)
+    sequences.pop("reward")
+    return sequences
