@@ -30,8 +30,10 @@ def test_the_registered_recipes_of_the_sources_with_an_expert(registry):
         recipe = source_recipe(source)
         assert recipe.data_plan[0] == DataStep("expert", 0.3, 30_000) and recipe.backbone == "draw-v0"
     assert source_recipe("dmc/reacher-easy-v0", model_updates=7).model_updates == 7
-    with pytest.raises(NameNotFound, match="'dmc/cup-catch-v0' has no source recipe"):
-        source_recipe("dmc/cup-catch-v0")
+    with pytest.raises(NameNotFound, match="'dmc/finger-turn-hard-v0' has no source recipe"):
+        source_recipe("dmc/finger-turn-hard-v0")
+    # The cup has no expert: random actions, then the policy's rounds.
+    assert [step.behaviour for step in source_recipe("dmc/cup-catch-v0").data_plan][:2] == ["random", "policy"]
     with pytest.raises(NameNotFound, match="no source recipe for backbone 'rssm-v0'.*registered one for 'draw-v0'"):
         source_recipe("dmc/pendulum-swingup-v0", "rssm-v0")
 
@@ -78,7 +80,8 @@ def test_build_source_collects_the_plan_trains_and_records_provenance(registry, 
     from latent_residual import load_world_model
 
     assert load_world_model(tmp_path / "src" / "world_model").action_space.shape == (2,)
-    assert [point["transitions"] for point in written["learning_curve"]] == [250]
+    assert [(point["transitions"], point["seed"]) for point in written["learning_curve"]] == [(250, 20_000)]
+    assert written["kept_round"] == 0 and written["simulation_policy_in_simulation"]["seed"] == 10_000
 
 
 def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registry, tmp_path):
@@ -93,7 +96,13 @@ def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registr
     ]
     curve = provenance["learning_curve"]
     assert [point["transitions"] for point in curve] == [250, 300, 340]
-    assert curve[-1] == provenance["simulation_policy_in_simulation"]
+    # The kept round is the best on the choosing episodes (the first of equals), reported on other episodes.
+    returns = [point["return_mean"] for point in curve]
+    assert provenance["kept_round"] == returns.index(max(returns))
+    reported = provenance["simulation_policy_in_simulation"]
+    assert reported["seed"] == 10_000 and reported["transitions"] == curve[provenance["kept_round"]]["transitions"]
+    saved = json.loads((tmp_path / "src" / "world_model" / "model_config.json").read_text())
+    assert saved["extra"] == {"model_updates": 3 + 2 * provenance["kept_round"], "round": provenance["kept_round"]}
     # Each round trained both parts further, logging under its own directory.
     for number in (1, 2):
         assert (tmp_path / "src" / "logs" / f"round{number}" / "world_model" / "metrics.csv").exists()

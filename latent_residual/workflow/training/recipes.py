@@ -7,6 +7,7 @@ with exploration is in ``pretraining.py``, the offline training loop itself in `
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -39,6 +40,8 @@ from latent_residual.workflow.training.pretraining import ACTOR_CRITIC_NAME
 PROVENANCE_NAME = "provenance.json"
 #: Where the simulation policy is scored after building: the seeds every comparison evaluates on.
 EVAL_EPISODES, EVAL_SEED = 10, 10_000
+#: Where a build with policy rounds chooses among them: other episodes than the reported ones.
+SELECT_SEED = 20_000
 #: A data plan's behaviours: collected before training, or by the policy in rounds after it.
 BEHAVIOURS = ("expert", "random", "policy")
 
@@ -181,15 +184,25 @@ def build_source(
     rounds = [step for step in recipe.data_plan if step.behaviour == "policy"]
     dataset = _collect_plan(env_id, recipe.data_plan[: len(recipe.data_plan) - len(rounds)], data_dir, seed, quiet, say)
     model, actor_critic = _train_source(env_id, recipe, dataset, out, seed, quiet, say)
-    curve = [_score(env_id, model, actor_critic, dataset.transitions, say)]
+    # Rounds can lose what an earlier one learnt, so the build keeps the best pair of model and policy, chosen
+    # on episodes of their own: the reported score's episodes choose nothing.
+    curve = [_score(env_id, model, actor_critic, SELECT_SEED, dataset.transitions, say)]
+    kept = (0, copy.deepcopy(model), copy.deepcopy(actor_critic))
     for number, step in enumerate(rounds, 1):
         say(f"round {number} of {len(rounds)}: the policy (noise {step.noise}) collects until {step.until} transitions")
         policy = Policy(model, actor_critic.actor)
         dataset = collect(env_id, policy, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
         _train_round(model, actor_critic, recipe, dataset, out / "logs" / f"round{number}", seed + number, quiet, say)
-        curve.append(_score(env_id, model, actor_critic, dataset.transitions, say))
-    save_world_model(model, out / "world_model", extra={"model_updates": recipe.model_updates})
+        curve.append(_score(env_id, model, actor_critic, SELECT_SEED, dataset.transitions, say))
+        if curve[-1]["return_mean"] > curve[kept[0]]["return_mean"]:
+            kept = (number, copy.deepcopy(model), copy.deepcopy(actor_critic))
+    number, model, actor_critic = kept
+    if rounds:
+        say(f"keeping round {number}'s model and policy")
+    updates = recipe.model_updates + number * recipe.round_model_updates
+    save_world_model(model, out / "world_model", extra={"model_updates": updates, "round": number})
     save_actor_critic(actor_critic, out / ACTOR_CRITIC_NAME)
+    score = _score(env_id, model, actor_critic, EVAL_SEED, curve[number]["transitions"], say)
     provenance = {
         "what": f"{recipe.backbone} world model and policy built by {env_id}'s source recipe",
         "command": command,
@@ -200,19 +213,26 @@ def build_source(
         "seed": seed,
         "recipe": config_to_dict(recipe),
         "seconds": round(time.monotonic() - started),
-        "simulation_policy_in_simulation": curve[-1],
-        # The policy's score after the offline training and after each policy round, by transitions collected.
+        "simulation_policy_in_simulation": score,
+        # The policy after the offline training (round 0) and after each policy round, scored on the choosing
+        # episodes, by the transitions it was built on; and which round was kept.
         "learning_curve": curve,
+        "kept_round": number,
     }
     write_text(out / PROVENANCE_NAME, json.dumps(provenance, indent=2) + "\n")
     return provenance
 
 
-def _score(env_id: str, model: WorldModel, actor_critic: ActorCritic, transitions: int, say) -> dict[str, Any]:
-    """The simulation policy's return on the comparison's evaluation episodes, with the data it was built on."""
-    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=EVAL_SEED).to_dict()
-    say(f"simulation policy after {transitions} transitions: {result['return_mean']:.1f} ± {result['return_std']:.1f}")
-    return {"transitions": transitions, "seed": EVAL_SEED, **result}
+def _score(
+    env_id: str, model: WorldModel, actor_critic: ActorCritic, seed: int, transitions: int, say
+) -> dict[str, Any]:
+    """The simulation policy's return over ``EVAL_EPISODES`` episodes from ``seed``, with the data it was built on."""
+    result = evaluate(Policy(model, actor_critic.actor), env_id, episodes=EVAL_EPISODES, seed=seed).to_dict()
+    say(
+        f"simulation policy after {transitions} transitions, episodes from seed {seed}: "
+        f"{result['return_mean']:.1f} ± {result['return_std']:.1f}"
+    )
+    return {"transitions": transitions, "seed": seed, **result}
 
 
 def _collect_plan(env_id: str, steps: tuple[DataStep, ...], data_dir: Path, seed: int, quiet: bool, say) -> Dataset:
