@@ -110,7 +110,8 @@ class ObservationLayout:
                 target = image_to_float(obs[key], dtype)
             else:
                 target = encodings.symlog(obs[key].to(dtype))
-            losses[key] = F.mse_loss(prediction.to(dtype), target, reduction="none").flatten(1).sum(-1)
+            error = F.mse_loss(prediction.to(dtype), target, reduction="none")  # (N, *shape); a scalar key's (N,)
+            losses[key] = error.reshape(len(error), -1).sum(-1)
         return losses
 
     def decoded(self, predictions: Mapping[str, Tensor], lead: tuple[int, ...]) -> dict[str, Tensor]:

@@ -261,3 +261,16 @@ def test_spaces_are_validated():
         DRAW(odd_image, ACTION_SPACE, preset="tiny")
     DRAW(odd_image, ACTION_SPACE, preset="tiny", cnn_layers=2)  # 60 = 4 * 15
     check_space_errors(DRAW, STATE_SPACE)
+
+
+def test_a_scalar_observation_key_trains_and_decodes():
+    # dm_control's finger has one: dist_to_target, shape ().
+    space = gymnasium.spaces.Dict({**STATE_SPACE.spaces, "dist": gymnasium.spaces.Box(-np.inf, np.inf, ())})
+    batch = synthetic_batch(STATE_SPACE, B=4, T=12)
+    batch["dist"] = batch["velocity"][..., 0] * 2  # (B, T)
+    model = make_model(space)
+    check_training(model, batch, steps=100)
+    with torch.no_grad():
+        out = observe(model, prev_actions(batch["action"]), batch["is_first"], embed=model.embed(batch))
+        decoded = model.decode(out["features"])
+    assert decoded["dist"].shape == (4, 12) and decoded["velocity"].shape == batch["velocity"].shape
