@@ -10,6 +10,7 @@ from conftest import TINY_AC
 
 from latent_residual.errors import ConfigError, NameNotFound
 from latent_residual.workflow.cli.main import main
+from latent_residual.workflow.training import recipes
 from latent_residual.workflow.training.recipes import DataStep, SourceRecipe, build_source, source_recipe
 
 TINY_RECIPE = dict(
@@ -84,7 +85,8 @@ def test_build_source_collects_the_plan_trains_and_records_provenance(registry, 
     assert written["kept_round"] == 0 and written["simulation_policy_in_simulation"]["seed"] == 10_000
 
 
-def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registry, tmp_path):
+def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registry, tmp_path, monkeypatch):
+    monkeypatch.setattr(recipes, "EVAL_EPISODES", 2)  # two builds of four scores each, in 500-step episodes
     plan = (*TINY_RECIPE["data_plan"], ("policy", 0.3, 300), ("policy", 0.0, 340))
     recipe = SourceRecipe(**{**TINY_RECIPE, "data_plan": plan}, round_model_updates=2, round_policy_updates=1)
     provenance = build_source("dmc/reacher-easy-v0", tmp_path / "src", recipe=recipe, quiet=True, say=lambda _: None)
@@ -107,6 +109,13 @@ def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registr
     for number in (1, 2):
         assert (tmp_path / "src" / "logs" / f"round{number}" / "world_model" / "metrics.csv").exists()
         assert (tmp_path / "src" / "logs" / f"round{number}" / "policy" / "metrics.csv").exists()
+    # Built again on the same, complete data directory (a build resumed after its rounds had collected): each
+    # stage trains on its own share of the data, so the builds agree.
+    again = build_source(
+        "dmc/reacher-easy-v0", tmp_path / "again", recipe=recipe, data_dir=tmp_path / "src" / "sim_data", quiet=True,
+        say=lambda _: None,
+    )  # fmt: skip
+    assert again["learning_curve"] == curve
 
 
 def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):

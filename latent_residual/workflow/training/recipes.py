@@ -30,7 +30,7 @@ from latent_residual.registry.lookup import env_spec, make_backbone, make_env, s
 from latent_residual.serialization import write_text
 from latent_residual.version import __version__
 from latent_residual.workflow.data.collection import collect
-from latent_residual.workflow.data.datasets import Dataset
+from latent_residual.workflow.data.datasets import Dataset, load_dataset
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual.workflow.experiments.evaluation import evaluate
 from latent_residual.workflow.training.model_training import train_world_model
@@ -191,7 +191,8 @@ def build_source(
     for number, step in enumerate(rounds, 1):
         say(f"round {number} of {len(rounds)}: the policy (noise {step.noise}) collects until {step.until} transitions")
         policy = Policy(model, actor_critic.actor)
-        dataset = collect(env_id, policy, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+        collect(env_id, policy, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+        dataset = load_dataset(data_dir, max_transitions=step.until)
         _train_round(model, actor_critic, recipe, dataset, out / "logs" / f"round{number}", seed + number, quiet, say)
         curve.append(_score(env_id, model, actor_critic, SELECT_SEED, dataset.transitions, say))
         if curve[-1]["return_mean"] > curve[kept[0]]["return_mean"]:
@@ -236,13 +237,12 @@ def _score(
 
 
 def _collect_plan(env_id: str, steps: tuple[DataStep, ...], data_dir: Path, seed: int, quiet: bool, say) -> Dataset:
-    """Collect the data plan's ``steps`` into ``data_dir`` (each step resumes where the last stopped)."""
+    """Collect the data plan's ``steps`` into ``data_dir`` (each step resumes where the last stopped), and return
+    their data alone: a build resumed after its policy rounds had collected trains on what a fresh one does."""
     for step in steps:
         say(f"collecting {step.behaviour} (noise {step.noise}) until {step.until} transitions -> {data_dir}")
-        dataset = collect(
-            env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet
-        )
-    return dataset
+        collect(env_id, step.behaviour, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
+    return load_dataset(data_dir, max_transitions=steps[-1].until)
 
 
 def _train_source(
