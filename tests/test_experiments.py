@@ -240,6 +240,13 @@ def test_unknown_method_suggests_the_closest(registry):
         ExperimentConfig(methods=("redraww",))
 
 
+def test_an_expert_behaviour_for_a_target_without_one_is_refused_before_any_stage(registry, tmp_path, capsys):
+    assert main(["compare", "--source", "dmc/cup-catch-v0", "--out", str(tmp_path / "cup")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'dmc/cup-catch-windy-v0' has no scripted expert" in err and "sim-policy" in err
+    assert not (tmp_path / "cup").exists()
+
+
 def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(registry, tmp_path, monkeypatch):
     """The demo takes the source plugin's recommendations (pendulum: the belief as a residual input); a flag
     given on the command line wins; compare keeps the paper's settings."""

@@ -29,6 +29,7 @@ from latent_residual.progress import clock
 from latent_residual.registry.lookup import (
     demo_env,
     env_pretrained,
+    env_spec,
     make_method,
     method_config,
     method_config_class,
@@ -177,9 +178,16 @@ class ExperimentConfig:
         return dataclasses.replace(self, backbones=(backbone,), methods=paired or self.methods, backbone_methods=())
 
     def resolved(self) -> ExperimentConfig:
-        """This config with the registry's choices filled in: the demo source and the source's target."""
+        """This config with the registry's choices filled in: the demo source and the source's target; a target
+        without the expert that ``behaviour`` asks for is refused here, before any stage runs."""
         source = self.source or demo_env().id
-        return dataclasses.replace(self, source=source, target=self.target or source_target(source))
+        resolved = dataclasses.replace(self, source=source, target=self.target or source_target(source))
+        if resolved.behaviour == "expert" and env_spec(resolved.target).expert is None:
+            raise ConfigError(
+                f"ExperimentConfig.behaviour is 'expert', but the target {resolved.target!r} has no scripted expert; "
+                "record its data with behaviour 'sim-policy' (--behaviour sim-policy) or 'random'."
+            )
+        return resolved
 
 
 class _Results:
