@@ -248,24 +248,14 @@ def _collect_plan(env_id: str, steps: tuple[DataStep, ...], data_dir: Path, seed
 def _train_source(
     env_id: str, recipe: SourceRecipe, dataset: Dataset, out: Path, seed: int, quiet: bool, say
 ) -> tuple[WorldModel, ActorCritic]:
-    """Train the world model offline on ``dataset`` and the policy in its imagination (logs under ``out``)."""
+    """A new world model trained offline on ``dataset`` and a new policy in its imagination (logs under ``out``)."""
     env = make_env(env_id)
     torch.manual_seed(seed)
     model = make_backbone(recipe.backbone, env.observation_space, env.action_space, **recipe.backbone_kwargs)
     env.close()
-    say(f"training the world model: {recipe.model_updates} updates")
-    train_world_model(
-        model, dataset.episodes, updates=recipe.model_updates, batch_size=recipe.batch_size, seq_len=recipe.seq_len,
-        lr=recipe.model_lr, seed=seed, log_dir=out / "logs" / "world_model", quiet=quiet, workers=recipe.workers,
-    )  # fmt: skip
-    say(f"training the simulation policy in imagination: {recipe.policy_updates} updates")
-    policy_config = PolicyTrainConfig(
-        steps=recipe.policy_updates, starts=recipe.policy_starts, seed=seed, workers=recipe.workers
+    actor_critic = _train(
+        model, None, recipe, dataset, (recipe.model_updates, recipe.policy_updates), out / "logs", seed, quiet, say
     )
-    actor_critic = train_policy(
-        model, _starts(dataset, recipe), policy_config,
-        ac_config=ActorCriticConfig(**recipe.actor_critic), log_dir=out / "logs" / "policy", quiet=quiet,
-    )  # fmt: skip
     return model, actor_critic
 
 
@@ -274,19 +264,27 @@ def _train_round(
     quiet: bool, say,
 ) -> None:  # fmt: skip
     """One policy round's training, both parts continued in place on the data so far (the policy's included)."""
-    say(f"training the world model {recipe.round_model_updates} updates more")
+    updates = (recipe.round_model_updates, recipe.round_policy_updates)
+    _train(model, actor_critic, recipe, dataset, updates, logs, seed, quiet, say)
+
+
+def _train(
+    model: WorldModel, actor_critic: ActorCritic | None, recipe: SourceRecipe, dataset: Dataset,
+    updates: tuple[int, int], logs: Path, seed: int, quiet: bool, say,
+) -> ActorCritic:  # fmt: skip
+    """Train ``model`` on ``dataset``, then ``actor_critic`` (a new one when ``None``) in its imagination, by
+    ``updates`` (world model, policy); logs under ``logs``."""
+    say(f"training the world model: {updates[0]} updates")
     train_world_model(
-        model, dataset.episodes, updates=recipe.round_model_updates, batch_size=recipe.batch_size,
-        seq_len=recipe.seq_len, lr=recipe.model_lr, seed=seed, log_dir=logs / "world_model", quiet=quiet,
-        workers=recipe.workers,
+        model, dataset.episodes, updates=updates[0], batch_size=recipe.batch_size, seq_len=recipe.seq_len,
+        lr=recipe.model_lr, seed=seed, log_dir=logs / "world_model", quiet=quiet, workers=recipe.workers,
     )  # fmt: skip
-    say(f"training the simulation policy {recipe.round_policy_updates} updates more")
-    policy_config = PolicyTrainConfig(
-        steps=recipe.round_policy_updates, starts=recipe.policy_starts, seed=seed, workers=recipe.workers
-    )
-    train_policy(
-        model, _starts(dataset, recipe), policy_config, actor_critic=actor_critic, log_dir=logs / "policy", quiet=quiet
-    )
+    say(f"training the simulation policy in imagination: {updates[1]} updates")
+    policy_config = PolicyTrainConfig(steps=updates[1], starts=recipe.policy_starts, seed=seed, workers=recipe.workers)
+    return train_policy(
+        model, _starts(dataset, recipe), policy_config, ac_config=ActorCriticConfig(**recipe.actor_critic),
+        actor_critic=actor_critic, log_dir=logs / "policy", quiet=quiet,
+    )  # fmt: skip
 
 
 def _starts(dataset: Dataset, recipe: SourceRecipe) -> dict[str, torch.Tensor]:
