@@ -241,15 +241,19 @@ def test_unknown_method_suggests_the_closest(registry):
 
 
 def test_an_expert_behaviour_for_a_target_without_one_is_refused_before_any_stage(registry, tmp_path, capsys):
-    assert main(["compare", "--source", "dmc/cup-catch-v0", "--out", str(tmp_path / "cup")]) == 1
+    out = str(tmp_path / "cup")
+    assert main(["compare", "--source", "dmc/cup-catch-v0", "--behaviour", "expert", "--out", out]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "'dmc/cup-catch-windy-v0' has no scripted expert" in err and "sim-policy" in err
     assert not (tmp_path / "cup").exists()
 
 
-def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(registry, tmp_path, monkeypatch):
+def test_demo_applies_the_sources_recommended_settings_and_compare_only_how_data_is_recorded(
+    registry, tmp_path, monkeypatch
+):
     """The demo takes the source plugin's recommendations (pendulum: the belief as a residual input); a flag
-    given on the command line wins; compare keeps the paper's settings."""
+    given on the command line wins; compare keeps the paper's method settings and takes the recommended
+    behaviour (the cup's target has no expert)."""
     from latent_residual.workflow.experiments.defaults import CPU_DEFAULTS
 
     seen = {}
@@ -273,6 +277,11 @@ def test_demo_applies_the_sources_recommended_settings_and_compare_does_not(regi
     assert seen["residual"].extra_inputs == ()  # they differ: neither is applied to both
     assert main(["compare", "--out", str(tmp_path / "c")]) == 0
     assert seen["residual"].extra_inputs == ()
+    assert seen["config"].behaviour == "expert"
+    assert main(["compare", "--source", "dmc/cup-catch-v0", "--out", str(tmp_path / "f")]) == 0
+    assert (seen["config"].behaviour, seen["config"].noise) == ("sim-policy", 0.3)
+    assert main(["compare", "--source", "dmc/cup-catch-v0", "--behaviour", "random", "--out", str(tmp_path / "g")]) == 0
+    assert seen["config"].behaviour == "random"
     assert CPU_DEFAULTS.pretrain["backbone_preset"] == "cpu"
 
 
