@@ -128,3 +128,23 @@ def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no source recipe for backbone 'nope'" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_build_source_by_another_environments_recipe(registry, tmp_path, capsys, monkeypatch):
+    """--recipe-of builds ENV_ID by another environment's recipe and records the flag; a plan that needs an
+    expert the environment lacks is one line before anything is written."""
+    out = str(tmp_path / "x")
+    assert main(["build-source", "dmc/cup-catch-windy-v0", "--recipe-of", "dmc/pendulum-swingup-v0", "--out", out]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "'dmc/cup-catch-windy-v0' has no expert" in err
+    assert not (tmp_path / "x").exists()
+    seen = {}
+
+    def record(env_id, out, *, recipe, command, **kwargs):
+        seen.update(env_id=env_id, recipe=recipe, command=command)
+        return {"simulation_policy_in_simulation": {"return_mean": 1.0, "return_std": 0.0, "episodes": 1}, "seconds": 0}
+
+    monkeypatch.setattr("latent_residual.workflow.cli.commands.build_source", record)
+    assert main(["build-source", "dmc/cup-catch-windy-v0", "--recipe-of", "dmc/cup-catch-v0", "--out", out]) == 0
+    assert seen["env_id"] == "dmc/cup-catch-windy-v0" and seen["recipe"] == source_recipe("dmc/cup-catch-v0")
+    assert "--recipe-of dmc/cup-catch-v0" in seen["command"]

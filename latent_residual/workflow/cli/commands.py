@@ -111,6 +111,12 @@ def _build_source_command(group: click.Group) -> None:
         default=None,
         help="Whose recipe, where the plugin registers one per backbone  [default: the environment's backbone]",
     )
+    @click.option(
+        "--recipe-of",
+        default=None,
+        help="Build ENV_ID by the recipe another environment registered, e.g. a source's recipe in its target, "
+        "with the target's own reward: what this learner reaches there  [default: ENV_ID's own]",
+    )
     @click.option("--model-updates", type=COUNT, default=None, help="World-model updates  [default: the recipe's]")
     @click.option(
         "--policy-updates", type=COUNT, default=None, help="Policy updates in imagination  [default: the recipe's]"
@@ -123,17 +129,28 @@ def _build_source_command(group: click.Group) -> None:
         "depends on this number, which provenance.json records)  [default: the recipe's]",
     )
     def build_source_command(
-        env_id: str, out: Path, data: Path | None, seed: int, backbone, model_updates, policy_updates, workers
+        env_id: str,
+        out: Path,
+        data: Path | None,
+        seed: int,
+        backbone,
+        recipe_of,
+        model_updates,
+        policy_updates,
+        workers,
     ) -> None:
         """Build a simulation's world model and policy offline by the recipe its plugin registered: collect
         the recipe's data plan, train the world model, train the policy in its imagination, score it."""
         given = {"model_updates": model_updates, "policy_updates": policy_updates, "workers": workers}
-        recipe = source_recipe(env_id, backbone, **{key: value for key, value in given.items() if value is not None})
+        recipe = source_recipe(
+            recipe_of or env_id, backbone, **{key: value for key, value in given.items() if value is not None}
+        )
         check_output_directory(out)
         flags = {
             "--data": data,
             "--seed": seed,
             "--backbone": backbone,
+            "--recipe-of": recipe_of,
             **{f"--{key.replace('_', '-')}": value for key, value in given.items()},
         }
         command = f"latent-residual build-source {env_id} --out {out}" + "".join(

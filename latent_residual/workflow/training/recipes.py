@@ -175,6 +175,11 @@ def build_source(
     world model and the policy are all seeded by ``seed``.
     """
     recipe = recipe or source_recipe(env_id)
+    if env_spec(env_id).expert is None and any(step.behaviour == "expert" for step in recipe.data_plan):
+        raise ConfigError(
+            f"The recipe's data plan collects with the scripted expert, but {env_id!r} has no expert; "
+            "give it a recipe without 'expert' steps (random actions, then 'policy' rounds)."
+        )
     if not recipe.backbone:
         recipe = dataclasses.replace(recipe, backbone=source_backbone(env_id))
     out = Path(out)
