@@ -157,5 +157,5 @@ def add_experiment_commands(group: click.Group) -> None:
         "The whole ReDRAW story on the registered demo source and its target on a CPU, with the settings "
         "the source's plugin recommends.",
         DEMO_DEFAULTS,
-        recommended=("experiment", "pretrain", "policy", "actor_critic", "methods"),
+        recommended=(*EXPERIMENT_CONFIGS, "methods"),
     )

@@ -193,12 +193,15 @@ def build_source(
     # on episodes of their own: the reported score's episodes choose nothing.
     curve = [_score(env_id, model, actor_critic, SELECT_SEED, dataset.transitions, say)]
     kept = (0, copy.deepcopy(model), copy.deepcopy(actor_critic))
+    round_updates = (recipe.round_model_updates, recipe.round_policy_updates)
     for number, step in enumerate(rounds, 1):
         say(f"round {number} of {len(rounds)}: the policy (noise {step.noise}) collects until {step.until} transitions")
         policy = Policy(model, actor_critic.actor)
         collect(env_id, policy, data_dir, transitions=step.until, noise=step.noise, seed=seed, quiet=quiet)
         dataset = load_dataset(data_dir, max_transitions=step.until)
-        _train_round(model, actor_critic, recipe, dataset, out / "logs" / f"round{number}", seed + number, quiet, say)
+        # Both parts continued in place on the data so far (the policy's own episodes included).
+        logs = out / "logs" / f"round{number}"
+        _train(model, actor_critic, recipe, dataset, round_updates, logs, seed + number, quiet, say)
         curve.append(_score(env_id, model, actor_critic, SELECT_SEED, dataset.transitions, say))
         if curve[-1]["return_mean"] > curve[kept[0]]["return_mean"]:
             kept = (number, copy.deepcopy(model), copy.deepcopy(actor_critic))
@@ -262,15 +265,6 @@ def _train_source(
         model, None, recipe, dataset, (recipe.model_updates, recipe.policy_updates), out / "logs", seed, quiet, say
     )
     return model, actor_critic
-
-
-def _train_round(
-    model: WorldModel, actor_critic: ActorCritic, recipe: SourceRecipe, dataset: Dataset, logs: Path, seed: int,
-    quiet: bool, say,
-) -> None:  # fmt: skip
-    """One policy round's training, both parts continued in place on the data so far (the policy's included)."""
-    updates = (recipe.round_model_updates, recipe.round_policy_updates)
-    _train(model, actor_critic, recipe, dataset, updates, logs, seed, quiet, say)
 
 
 def _train(
