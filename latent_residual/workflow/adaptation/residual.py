@@ -69,6 +69,7 @@ def fit_adapter(
 ) -> FitResult:
     """Fit a residual on ``world_model`` (frozen) to the target dataset ``data`` and save the adapter to ``out``
     (the fit's metrics in ``out/logs``). A fit that fails (no better than the base) leaves nothing in ``out``."""
+    torch.manual_seed(fit.seed)  # the residual's initial weights: the same seed gives the same adapter
     adapted = attach_residual(load_world_model(world_model), residual)
     sequences = reward_free_sequences(data, sequence_length, max_transitions=max_transitions)
     adapted.print_trainable_parameters()

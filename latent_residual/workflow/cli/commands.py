@@ -246,7 +246,14 @@ def _finetune_command(group: click.Group) -> None:
 def _train_policy_command(group: click.Group) -> None:
     @group.command(name="train-policy")
     @click.option("--world-model", type=PATH, required=True, help="World-model checkpoint.")
-    @click.option("--adapter", type=PATH, default=None, help="Adapter directory; omit for the plain model.")
+    @click.option(
+        "--adapter",
+        "adapters",
+        type=PATH,
+        multiple=True,
+        help="Adapter directory; omit for the plain model. Given more than once (fits of one residual, e.g. `adapt "
+        "--fit-seed`), candidates are trained in each and scored in all, the lowest score counting.",
+    )
     @click.option("--out", type=PATH, required=True, help="File to write (actor_critic.safetensors).")
     @overwrite_option("a policy file")
     @data_options
@@ -255,7 +262,7 @@ def _train_policy_command(group: click.Group) -> None:
     @config_options(ActorCriticConfig, prefix="ac-")
     def train_policy_command(
         world_model: Path,
-        adapter,
+        adapters: tuple[Path, ...],
         out: Path,
         overwrite: bool,
         data: Path,
@@ -264,7 +271,7 @@ def _train_policy_command(group: click.Group) -> None:
         **options: Any,
     ) -> None:
         """Train a fresh actor-critic in the (adapted) world model's imagination; with --candidates or
-        --snapshots, several, one chosen without real reward (scores in OUT's .selection.json)."""
+        --snapshots or several --adapter, several, one chosen without real reward (scores in OUT's .selection.json)."""
         check_output_file(out, overwrite=overwrite)
         train_saved_policy(
             world_model,
@@ -272,7 +279,7 @@ def _train_policy_command(group: click.Group) -> None:
             out,
             config_from_options(PolicyTrainConfig, options),
             ac_config=config_from_options(ActorCriticConfig, options, prefix="ac-"),
-            adapter=adapter,
+            adapters=adapters,
             max_transitions=max_transitions,
             sequence_length=sequence_length,
             selection=config_from_options(SelectionConfig, options),

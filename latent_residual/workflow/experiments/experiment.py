@@ -57,6 +57,8 @@ SELECTION_NAME = "selection.json"
 ZERO_SHOT = "zero-shot"
 EVAL_SEED = 10_000
 DATA_SEED = 20_000
+#: A cell's fit k (``fits``) is seeded seed + k x this, so that adding seeds or fits keeps every fit made before.
+FIT_SEED_STRIDE = 1_000
 
 
 @dataclass
@@ -106,6 +108,14 @@ class ExperimentConfig:
         },
     )
     seeds: int = field(default=1, metadata={"help": "Seeds per method (fit and policy training)."})
+    fits: int = field(
+        default=1,
+        metadata={
+            "help": "Fits per (method, data size, seed) cell of a method that trains a fresh policy, fit k seeded "
+            "seed + 1000 k; policies are trained in each fit's model and the one whose lowest score over all the "
+            "fits' models is highest is kept (a policy that exploits one fit's error scores low in the others')."
+        },
+    )
     eval_episodes: int = field(default=10, metadata={"help": "Evaluation episodes per policy."})
     sequence_length: int = field(default=32, metadata={"help": "Steps per training sequence cut from the target data."})
     episode_steps: int = field(
@@ -142,8 +152,8 @@ class ExperimentConfig:
             )
         if not self.transitions or min(self.transitions) < 1:
             raise ConfigError(f"ExperimentConfig.transitions must be positive sizes, got {self.transitions!r}.")
-        if self.seeds < 1 or self.eval_episodes < 1:
-            raise ConfigError("ExperimentConfig: seeds and eval_episodes must be >= 1.")
+        if self.seeds < 1 or self.eval_episodes < 1 or self.fits < 1:
+            raise ConfigError("ExperimentConfig: seeds, fits and eval_episodes must be >= 1.")
         if self.jobs < 0:
             raise ConfigError(f"ExperimentConfig.jobs must be >= 0 (0: one per core), got {self.jobs}.")
         if self.pretrained and len(self.backbones) > 1:
@@ -319,6 +329,11 @@ class _Cell:
         return out / "runs" / f"{self.method}-{self.size}-seed{self.seed}"
 
 
+def _fit_directory(run_dir: Path, fit: int) -> Path:
+    """Where a cell keeps its fit number ``fit``: the first in the cell's own directory, as with one fit."""
+    return run_dir if fit == 0 else run_dir / f"fit{fit}"
+
+
 def _adapted(
     run: _Run, name: str, method: AdaptationMethod, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int
 ) -> tuple[WorldModel, dict[str, Any]]:
@@ -347,38 +362,58 @@ def _adapted(
 
 
 def _target_policy(
-    run: _Run, name: str, model: WorldModel, sequences: dict[str, torch.Tensor], run_dir: Path, seed: int, size: int
-) -> Policy:
-    """A policy trained in ``model``'s imagination (fresh, or the simulation policy further), once; a re-run
-    loads it."""
+    run: _Run,
+    name: str,
+    models: list[WorldModel],
+    sequences: dict[str, torch.Tensor],
+    run_dir: Path,
+    seed: int,
+    size: int,
+) -> tuple[Policy, int]:
+    """A policy trained in the imagination of ``models`` (the cell's fits; fresh, or the simulation policy
+    further), once; a re-run loads it. Returns it and the fit it was trained in."""
     policy_path = run_dir / ACTOR_CRITIC_NAME
+    selection_path = run_dir / SELECTION_NAME
     if not policy_path.exists():
         torch.manual_seed(seed)
         config = dataclasses.replace(run.policy_config, seed=seed)
         options = {"ac_config": run.ac_config, "log_dir": run_dir / "policy_logs", "quiet": run.quiet}
         if make_method(name).continues_simulation_policy:
             start = load_actor_critic(run.pretrained / ACTOR_CRITIC_NAME)
-            actor_critic = train_policy(model, sequences, config, actor_critic=start, **options)
-        elif config.selects:
-            selection = train_candidates(model, sequences, config, SelectionConfig(), **options)
+            actor_critic = train_policy(models[0], sequences, config, actor_critic=start, **options)
+        elif config.selects or len(models) > 1:
+            selection = train_candidates(models, sequences, config, SelectionConfig(), **options)
             actor_critic = selection.actor_critic
-            write_text(run_dir / SELECTION_NAME, json.dumps(selection.to_dict(), indent=2) + "\n")
+            write_text(selection_path, json.dumps(selection.to_dict(), indent=2) + "\n")
         else:
-            actor_critic = train_policy(model, sequences, config, **options)
+            actor_critic = train_policy(models[0], sequences, config, **options)
         save_actor_critic(actor_critic, policy_path, extra={"method": name, "transitions": size})
-    return Policy(run.base, load_actor_critic(policy_path).actor)
+    fit = 0
+    if selection_path.exists():
+        record = json.loads(selection_path.read_text())
+        fit = record["candidates"][record["chosen"]].get("fit", 0)  # files from before several fits
+    return Policy(run.base, load_actor_critic(policy_path).actor), fit
 
 
 def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """Adapt, train a policy in imagination and evaluate it in the target, for one cell; returns its results row."""
+    """Adapt (``fits`` times), train a policy in imagination and evaluate it in the target, for one cell; returns
+    its results row, whose ``fit`` is that of the fit the kept policy was trained in."""
     method, run_dir = make_method(cell.method), cell.directory(run.out)
-    model, fit_info = _adapted(run, cell.method, method, sequences, run_dir, cell.seed)
-    policy = (
-        _target_policy(run, cell.method, model, sequences, run_dir, cell.seed, cell.size)
+    fits = run.config.fits if method.trains_policy and not method.continues_simulation_policy else 1
+    adapted = [
+        _adapted(run, cell.method, method, sequences, _fit_directory(run_dir, k), cell.seed + k * FIT_SEED_STRIDE)
+        for k in range(fits)
+    ]
+    models, infos = [model for model, _ in adapted], [info for _, info in adapted]
+    policy, fit = (
+        _target_policy(run, cell.method, models, sequences, run_dir, cell.seed, cell.size)
         if method.trains_policy
-        else run.sim_policy
+        else (run.sim_policy, 0)
     )
-    row = run.evaluation(policy, run.config.target, fit=fit_info)
+    extra: dict[str, Any] = {"fit": infos[fit]}
+    if fits > 1:
+        extra["fits"] = infos
+    row = run.evaluation(policy, run.config.target, **extra)
     if (run_dir / SELECTION_NAME).exists():  # the candidates' scores, beside the chosen policy's return
         row["selection"] = json.loads((run_dir / SELECTION_NAME).read_text())
     return row

@@ -9,7 +9,7 @@ import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,7 +179,7 @@ def _snapshot_updates(steps: int, snapshots: int) -> list[int]:
 
 
 def train_candidates(
-    model: WorldModel,
+    models: WorldModel | Sequence[WorldModel],
     sequences: Mapping[str, Tensor],
     config: PolicyTrainConfig,
     selection: SelectionConfig,
@@ -188,28 +188,32 @@ def train_candidates(
     log_dir: str | Path | None = None,
     quiet: bool = False,
 ) -> Selection:
-    """Train ``config.candidates`` policies (seeds ``config.seed`` on), keep ``config.snapshots`` of each along
-    training, and choose one by the offline criterion (``selection.py``). No reward of the data is read."""
+    """Train ``config.candidates`` policies (seeds ``config.seed`` on) in each of ``models`` (one model, or several
+    fits of it), keep ``config.snapshots`` of each along training, and choose one by the offline criterion
+    (``selection.py``), every candidate scored in every model. No reward of the data is read."""
+    models = [models] if isinstance(models, WorldModel) else list(models)
     sequences = {key: value for key, value in sequences.items() if key != "reward"}
     keep = _snapshot_updates(config.steps, config.snapshots)
-    candidates: list[tuple[int, int, ActorCritic]] = []
-    for offset in range(config.candidates):
-        seed = config.seed + offset
+    candidates: list[tuple[int, int, int, ActorCritic]] = []
+    for fit, model in enumerate(models):
+        for offset in range(config.candidates):
+            seed = config.seed + offset
 
-        def snapshot(update: int, actor_critic: ActorCritic, seed: int = seed) -> None:
-            if update in keep:
-                candidates.append((seed, update, copy.deepcopy(actor_critic)))
+            def snapshot(update: int, trained: ActorCritic, fit: int = fit, seed: int = seed) -> None:
+                if update in keep:
+                    candidates.append((fit, seed, update, copy.deepcopy(trained)))
 
-        train_policy(
-            model,
-            sequences,
-            dataclasses.replace(config, seed=seed, candidates=1, snapshots=1),
-            ac_config=ac_config,
-            log_dir=None if log_dir is None else Path(log_dir) / f"seed{seed}",
-            quiet=quiet,
-            on_update=snapshot,
-        )
-    return choose(model, candidates, sequences, selection)
+            where = f"fit{fit}/seed{seed}" if len(models) > 1 else f"seed{seed}"
+            train_policy(
+                model,
+                sequences,
+                dataclasses.replace(config, seed=seed, candidates=1, snapshots=1),
+                ac_config=ac_config,
+                log_dir=None if log_dir is None else Path(log_dir) / where,
+                quiet=quiet,
+                on_update=snapshot,
+            )
+    return choose(models, candidates, sequences, selection)
 
 
 def train_saved_policy(
@@ -219,29 +223,31 @@ def train_saved_policy(
     config: PolicyTrainConfig,
     *,
     ac_config: ActorCriticConfig | None = None,
-    adapter: Path | None = None,
+    adapters: Sequence[Path] = (),
     max_transitions: int | None = None,
     sequence_length: int = 32,
     selection: SelectionConfig | None = None,
 ) -> ActorCritic:
-    """Train a fresh actor-critic in the imagination of a saved world model (with ``adapter``, the adapted one) from
+    """Train a fresh actor-critic in the imagination of a saved world model (with an adapter, the adapted one) from
     the target dataset ``data``, and save it to the file ``out`` (its metrics in ``policy_logs`` beside it).
 
-    With more than one candidate (``config.candidates``, ``config.snapshots``), the one ``selection`` chooses is
-    saved and every candidate's score goes to ``<out>.selection.json``."""
-    model = load_world_model(world_model)
-    if adapter is not None:
-        model = load_adapter(model, adapter, trainable=False)
+    With more than one candidate (``config.candidates``, ``config.snapshots``) or several ``adapters`` (fits of one
+    residual, candidates trained in each), the one ``selection`` chooses is saved and every candidate's score goes
+    to ``<out>.selection.json``."""
+    base = load_world_model(world_model)
+    models = [load_adapter(base, adapter, trainable=False) for adapter in adapters] or [base]
     sequences = reward_free_sequences(data, sequence_length, max_transitions=max_transitions)
     log_dir = out.parent / "policy_logs"
     chosen = None
-    if config.selects:
+    if config.selects or len(models) > 1:
         chosen = train_candidates(
-            model, sequences, config, selection or SelectionConfig(), ac_config=ac_config, log_dir=log_dir
+            models, sequences, config, selection or SelectionConfig(), ac_config=ac_config, log_dir=log_dir
         )
         actor_critic = chosen.actor_critic
+        adapter = adapters[chosen.scores[chosen.chosen].fit] if adapters else None
     else:
-        actor_critic = train_policy(model, sequences, config, ac_config=ac_config, log_dir=log_dir)
+        actor_critic = train_policy(models[0], sequences, config, ac_config=ac_config, log_dir=log_dir)
+        adapter = adapters[0] if adapters else None
     save_actor_critic(actor_critic, out, extra={"world_model": str(world_model), "adapter": str(adapter or "")})
     if chosen is not None:
         write_text(selection_path(out), json.dumps(chosen.to_dict(), indent=2) + "\n")

@@ -1,5 +1,6 @@
 """Choosing a policy without real reward: candidates (seeds, and snapshots along training) scored in the corrected
-model from posterior states of held-out target data, less the residual ensemble's disagreement on the way.
+model from posterior states of held-out target data, less the residual ensemble's disagreement on the way; with
+several fits of the model, each candidate is scored in every fit's model and its lowest score counts.
 
 Training the candidates is ``policy_training.py``; the criterion reads the model and reward-free data only.
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +27,7 @@ from latent_residual.rollout import imagine, start_bank, subsample_states
 CRITERION = (
     "imagined return of the deterministic actor from posterior states of the held-out target sequences, "
     "discounted and continuation-weighted, minus penalty x the disagreement of a residual ensemble whose members "
-    "were fitted independently (nats per step; zero otherwise)"
+    "were fitted independently (nats per step; zero otherwise); with several fits, the lowest of the fits' scores"
 )
 
 
@@ -58,13 +59,16 @@ class SelectionConfig:
 
 @dataclass
 class CandidateScore:
-    """One candidate: which seed and update it is, and its criterion."""
+    """One candidate: the fit it was trained in, its seed and update, and its criterion: ``score`` is the lowest of
+    ``scores_by_fit``, and ``imagined_return`` and ``disagreement`` are that fit's."""
 
+    fit: int
     seed: int
     update: int
     imagined_return: float
     disagreement: float
     score: float
+    scores_by_fit: list[float]
 
 
 @dataclass
@@ -144,17 +148,21 @@ def score_policy(
 
 
 def choose(
-    model: WorldModel,
-    candidates: list[tuple[int, int, ActorCritic]],
+    models: Sequence[WorldModel],
+    candidates: list[tuple[int, int, int, ActorCritic]],
     sequences: Mapping[str, Tensor],
     config: SelectionConfig,
 ) -> Selection:
-    """Score ``candidates`` (seed, update, actor-critic) from the held-out part of ``sequences`` and pick the
-    highest score (the first of equals). The sequences' rewards, if any, are not read."""
-    starts = held_out_starts(model, sequences, config)
+    """Score ``candidates`` (fit, seed, update, actor-critic) in every one of ``models`` (the fits of one corrected
+    model, each a candidate's trainer) from the held-out part of ``sequences`` and pick the highest lowest score
+    (the first of equals): a policy that exploits one fit's error scores low in the others'. The sequences'
+    rewards, if any, are not read."""
+    starts = [held_out_starts(model, sequences, config) for model in models]
     scores = []
-    for seed, update, actor_critic in candidates:
-        imagined, spread = score_policy(model, actor_critic, starts, config)
-        scores.append(CandidateScore(seed, update, imagined, spread, imagined - config.score_penalty * spread))
+    for fit, seed, update, actor_critic in candidates:
+        by_fit = [score_policy(model, actor_critic, start, config) for model, start in zip(models, starts)]
+        totals = [imagined - config.score_penalty * spread for imagined, spread in by_fit]
+        worst = min(range(len(totals)), key=totals.__getitem__)
+        scores.append(CandidateScore(fit, seed, update, *by_fit[worst], totals[worst], totals))
     chosen = max(range(len(scores)), key=lambda index: scores[index].score)
-    return Selection(candidates[chosen][2], chosen, scores, config, [actor_critic for _, _, actor_critic in candidates])
+    return Selection(candidates[chosen][3], chosen, scores, config, [candidate[3] for candidate in candidates])
