@@ -65,7 +65,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="Policy updates per seed.")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--snapshots", type=int, default=3)
-    parser.add_argument("--starts", type=int, default=CPU_DEFAULTS.policy["starts"], help="Starts per update.")
     parser.add_argument("--sequence-length", type=int, default=32)
     parser.add_argument("--workers", type=int, default=1, help="Processes per policy (PolicyTrainConfig.workers).")
     args = parser.parse_args()
@@ -80,7 +79,7 @@ def main() -> None:
     ac_config = ActorCriticConfig(**CPU_DEFAULTS.actor_critic)
     config = PolicyTrainConfig(
         steps=args.steps,
-        starts=args.starts,
+        starts=CPU_DEFAULTS.policy["starts"],
         candidates=args.seeds,
         snapshots=args.snapshots,
         workers=args.workers,
