@@ -163,6 +163,7 @@ def test_compare_chooses_each_cells_policy_among_candidates_and_records_the_scor
     row = results["redraw@300/seed0"]
     assert [(c["seed"], c["update"]) for c in row["selection"]["candidates"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
     assert results["settings"]["policy"]["candidates"] == 2
+    assert (out / "runs" / "redraw-300-seed0" / "selection.json").exists()
 
 
 def test_compare_with_several_fits_keeps_each_and_the_chosen_policys_fit_in_the_row(pretrained, tmp_path):

@@ -369,11 +369,10 @@ def _target_policy(
     run_dir: Path,
     seed: int,
     size: int,
-) -> tuple[Policy, int]:
+) -> Policy:
     """A policy trained in the imagination of ``models`` (the cell's fits; fresh, or the simulation policy
-    further), once; a re-run loads it. Returns it and the fit it was trained in."""
+    further), once; a re-run loads it."""
     policy_path = run_dir / ACTOR_CRITIC_NAME
-    selection_path = run_dir / SELECTION_NAME
     if not policy_path.exists():
         torch.manual_seed(seed)
         config = dataclasses.replace(run.policy_config, seed=seed)
@@ -384,15 +383,11 @@ def _target_policy(
         elif config.selects or len(models) > 1:
             selection = train_candidates(models, sequences, config, SelectionConfig(), **options)
             actor_critic = selection.actor_critic
-            write_text(selection_path, json.dumps(selection.to_dict(), indent=2) + "\n")
+            write_text(run_dir / SELECTION_NAME, json.dumps(selection.to_dict(), indent=2) + "\n")
         else:
             actor_critic = train_policy(models[0], sequences, config, **options)
         save_actor_critic(actor_critic, policy_path, extra={"method": name, "transitions": size})
-    fit = 0
-    if selection_path.exists():
-        record = json.loads(selection_path.read_text())
-        fit = record["candidates"][record["chosen"]].get("fit", 0)  # files from before several fits
-    return Policy(run.base, load_actor_critic(policy_path).actor), fit
+    return Policy(run.base, load_actor_critic(policy_path).actor)
 
 
 def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -405,17 +400,18 @@ def _cell_row(run: _Run, cell: _Cell, sequences: dict[str, torch.Tensor]) -> dic
         for k in range(fits)
     ]
     models, infos = [model for model, _ in adapted], [info for _, info in adapted]
-    policy, fit = (
+    policy = (
         _target_policy(run, cell.method, models, sequences, run_dir, cell.seed, cell.size)
         if method.trains_policy
-        else (run.sim_policy, 0)
+        else run.sim_policy
     )
-    extra: dict[str, Any] = {"fit": infos[fit]}
-    if fits > 1:
-        extra["fits"] = infos
-    row = run.evaluation(policy, run.config.target, **extra)
+    selection = None
     if (run_dir / SELECTION_NAME).exists():  # the candidates' scores, beside the chosen policy's return
-        row["selection"] = json.loads((run_dir / SELECTION_NAME).read_text())
+        selection = json.loads((run_dir / SELECTION_NAME).read_text())
+    fit = 0 if selection is None else selection["candidates"][selection["chosen"]].get("fit", 0)  # older files: none
+    row = run.evaluation(policy, run.config.target, fit=infos[fit], **({"fits": infos} if fits > 1 else {}))
+    if selection is not None:
+        row["selection"] = selection
     return row
 
 

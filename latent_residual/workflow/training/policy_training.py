@@ -244,10 +244,10 @@ def train_saved_policy(
             models, sequences, config, selection or SelectionConfig(), ac_config=ac_config, log_dir=log_dir
         )
         actor_critic = chosen.actor_critic
-        adapter = adapters[chosen.scores[chosen.chosen].fit] if adapters else None
     else:
         actor_critic = train_policy(models[0], sequences, config, ac_config=ac_config, log_dir=log_dir)
-        adapter = adapters[0] if adapters else None
+    fit = 0 if chosen is None else chosen.scores[chosen.chosen].fit
+    adapter = adapters[fit] if adapters else None
     save_actor_critic(actor_critic, out, extra={"world_model": str(world_model), "adapter": str(adapter or "")})
     if chosen is not None:
         write_text(selection_path(out), json.dumps(chosen.to_dict(), indent=2) + "\n")
