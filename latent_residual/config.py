@@ -98,6 +98,8 @@ class PresetConfig:
             if kind == "bool":
                 if not isinstance(value, bool):
                     raise ConfigError(f"{name}.{item.name} must be true or false, got {value!r}.")
+            elif kind == "dict[str, list[int]]":
+                self._check_indices(name, item.name, value)
             elif kind.startswith("dict"):
                 self._check_weights(name, item.name, value)
             elif kind == "int":
@@ -124,6 +126,18 @@ class PresetConfig:
             for key, weight in value.items()
         ):
             raise ConfigError(f"{name}.{field_name} must map names to finite numbers >= 0, got {value!r}.")
+
+    @staticmethod
+    def _check_indices(name: str, field_name: str, value: Any) -> None:
+        """A ``dict[str, list[int]]`` field: names to lists of distinct indices >= 0."""
+        if not isinstance(value, dict) or not all(
+            isinstance(key, str)
+            and isinstance(indices, (list, tuple))
+            and all(isinstance(index, int) and not isinstance(index, bool) and index >= 0 for index in indices)
+            and len(set(indices)) == len(indices)
+            for key, indices in value.items()
+        ):
+            raise ConfigError(f"{name}.{field_name} must map names to lists of distinct indices >= 0, got {value!r}.")
 
     @classmethod
     def from_preset(cls: type[P], preset: str | None = None, **overrides: Any) -> P:

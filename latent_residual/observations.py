@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -33,10 +33,13 @@ def _is_box(space: Any) -> bool:
 @dataclass(frozen=True)
 class ObservationLayout:
     """Which keys of a Dict observation space are images (uint8 H x W x C) and which are vectors (every
-    other Box), each in sorted key order: the order encoders concatenate them in."""
+    other Box), each in sorted key order: the order encoders concatenate them in; and which vector elements
+    are angles, which encoders read and decoders predict as (cos, sin) so that theta and theta + 2 pi are one
+    observation (an unlimited hinge's raw angle, like the DMC reacher's shoulder, winds past any range seen)."""
 
     images: dict[str, tuple[int, int, int]]
     vectors: dict[str, tuple[int, ...]]
+    angles: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     @classmethod
     def from_space(cls: type[L], space: Any, owner: str) -> L:
@@ -63,6 +66,22 @@ class ObservationLayout:
             raise ConfigError(f"{owner} needs at least one observation key, got an empty Dict space.")
         return cls(images, vectors)
 
+    def with_angles(self: L, angles: Mapping[str, Iterable[int]], setting: str) -> L:
+        """This layout with ``angles`` (flat element indices per vector key) read as angles; a ``ConfigError``
+        naming ``setting`` refuses an image key, a key the layout lacks or an index past the key's size."""
+        self.check_names(angles, setting)
+        checked = {}
+        for key, indices in angles.items():
+            if key not in self.vectors:
+                raise ConfigError(f"{setting} names image {key!r}; angles are elements of vector keys.")
+            size = math.prod(self.vectors[key])
+            indices = tuple(sorted(int(index) for index in indices))
+            if indices and indices[-1] >= size:
+                raise ConfigError(f"{setting}[{key!r}] has index {indices[-1]}; {key!r} has {size} elements.")
+            if indices:
+                checked[key] = indices
+        return replace(self, angles=checked)
+
     @property
     def keys(self) -> list[str]:
         return [*self.images, *self.vectors]
@@ -79,10 +98,39 @@ class ObservationLayout:
                 f"{did_you_mean(unknown[0], self.keys)}"
             )
 
+    def encoded_size(self, key: str) -> int:
+        """Elements of vector ``key`` as encoders read it and decoders predict it: one more per angle."""
+        return math.prod(self.vectors[key]) + len(self.angles.get(key, ()))
+
     @property
     def vector_size(self) -> int:
-        """Elements of all vector keys together."""
-        return sum(math.prod(shape) for shape in self.vectors.values())
+        """Elements of all vector keys together, as encoders read them."""
+        return sum(self.encoded_size(key) for key in self.vectors)
+
+    def _encoded(self, key: str, value: Tensor) -> Tensor:
+        """Raw ``value`` (N, *shape) of vector ``key`` to (N, encoded_size) in symlog space: the elements that
+        are not angles in order, then the cosines, then the sines of the angles."""
+        flat = value.reshape(len(value), -1)
+        angles = self.angles.get(key)
+        if angles:
+            index = list(angles)
+            others = [i for i in range(flat.shape[-1]) if i not in angles]
+            flat = torch.cat([flat[:, others], torch.cos(flat[:, index]), torch.sin(flat[:, index])], -1)
+        return encodings.symlog(flat)
+
+    def _raw(self, key: str, encoded: Tensor) -> Tensor:
+        """The inverse of :meth:`_encoded`, (N, encoded_size) to (N, size): angles come back in (-pi, pi]."""
+        flat = encodings.symexp(encoded)
+        angles = self.angles.get(key)
+        if not angles:
+            return flat
+        size, count = math.prod(self.vectors[key]), len(angles)
+        others = [i for i in range(size) if i not in angles]
+        kept, cos, sin = flat.split([size - count, count, count], -1)
+        raw = flat.new_empty(len(flat), size)
+        raw[:, others] = kept
+        raw[:, list(angles)] = torch.atan2(sin, cos)
+        return raw
 
     def lead_shape(self, obs: Mapping[str, Tensor], owner: str) -> torch.Size:
         """The leading axes of raw observations ``(*lead, *shape)`` per key; a ``DatasetError`` names
@@ -94,14 +142,15 @@ class ObservationLayout:
         return obs[first].shape[: obs[first].dim() - len(self.shape(first))]
 
     def vector_input(self, obs: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
-        """Every vector key flattened and concatenated in order, cast to ``dtype`` and symlog-ed:
-        (N, vector_size), N the product of the leading axes."""
-        flat = torch.cat([obs[key].reshape(-1, math.prod(shape)) for key, shape in self.vectors.items()], -1)
-        return encodings.symlog(flat.to(dtype))
+        """Every vector key flattened (its angles as cos and sin), concatenated in order, cast to ``dtype`` and
+        symlog-ed: (N, vector_size), N the product of the leading axes."""
+        return torch.cat(
+            [self._encoded(key, obs[key].reshape(-1, *shape).to(dtype)) for key, shape in self.vectors.items()], -1
+        )
 
     def reconstruction_loss(self, predictions: Mapping[str, Tensor], obs: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Squared error summed over each observation's elements: (N,) per key, for predictions (images on
-        the [-0.5, 0.5] scale, vectors in symlog space) and raw targets, both (N, *shape)."""
+        """Squared error summed over each observation's elements: (N,) per key, for predictions (images (N, *shape)
+        on the [-0.5, 0.5] scale, vectors (N, encoded_size) in symlog space) and raw targets (N, *shape)."""
         losses = {}
         for key, prediction in predictions.items():
             # At least float32: under bf16 autocast the errors of 12288 pixels are summed.
@@ -109,17 +158,18 @@ class ObservationLayout:
             if key in self.images:
                 target = image_to_float(obs[key], dtype)
             else:
-                target = encodings.symlog(obs[key].to(dtype))
-            error = F.mse_loss(prediction.to(dtype), target, reduction="none")  # (N, *shape); a scalar key's (N,)
+                target = self._encoded(key, obs[key].to(dtype))
+            error = F.mse_loss(prediction.to(dtype), target, reduction="none")  # (N, *shape) or (N, encoded_size)
             losses[key] = error.reshape(len(error), -1).sum(-1)
         return losses
 
     def decoded(self, predictions: Mapping[str, Tensor], lead: tuple[int, ...]) -> dict[str, Tensor]:
-        """Decoder outputs (N, *shape) per key as ``decode`` returns them: (*lead, *shape), images on the
-        [-0.5, 0.5] scale, vectors back in the environment's units (symexp)."""
+        """Decoder outputs per key (images (N, *shape), vectors (N, encoded_size)) as ``decode`` returns them:
+        (*lead, *shape), images on the [-0.5, 0.5] scale, vectors back in the environment's units (symexp; angles
+        in (-pi, pi])."""
         decoded = {}
         for key, value in predictions.items():
             if key in self.vectors:
-                value = encodings.symexp(value)
+                value = self._raw(key, value)
             decoded[key] = value.reshape(*lead, *self.shape(key))
         return decoded

@@ -51,7 +51,9 @@ class DRAW(WorldModel):
         if not isinstance(action_space, gymnasium.spaces.Box):
             raise ConfigError(f"DRAW needs a Box action space, got {action_space!r}.")
         self.config = config
-        self.layout = observation_layout(observation_space, config.cnn_layers)
+        self.layout = observation_layout(observation_space, config.cnn_layers).with_angles(
+            config.angles, "DRAWConfig.angles"
+        )
         self.layout.check_names(config.recon_key_scales, "DRAWConfig.recon_key_scales")
         self.latent = LatentSpec(config.groups, config.classes)
         self.action_size = math.prod(action_space.shape)

@@ -6,7 +6,6 @@ layout are the core's (``latent_residual.nets``, ``latent_residual.observations`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,7 +56,8 @@ class MultiEncoder(nn.Module):
 
 
 class MultiDecoder(nn.Module):
-    """Reconstructs every observation key from features: images by transposed convs, vectors in symlog."""
+    """Reconstructs every observation key from features: images by transposed convs, vectors in symlog (angles
+    as cos and sin; ``ObservationLayout.decoded`` turns them back)."""
 
     def __init__(
         self,
@@ -73,15 +73,13 @@ class MultiDecoder(nn.Module):
         self.images = nn.ModuleDict(
             {key: ImageDecoder(in_size, shape, cnn_depth, cnn_layers) for key, shape in layout.images.items()}
         )
-        self.vector_sizes = [math.prod(shape) for shape in layout.vectors.values()]
+        self.vector_sizes = [layout.encoded_size(key) for key in layout.vectors]
         self.vectors = MLP(in_size, sum(self.vector_sizes), mlp_units, mlp_layers) if layout.vectors else None
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Predict from (N, in_size) features: images (N, H, W, C) on the [-0.5, 0.5] scale, vectors
-        (N, *shape) in symlog space."""
+        (N, encoded_size) in symlog space."""
         out = {key: decoder(features) for key, decoder in self.images.items()}
         if self.vectors is not None:
-            chunks = self.vectors(features).split(self.vector_sizes, -1)
-            for (key, shape), chunk in zip(self.layout.vectors.items(), chunks, strict=True):
-                out[key] = chunk.reshape(-1, *shape)
+            out.update(zip(self.layout.vectors, self.vectors(features).split(self.vector_sizes, -1), strict=True))
         return out

@@ -92,6 +92,14 @@ class RSSMConfig(PresetConfig, label="RSSM", presets=PRESETS, default="S"):
             "quantity the task turns on but the loss barely sees, like the reacher's small to_target, may need more."
         },
     )
+    angles: dict[str, list[int]] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Elements of vector observation keys that are angles in radians (flat indices per key): read "
+            "and reconstructed as (cos, sin), so a hinge that winds past any angle in the data stays in it "
+            "(the DMC reacher's shoulder); decode returns them in (-pi, pi]."
+        },
+    )
     reward_scale: float = field(default=1.0, metadata={"help": "Weight of the reward loss."})
     cont_scale: float = field(default=1.0, metadata={"help": "Weight of the continuation loss."})
     dyn_scale: float = field(

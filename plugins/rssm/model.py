@@ -56,7 +56,7 @@ class RSSM(WorldModel):
         if not isinstance(action_space, gymnasium.spaces.Box):
             raise ConfigError(f"The RSSM needs a Box action space, got {action_space!r}.")
         self.config = config
-        self.layout = ObservationLayout.for_rssm(observation_space)
+        self.layout = ObservationLayout.for_rssm(observation_space).with_angles(config.angles, "RSSMConfig.angles")
         self.layout.check_names(config.recon_key_scales, "RSSMConfig.recon_key_scales")
         self.latent = LatentSpec(config.stoch, config.classes)
         self.action_size = math.prod(action_space.shape)

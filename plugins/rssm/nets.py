@@ -157,12 +157,12 @@ class MultiDecoder(nn.Module):
             )
         self.vectors = dense_blocks(in_size, units, layers) if layout.vectors else None
         self.heads = nn.ModuleDict(
-            {key: nn.Linear(units if layers else in_size, math.prod(shape)) for key, shape in layout.vectors.items()}
+            {key: nn.Linear(units if layers else in_size, layout.encoded_size(key)) for key in layout.vectors}
         )
 
     def forward(self, features: Tensor) -> dict[str, Tensor]:
         """Predict from (N, in_size) features: images (N, H, W, C) on the [-0.5, 0.5] scale, vectors
-        (N, *shape) in symlog space."""
+        (N, encoded_size) in symlog space (angles as cos and sin)."""
         out: dict[str, Tensor] = {}
         if self.images is not None:
             pixels = self.images(features).split(self.channels, -1)  # (N, H, W, C) each
@@ -170,7 +170,7 @@ class MultiDecoder(nn.Module):
         if self.vectors is not None:
             hidden = self.vectors(features)  # (N, units)
             for key, head in self.heads.items():
-                out[key] = head(hidden).reshape(-1, *self.layout.vectors[key])
+                out[key] = head(hidden)
         return out
 
 
