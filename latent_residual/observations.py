@@ -110,12 +110,15 @@ class ObservationLayout:
     def _encoded(self, key: str, value: Tensor) -> Tensor:
         """Raw ``value`` (N, *shape) of vector ``key`` to (N, encoded_size) in symlog space: the elements that
         are not angles in order, then the cosines, then the sines of the angles."""
-        flat = value.reshape(len(value), -1)
+        size = math.prod(self.vectors[key])
+        flat = value.reshape(-1, size)
         angles = self.angles.get(key)
         if angles:
-            index = list(angles)
-            others = [i for i in range(flat.shape[-1]) if i not in angles]
-            flat = torch.cat([flat[:, others], torch.cos(flat[:, index]), torch.sin(flat[:, index])], -1)
+            # Column slices, not a fancy index: both ONNX exporters keep the batch axis dynamic through them.
+            columns = [flat[:, i : i + 1] for i in range(size)]
+            theta = torch.cat([columns[i] for i in angles], -1)
+            kept = [columns[i] for i in range(size) if i not in angles]
+            flat = torch.cat([*kept, torch.cos(theta), torch.sin(theta)], -1)
         return encodings.symlog(flat)
 
     def _raw(self, key: str, encoded: Tensor) -> Tensor:

@@ -274,3 +274,62 @@ def test_a_scalar_observation_key_trains_and_decodes():
         out = observe(model, prev_actions(batch["action"]), batch["is_first"], embed=model.embed(batch))
         decoded = model.decode(out["features"])
     assert decoded["dist"].shape == (4, 12) and decoded["velocity"].shape == batch["velocity"].shape
+
+
+ARM_SPACE = gymnasium.spaces.Dict(
+    {
+        "position": gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float32),  # (unlimited shoulder, wrist)
+        "velocity": gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float32),
+    }
+)
+
+
+def test_angle_elements_are_read_as_cos_and_sin_and_decoded_wrapped():
+    model = make_model(ARM_SPACE, angles={"position": [0]})
+    plain = make_model(ARM_SPACE)
+    wound = {"position": torch.tensor([[0.3, 1.0], [0.3 + 4 * np.pi, 1.0]]), "velocity": torch.zeros(2, 2)}
+    with torch.no_grad():
+        embedded, embedded_plain = model.embed(wound), plain.embed(wound)
+    # theta and theta + 4 pi are one observation to the model that reads angles, two to the plain one.
+    torch.testing.assert_close(embedded[0], embedded[1], atol=1e-5, rtol=0)
+    assert (embedded_plain[0] - embedded_plain[1]).abs().max() > 1e-2
+    # The decoder predicts (the wrist, cos, sin) for position: one element more than the key has.
+    assert model.decoder.vector_sizes == [3, 2] and plain.decoder.vector_sizes == [2, 2]
+    layout = model.layout
+    encoded = layout._encoded("position", torch.tensor([[0.3 + 4 * np.pi, 1.0], [-3.0, -0.5]]))
+    torch.testing.assert_close(layout._raw("position", encoded), torch.tensor([[0.3, 1.0], [-3.0, -0.5]]))
+    with torch.no_grad():
+        decoded = model.decode(torch.zeros(4, 3, model.feature_size))
+    assert decoded["position"].shape == (4, 3, 2)
+    assert decoded["position"][..., 0].abs().max() <= np.pi
+    # The loss's target is the encoded observation: a prediction of it has no error on a wound angle.
+    losses = layout.reconstruction_loss({"position": encoded}, {"position": torch.tensor([[0.3, 1.0], [-3.0, -0.5]])})
+    assert losses["position"].tolist() == pytest.approx([0.0, 0.0], abs=1e-9)
+    batch = synthetic_batch(STATE_SPACE, 2, 3)
+    batch["position"] = torch.randn(2, 3, 2) * 5
+    batch["velocity"] = batch["velocity"].expand(2, 3, 2)
+    with torch.no_grad():
+        loss, metrics = model.loss(batch)
+    assert torch.isfinite(loss) and metrics["recon/position"] > 0
+    # The setting survives the JSON a saved model keeps and rebuilds the same networks.
+    kwargs = json.loads(json.dumps(model.backbone_kwargs))
+    assert kwargs["angles"] == {"position": [0]}
+    rebuilt = DRAW(ARM_SPACE, ACTION_SPACE, **kwargs)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(
+    ("angles", "message"),
+    [
+        ({"postion": [0]}, r"DRAWConfig.angles names \['postion'\].*Did you mean \"position\""),
+        ({"position": [2]}, r"DRAWConfig.angles\['position'\] has index 2; 'position' has 2 elements"),
+        ({"image": [0]}, r"DRAWConfig.angles names image 'image'"),
+        ({"position": [0, 0]}, r"angles must map names to lists of distinct indices >= 0"),
+        ({"position": [-1]}, r"angles must map names to lists of distinct indices >= 0"),
+        ({"position": 0}, r"angles must map names to lists of distinct indices >= 0"),
+    ],
+)
+def test_bad_angles_are_refused_naming_the_setting(angles, message):
+    space = gymnasium.spaces.Dict({**ARM_SPACE.spaces, "image": PIXEL_SPACE["image"]})
+    with pytest.raises(ConfigError, match=message):
+        DRAW(space, ACTION_SPACE, preset="tiny", angles=angles)

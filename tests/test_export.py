@@ -181,6 +181,21 @@ def test_actions_are_rescaled_into_a_non_unit_action_space(tmp_path):
     assert (config["action_low"], config["action_high"]) == ([-2.0, 0.0], [2.0, 1.0])
 
 
+def test_a_model_that_reads_angles_exports_with_them_in_the_graph(tmp_path):
+    observation_space = spaces.Dict({"position": spaces.Box(-np.inf, np.inf, (2,), np.float32)})
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    torch.manual_seed(0)
+    model = make_backbone("draw-v0", observation_space, action_space, preset="tiny", angles={"position": [0, 1]})
+    policy = Policy(model, Actor(model.feature_size, model.action_size, ActorCriticConfig(hidden=32, layers=1)))
+    export_policy(policy, tmp_path)
+    observations = example_observations(observation_space, 16, seed=3)
+    observations["position"] *= 20  # wound far past one turn
+    assert verify_export(tmp_path, policy, observations) <= TOLERANCE
+    unwound = {"position": np.remainder(observations["position"] + np.pi, 2 * np.pi) - np.pi}
+    runner = OnnxPolicy(tmp_path)
+    np.testing.assert_allclose(runner.act_batch(observations), runner.act_batch(unwound), atol=1e-5)
+
+
 def test_auto_falls_back_to_torchscript_when_dynamo_fails(tmp_path, monkeypatch, caplog):
     from latent_residual.workflow.deployment import export
 

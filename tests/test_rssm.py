@@ -446,3 +446,17 @@ def test_spaces_are_validated():
     small = RSSM(gymnasium.spaces.Dict({"a": image((32, 32, 3)), "b": image((32, 32, 1))}), ACTION_SPACE, preset="tiny")
     assert small.encoder.images.convs[0].in_channels == 4 and small.layout.cnn_stages == 3
     check_space_errors(RSSM, STATE_SPACE)
+
+
+def test_angle_elements_are_read_and_reconstructed_as_cos_and_sin():
+    space = gymnasium.spaces.Dict({"position": gymnasium.spaces.Box(-np.inf, np.inf, (2,), np.float32)})
+    model = make_model(space, angles={"position": [1]})
+    assert model.decoder.heads["position"].out_features == 3
+    wound = {"position": torch.tensor([[1.0, -2.0], [1.0, -2.0 - 6 * np.pi]])}
+    with torch.no_grad():
+        embedded = model.embed(wound)
+        decoded = model.decode(torch.zeros(2, model.feature_size))
+    torch.testing.assert_close(embedded[0], embedded[1], atol=1e-5, rtol=0)
+    assert decoded["position"].shape == (2, 2) and decoded["position"][:, 1].abs().max() <= np.pi
+    with pytest.raises(ConfigError, match=r"RSSMConfig.angles\['position'\] has index 2"):
+        make_model(space, angles={"position": [2]})
