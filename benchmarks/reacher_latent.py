@@ -4,7 +4,8 @@ model's reconstruction of each observation, and the policy's episodes against wh
 Run: ``MUJOCO_GL=egl python benchmarks/reacher_latent.py --world-model DIR --policy FILE``. Prints, for the expert
 on reconstructions (encode, posterior mode, decode), its return and the median to_target error; and, for each
 policy episode, its return and, after ``--settle`` steps, the true distance to the target against the distance
-the model reconstructs, the reward head's prediction (2 = at the target on both repeated steps) and the joints.
+the model reconstructs, the reward head's prediction (2 = at the target on both repeated steps) and the joints;
+with ``--data``, how often the source data's wrist is folded, and folded far from the target.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import argparse
 import numpy as np
 import torch
 
-from latent_residual import distributions, load_world_model, make_env
+from latent_residual import distributions, load_dataset, load_world_model, make_env
 from latent_residual.actor_critic import load_actor_critic
 from latent_residual.workflow.deployment.policy import Policy
 from latent_residual_plugins.dmc.experts import ReacherReach
@@ -69,6 +70,20 @@ def policy_episodes(model, policy: Policy, seeds: range, settle: int) -> None:
         print(f"policy, episode {seed}: return {total:.0f}; {line}")
 
 
+def folded_wrist(data: str, folded: float) -> None:
+    """How often the data's wrist is folded past ``folded`` rad, how often it is then far (> 0.1 m) from the target,
+    and how far the shoulder winds."""
+    episodes = load_dataset(data).episodes
+    position = np.concatenate([episode["position"] for episode in episodes])  # (N, 2): shoulder, wrist
+    distance = np.linalg.norm(np.concatenate([episode["to_target"] for episode in episodes]), axis=-1)
+    mask = np.abs(position[:, 1]) > folded
+    print(
+        f"{data}: {len(mask)} transitions; |wrist| > {folded} rad in {mask.sum()}, of which "
+        f"{(distance[mask] > 0.1).sum()} more than 0.1 m from the target; "
+        f"|shoulder| at most {np.abs(position[:, 0]).max():.1f} rad"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world-model", required=True, help="The source's world_model directory.")
@@ -77,10 +92,14 @@ def main() -> None:
     parser.add_argument("--expert-episodes", type=int, default=5)
     parser.add_argument("--policy-episodes", type=int, default=10)
     parser.add_argument("--settle", type=int, default=100, help="The policy step at which belief is compared.")
+    parser.add_argument("--data", help="The source's sim_data: how often its wrist is folded (far from the target).")
+    parser.add_argument("--folded", type=float, default=2.6, help="|wrist| in rad above which it counts as folded.")
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = load_world_model(args.world_model).eval()
     print(f"1 torch thread; {args.world_model}")
+    if args.data:
+        folded_wrist(args.data, args.folded)
     expert_on_reconstructions(model, range(args.seed, args.seed + args.expert_episodes))
     if args.policy:
         policy = Policy(model, load_actor_critic(args.policy).actor).eval()
