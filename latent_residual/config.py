@@ -18,6 +18,13 @@ from latent_residual.errors import ConfigError, LatentResidualError, did_you_mea
 T = TypeVar("T")
 P = TypeVar("P", bound="PresetConfig")
 
+#: The help of a backbone config's ``angles`` field (``ObservationLayout.with_angles`` applies it).
+ANGLES_HELP = (
+    "Elements of vector observation keys that are angles in radians (flat indices per key): read and "
+    "reconstructed as (cos, sin), so a hinge that winds past any angle in the data stays in it (the DMC "
+    "reacher's shoulder); decode returns them in (-pi, pi]."
+)
+
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Return a JSON-ready dict of a config dataclass (tuples become lists)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from latent_residual.config import PresetConfig
+from latent_residual.config import ANGLES_HELP, PresetConfig
 
 #: Field overrides of each preset: ``tiny`` for tests, ``small`` for CPU work, ``paper`` as published.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -80,14 +80,7 @@ class DRAWConfig(PresetConfig, label="DRAW", presets=PRESETS, default="paper"):
             "quantity the task turns on but the loss barely sees, like the reacher's small to_target, may need more."
         },
     )
-    angles: dict[str, list[int]] = field(
-        default_factory=dict,
-        metadata={
-            "help": "Elements of vector observation keys that are angles in radians (flat indices per key): read "
-            "and reconstructed as (cos, sin), so a hinge that winds past any angle in the data stays in it "
-            "(the DMC reacher's shoulder); decode returns them in (-pi, pi]."
-        },
-    )
+    angles: dict[str, list[int]] = field(default_factory=dict, metadata={"help": ANGLES_HELP})
     reward_scale: float = field(default=1.0, metadata={"help": "Weight of the reward loss."})
     cont_scale: float = field(default=1.0, metadata={"help": "Weight of the continuation loss."})
     dyn_scale: float = field(

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from latent_residual.config import PresetConfig
+from latent_residual.config import ANGLES_HELP, PresetConfig
 
 #: DreamerV3's model sizes (paper table; sheeprl's dreamer_v3_XS ... dreamer_v3_XL configs), 32 x 32 latents.
 SIZES: dict[str, dict[str, Any]] = {
@@ -92,14 +92,7 @@ class RSSMConfig(PresetConfig, label="RSSM", presets=PRESETS, default="S"):
             "quantity the task turns on but the loss barely sees, like the reacher's small to_target, may need more."
         },
     )
-    angles: dict[str, list[int]] = field(
-        default_factory=dict,
-        metadata={
-            "help": "Elements of vector observation keys that are angles in radians (flat indices per key): read "
-            "and reconstructed as (cos, sin), so a hinge that winds past any angle in the data stays in it "
-            "(the DMC reacher's shoulder); decode returns them in (-pi, pi]."
-        },
-    )
+    angles: dict[str, list[int]] = field(default_factory=dict, metadata={"help": ANGLES_HELP})
     reward_scale: float = field(default=1.0, metadata={"help": "Weight of the reward loss."})
     cont_scale: float = field(default=1.0, metadata={"help": "Weight of the continuation loss."})
     dyn_scale: float = field(
