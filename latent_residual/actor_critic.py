@@ -365,11 +365,16 @@ _CHECKS = {
 }
 
 
-def save_actor_critic(actor_critic: ActorCritic, path: str | Path, *, extra: dict[str, Any] | None = None) -> None:
-    """Write actor, critic, slow critic, return scale and optimiser moments to one safetensors file."""
+def save_actor_critic(
+    actor_critic: ActorCritic, path: str | Path, *, extra: dict[str, Any] | None = None, optimizer_state: bool = True
+) -> None:
+    """Write actor, critic, slow critic, return scale and (unless ``optimizer_state`` is false, as for a shipped
+    policy, whose moments are about half its file) the optimiser moments to one safetensors file. A file without
+    moments loads with fresh ones."""
     tensors = {f"net.{key}": value for key, value in actor_critic.state_dict().items()}
-    tensors.update(optimizer_tensors(actor_critic.actor_opt, "actor_opt"))
-    tensors.update(optimizer_tensors(actor_critic.critic_opt, "critic_opt"))
+    if optimizer_state:
+        tensors.update(optimizer_tensors(actor_critic.actor_opt, "actor_opt"))
+        tensors.update(optimizer_tensors(actor_critic.critic_opt, "critic_opt"))
     metadata = {
         "format": FILE_FORMAT,
         "format_version": str(FILE_FORMAT_VERSION),

@@ -153,3 +153,24 @@ def test_corrupt_metadata_is_refused_naming_the_file_and_key(tmp_path, key, valu
     save_file(load_file(str(path)), str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match=f"ac.safetensors: {message}"):
         load_actor_critic(path)
+
+
+def test_a_file_without_optimiser_moments_is_smaller_and_loads_with_fresh_ones(tmp_path):
+    torch.manual_seed(0)
+    actor_critic = ActorCritic(8, 2, ActorCriticConfig(hidden=8, layers=1))
+    features = torch.randn(4, 8)
+    # One optimiser step each, so that there are moments to leave out.
+    for optimizer, net in (
+        (actor_critic.actor_opt, actor_critic.actor),
+        (actor_critic.critic_opt, actor_critic.critic),
+    ):
+        sum(param.square().sum() for param in net.parameters()).backward()
+        optimizer.step()
+    full, bare = tmp_path / "full.safetensors", tmp_path / "bare.safetensors"
+    save_actor_critic(actor_critic, full)
+    save_actor_critic(actor_critic, bare, optimizer_state=False)
+    assert not any(key.endswith("_opt") for key in (name.split(".")[0] for name in load_file(str(bare))))
+    assert bare.stat().st_size < full.stat().st_size
+    loaded = load_actor_critic(bare)
+    torch.testing.assert_close(loaded.actor(features), actor_critic.actor(features))
+    assert loaded.actor_opt.state_dict()["state"] == {} and load_actor_critic(full).actor_opt.state_dict()["state"]
