@@ -27,12 +27,12 @@ TINY_RECIPE = dict(
 
 
 def test_the_registered_recipes_of_the_sources_with_an_expert(registry):
-    for source in ("dmc/pendulum-swingup-v0", "dmc/reacher-easy-v0"):
+    for source in ("dmc/pendulum-swingup-v0", "dmc/reacher-easy-v0", "dmc/finger-turn-hard-v0"):
         recipe = source_recipe(source)
         assert recipe.data_plan[0] == DataStep("expert", 0.3, 30_000) and recipe.backbone == "draw-v0"
     assert source_recipe("dmc/reacher-easy-v0", model_updates=7).model_updates == 7
-    with pytest.raises(NameNotFound, match="'dmc/finger-turn-hard-v0' has no source recipe"):
-        source_recipe("dmc/finger-turn-hard-v0")
+    with pytest.raises(NameNotFound, match="'dmc/finger-spin-v0' has no source recipe"):
+        source_recipe("dmc/finger-spin-v0")
     # The cup has no expert: random actions, then the policy's rounds.
     assert [step.behaviour for step in source_recipe("dmc/cup-catch-v0").data_plan][:2] == ["random", "policy"]
     with pytest.raises(NameNotFound, match="no source recipe for backbone 'rssm-v0'.*registered one for 'draw-v0'"):

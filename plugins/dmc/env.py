@@ -139,6 +139,11 @@ class DMCEnv(gymnasium.Env[dict[str, np.ndarray], np.ndarray]):
         """The dm_control ``Physics`` of the task (targets' pushes are visible in its data)."""
         return self._env.physics
 
+    @property
+    def physics_steps_per_step(self) -> int:
+        """Physics steps an agent step takes (control steps times physics steps per control step)."""
+        return self._action_repeat * round(self._env.control_timestep() / self._env.physics.timestep())
+
     def _observation(self, dm_observation: dict[str, Any]) -> dict[str, np.ndarray]:
         observation: dict[str, np.ndarray] = {}
         if self._pixels:
