@@ -42,7 +42,7 @@ def test_reacher_expert_reaches_in_source_and_in_reversed_target(registry):
 def test_finger_planner_turns_the_spinner_in_source_and_in_torque_target(registry):
     source = _episode_return("dmc/finger-turn-hard-v0", env_expert("dmc/finger-turn-hard-v0"), 10_001)
     target = _episode_return("dmc/finger-turn-hard-torque-v0", env_expert("dmc/finger-turn-hard-torque-v0"), 10_000)
-    # 950 and 664 on this machine; a random finger scores 0 in both (the target is 3 cm wide).
+    # 950 and 664 on this machine; random actions average 52.8 and 71.4 over episodes 10000-10009.
     assert source > 800 and target > 400
 
 
