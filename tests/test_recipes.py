@@ -119,7 +119,7 @@ def test_a_policy_round_collects_with_the_policy_and_trains_both_further(registr
 
 
 def test_build_source_without_a_recipe_is_one_line(registry, tmp_path, capsys):
-    assert main(["build-source", "dmc/finger-turn-hard-v0", "--out", str(tmp_path / "x")]) == 1
+    assert main(["build-source", "dmc/finger-spin-v0", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "has no source recipe" in err
     assert not (tmp_path / "x").exists()
