@@ -124,6 +124,7 @@ class FingerTurnPlanner:
 
     def bind(self, env: DMCEnv) -> None:
         """Plan with ``env``'s physics from now on."""
+        # Imported here, once env.py has chosen MuJoCo's renderer: mujoco reads MUJOCO_GL when first imported.
         import mujoco
 
         env = env.unwrapped  # Gymnasium's wrappers do not pass attributes through
